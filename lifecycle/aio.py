@@ -1,0 +1,154 @@
+"""AsyncLifecycle: the asyncio twin of `Lifecycle`, on the same calls and the same scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aredis
+
+from lifecycle.background import AsyncRepeater
+from lifecycle.client import Turn, new_token, unavailable_as_error
+from lifecycle.clock import Clock, RedisClock
+from lifecycle.errors import BackendUnavailable
+from lifecycle.models import PoolStats, Reservation, SessionInfo
+from lifecycle.scripts import SOURCES
+from lifecycle.settings import Settings
+from lifecycle.state import Call, SessionIndex
+
+log = logging.getLogger(__name__)
+T = TypeVar('T')
+
+
+class AsyncLifecycle:
+    """The session pool for asyncio API replicas; every method mirrors `Lifecycle`'s."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, redis_client: aredis.Redis | None = None, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings or Settings()
+        self.redis = redis_client or aredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.index = SessionIndex(self.settings)
+        self.clock = clock or RedisClock(self.settings.clock_refresh_s)
+        self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_env(cls) -> AsyncLifecycle:
+        """A client configured from LIFECYCLE_* environment variables."""
+        return cls(Settings())
+
+    async def __aenter__(self) -> AsyncLifecycle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    async def disconnect(self) -> None:
+        """Close the Redis connections."""
+        await self.redis.aclose()
+
+    async def now_ms(self) -> int:
+        """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""
+        clock = self.clock
+        if isinstance(clock, RedisClock) and clock.needs_sync():
+            with unavailable_as_error(self.settings.redis_url):
+                sent_ns = time.monotonic_ns()
+                server_time = await self.redis.time()
+                clock.observe(server_time, sent_ns, time.monotonic_ns())
+        return clock.now_ms()
+
+    async def run(self, call: Call[T]) -> T:
+        """Send one call to Redis and read its reply."""
+        with unavailable_as_error(self.settings.redis_url):
+            reply: Any
+            if call.script is not None:
+                reply = await self._scripts[call.script](keys=call.keys, args=call.args)
+            else:
+                reply = await self.redis.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return call.parse(reply)
+
+    async def reserve(self, owner: str, tenant: str | None = None, *, token: str | None = None) -> Reservation:
+        """See `Lifecycle.reserve`."""
+        return await self.run(self.index.reserve(owner, tenant, token or new_token(), await self.now_ms()))
+
+    async def activate(
+        self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None
+    ) -> SessionInfo:
+        """See `Lifecycle.activate`."""
+        return await self.run(self.index.activate(reservation, session_id, ttl_seconds, profile, await self.now_ms()))
+
+    async def release(self, reservation: Reservation) -> bool:
+        """See `Lifecycle.release`."""
+        return await self.run(self.index.release(reservation))
+
+    async def touch(self, session_id: str) -> bool:
+        """See `Lifecycle.touch`."""
+        return await self.run(self.index.touch([session_id], await self.now_ms())) == 1
+
+    async def touch_many(self, session_ids: Sequence[str]) -> int:
+        """See `Lifecycle.touch_many`."""
+        return await self.run(self.index.touch(session_ids, await self.now_ms()))
+
+    @asynccontextmanager
+    async def turn(self, session_id: str) -> AsyncIterator[Turn]:
+        """See `Lifecycle.turn`; the heartbeat is an asyncio task.
+
+        If the body is cancelled (a shutdown), the end of the turn is still recorded, shielded from the
+        cancellation, and the cancellation propagates.
+        """
+        token = new_token()
+        turn = Turn(session_id, await self.run(self.index.begin_turn(session_id, token, await self.now_ms())))
+
+        async def renew() -> None:
+            if await self.run(self.index.renew_turn(session_id, token, await self.now_ms())) != 1:
+                turn.lease_lapsed = True
+                log.warning('turn on %s: busy lease had lapsed or the session left the pool', session_id)
+
+        heartbeat = AsyncRepeater(f'turn-{session_id}', self.settings.busy_lease_s / 3, renew).start()
+        body_failed = False
+        try:
+            yield turn
+        except BaseException:
+            body_failed = True
+            raise
+        finally:
+            await asyncio.shield(heartbeat.stop())
+            end = asyncio.ensure_future(self._end_turn(session_id, token))
+            self._pending.add(end)
+            end.add_done_callback(self._pending.discard)
+            try:
+                turn.finished_seq = await asyncio.shield(end)
+            except BackendUnavailable:
+                if not body_failed:
+                    raise
+                log.warning('turn on %s: could not record its end; the busy lease will lapse', session_id)
+
+    async def _end_turn(self, session_id: str, token: str) -> int | None:
+        return await self.run(self.index.end_turn(session_id, token, await self.now_ms()))
+
+    async def close(self, session_id: str) -> bool:
+        """See `Lifecycle.close`."""
+        return await self.run(self.index.close(session_id))
+
+    async def status(self, session_id: str) -> SessionInfo | None:
+        """See `Lifecycle.status`."""
+        return await self.run(self.index.status(session_id, await self.now_ms()))
+
+    async def stats(self) -> PoolStats:
+        """See `Lifecycle.stats`."""
+        return await self.run(self.index.stats(await self.now_ms()))
+
+    async def heartbeat(self, owner: str) -> None:
+        """See `Lifecycle.heartbeat`."""
+        await self.run(self.index.heartbeat(owner, await self.now_ms()))
+
+    async def start_heartbeat(self, owner: str) -> AsyncRepeater:
+        """Heartbeat now, then every third of `replica_ttl_s` from a task; `await stop()` it on shutdown."""
+        await self.heartbeat(owner)
+        interval_s = self.settings.replica_ttl_s / 3
+        return AsyncRepeater(f'heartbeat-{owner}', interval_s, lambda: self.heartbeat(owner)).start()

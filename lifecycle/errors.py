@@ -1,0 +1,55 @@
+"""Errors raised by lifecycle; expected outcomes are return values, not exceptions."""
+
+from __future__ import annotations
+
+
+class LifecycleError(Exception):
+    """Base class for errors raised by lifecycle."""
+
+
+class ConfigurationError(LifecycleError, ValueError):
+    """Settings are inconsistent, or a server is unfit to run lifecycle."""
+
+
+class InvalidArgument(LifecycleError, ValueError):
+    """A caller passed a value lifecycle refuses (a malformed id, say); nothing was written."""
+
+
+class InvalidTTL(InvalidArgument):
+    """`ttl_seconds` is not a whole number of seconds within 1..max_ttl_s."""
+
+
+class BackendUnavailable(LifecycleError):
+    """Redis (or MongoDB) could not be reached; the call had no effect or is safe to retry."""
+
+
+class CapacityExceeded(LifecycleError):
+    """The pool (or the tenant) is at its cap; no slot was taken."""
+
+    def __init__(self, live: int, reserved: int, cap: int, tenant: str | None = None) -> None:
+        self.live = live
+        self.reserved = reserved
+        self.cap = cap
+        self.tenant = tenant
+        scope = f'tenant {tenant!r}' if tenant is not None else 'pool'
+        super().__init__(f'{scope} is at capacity ({live} live + {reserved} reserved / cap {cap})')
+
+
+class ReservationLost(LifecycleError):
+    """The reservation expired (its lease ran out) or was released; its slot is back in the pool."""
+
+
+class SessionExists(LifecycleError):
+    """A session with this id is already live."""
+
+
+class SessionNotLive(LifecycleError):
+    """The session is not in the live pool (never activated, closed, evicted or expired)."""
+
+
+class SessionReaping(LifecycleError):
+    """A worker is evicting the session right now; retry shortly, then restore it."""
+
+
+class PersistenceError(LifecycleError):
+    """MongoDB did not durably acknowledge a write; nothing was evicted."""

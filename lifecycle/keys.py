@@ -1,0 +1,89 @@
+"""Every Redis key name lifecycle uses, one member per key, all under one hash tag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under `{<prefix>}`, so every multi-key script runs on one Redis Cluster slot."""
+
+    prefix: str  # '{lc}': the hash tag, no trailing colon
+
+    @classmethod
+    def for_prefix(cls, key_prefix: str) -> Keys:
+        return cls('{' + key_prefix + '}')
+
+    @property
+    def live(self) -> str:
+        """ZSET session_id -> last genuine activity (epoch ms). The live pool."""
+        return f'{self.prefix}:live'
+
+    @property
+    def deadline(self) -> str:
+        """ZSET session_id -> hard deadline `expires_at` (epoch ms)."""
+        return f'{self.prefix}:deadline'
+
+    @property
+    def busy(self) -> str:
+        """ZSET session_id -> busy-lease expiry (epoch ms); current while the score is in the future."""
+        return f'{self.prefix}:busy'
+
+    @property
+    def turns(self) -> str:
+        """HASH session_id -> 'token=lease_ms,...' of the turns holding it busy (the busy score is their max)."""
+        return f'{self.prefix}:turns'
+
+    @property
+    def meta(self) -> str:
+        """HASH session_id -> packed record 'owner|tenant|profile|created_ms|turn_seq'."""
+        return f'{self.prefix}:meta'
+
+    @property
+    def reaping(self) -> str:
+        """ZSET session_id -> eviction claim lease expiry (epoch ms); present while a worker evicts it."""
+        return f'{self.prefix}:reaping'
+
+    @property
+    def claims(self) -> str:
+        """HASH session_id -> 'token|reason' of the eviction claim in flight."""
+        return f'{self.prefix}:claims'
+
+    @property
+    def reservations(self) -> str:
+        """ZSET reservation token -> lease expiry (epoch ms)."""
+        return f'{self.prefix}:reservations'
+
+    @property
+    def reservation_info(self) -> str:
+        """HASH reservation token -> 'owner|tenant' of the reservation."""
+        return f'{self.prefix}:reservation_info'
+
+    @property
+    def slots(self) -> str:
+        """STRING slot counter = live sessions + held reservations."""
+        return f'{self.prefix}:slots'
+
+    @property
+    def tenant_slots(self) -> str:
+        """HASH tenant -> that tenant's live sessions + held reservations."""
+        return f'{self.prefix}:tenant_slots'
+
+    @property
+    def epoch(self) -> str:
+        """STRING fencing counter; every eviction claim takes a fresh value with INCR."""
+        return f'{self.prefix}:epoch'
+
+    @property
+    def replicas(self) -> str:
+        """ZSET API replica id -> heartbeat expiry (epoch ms)."""
+        return f'{self.prefix}:replicas'
+
+    def inbox(self, owner: str) -> str:
+        """STREAM of notices to one replica (warning, evicted, expired, checkpoint_requested); capped."""
+        return f'{self.prefix}:inbox:{owner}'
+
+    def lock(self, sweep: str) -> str:
+        """STRING redis-py Lock token of one sweep kind, with a TTL."""
+        return f'{self.prefix}:lock:{sweep}'

@@ -1,0 +1,85 @@
+"""Plain values that cross lifecycle's public surface: reservations, sessions, pool figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+def to_datetime(epoch_ms: int) -> datetime:
+    """Timezone-aware UTC datetime of an epoch-milliseconds score."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+class SessionState(StrEnum):
+    """Where a session is in its life (DESIGN.md section 2); values are stored in MongoDB."""
+
+    LIVE = 'live'
+    REAPING = 'reaping'
+    RESUMABLE = 'resumable'
+    EXPIRED = 'expired'
+    CLOSED = 'closed'
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The effective policy of one session profile."""
+
+    idle_ttl_s: int
+    default_ttl_s: int
+    max_ttl_s: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A slot held under the cap until `activate` or `release`, or until its lease runs out."""
+
+    token: str
+    owner: str
+    tenant: str | None
+    expires_at_ms: int
+
+    @property
+    def expires_at(self) -> datetime:
+        return to_datetime(self.expires_at_ms)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session as lifecycle sees it; `status()` never counts as activity."""
+
+    session_id: str
+    state: SessionState
+    owner: str
+    tenant: str | None
+    profile: str | None
+    created_at_ms: int
+    last_active_ms: int
+    expires_at_ms: int
+    busy: bool
+    turn_seq: int
+
+    @property
+    def created_at(self) -> datetime:
+        return to_datetime(self.created_at_ms)
+
+    @property
+    def last_active(self) -> datetime:
+        return to_datetime(self.last_active_ms)
+
+    @property
+    def expires_at(self) -> datetime:
+        return to_datetime(self.expires_at_ms)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Pool figures read in one atomic step; `slots` is the counter the cap is enforced on."""
+
+    live: int
+    reserved: int
+    busy: int
+    reaping: int
+    cap: int
+    slots: int

@@ -1,0 +1,22 @@
+-- begin_turn: mark a live session busy for one turn, refusing one that is being reaped or is not live.
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] reaping ZSET  KEYS[4] busy ZSET  KEYS[5] turns HASH
+-- KEYS[6] meta HASH
+-- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] busy lease expiry ms
+-- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline.
+local session_id, now = ARGV[1], tonumber(ARGV[3])
+-- An eviction claim refuses turns even after its lease ran out: until a sweep resolves it, MongoDB
+-- may already say resumable.
+if redis.call('ZSCORE', KEYS[3], session_id) then
+  return {-2}
+end
+if not redis.call('ZSCORE', KEYS[1], session_id) then
+  return {-1}
+end
+if tonumber(redis.call('ZSCORE', KEYS[2], session_id)) <= now then
+  return {-3}
+end
+local leases = read_leases(KEYS[5], session_id, now)
+leases[ARGV[2]] = tonumber(ARGV[4])
+write_leases(KEYS[5], KEYS[4], session_id, leases)
+redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)
+return {1, unpack_meta(redis.call('HGET', KEYS[6], session_id)).seq}

@@ -1,0 +1,17 @@
+-- renew_turn: extend one turn's busy lease (the heartbeat of a running turn).
+-- KEYS[1] live ZSET  KEYS[2] busy ZSET  KEYS[3] turns HASH
+-- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] new lease expiry ms
+-- Returns 1 renewed, 2 renewed after the lease had lapsed (the session was not busy for a while),
+-- 0 the session is no longer live (closed, expired or evicted).
+local session_id, token, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], session_id) then
+  return 0
+end
+local leases = read_leases(KEYS[3], session_id, now)
+local lapsed = leases[token] == nil
+leases[token] = tonumber(ARGV[4])
+write_leases(KEYS[3], KEYS[2], session_id, leases)
+if lapsed then
+  return 2
+end
+return 1

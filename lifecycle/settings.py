@@ -1,0 +1,117 @@
+"""Settings: everything lifecycle can be told, and the only place environment variables are read."""
+
+from __future__ import annotations
+
+import re
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lifecycle.models import Limits
+
+HARD_MAX_TTL_S = 86_400  # 24 h: a "hard" deadline further out than a day is a configuration mistake.
+_PREFIX = re.compile(r'[A-Za-z0-9_.:-]{1,64}')
+_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
+
+
+class ProfilePolicy(BaseModel):
+    """Per-profile overrides; a field left out falls back to the global setting."""
+
+    model_config = ConfigDict(frozen=True, extra='forbid')
+
+    idle_ttl_s: PositiveInt | None = None
+    default_ttl_s: PositiveInt | None = None
+    max_ttl_s: PositiveInt | None = None
+
+
+class Settings(BaseSettings):
+    """Everything lifecycle can be told, read from LIFECYCLE_* variables (dicts as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix='LIFECYCLE_', frozen=True, extra='forbid')
+
+    redis_url: str = 'redis://127.0.0.1:6379/0'
+    mongo_url: str | None = None  # None: persistence off, so idle and LRU reaping are skipped
+    mongo_database: str = 'lifecycle'
+    key_prefix: str = 'lc'
+
+    max_sessions: PositiveInt = 200
+    tenant_max_sessions: PositiveInt | None = None  # default cap of every tenant; None: tenants uncapped
+    tenant_limits: dict[str, PositiveInt] = Field(default_factory=dict)  # per-tenant overrides
+
+    default_ttl_s: PositiveInt = 900
+    max_ttl_s: PositiveInt = HARD_MAX_TTL_S
+    idle_ttl_s: PositiveInt = 7_200
+    profiles: dict[str, ProfilePolicy] = Field(default_factory=dict)
+
+    reservation_lease_s: PositiveInt = 120
+    busy_lease_s: PositiveInt = 60  # a turn's heartbeat renews it every third of this
+    replica_ttl_s: PositiveInt = 30  # a replica whose heartbeat is older than this is lost
+    clock_refresh_s: PositiveInt = 60  # how often a client re-learns Redis server time
+
+    @field_validator('redis_url')
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(('redis://', 'rediss://', 'unix://')):
+            raise ValueError(f'redis_url {value!r} must start with redis://, rediss:// or unix://')
+        return value
+
+    @field_validator('mongo_url')
+    @classmethod
+    def _mongo_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(('mongodb://', 'mongodb+srv://')):
+            raise ValueError(f'mongo_url {value!r} must start with mongodb:// or mongodb+srv://')
+        return value
+
+    @field_validator('key_prefix')
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        if not _PREFIX.fullmatch(value):
+            raise ValueError(f'key_prefix {value!r} must be 1..64 characters from A-Z a-z 0-9 _ . : - (no braces)')
+        return value
+
+    @field_validator('tenant_limits', 'profiles')
+    @classmethod
+    def _valid_names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f'name {name!r} is not a valid tenant or profile id')
+        return value
+
+    @model_validator(mode='after')
+    def _consistent(self) -> Self:
+        if self.max_ttl_s > HARD_MAX_TTL_S:
+            raise ValueError(f'max_ttl_s={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
+        for name in (None, *self.profiles):
+            limits = self.limits(name)
+            where = 'settings' if name is None else f'profiles[{name!r}]'
+            if limits.max_ttl_s > HARD_MAX_TTL_S:
+                raise ValueError(f'{where}: max_ttl_s={limits.max_ttl_s} exceeds {HARD_MAX_TTL_S} s')
+            if limits.default_ttl_s > limits.max_ttl_s:
+                raise ValueError(f'{where}: default_ttl_s={limits.default_ttl_s} exceeds max_ttl_s={limits.max_ttl_s}')
+        caps = dict(self.tenant_limits)
+        if self.tenant_max_sessions is not None:
+            caps['tenant_max_sessions'] = self.tenant_max_sessions
+        for name, cap in caps.items():
+            if cap > self.max_sessions:
+                raise ValueError(f'tenant cap {name}={cap} exceeds max_sessions={self.max_sessions}')
+        if self.busy_lease_s < 3:
+            raise ValueError(f'busy_lease_s={self.busy_lease_s} must be at least 3 (renewed every third)')
+        return self
+
+    def limits(self, profile: str | None) -> Limits:
+        """The effective limits of a profile; an unknown or absent profile gets the global ones."""
+        policy = self.profiles.get(profile) if profile is not None else None
+        if policy is None:
+            return Limits(self.idle_ttl_s, self.default_ttl_s, self.max_ttl_s)
+        return Limits(
+            idle_ttl_s=policy.idle_ttl_s or self.idle_ttl_s,
+            default_ttl_s=policy.default_ttl_s or min(self.default_ttl_s, policy.max_ttl_s or self.max_ttl_s),
+            max_ttl_s=policy.max_ttl_s or self.max_ttl_s,
+        )
+
+    def tenant_cap(self, tenant: str | None) -> int | None:
+        """The cap of one tenant, or None when it is uncapped."""
+        if tenant is None:
+            return None
+        return self.tenant_limits.get(tenant, self.tenant_max_sessions)

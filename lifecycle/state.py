@@ -1,0 +1,256 @@
+"""SessionIndex: every Redis read and write of session state, as calls that a sync or async client runs.
+
+Each method validates its input, then returns a `Call`: one Redis round trip (a Lua script or one
+raw command) and the function that reads its reply. Nothing here does I/O, so the sync and async
+clients share every argument and every reply rule, and tests can inspect a call without Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from lifecycle import validate
+from lifecycle.errors import (
+    CapacityExceeded,
+    InvalidTTL,
+    ReservationLost,
+    SessionExists,
+    SessionNotLive,
+    SessionReaping,
+)
+from lifecycle.keys import Keys
+from lifecycle.models import PoolStats, Reservation, SessionInfo, SessionState
+from lifecycle.settings import Settings
+
+T = TypeVar('T')
+Arg = str | int
+
+# How many expired reservations one reserve call gives back at most; the sweep purges the rest.
+PURGE_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One Redis round trip: `script` with `keys`/`args`, or the raw `command`; `parse` reads the reply."""
+
+    parse: Callable[[Any], T]
+    script: str | None = None
+    keys: Sequence[str] = ()
+    args: Sequence[Arg] = ()
+    command: Sequence[Arg] = ()
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The packed per-session record ('owner|tenant|profile|created_ms|turn_seq')."""
+
+    owner: str
+    tenant: str | None
+    profile: str | None
+    created_ms: int
+    turn_seq: int
+
+    @classmethod
+    def unpack(cls, record: str) -> Meta:
+        owner, tenant, profile, created, seq = record.split('|')
+        return cls(owner, tenant or None, profile or None, int(created), int(seq))
+
+
+def _int(value: Any) -> int:
+    return int(float(value))
+
+
+def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
+    """Return `ttl_seconds` if it is a whole number of seconds in 1..max_ttl_s."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidTTL(f'ttl_seconds must be a whole number of seconds, got {ttl_seconds!r}')
+    if not 1 <= ttl_seconds <= max_ttl_s:
+        raise InvalidTTL(f'ttl_seconds={ttl_seconds} is outside 1..{max_ttl_s}')
+    return ttl_seconds
+
+
+class SessionIndex:
+    """Builds the Redis calls of every pool transition; one atomic script per transition."""
+
+    def __init__(self, settings: Settings, keys: Keys | None = None) -> None:
+        self.settings = settings
+        self.keys = keys or Keys.for_prefix(settings.key_prefix)
+
+    def reserve(self, owner: str, tenant: str | None, token: str, now_ms: int) -> Call[Reservation]:
+        """Hold one slot under the pool and tenant caps; idempotent per token."""
+        owner = validate.identifier('owner', owner)
+        tenant = validate.optional_identifier('tenant', tenant)
+        token = validate.identifier('reservation token', token)
+        k, s = self.keys, self.settings
+
+        def parse(reply: list[Any]) -> Reservation:
+            if _int(reply[0]) == 1:
+                return Reservation(token, owner, tenant, _int(reply[1]))
+            scope, live, reserved, cap = reply[1], _int(reply[2]), _int(reply[3]), _int(reply[4])
+            raise CapacityExceeded(live, reserved, cap, tenant if scope == 'tenant' else None)
+
+        lease_ms = now_ms + s.reservation_lease_s * 1000
+        return Call(
+            parse,
+            'reserve_slot',
+            (k.slots, k.tenant_slots, k.reservations, k.reservation_info, k.live),
+            (token, owner, tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms, PURGE_LIMIT),
+        )
+
+    def release(self, reservation: Reservation) -> Call[bool]:
+        """Give a reservation's slot back; False if it was already gone (expired or released)."""
+        k = self.keys
+        token = validate.identifier('reservation token', reservation.token)
+        return Call(
+            lambda reply: _int(reply) == 1,
+            'release_slot',
+            (k.reservations, k.reservation_info, k.slots, k.tenant_slots),
+            (token,),
+        )
+
+    def activate(
+        self, reservation: Reservation, session_id: str, ttl_seconds: int | None, profile: str | None, now_ms: int
+    ) -> Call[SessionInfo]:
+        """Turn a reservation into a live session with a hard deadline `ttl_seconds` from now."""
+        session_id = validate.identifier('session_id', session_id)
+        profile = validate.optional_identifier('profile', profile)
+        token = validate.identifier('reservation token', reservation.token)
+        limits = self.settings.limits(profile)
+        ttl_s = limits.default_ttl_s if ttl_seconds is None else check_ttl(ttl_seconds, limits.max_ttl_s)
+        k = self.keys
+
+        def parse(reply: list[Any]) -> SessionInfo:
+            code = _int(reply[0])
+            if code == -1:
+                raise ReservationLost(f'reservation {token} expired or was released; reserve again')
+            if code == -2:
+                raise SessionExists(f'session {session_id!r} is already live; release reservation {token}')
+            return self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
+
+        return Call(
+            parse,
+            'activate_session',
+            (k.reservations, k.reservation_info, k.live, k.deadline, k.meta, k.slots, k.tenant_slots),
+            (token, session_id, profile or '', now_ms, now_ms + ttl_s * 1000, reservation.owner),
+        )
+
+    def touch(self, session_ids: Sequence[str], now_ms: int) -> Call[int]:
+        """Stamp genuine activity on the live ones of `session_ids`; one raw ZADD.
+
+        Returns how many sessions' activity moved forward. `XX` never adds a session that is not
+        live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
+        """
+        ids = [validate.identifier('session_id', session_id) for session_id in session_ids]
+        members: list[Arg] = []
+        for session_id in ids:
+            members += [now_ms, session_id]
+        if not members:
+            return Call(lambda reply: 0, command=('PING',))
+        return Call(_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+
+    def begin_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
+        """Mark the session busy for one turn; returns its turn_seq before this turn."""
+        session_id = validate.identifier('session_id', session_id)
+        k = self.keys
+
+        def parse(reply: list[Any]) -> int:
+            code = _int(reply[0])
+            if code == -2:
+                raise SessionReaping(f'session {session_id!r} is being evicted; retry, then restore it')
+            if code == -3:
+                raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
+            if code == -1:
+                raise SessionNotLive(f'session {session_id!r} is not live')
+            return _int(reply[1])
+
+        lease_ms = now_ms + self.settings.busy_lease_s * 1000
+        return Call(
+            parse,
+            'begin_turn',
+            (k.live, k.deadline, k.reaping, k.busy, k.turns, k.meta),
+            (session_id, token, now_ms, lease_ms),
+        )
+
+    def renew_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
+        """Extend one turn's busy lease: 1 renewed, 2 renewed after a lapse, 0 no longer live."""
+        k = self.keys
+        lease_ms = now_ms + self.settings.busy_lease_s * 1000
+        return Call(_int, 'renew_turn', (k.live, k.busy, k.turns), (session_id, token, now_ms, lease_ms))
+
+    def end_turn(self, session_id: str, token: str, now_ms: int) -> Call[int | None]:
+        """Finish one turn; returns the new turn_seq, or None if the session left the pool meanwhile."""
+        k = self.keys
+        return Call(
+            lambda reply: _int(reply[1]) if _int(reply[0]) == 1 else None,
+            'end_turn',
+            (k.live, k.busy, k.turns, k.meta),
+            (session_id, token, now_ms),
+        )
+
+    def close(self, session_id: str) -> Call[bool]:
+        """End a live session and give its slot back; False if it was not live."""
+        session_id = validate.identifier('session_id', session_id)
+        k = self.keys
+
+        def parse(reply: list[Any]) -> bool:
+            if _int(reply[0]) == -2:
+                raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
+            return _int(reply[0]) == 1
+
+        return Call(
+            parse,
+            'close_session',
+            (k.live, k.deadline, k.busy, k.turns, k.meta, k.reaping, k.slots, k.tenant_slots),
+            (session_id,),
+        )
+
+    def status(self, session_id: str, now_ms: int) -> Call[SessionInfo | None]:
+        """Read one session without counting as activity; None if Redis does not hold it."""
+        session_id = validate.identifier('session_id', session_id)
+        k = self.keys
+
+        def parse(reply: list[Any]) -> SessionInfo | None:
+            record, last_active, expires_at, busy_lease, reaping = reply
+            if record is None or last_active is None:
+                return None
+            busy = busy_lease is not None and _int(busy_lease) > now_ms
+            return self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
+
+        return Call(parse, 'read_session', (k.live, k.deadline, k.busy, k.meta, k.reaping), (session_id,))
+
+    def stats(self, now_ms: int) -> Call[PoolStats]:
+        """Pool figures in one atomic read."""
+        k = self.keys
+        cap = self.settings.max_sessions
+        return Call(
+            lambda r: PoolStats(_int(r[0]), _int(r[1]), _int(r[2]), _int(r[3]), cap, _int(r[4])),
+            'read_stats',
+            (k.live, k.reservations, k.busy, k.reaping, k.slots),
+            (now_ms,),
+        )
+
+    def heartbeat(self, owner: str, now_ms: int) -> Call[None]:
+        """Announce that replica `owner` is alive for another `replica_ttl_s`."""
+        owner = validate.identifier('owner', owner)
+        expiry_ms = now_ms + self.settings.replica_ttl_s * 1000
+        return Call(lambda reply: None, command=('ZADD', self.keys.replicas, 'GT', expiry_ms, owner))
+
+    @staticmethod
+    def _info(
+        session_id: str, record: str, last_active: Any, expires_at: Any, *, busy: bool, reaping: bool
+    ) -> SessionInfo:
+        meta = Meta.unpack(record)
+        return SessionInfo(
+            session_id=session_id,
+            state=SessionState.REAPING if reaping else SessionState.LIVE,
+            owner=meta.owner,
+            tenant=meta.tenant,
+            profile=meta.profile,
+            created_at_ms=meta.created_ms,
+            last_active_ms=_int(last_active),
+            expires_at_ms=_int(expires_at),
+            busy=busy,
+            turn_seq=meta.turn_seq,
+        )
