@@ -1,0 +1,91 @@
+"""Shared fixtures: settings on a private key prefix, a fixed clock, fake and real Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from lifecycle import FixedClock, Lifecycle, Settings
+
+REDIS_URL = os.environ.get('LIFECYCLE_TEST_REDIS_URL', 'redis://127.0.0.1:6379/15')
+_INTEGRATION = Path(__file__).parent / 'integration'
+
+SettingsFactory = Callable[..., Settings]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration needs real servers."""
+    for item in items:
+        if _INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def connect_real_redis(url: str = REDIS_URL) -> redis.Redis:
+    """A client of the test Redis; skipped on a laptop without one, a failure in CI."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        if os.environ.get('CI'):
+            raise
+        pytest.skip(f'no Redis at {url} (set LIFECYCLE_TEST_REDIS_URL)')
+    return client
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f'lctest-{uuid.uuid4().hex[:10]}'
+
+
+@pytest.fixture
+def make_settings(key_prefix: str) -> SettingsFactory:
+    def make(**overrides: Any) -> Settings:
+        return Settings(**{'redis_url': REDIS_URL, 'key_prefix': key_prefix, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings(max_sessions=5)
+
+
+@pytest.fixture
+def fixed_clock() -> FixedClock:
+    return FixedClock()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[redis.Redis]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def real_redis(key_prefix: str) -> Iterator[redis.Redis]:
+    client = connect_real_redis()
+    yield client
+    for key in client.scan_iter(match='{' + key_prefix + '}*', count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(params=['fake', pytest.param('real', marks=pytest.mark.integration)])
+def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
+    client: redis.Redis = request.getfixturevalue(f'{request.param}_redis')
+    return client
+
+
+@pytest.fixture
+def lc(settings: Settings, redis_client: redis.Redis, fixed_clock: FixedClock) -> Lifecycle:
+    """A client on the parametrised Redis with a fixed clock."""
+    return Lifecycle(settings, redis_client=redis_client, clock=fixed_clock)

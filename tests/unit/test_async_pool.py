@@ -1,0 +1,126 @@
+"""AsyncLifecycle behaves as Lifecycle does, on fakeredis and on the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aredis
+
+from lifecycle import (
+    AsyncLifecycle,
+    CapacityExceeded,
+    FixedClock,
+    InvalidTTL,
+    ReservationLost,
+    SessionNotLive,
+    SessionReaping,
+    Settings,
+)
+from tests.conftest import REDIS_URL
+
+Scenario = Callable[[AsyncLifecycle, FixedClock], Awaitable[None]]
+
+
+@pytest.fixture(params=['fake', pytest.param('real', marks=pytest.mark.integration)])
+def run_async(
+    request: pytest.FixtureRequest, settings: Settings, fixed_clock: FixedClock
+) -> Callable[[Scenario], None]:
+    if request.param == 'real':
+        request.getfixturevalue('real_redis')  # skips or fails when Redis is down, and cleans our keys up
+
+    def run(scenario: Scenario) -> None:
+        async def main() -> None:
+            client: Any
+            if request.param == 'fake':
+                client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+            else:
+                client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+            async with AsyncLifecycle(settings, redis_client=client, clock=fixed_clock) as lc:
+                await scenario(lc, fixed_clock)
+
+        asyncio.run(main())
+
+    return run
+
+
+def test_async_reserve_activate_and_the_cap(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        first = await lc.reserve('api-1', token='t-1')
+        assert await lc.reserve('api-1', token='t-1') == first
+        info = await lc.activate(first, 'chat-1', ttl_seconds=60)
+        assert info.expires_at_ms == clock.now_ms() + 60_000
+        held = await asyncio.gather(*(lc.reserve('api-1') for _ in range(4)))
+        with pytest.raises(CapacityExceeded) as refused:
+            await lc.reserve('api-2')
+        assert (refused.value.live, refused.value.reserved, refused.value.cap) == (1, 4, 5)
+        with pytest.raises(InvalidTTL):
+            await lc.activate(held[0], 'chat-2', ttl_seconds=0)
+        assert await lc.release(held[0])
+        with pytest.raises(ReservationLost):
+            await lc.activate(held[0], 'chat-2')
+        stats = await lc.stats()
+        assert (stats.live, stats.reserved, stats.slots) == (1, 3, 4)
+
+    run_async(scenario)
+
+
+def test_async_touch_status_close_and_heartbeat(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.activate(await lc.reserve('api-1'), 'chat-1')
+        clock.advance(seconds=3)
+        assert await lc.touch('chat-1')
+        assert await lc.touch_many(['chat-1', 'ghost']) == 0  # same instant: nothing moved forward
+        info = await lc.status('chat-1')
+        assert info is not None
+        assert info.last_active_ms == clock.now_ms()
+        await lc.heartbeat('api-1')
+        assert await lc.close('chat-1')
+        assert await lc.status('chat-1') is None
+        assert (await lc.stats()).slots == 0
+
+    run_async(scenario)
+
+
+def test_async_turn_is_busy_during_the_body_and_refuses_dead_sessions(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.activate(await lc.reserve('api-1'), 'chat-1')
+        async with lc.turn('chat-1') as turn:
+            assert (await lc.status('chat-1')).busy  # type: ignore[union-attr]
+        assert (turn.seq, turn.finished_seq) == (0, 1)
+        assert not (await lc.status('chat-1')).busy  # type: ignore[union-attr]
+        with pytest.raises(SessionNotLive):
+            async with lc.turn('ghost'):
+                pass
+        await lc.redis.zadd(lc.index.keys.reaping, {'chat-1': clock.now_ms() + 1000})
+        with pytest.raises(SessionReaping):
+            async with lc.turn('chat-1'):
+                pass
+
+    run_async(scenario)
+
+
+def test_cancelling_a_turn_still_records_its_end_and_propagates(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.activate(await lc.reserve('api-1'), 'chat-1')
+        entered = asyncio.Event()
+
+        async def serve_turn() -> None:
+            async with lc.turn('chat-1'):
+                entered.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(serve_turn())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        info = await lc.status('chat-1')
+        assert info is not None
+        assert (info.busy, info.turn_seq) == (False, 1)
+
+    run_async(scenario)

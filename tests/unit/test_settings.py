@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lifecycle import ProfilePolicy, Settings
+from lifecycle.models import Limits
+
+
+def test_defaults_match_the_design() -> None:
+    s = Settings()
+    assert (s.key_prefix, s.max_sessions, s.default_ttl_s, s.max_ttl_s) == ('lc', 200, 900, 86_400)
+    assert (s.idle_ttl_s, s.reservation_lease_s, s.busy_lease_s) == (7_200, 120, 60)
+    assert s.mongo_url is None
+    assert s.tenant_cap('anyone') is None
+
+
+def test_settings_are_read_from_lifecycle_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('LIFECYCLE_MAX_SESSIONS', '40')
+    monkeypatch.setenv('LIFECYCLE_TENANT_LIMITS', '{"acme": 7}')
+    monkeypatch.setenv('LIFECYCLE_PROFILES', '{"sandbox": {"idle_ttl_s": 600, "max_ttl_s": 3600}}')
+    s = Settings()
+    assert s.max_sessions == 40
+    assert s.tenant_cap('acme') == 7
+    assert s.limits('sandbox') == Limits(idle_ttl_s=600, default_ttl_s=900, max_ttl_s=3600)
+
+
+def test_profile_overrides_fall_back_to_global_values() -> None:
+    s = Settings(idle_ttl_s=100, default_ttl_s=900, profiles={'short': ProfilePolicy(max_ttl_s=300)})
+    assert s.limits('short') == Limits(idle_ttl_s=100, default_ttl_s=300, max_ttl_s=300)
+    assert s.limits('unknown') == s.limits(None) == Limits(100, 900, 86_400)
+
+
+def test_tenant_overrides_take_precedence_over_the_default_tenant_cap() -> None:
+    s = Settings(max_sessions=50, tenant_max_sessions=5, tenant_limits={'big': 20})
+    assert (s.tenant_cap('big'), s.tenant_cap('small'), s.tenant_cap(None)) == (20, 5, None)
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'named'),
+    [
+        ({'default_ttl_s': 100, 'max_ttl_s': 50}, 'default_ttl_s=100'),
+        ({'max_ttl_s': 86_401}, 'max_ttl_s=86401'),
+        ({'profiles': {'p': {'max_ttl_s': 90_000}}}, "profiles['p']"),
+        ({'profiles': {'p': {'default_ttl_s': 600, 'max_ttl_s': 60}}}, "profiles['p']"),
+        ({'profiles': {'p': {'idle_ttl_s': 0}}}, 'idle_ttl_s'),
+        ({'profiles': {'p': {'unknown': 1}}}, 'unknown'),
+        ({'max_sessions': 0}, 'max_sessions'),
+        ({'max_sessions': 10, 'tenant_max_sessions': 11}, 'tenant_max_sessions=11'),
+        ({'max_sessions': 10, 'tenant_limits': {'acme': 12}}, 'acme=12'),
+        ({'tenant_limits': {'bad tenant': 1}}, "'bad tenant'"),
+        ({'key_prefix': '{lc}'}, "key_prefix '{lc}'"),
+        ({'redis_url': 'http://x'}, "redis_url 'http://x'"),
+        ({'mongo_url': 'postgres://x'}, "mongo_url 'postgres://x'"),
+        ({'busy_lease_s': 2}, 'busy_lease_s=2'),
+        ({'reservation_lease_s': -5}, 'reservation_lease_s'),
+        ({'not_a_setting': 1}, 'not_a_setting'),
+    ],
+)
+def test_invalid_settings_fail_at_construction_naming_the_field(overrides: dict[str, object], named: str) -> None:
+    with pytest.raises(ValidationError, match=named.replace('[', r'\[').replace(']', r'\]')):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        Settings().max_sessions = 3  # type: ignore[misc]
