@@ -133,7 +133,7 @@ class AsyncLifecycle:
 
     async def close(self, session_id: str) -> bool:
         """See `Lifecycle.close`."""
-        return await self.run(self.index.close(session_id))
+        return await self.run(self.index.close(session_id)) is not None
 
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""

@@ -6,23 +6,74 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
 
+from lifecycle import validate
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock, RedisClock
-from lifecycle.errors import BackendUnavailable
-from lifecycle.models import PoolStats, Reservation, SessionInfo
+from lifecycle.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    ConfigurationError,
+    LifecycleError,
+    PersistenceError,
+    SessionNotLive,
+)
+from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
 from lifecycle.state import Call, SessionIndex
+from lifecycle.stores import SessionRecord, SnapshotStore
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
+MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
+MAKE_ROOM_CANDIDATES = 20
+NOTICE_BATCH = 100
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def record_of(info: SessionInfo) -> SessionRecord:
+    """What MongoDB keeps of a session, from what Redis knew of it."""
+    return SessionRecord(
+        session_id=info.session_id,
+        owner=info.owner,
+        tenant=info.tenant,
+        profile=info.profile,
+        created_at=info.created_at,
+        last_active_at=info.last_active,
+        expires_at=info.expires_at,
+        turn_seq=info.turn_seq,
+    )
+
+
+def info_from_document(document: Mapping[str, Any] | None) -> SessionInfo | None:
+    """A session no longer live, as its MongoDB document describes it; None unless resumable or ended."""
+    if document is None or document.get('state') not in (SessionState.RESUMABLE, SessionState.EXPIRED,
+                                                         SessionState.CLOSED):  # fmt: skip
+        return None
+    return SessionInfo(
+        session_id=document['_id'],
+        state=SessionState(document['state']),
+        owner=document.get('owner', ''),
+        tenant=document.get('tenant'),
+        profile=document.get('profile'),
+        created_at_ms=to_epoch_ms(document['created_at']) if 'created_at' in document else 0,
+        last_active_ms=to_epoch_ms(document['last_active_at']) if 'last_active_at' in document else 0,
+        expires_at_ms=to_epoch_ms(document['expires_at']) if 'expires_at' in document else 0,
+        busy=False,
+        turn_seq=int(document.get('turn_seq', 0)),
+    )
 
 
 @dataclass
@@ -63,13 +114,48 @@ class Lifecycle:
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, redis_client: redis.Redis | None = None, clock: Clock | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_client: redis.Redis | None = None,
+        clock: Clock | None = None,
+        store: SnapshotStore | None = None,
+        driver: SandboxDriver | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         self.index = SessionIndex(self.settings)
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
+        self._store = store
+        self._driver = driver
+
+    @property
+    def store(self) -> SnapshotStore | None:
+        """The MongoDB store when `mongo_url` is set (connected on first use), else None."""
+        if self._store is None and self.settings.mongo_url is not None:
+            from lifecycle.stores.mongo import MongoSnapshotStore
+
+            self._store = MongoSnapshotStore(
+                self.settings.mongo_url,
+                self.settings.mongo_database,
+                timeout_ms=self.settings.mongo_timeout_ms,
+                write_concern=self.settings.mongo_write_concern,
+            )
+        return self._store
+
+    @property
+    def driver(self) -> SandboxDriver:
+        """The sandbox driver `settings.sandbox_driver` names."""
+        if self._driver is None:
+            self._driver = driver_from_settings(self.settings)
+        return self._driver
+
+    def _require_store(self, what: str) -> SnapshotStore:
+        store = self.store
+        if store is None:
+            raise ConfigurationError(f'{what} needs MongoDB: set LIFECYCLE_MONGO_URL')
+        return store
 
     @classmethod
     def from_env(cls) -> Lifecycle:
@@ -108,13 +194,38 @@ class Lifecycle:
 
     # -- the public surface ------------------------------------------------------------------------
 
-    def reserve(self, owner: str, tenant: str | None = None, *, token: str | None = None) -> Reservation:
+    def reserve(
+        self, owner: str, tenant: str | None = None, *, token: str | None = None, make_room: bool = False
+    ) -> Reservation:
         """Hold a slot for a session being created; raises CapacityExceeded when the pool or tenant is full.
 
         `token` is an idempotency key: reserving again with the same token returns the same
-        reservation and never takes a second slot.
+        reservation and never takes a second slot. With `make_room`, a full pool first evicts its least
+        recently active session idle for at least `min_idle_s` (durably, as a worker would) and retries.
         """
-        return self.run(self.index.reserve(owner, tenant, token or new_token(), self.now_ms()))
+        token = token or new_token()
+        for _ in range(MAKE_ROOM_ATTEMPTS):
+            try:
+                return self.run(self.index.reserve(owner, tenant, token, self.now_ms()))
+            except CapacityExceeded as full:
+                if not make_room or full.tenant is not None or not self._make_room():
+                    raise
+        return self.run(self.index.reserve(owner, tenant, token, self.now_ms()))
+
+    def _make_room(self) -> bool:
+        """Evict one idle session to free a slot; False when none can go (all busy, recent or unsaved)."""
+        if self.store is None:
+            return False
+        from lifecycle.eviction import Evictor, Outcome
+
+        evictor = Evictor(self, self.store, self.driver)
+        now = self.now_ms()
+        bound = now - self.settings.min_idle_s * 1000
+        for session_id, last_active in self.run(self.index.live_below(bound, MAKE_ROOM_CANDIDATES)):
+            result = evictor.evict(session_id, ReapReason.MAKE_ROOM, bound, last_active)
+            if result.outcome is Outcome.EVICTED:
+                return True
+        return False
 
     def activate(
         self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None
@@ -167,12 +278,91 @@ class Lifecycle:
                 log.warning('turn on %s: could not record its end; the busy lease will lapse', session_id)
 
     def close(self, session_id: str) -> bool:
-        """End a live session and give its slot back; False if it was not live."""
-        return self.run(self.index.close(session_id))
+        """End a live session and give its slot back; False if it was not live.
+
+        With MongoDB configured, its document is marked closed (best effort: the slot is back either way).
+        """
+        closed = self.run(self.index.close(session_id))
+        if closed is None:
+            return False
+        if self.store is not None:
+            try:
+                token = self.run(self.index.next_token())
+                self.store.end(record_of(closed), SessionState.CLOSED, token, self.settings.mongo_timeout_ms)
+            except PersistenceError as exc:
+                log.warning('closed %s, but MongoDB did not record it: %s', session_id, exc)
+        return True
 
     def status(self, session_id: str) -> SessionInfo | None:
-        """The session as lifecycle sees it, without counting as activity; None if unknown."""
-        return self.run(self.index.status(session_id, self.now_ms()))
+        """The session as lifecycle sees it, without counting as activity; None if unknown.
+
+        Live sessions come from Redis; others (resumable, expired, closed) from MongoDB when configured.
+        """
+        info = self.run(self.index.status(session_id, self.now_ms()))
+        if info is not None or self.store is None:
+            return info
+        return info_from_document(self.store.load(session_id))
+
+    def checkpoint(
+        self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
+    ) -> int | None:
+        """Durably save the app's snapshot of a session (messages first, in order, then the document).
+
+        The checkpoint covers the session's finished turns so far, which is what lets the reaper evict it
+        as resumable. Returns the turn sequence it covers (None if the session is not live). Raises
+        PersistenceError unless MongoDB acknowledged every write with `w: majority, j: true`.
+        """
+        store = self._require_store('checkpoint()')
+        info = self.run(self.index.status(validate.identifier('session_id', session_id), self.now_ms()))
+        turn_seq = info.turn_seq if info is not None else None
+        store.checkpoint(session_id, snapshot, messages, turn_seq)
+        return turn_seq
+
+    def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
+        """Make a resumable session live again under `owner`, with its last checkpoint.
+
+        Its sandbox was released when it was evicted, so the result says `sandbox_reset=True`: tell the
+        agent its sandbox was wiped (unless an approval is pending). The hard deadline stays where it was.
+        Raises SessionNotLive if it is not resumable (never existed, expired, closed), SessionExists if
+        another replica restored it first, CapacityExceeded when the pool is full.
+        """
+        store = self._require_store('restore()')
+        document = store.load(validate.identifier('session_id', session_id))
+        state = document.get('state') if document is not None else None
+        if document is None or state != SessionState.RESUMABLE:
+            raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
+        ttl_s = (to_epoch_ms(document['expires_at']) - self.now_ms()) // 1000
+        if ttl_s < 1:
+            raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
+        reservation = self.reserve(owner, document.get('tenant'), make_room=make_room)
+        try:
+            ttl_s = min(ttl_s, self.settings.limits(document.get('profile')).max_ttl_s)
+            info = self.activate(reservation, session_id, ttl_s, document.get('profile'))
+        except LifecycleError:
+            self.release(reservation)
+            raise
+        try:
+            restored = store.restore(session_id, self.run(self.index.next_token()), owner)
+        except PersistenceError:
+            self.run(self.index.close(session_id))
+            raise
+        if restored is None:
+            self.run(self.index.close(session_id))
+            raise SessionNotLive(f'session {session_id!r} was restored, ended or evicted again meanwhile')
+        return Restored(
+            info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), store.messages(session_id)
+        )
+
+    def notices(self, owner: str, *, after: str = '0', block_s: float | None = None) -> Iterator[Notice]:
+        """Notices to replica `owner` after stream id `after`; with `block_s`, waits for more, forever."""
+        block_ms = int(block_s * 1000) if block_s is not None else None
+        while True:
+            batch = self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
+            yield from batch
+            if batch:
+                after = batch[-1].id
+            elif block_ms is None:
+                return
 
     def stats(self) -> PoolStats:
         """Live, reserved, busy and reaping counts against the cap, read atomically."""

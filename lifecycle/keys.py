@@ -71,6 +71,20 @@ class Keys:
         return f'{self.prefix}:tenant_slots'
 
     @property
+    def orphans(self) -> str:
+        """ZSET session_id -> when its sandbox release failed (epoch ms); retried by the expiry sweep."""
+        return f'{self.prefix}:orphans'
+
+    @property
+    def warn_cursor(self) -> str:
+        """HASH idle_ttl_s -> the last_active (epoch ms) up to which owners were warned."""
+        return f'{self.prefix}:warn_cursor'
+
+    def swept(self, sweep: str) -> str:
+        """STRING set for half an interval after a sweep ran, so a duplicate delivery is a no-op."""
+        return f'{self.prefix}:swept:{sweep}'
+
+    @property
     def epoch(self) -> str:
         """STRING fencing counter; every eviction claim takes a fresh value with INCR."""
         return f'{self.prefix}:epoch'

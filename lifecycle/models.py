@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 
 def to_datetime(epoch_ms: int) -> datetime:
@@ -83,3 +84,44 @@ class PoolStats:
     reaping: int
     cap: int
     slots: int
+
+
+class ReapReason(StrEnum):
+    """Why a worker takes a session out of the live pool; values are stored in MongoDB and notices."""
+
+    IDLE = 'idle'
+    LRU = 'lru'
+    MAKE_ROOM = 'make_room'
+    OWNER_LOST = 'owner_lost'
+    EXPIRED = 'expired'
+
+
+class NoticeKind(StrEnum):
+    """What a notice in an owner's inbox tells it."""
+
+    WARNING = 'warning'
+    EVICTED = 'evicted'
+    EXPIRED = 'expired'
+    CHECKPOINT_REQUESTED = 'checkpoint_requested'
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One entry of an API replica's inbox stream; `id` is the stream id to resume after."""
+
+    id: str
+    kind: NoticeKind
+    session_id: str
+    reason: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A session made live again by `restore()`: its last checkpoint, and a sandbox that was reset."""
+
+    session: SessionInfo
+    snapshot: dict[str, Any] | None
+    checkpoint_seq: int
+    messages: list[dict[str, Any]]
+    sandbox_reset: bool = True

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.models import Limits
@@ -48,6 +58,39 @@ class Settings(BaseSettings):
     busy_lease_s: PositiveInt = 60  # a turn's heartbeat renews it every third of this
     replica_ttl_s: PositiveInt = 30  # a replica whose heartbeat is older than this is lost
     clock_refresh_s: PositiveInt = 60  # how often a client re-learns Redis server time
+
+    # The reaper.
+    max_live: PositiveInt | None = None  # soft cap for the LRU sweep (<= max_sessions); None: no LRU sweep
+    min_idle_s: PositiveInt = 60  # reserve(make_room=True) evicts only sessions idle at least this long
+    require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
+    warn_before_s: PositiveInt = 300  # owners get a `warning` notice this long before the idle deadline
+    claim_lease_s: PositiveInt = 60  # an eviction claim not finished by then is resolved by the next sweep
+    sweep_batch_size: PositiveInt = 500
+    notice_maxlen: PositiveInt = 1_000  # each owner's inbox stream is capped (approximately) at this length
+    idle_interval_s: PositiveInt = 60
+    lru_interval_s: PositiveInt = 60
+    expired_interval_s: PositiveInt = 30
+    owner_lost_interval_s: PositiveInt = 30
+    warnings_interval_s: PositiveInt = 60
+    reconcile_interval_s: PositiveInt = 300
+    sweep_lock_timeout_s: PositiveInt = 60  # extended after every batch; a dead sweeper frees it this soon
+    reconcile_tenant_limit: PositiveInt = 100_000  # recount tenants in one script only up to this many sessions
+
+    mongo_timeout_ms: PositiveInt = 5_000  # every MongoDB operation of an eviction, write concern included
+    expiry_write_timeout_ms: PositiveInt = 2_000  # the best-effort write of an expiring session
+    mongo_write_concern: str = 'majority'  # with j=true; 'majority' is what makes an eviction durable
+
+    sandbox_driver: Literal['noop', 'webhook', 'process'] = 'noop'
+    sandbox_webhook_url: str | None = None
+    sandbox_webhook_secret: SecretStr | None = None
+    sandbox_webhook_timeout_s: PositiveFloat = 5.0
+    sandbox_webhook_retries: NonNegativeInt = 3
+    sandbox_state_dir: str = '/tmp/lifecycle-sandboxes'  # the process driver's records of its process groups
+
+    broker_url: str | None = None  # Celery broker; None: redis_url
+    task_time_limit_s: PositiveInt = 300  # hard limit of any task; the broker's visibility timeout exceeds it
+    # Test and chaos only: SIGKILL the worker at this step of the eviction pipeline.
+    crash_at: Literal['after_claim', 'after_persist', 'after_release'] | None = None
 
     @field_validator('redis_url')
     @classmethod
@@ -95,6 +138,12 @@ class Settings(BaseSettings):
         for name, cap in caps.items():
             if cap > self.max_sessions:
                 raise ValueError(f'tenant cap {name}={cap} exceeds max_sessions={self.max_sessions}')
+        if self.max_live is not None and self.max_live > self.max_sessions:
+            raise ValueError(f'max_live={self.max_live} exceeds max_sessions={self.max_sessions}')
+        if self.sandbox_driver == 'webhook' and (
+            self.sandbox_webhook_url is None or self.sandbox_webhook_secret is None
+        ):
+            raise ValueError('sandbox_driver=webhook needs sandbox_webhook_url and sandbox_webhook_secret')
         if self.busy_lease_s < 3:
             raise ValueError(f'busy_lease_s={self.busy_lease_s} must be at least 3 (renewed every third)')
         return self
@@ -109,6 +158,16 @@ class Settings(BaseSettings):
             default_ttl_s=policy.default_ttl_s or min(self.default_ttl_s, policy.max_ttl_s or self.max_ttl_s),
             max_ttl_s=policy.max_ttl_s or self.max_ttl_s,
         )
+
+    @property
+    def idle_ttls_s(self) -> set[int]:
+        """Every idle timeout in force (the global one and each profile's)."""
+        return {self.limits(name).idle_ttl_s for name in (None, *self.profiles)}
+
+    def interval_s(self, sweep: str) -> int:
+        """The beat interval of one sweep kind ('idle', 'owner-lost', ...)."""
+        value: int = getattr(self, f'{sweep.replace("-", "_")}_interval_s')
+        return value
 
     def tenant_cap(self, tenant: str | None) -> int | None:
         """The cap of one tenant, or None when it is uncapped."""

@@ -8,7 +8,7 @@ clients share every argument and every reply rule, and tests can inspect a call 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from lifecycle import validate
@@ -21,7 +21,7 @@ from lifecycle.errors import (
     SessionReaping,
 )
 from lifecycle.keys import Keys
-from lifecycle.models import PoolStats, Reservation, SessionInfo, SessionState
+from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, SessionInfo, SessionState
 from lifecycle.settings import Settings
 
 T = TypeVar('T')
@@ -60,6 +60,16 @@ class Meta:
 
 def _int(value: Any) -> int:
     return int(float(value))
+
+
+def _parse_notices(reply: Any) -> list[Notice]:
+    if not reply:
+        return []
+    entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+    return [
+        Notice(entry_id, NoticeKind(f['kind']), f['session_id'], f.get('reason', ''), _int(f.get('at_ms', 0)))
+        for entry_id, f in entries
+    ]
 
 
 def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
@@ -177,7 +187,7 @@ class SessionIndex:
         """Extend one turn's busy lease: 1 renewed, 2 renewed after a lapse, 0 no longer live."""
         k = self.keys
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
-        return Call(_int, 'renew_turn', (k.live, k.busy, k.turns), (session_id, token, now_ms, lease_ms))
+        return Call(_int, 'renew_turn', (k.live, k.busy, k.turns, k.reaping), (session_id, token, now_ms, lease_ms))
 
     def end_turn(self, session_id: str, token: str, now_ms: int) -> Call[int | None]:
         """Finish one turn; returns the new turn_seq, or None if the session left the pool meanwhile."""
@@ -189,15 +199,18 @@ class SessionIndex:
             (session_id, token, now_ms),
         )
 
-    def close(self, session_id: str) -> Call[bool]:
-        """End a live session and give its slot back; False if it was not live."""
+    def close(self, session_id: str) -> Call[SessionInfo | None]:
+        """End a live session and give its slot back; returns it as it was, or None if it was not live."""
         session_id = validate.identifier('session_id', session_id)
         k = self.keys
 
-        def parse(reply: list[Any]) -> bool:
+        def parse(reply: list[Any]) -> SessionInfo | None:
             if _int(reply[0]) == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
-            return _int(reply[0]) == 1
+            if _int(reply[0]) != 1:
+                return None
+            info = self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
+            return replace(info, state=SessionState.CLOSED)
 
         return Call(
             parse,
@@ -229,6 +242,26 @@ class SessionIndex:
             'read_stats',
             (k.live, k.reservations, k.busy, k.reaping, k.slots),
             (now_ms,),
+        )
+
+    def next_token(self) -> Call[int]:
+        """A fresh fencing token (the epoch counter), for a client-side MongoDB write."""
+        return Call(_int, command=('INCR', self.keys.epoch))
+
+    def live_below(self, last_active_ms: int, limit: int) -> Call[list[tuple[str, int]]]:
+        """The least recently active live sessions with activity at or before `last_active_ms`."""
+        return Call(
+            lambda reply: [(str(member), _int(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)],
+            command=('ZRANGEBYSCORE', self.keys.live, '-inf', last_active_ms, 'WITHSCORES', 'LIMIT', 0, limit),
+        )
+
+    def read_notices(self, owner: str, after: str, count: int, block_ms: int | None) -> Call[list[Notice]]:
+        """Notices in `owner`'s inbox after stream id `after`, waiting up to `block_ms` for the first."""
+        owner = validate.identifier('owner', owner)
+        block: tuple[Arg, ...] = ('BLOCK', block_ms) if block_ms is not None else ()
+        return Call(
+            _parse_notices,
+            command=('XREAD', 'COUNT', count, *block, 'STREAMS', self.keys.inbox(owner), after),
         )
 
     def heartbeat(self, owner: str, now_ms: int) -> Call[None]:

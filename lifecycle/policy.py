@@ -1,0 +1,80 @@
+"""Pure decisions of the sweeps: (candidates, limits, now_ms) -> eviction orders. No I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from lifecycle.models import Limits, ReapReason
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live session as a sweep read it."""
+
+    session_id: str
+    last_active_ms: int
+    owner: str
+    profile: str | None
+    busy_until_ms: int | None
+    reaping: bool
+
+    def is_busy(self, now_ms: int) -> bool:
+        return self.busy_until_ms is not None and self.busy_until_ms > now_ms
+
+
+@dataclass(frozen=True)
+class Order:
+    """Evict `session_id` for `reason` if, when claimed, it is still due by `bound` (see ClaimIndex.claim)."""
+
+    session_id: str
+    reason: ReapReason
+    bound: int | str = 0
+    observed_ms: int = 0
+
+
+def idle_cutoff_ms(now_ms: int, idle_ttl_s: int) -> int:
+    """The latest last_active at which a session with this idle timeout is due."""
+    return now_ms - idle_ttl_s * 1000
+
+
+def idle_orders(candidates: Iterable[Candidate], limits: Callable[[str | None], Limits], now_ms: int) -> list[Order]:
+    """Sessions idle past their profile's timeout, not busy, not already being reaped."""
+    orders: list[Order] = []
+    for c in candidates:
+        cutoff = idle_cutoff_ms(now_ms, limits(c.profile).idle_ttl_s)
+        if c.last_active_ms <= cutoff and not c.is_busy(now_ms) and not c.reaping:
+            orders.append(Order(c.session_id, ReapReason.IDLE, cutoff, c.last_active_ms))
+    return orders
+
+
+def lru_excess(live: int, reaping: int, max_live: int) -> int:
+    """How many sessions the LRU sweep should evict: live ones beyond the soft cap, less those already going."""
+    return max(0, live - reaping - max_live)
+
+
+def lru_orders(candidates: Iterable[Candidate], wanted: int, max_live: int, now_ms: int) -> list[Order]:
+    """The `wanted` least recently active sessions (candidates arrive oldest first) that are not busy."""
+    orders: list[Order] = []
+    for c in candidates:
+        if len(orders) >= wanted:
+            break
+        if not c.is_busy(now_ms) and not c.reaping:
+            orders.append(Order(c.session_id, ReapReason.LRU, max_live, c.last_active_ms))
+    return orders
+
+
+def warning_window(cursor_ms: int | None, now_ms: int, idle_ttl_s: int, warn_before_s: int) -> tuple[int, int]:
+    """The last_active range (exclusive low, inclusive high) whose owners are due a warning now.
+
+    High: sessions whose idle deadline is at most `warn_before_s` away. Low: where the previous sweep
+    stopped, but never sessions already past their deadline (they are being reaped, not warned).
+    """
+    high = now_ms + (warn_before_s - idle_ttl_s) * 1000
+    low = max(cursor_ms if cursor_ms is not None else high - warn_before_s * 1000, idle_cutoff_ms(now_ms, idle_ttl_s))
+    return low, high
+
+
+def is_durably_evicted(document: dict[str, object] | None, token: int) -> bool:
+    """Whether a session document (before recovery raised its fence) holds the eviction write of `token`."""
+    return document is not None and document.get('state') == 'resumable' and document.get('fence') == token

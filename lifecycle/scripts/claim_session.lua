@@ -1,0 +1,43 @@
+-- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
+-- KEYS[6] meta HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET
+-- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
+-- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
+-- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
+-- Returns {1, token, record, last_active, expires_at} claimed, or {0, why} with why one of
+-- not_live, claimed, busy, not_due, expired (left to the expiry path), moved (touched since observed).
+local session_id, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local last_active = redis.call('ZSCORE', KEYS[1], session_id)
+local record = redis.call('HGET', KEYS[6], session_id)
+if not last_active or not record then
+  return {0, 'not_live'}
+end
+if redis.call('ZSCORE', KEYS[4], session_id) then
+  return {0, 'claimed'}
+end
+local expires_at = redis.call('ZSCORE', KEYS[2], session_id)
+local expired = tonumber(expires_at) <= now
+if reason == 'expired' then
+  if not expired then return {0, 'not_due'} end
+else
+  -- Only the hard deadline ends a busy session: every other reason yields to a current busy lease.
+  if expired then return {0, 'expired'} end
+  local busy = redis.call('ZSCORE', KEYS[3], session_id)
+  if busy and tonumber(busy) > now then return {0, 'busy'} end
+  if reason == 'idle' or reason == 'make_room' then
+    if tonumber(last_active) > tonumber(ARGV[5]) then return {0, 'not_due'} end
+  elseif reason == 'lru' then
+    if redis.call('ZCARD', KEYS[1]) - redis.call('ZCARD', KEYS[4]) <= tonumber(ARGV[5]) then return {0, 'not_due'} end
+    if tonumber(last_active) ~= tonumber(ARGV[6]) then return {0, 'moved'} end
+  elseif reason == 'owner_lost' then
+    if unpack_meta(record).owner ~= ARGV[5] then return {0, 'not_due'} end
+    local heartbeat = redis.call('ZSCORE', KEYS[8], ARGV[5])
+    if heartbeat and tonumber(heartbeat) > now then return {0, 'not_due'} end
+  else
+    return redis.error_reply('unknown eviction reason ' .. reason)
+  end
+end
+local token = redis.call('INCR', KEYS[7])
+redis.call('ZADD', KEYS[4], ARGV[4], session_id)
+redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason)
+return {1, token, record, last_active, expires_at}

@@ -1,0 +1,20 @@
+-- reclaim_session: take over an eviction claim whose lease ran out (its worker crashed or paused), under
+-- a fresh token, so the stale worker's remaining steps are fenced off.
+-- KEYS[1] reaping ZSET  KEYS[2] claims HASH  KEYS[3] epoch STRING  KEYS[4] meta HASH  KEYS[5] live ZSET
+-- KEYS[6] deadline ZSET
+-- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] new claim lease expiry ms
+-- Returns {1, old_token, new_token, reason, record, expires_at} taken over (record false if the session is
+-- no longer live), {0} the claim is current or gone.
+local session_id = ARGV[1]
+local lease = redis.call('ZSCORE', KEYS[1], session_id)
+local claim = redis.call('HGET', KEYS[2], session_id)
+if not lease or not claim or tonumber(lease) > tonumber(ARGV[2]) then
+  return {0}
+end
+local old_token, reason = string.match(claim, '^(%d+)|(.*)$')
+local token = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], ARGV[3], session_id)
+redis.call('HSET', KEYS[2], session_id, token .. '|' .. reason)
+local record = false
+if redis.call('ZSCORE', KEYS[5], session_id) then record = redis.call('HGET', KEYS[4], session_id) end
+return {1, old_token, token, reason, record, redis.call('ZSCORE', KEYS[6], session_id)}

@@ -1,0 +1,73 @@
+"""The SnapshotStore protocol: the durable side of every session (MongoDB in production)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from lifecycle.models import ReapReason, SessionState
+
+
+class MarkOutcome(StrEnum):
+    """How a conditional eviction write ended (a write that failed raises PersistenceError instead)."""
+
+    DONE = 'done'
+    NOT_CHECKPOINTED = 'not_checkpointed'  # no checkpoint covers the last finished turn
+    FENCED = 'fenced'  # a newer token already wrote this session
+    ENDED = 'ended'  # the document says expired or closed
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What an eviction writes about a session besides its state."""
+
+    session_id: str
+    owner: str
+    tenant: str | None
+    profile: str | None
+    created_at: datetime
+    last_active_at: datetime
+    expires_at: datetime
+    turn_seq: int
+
+
+class SnapshotStore(Protocol):
+    """Durable session documents, each write conditional on a fencing token."""
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes the store relies on (idempotent; called at start)."""
+
+    def checkpoint(
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None,
+        turn_seq: int | None,
+    ) -> None:
+        """Durably save the app's snapshot (messages first, ordered); raises PersistenceError."""
+
+    def mark_resumable(
+        self, record: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
+    ) -> MarkOutcome:
+        """Durably mark the session resumable under `token`; raises PersistenceError on any failure."""
+
+    def revert(self, session_id: str, token: int) -> None:
+        """Undo `mark_resumable` of `token` (best effort, after an ambiguous failure)."""
+
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
+        """Mark the session expired or closed under `token`; raises PersistenceError."""
+
+    def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
+        """Atomically raise the session's fence to `token`; returns the document as it was before."""
+
+    def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
+        """Flip a resumable session back to live under `token`; returns the new document, or None."""
+
+    def load(self, session_id: str) -> Mapping[str, Any] | None:
+        """The session document, or None."""
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The checkpointed messages of a session, in order."""

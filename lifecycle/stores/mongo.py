@@ -1,0 +1,203 @@
+"""MongoSnapshotStore: session documents and messages in MongoDB, every write `w: majority, j: true`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pymongo
+from pymongo import MongoClient, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.write_concern import WriteConcern
+
+from lifecycle.errors import InvalidArgument, PersistenceError
+from lifecycle.models import ReapReason, SessionState
+from lifecycle.stores.base import MarkOutcome, SessionRecord
+
+Document = dict[str, Any]
+
+
+def _below(token: int) -> dict[str, Any]:
+    """Filter: the session's fence is older than `token` (or it has none yet)."""
+    return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
+
+
+def _fields(record: SessionRecord) -> dict[str, Any]:
+    return {
+        'owner': record.owner,
+        'tenant': record.tenant,
+        'profile': record.profile,
+        'created_at': record.created_at,
+        'last_active_at': record.last_active_at,
+        'expires_at': record.expires_at,
+        'turn_seq': record.turn_seq,
+    }
+
+
+class MongoSnapshotStore:
+    """The durable source of truth for resumable sessions.
+
+    Collections: `sessions` (one document per session, `_id` = session id, fenced by `fence`) and
+    `messages` (one document per checkpointed message, unique by session and message id).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        database: str = 'lifecycle',
+        *,
+        timeout_ms: int = 5_000,
+        write_concern: str = 'majority',
+        client: MongoClient[Document] | None = None,
+    ) -> None:
+        self.client: MongoClient[Document] = client or MongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+        )
+        self.timeout_s = timeout_ms / 1000
+        w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+        db = self.client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
+        self.sessions: Collection[Document] = db['sessions']
+        self.message_docs: Collection[Document] = db['messages']
+
+    def close(self) -> None:
+        self.client.close()
+
+    @contextmanager
+    def _guard(self, what: str, session_id: str, timeout_s: float | None = None) -> Iterator[None]:
+        """Bound the operation by a deadline (write concern included) and translate driver errors."""
+        try:
+            with pymongo.timeout(timeout_s or self.timeout_s):
+                yield
+        except PyMongoError as exc:
+            raise PersistenceError(f'MongoDB {what} of session {session_id!r} failed: {exc}') from exc
+
+    def ensure_indexes(self) -> None:
+        with self._guard('index creation', '*'):
+            self.sessions.create_index([('state', 1), ('updated_at', 1)], name='state_updated')
+            self.message_docs.create_index([('session_id', 1), ('message_id', 1)], unique=True, name='session_message')
+            self.message_docs.create_index([('session_id', 1), ('batch_ns', 1), ('index', 1)], name='session_order')
+
+    def checkpoint(
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None,
+        turn_seq: int | None,
+    ) -> None:
+        now = datetime.now(UTC)
+        writes = []
+        batch_ns = time.time_ns()
+        for index, message in enumerate(messages or ()):
+            if 'id' not in message:
+                raise InvalidArgument(f'message {dict(message)!r} of session {session_id!r} has no "id"')
+            writes.append(
+                UpdateOne(
+                    {'session_id': session_id, 'message_id': message['id']},
+                    {'$set': {'body': dict(message)}, '$setOnInsert': {'batch_ns': batch_ns, 'index': index}},
+                    upsert=True,
+                )
+            )
+        fields: dict[str, Any] = {'snapshot': dict(snapshot), 'checkpointed_at': now, 'updated_at': now}
+        if turn_seq is not None:
+            fields['checkpoint_seq'] = turn_seq
+        with self._guard('checkpoint', session_id):
+            if writes:
+                self.message_docs.bulk_write(writes, ordered=True)
+            self.sessions.update_one(
+                {'_id': session_id},
+                {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
+                upsert=True,
+            )
+
+    def mark_resumable(
+        self, record: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
+    ) -> MarkOutcome:
+        now = datetime.now(UTC)
+        query: dict[str, Any] = {
+            '_id': record.session_id,
+            'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
+            **_below(token),
+        }
+        if require_checkpoint:
+            query['checkpoint_seq'] = {'$gte': record.turn_seq}
+        update = {
+            '$set': {
+                **_fields(record),
+                'state': SessionState.RESUMABLE.value,
+                'fence': token,
+                'reason': reason.value,
+                'evicted_at': now,
+                'updated_at': now,
+            }
+        }
+        with self._guard('eviction write', record.session_id):
+            try:
+                result = self.sessions.update_one(query, update, upsert=not require_checkpoint)
+            except DuplicateKeyError:
+                result = None
+            if result is not None and (result.matched_count or result.upserted_id is not None):
+                return MarkOutcome.DONE
+            return self._why_not(self.sessions.find_one({'_id': record.session_id}), token)
+
+    @staticmethod
+    def _why_not(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
+        if document is None:
+            return MarkOutcome.NOT_CHECKPOINTED
+        if document.get('state') in (SessionState.EXPIRED.value, SessionState.CLOSED.value):
+            return MarkOutcome.ENDED
+        if document.get('fence', 0) >= token:
+            return MarkOutcome.FENCED
+        return MarkOutcome.NOT_CHECKPOINTED
+
+    def revert(self, session_id: str, token: int) -> None:
+        with self._guard('revert', session_id):
+            self.sessions.update_one(
+                {'_id': session_id, 'fence': token, 'state': SessionState.RESUMABLE.value},
+                {'$set': {'state': SessionState.LIVE.value, 'updated_at': datetime.now(UTC)}},
+            )
+
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
+        now = datetime.now(UTC)
+        update = {'$set': {**_fields(record), 'state': state.value, 'fence': token, 'ended_at': now, 'updated_at': now}}
+        # A DuplicateKeyError means a newer token wrote the document already: nothing to do.
+        with (
+            self._guard(f'{state.value} write', record.session_id, timeout_ms / 1000),
+            contextlib.suppress(DuplicateKeyError),
+        ):
+            self.sessions.update_one({'_id': record.session_id, **_below(token)}, update, upsert=True)
+
+    def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
+        with self._guard('fence', session_id):
+            try:
+                return self.sessions.find_one_and_update(
+                    {'_id': session_id, **_below(token)},
+                    {'$max': {'fence': token}, '$setOnInsert': {'state': SessionState.LIVE.value}},
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:
+                return self.sessions.find_one({'_id': session_id})
+
+    def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
+        now = datetime.now(UTC)
+        with self._guard('restore', session_id):
+            return self.sessions.find_one_and_update(
+                {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
+                {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
+                          'updated_at': now}},
+                return_document=ReturnDocument.AFTER,
+            )  # fmt: skip
+
+    def load(self, session_id: str) -> Mapping[str, Any] | None:
+        with self._guard('read', session_id):
+            return self.sessions.find_one({'_id': session_id})
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        with self._guard('message read', session_id):
+            cursor = self.message_docs.find({'session_id': session_id}).sort([('batch_ns', 1), ('index', 1)])
+            return [doc['body'] for doc in cursor]

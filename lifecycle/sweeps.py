@@ -1,0 +1,251 @@
+"""The sweeps: each finds who is due with range queries, in batches, under its own lock, and dispatches orders.
+
+A sweep reads; the evictions it orders run elsewhere (Celery tasks across workers, or inline for the
+CLI). Its cost grows with the sessions that are due, not with the pool: every selection is a
+`ZRANGEBYSCORE ... LIMIT` on a sorted set scored by time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lifecycle import policy
+from lifecycle.claims import ClaimIndex, Drift
+from lifecycle.client import Lifecycle
+from lifecycle.eviction import EvictionResult, Evictor
+from lifecycle.lock import SweepLock, sweep_lock
+from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.policy import Candidate, Order
+from lifecycle.state import Meta
+
+log = logging.getLogger(__name__)
+Dispatch = Callable[[Sequence[Order]], None]
+
+
+class SweepKind(StrEnum):
+    IDLE = 'idle'
+    LRU = 'lru'
+    EXPIRED = 'expired'
+    OWNER_LOST = 'owner-lost'
+    WARNINGS = 'warnings'
+    RECONCILE = 'reconcile'
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did; `ran` is False when another sweep of its kind held the lock or just ran."""
+
+    kind: SweepKind
+    ran: bool = True
+    skipped: str = ''
+    orders: list[Order] = field(default_factory=list)
+    recovered: list[EvictionResult] = field(default_factory=list)
+    released_sandboxes: list[str] = field(default_factory=list)
+    notices: int = 0
+    drift: Drift | None = None
+    duration_ms: int = 0
+
+
+class Sweeper:
+    """Runs sweeps for one process; `dispatch` sends the orders (to Celery, or to an inline evictor)."""
+
+    def __init__(self, lc: Lifecycle, evictor: Evictor, dispatch: Dispatch) -> None:
+        self.lc = lc
+        self.settings = lc.settings
+        self.keys = lc.index.keys
+        self.evictor = evictor
+        self.dispatch = dispatch
+        self.claims = ClaimIndex(lc.settings, self.keys)
+
+    def run(self, kind: SweepKind, *, dry_run: bool = False, dedupe: bool = True) -> SweepReport:
+        """Run one sweep now unless one of its kind is running, or (with `dedupe`) ran within half an interval."""
+        started = time.monotonic()
+        report = SweepReport(kind)
+        with sweep_lock(self.lc.redis, self.keys.lock(kind), self.settings.sweep_lock_timeout_s) as lock:
+            if lock is None:
+                log.info('%s sweep skipped: another one holds the lock', kind)
+                return SweepReport(kind, ran=False, skipped='locked')
+            half_interval_ms = self.settings.interval_s(kind) * 500
+            if dedupe and not self.lc.redis.set(self.keys.swept(kind), 1, nx=True, px=half_interval_ms):
+                log.info('%s sweep skipped: one ran moments ago (a duplicate delivery)', kind)
+                return SweepReport(kind, ran=False, skipped='duplicate')
+            body = getattr(self, f'_sweep_{kind.name.lower()}')
+            body(report, lock, dry_run)
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        log.info(
+            '%s sweep: %d ordered, %d recovered, %d notices%s (%d ms)',
+            kind, len(report.orders), len(report.recovered), report.notices,
+            f', skipped: {report.skipped}' if report.skipped else '', report.duration_ms,
+        )  # fmt: skip
+        return report
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _pages(self, key: str, low: float | str, high: float | str, lock: SweepLock) -> Iterator[list[tuple[str, int]]]:
+        """(member, score) pages of a sorted set by score, oldest first; O(log n + page) each."""
+        batch = self.settings.sweep_batch_size
+        same = 0  # members at the current low score already seen: ties span pages without repeats
+        while True:
+            reply: list[tuple[str, float]] = self.lc.redis.zrangebyscore(  # type: ignore[assignment]
+                key, low, high, start=same, num=batch, withscores=True
+            )
+            if not reply:
+                return
+            page = [(member, int(score)) for member, score in reply]
+            yield page
+            if len(page) < batch:
+                return
+            last = page[-1][1]
+            same = sum(1 for _, score in page if score == last) + (same if last == low else 0)
+            low = last
+            lock.extend()
+
+    def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
+        """Members of a small sorted set (claims, replicas) with scores in [low, high]."""
+        return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high)]
+
+    def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
+        ids = [member for member, _ in page]
+        pipe = self.lc.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.meta, ids)
+        pipe.zmscore(self.keys.busy, ids)
+        pipe.zmscore(self.keys.reaping, ids)
+        records, busy, reaping = pipe.execute()
+        candidates = []
+        for (session_id, last_active), record, busy_until, claimed in zip(page, records, busy, reaping, strict=True):
+            if record is None:
+                continue  # left the pool between the two reads
+            meta = Meta.unpack(record)
+            busy_ms = int(busy_until) if busy_until is not None else None
+            candidates.append(
+                Candidate(session_id, last_active, meta.owner, meta.profile, busy_ms, claimed is not None)
+            )
+        return candidates
+
+    def _order(self, report: SweepReport, orders: Sequence[Order], dry_run: bool) -> None:
+        report.orders.extend(orders)
+        if orders and not dry_run:
+            self.dispatch(orders)
+
+    def _recover_claims(self, report: SweepReport, dry_run: bool) -> None:
+        """Resolve every eviction claim whose lease ran out (a crashed or paused worker's)."""
+        if dry_run:
+            return
+        for session_id in self._members(self.keys.reaping, '-inf', self.lc.now_ms()):
+            result = self.evictor.recover(session_id)
+            if result is not None:
+                report.recovered.append(result)
+
+    def _needs_persistence(self, report: SweepReport) -> bool:
+        if self.evictor.store is None:
+            log.info('%s sweep skipped: persistence is off (no mongo_url), only expiry ends sessions', report.kind)
+            report.skipped = 'persistence is off'
+            return False
+        return True
+
+    # -- the sweeps ---------------------------------------------------------------------------------
+
+    def _sweep_idle(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        if not self._needs_persistence(report):
+            return
+        self._recover_claims(report, dry_run)
+        now = self.lc.now_ms()
+        # Profiles may idle longer than the shortest timeout: those are read and kept by the policy.
+        cutoff = policy.idle_cutoff_ms(now, min(self.settings.idle_ttls_s))
+        for page in self._pages(self.keys.live, '-inf', cutoff, lock):
+            self._order(report, policy.idle_orders(self._candidates(page), self.settings.limits, now), dry_run)
+
+    def _sweep_lru(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        max_live = self.settings.max_live
+        if max_live is None:
+            report.skipped = 'no max_live'
+            return
+        if not self._needs_persistence(report):
+            return
+        self._recover_claims(report, dry_run)
+        now = self.lc.now_ms()
+        wanted = policy.lru_excess(
+            self.lc.redis.zcard(self.keys.live), self.lc.redis.zcard(self.keys.reaping), max_live
+        )
+        for page in self._pages(self.keys.live, '-inf', '+inf', lock):
+            if wanted <= 0:
+                return
+            orders = policy.lru_orders(self._candidates(page), wanted, max_live, now)
+            wanted -= len(orders)
+            self._order(report, orders, dry_run)
+
+    def _sweep_expired(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        self._recover_claims(report, dry_run)
+        now = self.lc.now_ms()
+        for page in self._pages(self.keys.deadline, '-inf', now, lock):
+            self._order(report, [Order(session_id, ReapReason.EXPIRED) for session_id, _ in page], dry_run)
+        if not dry_run:
+            self._release_leftover_sandboxes(report, now)
+
+    def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
+        """Retry failed releases, and release sandboxes past their deadline whose session Redis no longer holds."""
+        due = self._members(self.keys.orphans, '-inf', '+inf')
+        due += [lease.session_id for lease in self.evictor.driver.leases() if lease.expires_at_ms <= now_ms]
+        for session_id in dict.fromkeys(due):
+            if self.lc.redis.zscore(self.keys.live, session_id) is not None:
+                self.lc.redis.zrem(self.keys.orphans, session_id)  # restored since: its sandbox is in use again
+                continue
+            try:
+                self.evictor.driver.release(session_id, ReapReason.EXPIRED.value)
+            except Exception:
+                log.warning('sandbox of %s still not released', session_id, exc_info=True)
+                continue
+            self.lc.redis.zrem(self.keys.orphans, session_id)
+            report.released_sandboxes.append(session_id)
+
+    def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        now = self.lc.now_ms()
+        lost = set(self._members(self.keys.replicas, '-inf', now))
+        if not lost or not self._needs_persistence(report):
+            return
+        self._recover_claims(report, dry_run)
+        # Owners are not indexed (it would cost every session memory); a lost replica is rare, so scan.
+        remaining = dict.fromkeys(lost, 0)
+        orders: list[Order] = []
+        for session_id, record in self.lc.redis.hscan_iter(self.keys.meta, count=self.settings.sweep_batch_size):
+            owner = record.split('|', 1)[0]
+            if owner in remaining:
+                remaining[owner] += 1
+                orders.append(Order(session_id, ReapReason.OWNER_LOST, owner))
+            if len(orders) >= self.settings.sweep_batch_size:
+                self._order(report, orders, dry_run)
+                orders = []
+                lock.extend()
+        self._order(report, orders, dry_run)
+        gone = [owner for owner, count in remaining.items() if count == 0]
+        if gone and not dry_run:
+            self.lc.redis.zrem(self.keys.replicas, *gone)  # nothing left to recover for them
+
+    def _sweep_warnings(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        now = self.lc.now_ms()
+        cursors = self.lc.redis.hgetall(self.keys.warn_cursor)
+        for idle_ttl_s in sorted(self.settings.idle_ttls_s):
+            cursor = cursors.get(str(idle_ttl_s))
+            low, high = policy.warning_window(
+                int(cursor) if cursor else None, now, idle_ttl_s, self.settings.warn_before_s
+            )
+            for page in self._pages(self.keys.live, f'({low}', high, lock):
+                for c in self._candidates(page):
+                    if self.settings.limits(c.profile).idle_ttl_s != idle_ttl_s or c.is_busy(now) or c.reaping:
+                        continue
+                    report.notices += 1
+                    if not dry_run:
+                        self.lc.run(self.claims.notice(c.owner, NoticeKind.WARNING, c.session_id, 'idle', now))
+            if not dry_run:
+                self.lc.redis.hset(self.keys.warn_cursor, str(idle_ttl_s), high)
+
+    def _sweep_reconcile(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        if dry_run:
+            return
+        report.drift = drift = self.lc.run(self.claims.reconcile(self.lc.now_ms()))
+        if drift.pool_drift or drift.tenant_drift:
+            log.warning('reconcile repaired drift: pool %+d, tenants %s', drift.pool_drift, drift.tenant_drift)
