@@ -37,6 +37,9 @@ class SessionRecord:
 class SnapshotStore(Protocol):
     """Durable session documents, each write conditional on a fencing token."""
 
+    def close(self) -> None:
+        """Disconnect."""
+
     def ensure_indexes(self) -> None:
         """Create the indexes the store relies on (idempotent; called at start)."""
 

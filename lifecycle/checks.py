@@ -1,0 +1,29 @@
+"""Startup checks: is this Redis (and MongoDB) fit to hold the pool?"""
+
+from __future__ import annotations
+
+import redis
+
+from lifecycle.errors import ConfigurationError
+
+
+def redis_problems(client: redis.Redis) -> list[str]:
+    """What is wrong with this Redis for lifecycle; [] when nothing is."""
+    problems = []
+    policy = str(client.config_get('maxmemory-policy').get('maxmemory-policy', ''))
+    if policy.startswith('allkeys-'):
+        problems.append(
+            f'maxmemory-policy is {policy!r}: Redis may evict the pool itself (sessions never reaped, slots '
+            'lost); use noeviction or a volatile-* policy'
+        )
+    version = str(client.info('server').get('redis_version', '0'))
+    if tuple(int(part) for part in version.split('.')[:2]) < (6, 2):
+        problems.append(f'Redis {version} is too old: lifecycle needs 6.2+ (ZADD GT, ZMSCORE)')
+    return problems
+
+
+def check_redis(client: redis.Redis) -> None:
+    """Raise ConfigurationError if this Redis could lose or mishandle lifecycle's keys."""
+    problems = redis_problems(client)
+    if problems:
+        raise ConfigurationError('; '.join(problems))

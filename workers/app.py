@@ -1,0 +1,84 @@
+"""create_app(settings) -> the Celery app: Redis broker, JSON only, late acks for evictions, RedBeat."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from lifecycle import checks
+from lifecycle.settings import Settings
+from workers.schedule import beat_schedule
+
+log = logging.getLogger(__name__)
+QUEUE = 'lifecycle'
+
+
+class LifecycleApp(Celery):
+    """A Celery app that carries the lifecycle Settings it was built from."""
+
+    lifecycle_settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> LifecycleApp:
+    """A Celery app configured from `settings` (LIFECYCLE_* variables when None)."""
+    settings = settings or Settings()
+    app = LifecycleApp('lifecycle', broker=settings.broker_url or settings.redis_url, include=['workers.tasks'])
+    tag = '{' + settings.key_prefix + '}'
+    app.conf.update(
+        task_serializer='json',
+        accept_content=['json'],
+        result_serializer='json',
+        result_backend=None,
+        task_ignore_result=True,  # nothing reads results: they would only grow in Redis
+        task_default_queue=QUEUE,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 10),
+        worker_prefetch_multiplier=1,  # an eviction waits in the broker, not behind a busy worker
+        worker_send_task_events=True,  # for Flower
+        task_send_sent_event=True,
+        # A message unacknowledged this long is redelivered; it must outlast any task (acks_late).
+        broker_transport_options={'visibility_timeout': max(3_600, 4 * settings.task_time_limit_s)},
+        broker_connection_retry_on_startup=True,
+        timezone='UTC',
+        enable_utc=True,
+        beat_schedule=beat_schedule(settings),
+        beat_scheduler='redbeat.RedBeatScheduler',
+        beat_max_loop_interval=5,
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix=f'{tag}:redbeat',
+        # The active beat renews this lock every loop; a standby beat takes over within this long.
+        redbeat_lock_timeout=30,
+    )
+    app.lifecycle_settings = settings
+    return app
+
+
+def settings_of(app: Any) -> Settings:
+    """The lifecycle Settings an app was created with (LIFECYCLE_* variables for a foreign app)."""
+    settings: Settings | None = getattr(app, 'lifecycle_settings', None)
+    return settings if settings is not None else Settings()
+
+
+@signals.worker_init.connect
+def _check_servers(sender: Any = None, **_: Any) -> None:
+    """Refuse to start on a Redis that could evict the pool; create MongoDB indexes (then disconnect:
+    pymongo clients are not fork-safe, so each pool process builds its own)."""
+    from lifecycle.client import Lifecycle
+
+    settings = settings_of(sender.app)
+    with Lifecycle(settings) as lc:
+        checks.check_redis(lc.redis)
+        if lc.store is not None:
+            lc.store.ensure_indexes()
+            lc.store.close()
+
+
+@signals.worker_ready.connect
+def _expire_on_start(sender: Any = None, **_: Any) -> None:
+    """Recover whatever expired while every worker was down, without waiting for the first beat."""
+    sender.app.send_task('lifecycle.sweep_expired')
+
+
+app = create_app()

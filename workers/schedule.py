@@ -1,0 +1,27 @@
+"""The beat schedule, built from settings: one entry per sweep kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lifecycle.settings import Settings
+from lifecycle.sweeps import SweepKind
+
+SWEEP_TASKS = {
+    SweepKind.IDLE: 'lifecycle.sweep_idle',
+    SweepKind.LRU: 'lifecycle.sweep_lru',
+    SweepKind.EXPIRED: 'lifecycle.sweep_expired',
+    SweepKind.OWNER_LOST: 'lifecycle.sweep_owner_lost',
+    SweepKind.WARNINGS: 'lifecycle.sweep_warnings',
+    SweepKind.RECONCILE: 'lifecycle.reconcile',
+}
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Every sweep every `<kind>_interval_s`; a sweep message older than its interval expires unrun,
+    so sweeps queued while the workers were down do not pile up."""
+    schedule = {}
+    for kind, task in SWEEP_TASKS.items():
+        interval_s = float(settings.interval_s(kind))
+        schedule[f'lifecycle-{kind}'] = {'task': task, 'schedule': interval_s, 'options': {'expires': interval_s}}
+    return schedule

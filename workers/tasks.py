@@ -1,0 +1,103 @@
+"""The tasks: thin wrappers that run lifecycle's sweeps and evictions in a worker process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from celery import current_app, shared_task
+
+from lifecycle.client import Lifecycle
+from lifecycle.eviction import Evictor
+from lifecycle.models import ReapReason
+from lifecycle.policy import Order
+from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
+from workers.app import settings_of
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """One process's clients, built on first use after fork (a pymongo client is not fork-safe)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lc = Lifecycle(settings_of(current_app))
+        self.evictor = Evictor(self.lc, self.lc.store, self.lc.driver)
+        self.sweeper = Sweeper(self.lc, self.evictor, dispatch_evictions)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = Runtime()
+    return _runtime
+
+
+def dispatch_evictions(orders: Sequence[Order]) -> None:
+    """Fan the orders out as `lifecycle.evict` tasks, sent over one producer connection."""
+    with current_app.producer_or_acquire() as producer:
+        for order in orders:
+            evict.apply_async(
+                args=(order.session_id, order.reason.value, order.bound, order.observed_ms), producer=producer
+            )
+
+
+def summary(report: SweepReport) -> dict[str, Any]:
+    """What Flower shows as the task's result."""
+    return {
+        'ran': report.ran,
+        'skipped': report.skipped,
+        'ordered': len(report.orders),
+        'recovered': [f'{r.session_id}:{r.outcome}' for r in report.recovered],
+        'notices': report.notices,
+        'released_sandboxes': len(report.released_sandboxes),
+        'drift': report.drift.pool_drift if report.drift else None,
+        'duration_ms': report.duration_ms,
+    }
+
+
+def sweep(kind: SweepKind) -> dict[str, Any]:
+    return summary(runtime().sweeper.run(kind))
+
+
+@shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True)
+def evict(session_id: str, reason: str, bound: int | str = 0, observed_ms: int = 0) -> str:
+    """Evict one session if it is still due; idempotent, so a redelivery after a crash is safe."""
+    result = runtime().evictor.evict(session_id, ReapReason(reason), bound, observed_ms)
+    return f'{result.outcome}:{result.detail}' if result.detail else str(result.outcome)
+
+
+@shared_task(name='lifecycle.sweep_idle')
+def sweep_idle() -> dict[str, Any]:
+    return sweep(SweepKind.IDLE)
+
+
+@shared_task(name='lifecycle.sweep_lru')
+def sweep_lru() -> dict[str, Any]:
+    return sweep(SweepKind.LRU)
+
+
+@shared_task(name='lifecycle.sweep_expired')
+def sweep_expired() -> dict[str, Any]:
+    return sweep(SweepKind.EXPIRED)
+
+
+@shared_task(name='lifecycle.sweep_owner_lost')
+def sweep_owner_lost() -> dict[str, Any]:
+    return sweep(SweepKind.OWNER_LOST)
+
+
+@shared_task(name='lifecycle.sweep_warnings')
+def sweep_warnings() -> dict[str, Any]:
+    return sweep(SweepKind.WARNINGS)
+
+
+@shared_task(name='lifecycle.reconcile')
+def reconcile() -> dict[str, Any]:
+    return sweep(SweepKind.RECONCILE)
