@@ -209,8 +209,15 @@ class Lifecycle:
                 return self.run(self.index.reserve(owner, tenant, token, self.now_ms()))
             except CapacityExceeded as full:
                 if not make_room or full.tenant is not None or not self._make_room():
+                    self._count_refusal(full)
                     raise
         return self.run(self.index.reserve(owner, tenant, token, self.now_ms()))
+
+    def _count_refusal(self, full: CapacityExceeded) -> None:
+        try:
+            self.redis.hincrby(self.index.keys.counters, 'refused:tenant' if full.tenant else 'refused:pool', 1)
+        except redis.RedisError:
+            log.debug('refusal not counted', exc_info=True)
 
     def _make_room(self) -> bool:
         """Evict one idle session to free a slot; False when none can go (all busy, recent or unsaved)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from lifecycle import policy
 from lifecycle.claims import Claim, ClaimIndex
 from lifecycle.errors import PersistenceError
 from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
@@ -68,11 +69,24 @@ class Evictor:
 
     def _crash_point(self, step: str) -> None:
         if self.settings.crash_at == step:
-            log.error('crash_at=%s: SIGKILLing this worker (pid %d) on purpose', step, os.getpid())
-            os.kill(os.getpid(), signal.SIGKILL)
+            log.error('crash_at=%s: sending %s to this worker (pid %d) on purpose', step, self.settings.crash_signal,
+                      os.getpid())  # fmt: skip
+            os.kill(os.getpid(), signal.Signals[self.settings.crash_signal])
+
+    def _count(self, result: EvictionResult) -> EvictionResult:
+        """Add the result to the shared counters: '<outcome>:<reason>', and ':<detail>' for aborts."""
+        name = f'{result.outcome}:{result.reason}'
+        if result.outcome is Outcome.ABORTED:
+            name += f':{result.detail}'
+        if result.outcome is not Outcome.KEPT:
+            self.lc.redis.hincrby(self.lc.index.keys.counters, name, 1)
+        return result
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:
         """Evict one session if it is still due for `reason`; idempotent (a repeat finds nothing to claim)."""
+        return self._count(self._evict(session_id, reason, bound, observed_ms))
+
+    def _evict(self, session_id: str, reason: ReapReason, bound: int | str, observed_ms: int) -> EvictionResult:
         if reason is not ReapReason.EXPIRED and self.store is None:
             return EvictionResult(session_id, reason, Outcome.KEPT, 'persistence is off')
         claimed = self.lc.run(self.claims.claim(session_id, reason, self.lc.now_ms(), bound, observed_ms))
@@ -141,6 +155,10 @@ class Evictor:
 
     def recover(self, session_id: str) -> EvictionResult | None:
         """Resolve a claim whose lease ran out: complete it if its durable write landed, else roll it back."""
+        result = self._recover(session_id)
+        return self._count(result) if result is not None else None
+
+    def _recover(self, session_id: str) -> EvictionResult | None:
         takeover = self.lc.run(self.claims.reclaim(session_id, self.lc.now_ms()))
         if takeover is None:
             return None
@@ -160,7 +178,7 @@ class Evictor:
         except PersistenceError as exc:
             log.warning('recovery of %s postponed: %s', session_id, exc)  # the claim stays; the next sweep retries
             return EvictionResult(session_id, claim.reason, Outcome.ABORTED, 'persistence_error')
-        if before is not None and before.get('state') == 'resumable' and before.get('fence') == takeover.old_token:
+        if policy.is_durably_evicted(before, takeover.old_token):
             log.info('recovery completes the eviction of %s (token %d)', session_id, takeover.old_token)
             return self._complete(claim)
         self.lc.run(self.claims.abort(claim))

@@ -85,6 +85,11 @@ class Keys:
         return f'{self.prefix}:swept:{sweep}'
 
     @property
+    def counters(self) -> str:
+        """HASH counter name -> count: evictions, aborts, refusals, sweeps; every process adds to it."""
+        return f'{self.prefix}:counters'
+
+    @property
     def epoch(self) -> str:
         """STRING fencing counter; every eviction claim takes a fresh value with INCR."""
         return f'{self.prefix}:epoch'

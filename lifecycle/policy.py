@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from lifecycle.models import Limits, ReapReason
@@ -75,6 +75,6 @@ def warning_window(cursor_ms: int | None, now_ms: int, idle_ttl_s: int, warn_bef
     return low, high
 
 
-def is_durably_evicted(document: dict[str, object] | None, token: int) -> bool:
+def is_durably_evicted(document: Mapping[str, object] | None, token: int) -> bool:
     """Whether a session document (before recovery raised its fence) holds the eviction write of `token`."""
     return document is not None and document.get('state') == 'resumable' and document.get('fence') == token

@@ -89,8 +89,9 @@ class Settings(BaseSettings):
 
     broker_url: str | None = None  # Celery broker; None: redis_url
     task_time_limit_s: PositiveInt = 300  # hard limit of any task; the broker's visibility timeout exceeds it
-    # Test and chaos only: SIGKILL the worker at this step of the eviction pipeline.
+    # Test and chaos only: send this worker `crash_signal` at this step of the eviction pipeline.
     crash_at: Literal['after_claim', 'after_persist', 'after_release'] | None = None
+    crash_signal: Literal['SIGKILL', 'SIGSTOP'] = 'SIGKILL'
 
     @field_validator('redis_url')
     @classmethod

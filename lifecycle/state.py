@@ -62,6 +62,13 @@ def _int(value: Any) -> int:
     return int(float(value))
 
 
+def _scored_members(reply: list[Any]) -> list[tuple[str, int]]:
+    """A WITHSCORES reply, flat (RESP2 through execute_command) or already paired (RESP3, some clients)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(str(member), _int(score)) for member, score in reply]
+    return [(str(member), _int(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)]
+
+
 def _parse_notices(reply: Any) -> list[Notice]:
     if not reply:
         return []
@@ -251,7 +258,7 @@ class SessionIndex:
     def live_below(self, last_active_ms: int, limit: int) -> Call[list[tuple[str, int]]]:
         """The least recently active live sessions with activity at or before `last_active_ms`."""
         return Call(
-            lambda reply: [(str(member), _int(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)],
+            _scored_members,
             command=('ZRANGEBYSCORE', self.keys.live, '-inf', last_active_ms, 'WITHSCORES', 'LIMIT', 0, limit),
         )
 

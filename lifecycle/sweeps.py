@@ -68,11 +68,13 @@ class Sweeper:
         with sweep_lock(self.lc.redis, self.keys.lock(kind), self.settings.sweep_lock_timeout_s) as lock:
             if lock is None:
                 log.info('%s sweep skipped: another one holds the lock', kind)
-                return SweepReport(kind, ran=False, skipped='locked')
+                return self._skipped(kind, 'locked')
             half_interval_ms = self.settings.interval_s(kind) * 500
             if dedupe and not self.lc.redis.set(self.keys.swept(kind), 1, nx=True, px=half_interval_ms):
                 log.info('%s sweep skipped: one ran moments ago (a duplicate delivery)', kind)
-                return SweepReport(kind, ran=False, skipped='duplicate')
+                return self._skipped(kind, 'duplicate')
+            if not dry_run:
+                self.lc.redis.hincrby(self.keys.counters, f'sweep:{kind}', 1)
             body = getattr(self, f'_sweep_{kind.name.lower()}')
             body(report, lock, dry_run)
         report.duration_ms = int((time.monotonic() - started) * 1000)
@@ -82,6 +84,10 @@ class Sweeper:
             f', skipped: {report.skipped}' if report.skipped else '', report.duration_ms,
         )  # fmt: skip
         return report
+
+    def _skipped(self, kind: SweepKind, why: str) -> SweepReport:
+        self.lc.redis.hincrby(self.keys.counters, f'sweep_skipped:{kind}', 1)
+        return SweepReport(kind, ran=False, skipped=why)
 
     # -- reading ------------------------------------------------------------------------------------
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fakeredis
+import pymongo
 import pytest
 import redis
 
 from lifecycle import FixedClock, Lifecycle, Settings
 
 REDIS_URL = os.environ.get('LIFECYCLE_TEST_REDIS_URL', 'redis://127.0.0.1:6379/15')
+MONGO_URL = os.environ.get('LIFECYCLE_TEST_MONGO_URL')
 _INTEGRATION = Path(__file__).parent / 'integration'
 
 SettingsFactory = Callable[..., Settings]
@@ -89,3 +92,44 @@ def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
 def lc(settings: Settings, redis_client: redis.Redis, fixed_clock: FixedClock) -> Lifecycle:
     """A client on the parametrised Redis with a fixed clock."""
     return Lifecycle(settings, redis_client=redis_client, clock=fixed_clock)
+
+
+@pytest.fixture(scope='session')
+def mongo_server_url() -> Iterator[str]:
+    """A MongoDB to talk to over the wire: LIFECYCLE_TEST_MONGO_URL, else SecantusDB started in-process."""
+    if MONGO_URL:
+        yield MONGO_URL
+        return
+    from secantus import SecantusDBServer
+
+    with tempfile.TemporaryDirectory(prefix='lifecycle-mongo-') as storage:
+        server = SecantusDBServer(port=0, storage_path=storage)
+        server.start()
+        yield server.uri
+        server.stop()
+
+
+@pytest.fixture
+def mongo_database(mongo_server_url: str, key_prefix: str) -> Iterator[str]:
+    """A database of this test's own, dropped afterwards."""
+    name = key_prefix.replace('-', '_')
+    yield name
+    with pymongo.MongoClient(mongo_server_url) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def mongo_admin(mongo_server_url: str) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    """A client for fail points; every fail point is switched off afterwards."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_server_url)
+    yield client
+    client.admin.command('configureFailPoint', 'failCommand', mode='off')
+    client.close()
+
+
+@pytest.fixture
+def make_reaper_settings(make_settings: SettingsFactory, mongo_server_url: str, mongo_database: str) -> SettingsFactory:
+    def make(**overrides: Any) -> Settings:
+        return make_settings(**{'mongo_url': mongo_server_url, 'mongo_database': mongo_database, **overrides})
+
+    return make

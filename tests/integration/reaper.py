@@ -1,0 +1,66 @@
+"""A reaper assembled in-process on real Redis and MongoDB: the evictor and sweeps a worker runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymongo
+
+from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle.eviction import EvictionResult, Evictor
+from lifecycle.policy import Order
+from lifecycle.sandboxes import NoopDriver, SandboxDriver
+from lifecycle.stores.mongo import MongoSnapshotStore
+from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
+
+
+@dataclass
+class Reaper:
+    lc: Lifecycle
+    store: MongoSnapshotStore | None
+    evictor: Evictor
+    sweeper: Sweeper
+    clock: FixedClock
+    results: list[EvictionResult] = field(default_factory=list)
+
+    def sweep(self, kind: SweepKind, **kwargs: Any) -> SweepReport:
+        """Run a sweep with its evictions inline (as a worker would run the tasks it fans out)."""
+        return self.sweeper.run(kind, dedupe=False, **kwargs)
+
+    def document(self, session_id: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        found = self.store.load(session_id)
+        return dict(found) if found is not None else None
+
+
+def build_reaper(settings: Settings, clock: FixedClock | None = None, driver: SandboxDriver | None = None) -> Reaper:
+    clock = clock or FixedClock()
+    store = None
+    if settings.mongo_url is not None:
+        store = MongoSnapshotStore(settings.mongo_url, settings.mongo_database, timeout_ms=settings.mongo_timeout_ms)
+        store.ensure_indexes()
+    lc = Lifecycle(settings, clock=clock, store=store, driver=driver or NoopDriver())
+    evictor = Evictor(lc, store, lc.driver)
+    results: list[EvictionResult] = []
+
+    def dispatch(orders: Sequence[Order]) -> None:
+        for order in orders:
+            results.append(evictor.evict(order.session_id, order.reason, order.bound, order.observed_ms))
+
+    reaper = Reaper(lc, store, evictor, Sweeper(lc, evictor, dispatch), clock, results)
+    return reaper
+
+
+def fail(admin: pymongo.MongoClient[dict[str, Any]], command: str, times: int = 1000, **data: Any) -> None:
+    """Fail `command` the next `times` times: a retryable write is retried within its deadline, so fail many."""
+    admin.admin.command('configureFailPoint', 'failCommand', mode={'times': times},
+                        data={'failCommands': [command], **data})  # fmt: skip
+
+
+FAILURES = {
+    'error': {'errorCode': 8},
+    'write-concern': {'writeConcernError': {'code': 64, 'errmsg': 'waiting for replication timed out'}},
+    'closed-connection': {'closeConnection': True},
+}

@@ -1,0 +1,291 @@
+"""The eviction pipeline and the sweeps on real Redis and MongoDB (SecantusDB), evictions run inline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymongo
+import pytest
+
+from lifecycle import CapacityExceeded, SessionReaping, SessionState
+from lifecycle.claims import Claim, ClaimIndex
+from lifecycle.eviction import Outcome, record_of
+from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.sandboxes import SandboxError
+from lifecycle.sweeps import SweepKind
+from tests.conftest import SettingsFactory
+from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import FAILURES, Reaper, fail
+
+
+@pytest.fixture
+def reaper(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> Reaper:
+    return make_reaper(
+        make_reaper_settings(idle_ttl_s=600, max_sessions=10, warn_before_s=120, min_idle_s=60, mongo_timeout_ms=1_000)
+    )
+
+
+def open_session(r: Reaper, session_id: str, *, owner: str = 'api-1', checkpoint: bool = True, ttl: int = 900) -> None:
+    r.lc.activate(r.lc.reserve(owner), session_id, ttl_seconds=ttl)
+    if checkpoint:
+        r.lc.checkpoint(session_id, {'history': [session_id]}, [{'id': f'{session_id}-m1', 'text': 'hello'}])
+
+
+def kinds(r: Reaper, owner: str = 'api-1') -> list[tuple[str, str]]:
+    return [(n.kind.value, n.session_id) for n in r.lc.notices(owner)]
+
+
+def test_idle_sessions_become_resumable_and_restore_with_a_reset_sandbox(reaper: Reaper) -> None:
+    for i in range(3):
+        open_session(reaper, f's{i}')
+    reaper.clock.advance(seconds=599)
+    assert reaper.sweep(SweepKind.IDLE).orders == []
+    reaper.clock.advance(seconds=1)
+    report = reaper.sweep(SweepKind.IDLE)
+    assert sorted(o.session_id for o in report.orders) == ['s0', 's1', 's2']
+    assert [r.outcome for r in reaper.results] == [Outcome.EVICTED] * 3
+    stats = reaper.lc.stats()
+    assert (stats.live, stats.reaping, stats.slots) == (0, 0, 0)
+    for i in range(3):
+        info = reaper.lc.status(f's{i}')
+        assert info is not None
+        assert info.state is SessionState.RESUMABLE
+        document = reaper.document(f's{i}')
+        assert document is not None
+        assert (document['state'], document['reason']) == ('resumable', 'idle')
+    assert sorted(kinds(reaper)) == [('evicted', 's0'), ('evicted', 's1'), ('evicted', 's2')]
+
+    restored = reaper.lc.restore('s1', 'api-2')
+    assert restored.sandbox_reset is True
+    assert restored.snapshot == {'history': ['s1']}
+    assert restored.messages == [{'id': 's1-m1', 'text': 'hello'}]
+    assert (restored.session.state, restored.session.owner) == (SessionState.LIVE, 'api-2')
+    assert reaper.lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+    assert reaper.document('s1')['state'] == 'live'  # type: ignore[index]
+    assert reaper.lc.stats().live == 1
+    with reaper.lc.turn('s1') as turn:
+        pass
+    assert turn.finished_seq == 1
+
+
+@pytest.mark.parametrize('failure', list(FAILURES))
+def test_a_failed_eviction_write_evicts_nothing_and_the_next_clean_sweep_does(
+    reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]], failure: str
+) -> None:
+    for i in range(3):
+        open_session(reaper, f's{i}')
+    reaper.clock.advance(seconds=600)
+    fail(mongo_admin, 'update', **FAILURES[failure])
+    reaper.sweep(SweepKind.IDLE)
+    assert [(r.outcome, r.detail) for r in reaper.results] == [(Outcome.ABORTED, 'persistence_error')] * 3
+    stats = reaper.lc.stats()
+    assert (stats.live, stats.reaping, stats.slots) == (3, 0, 3)
+    for i in range(3):
+        assert reaper.lc.status(f's{i}').state is SessionState.LIVE  # type: ignore[union-attr]
+    assert kinds(reaper) == []
+    counters = reaper.lc.redis.hgetall(reaper.lc.index.keys.counters)
+    assert counters['aborted:idle:persistence_error'] == '3'
+
+    mongo_admin.admin.command('configureFailPoint', 'failCommand', mode='off')
+    reaper.results.clear()
+    reaper.sweep(SweepKind.IDLE)
+    assert [r.outcome for r in reaper.results] == [Outcome.EVICTED] * 3
+    assert reaper.lc.stats().live == 0
+    for i in range(3):
+        assert reaper.document(f's{i}')['state'] == 'resumable'  # type: ignore[index]
+
+
+def test_an_unsaved_turn_keeps_the_session_live_and_asks_its_owner_to_checkpoint(reaper: Reaper) -> None:
+    open_session(reaper, 's1')
+    with reaper.lc.turn('s1'):
+        pass
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)
+    assert [(r.outcome, r.detail) for r in reaper.results] == [(Outcome.ABORTED, 'not_checkpointed')]
+    assert reaper.lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+    assert kinds(reaper) == [('checkpoint_requested', 's1')]
+    assert reaper.lc.checkpoint('s1', {'history': ['after turn 1']}) == 1
+    reaper.sweep(SweepKind.IDLE)
+    assert reaper.results[-1].outcome is Outcome.EVICTED
+
+
+def test_without_persistence_idle_and_lru_reaping_are_skipped_but_expiry_is_not(
+    make_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_settings(idle_ttl_s=60, max_live=1))
+    open_session(r, 's1', checkpoint=False, ttl=120)
+    open_session(r, 's2', checkpoint=False, ttl=120)
+    r.clock.advance(seconds=61)
+    assert r.sweep(SweepKind.IDLE).skipped == 'persistence is off'
+    assert r.sweep(SweepKind.LRU).skipped == 'persistence is off'
+    assert r.lc.stats().live == 2
+    r.clock.advance(seconds=60)
+    r.sweep(SweepKind.EXPIRED)
+    assert [res.outcome for res in r.results] == [Outcome.EXPIRED] * 2
+    assert r.lc.stats().live == 0
+
+
+def test_a_busy_session_expires_at_its_hard_deadline_even_when_mongodb_fails(
+    reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    open_session(reaper, 'busy', ttl=60)
+    open_session(reaper, 'unsaved', ttl=60)
+    reaper.lc.run(reaper.lc.index.begin_turn('busy', 'turn-1', reaper.clock.now_ms()))
+    reaper.clock.advance(seconds=59)
+    reaper.sweep(SweepKind.EXPIRED)
+    assert reaper.results == []
+    reaper.clock.advance(seconds=1)
+    reaper.lc.run(reaper.lc.index.renew_turn('busy', 'turn-1', reaper.clock.now_ms()))
+    fail(mongo_admin, 'update', times=1, errorCode=8)  # the best-effort write of one of them fails
+    reaper.sweep(SweepKind.EXPIRED)
+    assert sorted((r.session_id, r.outcome) for r in reaper.results) == [
+        ('busy', Outcome.EXPIRED),
+        ('unsaved', Outcome.EXPIRED),
+    ]
+    assert reaper.lc.stats().slots == 0
+    assert sorted(kinds(reaper)) == [('expired', 'busy'), ('expired', 'unsaved')]
+    states = sorted(str((reaper.document(s) or {}).get('state')) for s in ('busy', 'unsaved'))
+    assert 'expired' in states
+
+
+def test_sessions_of_a_lost_replica_are_evicted_once_their_busy_lease_is_out(reaper: Reaper) -> None:
+    for owner in ('api-1', 'api-2'):
+        reaper.lc.heartbeat(owner)
+        open_session(reaper, f'{owner}-a', owner=owner)
+        open_session(reaper, f'{owner}-b', owner=owner)
+    reaper.lc.run(reaper.lc.index.begin_turn('api-1-b', 'mid-turn', reaper.clock.now_ms()))
+    reaper.clock.advance(seconds=reaper.lc.settings.replica_ttl_s)
+    reaper.lc.heartbeat('api-2')  # api-1 died
+    reaper.sweep(SweepKind.OWNER_LOST)
+    assert {(r.session_id, r.outcome) for r in reaper.results} == {
+        ('api-1-a', Outcome.EVICTED),
+        ('api-1-b', Outcome.KEPT),
+    }
+    assert reaper.document('api-1-a')['reason'] == 'owner_lost'  # type: ignore[index]
+    reaper.clock.advance(seconds=reaper.lc.settings.busy_lease_s)
+    reaper.lc.heartbeat('api-2')
+    reaper.sweep(SweepKind.OWNER_LOST)
+    assert reaper.results[-1].session_id == 'api-1-b'
+    assert reaper.results[-1].outcome is Outcome.EVICTED
+    reaper.sweep(SweepKind.OWNER_LOST)
+    assert reaper.lc.redis.zscore(reaper.lc.index.keys.replicas, 'api-1') is None  # nothing left of it
+    assert reaper.lc.stats().live == 2
+
+
+def test_make_room_evicts_the_least_recent_idle_session_to_admit(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, min_idle_s=60))
+    open_session(r, 'oldest')
+    r.clock.advance(seconds=10)
+    open_session(r, 'older')
+    r.clock.advance(seconds=100)
+    open_session(r, 'recent')
+    r.lc.run(r.lc.index.begin_turn('oldest', 't', r.clock.now_ms()))  # busy: never taken for room
+    with pytest.raises(CapacityExceeded):
+        r.lc.reserve('api-9')
+    admitted = r.lc.reserve('api-9', make_room=True)
+    assert admitted.owner == 'api-9'
+    assert r.lc.status('older').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    assert r.document('older')['reason'] == 'make_room'  # type: ignore[index]
+    assert r.lc.status('oldest').state is SessionState.LIVE  # type: ignore[union-attr]
+    with pytest.raises(CapacityExceeded):  # left: one busy, one idle for less than min_idle_s
+        r.lc.reserve('api-9', make_room=True)
+    assert r.lc.stats().slots == 3
+
+
+def test_the_lru_sweep_evicts_the_least_recently_active_non_busy_sessions(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_live=3))
+    for i in range(6):
+        open_session(r, f's{i}')
+        r.clock.advance(seconds=1)
+    r.lc.run(r.lc.index.begin_turn('s0', 't', r.clock.now_ms()))
+    r.lc.touch('s1')  # now the most recent
+    r.sweep(SweepKind.LRU)
+    assert [(res.session_id, res.outcome) for res in r.results] == [
+        ('s2', Outcome.EVICTED),
+        ('s3', Outcome.EVICTED),
+        ('s4', Outcome.EVICTED),
+    ]
+    assert r.lc.stats().live == 3
+    r.sweep(SweepKind.LRU)
+    assert len(r.results) == 3
+
+
+def test_owners_are_warned_once_before_the_idle_deadline(reaper: Reaper) -> None:
+    open_session(reaper, 's1')
+    reaper.clock.advance(seconds=600 - 121)
+    assert reaper.sweep(SweepKind.WARNINGS).notices == 0
+    reaper.clock.advance(seconds=1)
+    assert reaper.sweep(SweepKind.WARNINGS).notices == 1
+    reaper.clock.advance(seconds=30)
+    assert reaper.sweep(SweepKind.WARNINGS).notices == 0
+    reaper.lc.touch('s1')  # activity: a new idle period, a new warning in due time
+    reaper.clock.advance(seconds=600 - 120)
+    assert reaper.sweep(SweepKind.WARNINGS).notices == 1
+    notices = list(reaper.lc.notices('api-1'))
+    assert [(n.kind, n.session_id) for n in notices] == [(NoticeKind.WARNING, 's1')] * 2
+    assert list(reaper.lc.notices('api-1', after=notices[0].id)) == notices[1:]
+
+
+class FlakyDriver:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+        self.failures = 1
+
+    def release(self, session_id: str, reason: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SandboxError('the sandbox API is down')
+        self.released.append(session_id)
+
+    def leases(self) -> list[Any]:
+        return []
+
+
+def test_a_failed_sandbox_release_does_not_hold_the_slot_and_is_retried(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = FlakyDriver()
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60), driver=driver)
+    open_session(r, 's1')
+    r.clock.advance(seconds=60)
+    r.sweep(SweepKind.IDLE)
+    assert r.results[0].outcome is Outcome.EVICTED
+    assert r.lc.stats().slots == 0
+    assert driver.released == []
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.released_sandboxes == ['s1']
+    assert driver.released == ['s1']
+    assert r.lc.redis.zcard(r.lc.index.keys.orphans) == 0
+
+
+def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wrote(reaper: Reaper) -> None:
+    open_session(reaper, 'durable')
+    open_session(reaper, 'unwritten')
+    reaper.clock.advance(seconds=600)
+    claims = ClaimIndex(reaper.lc.settings, reaper.lc.index.keys)
+    taken = {}
+    for session_id in ('durable', 'unwritten'):
+        claimed = reaper.lc.run(claims.claim(session_id, ReapReason.IDLE, reaper.clock.now_ms(), 2**50))
+        assert isinstance(claimed, Claim)
+        taken[session_id] = claimed
+    assert reaper.store is not None
+    reaper.store.mark_resumable(record_of(taken['durable']), taken['durable'].token, ReapReason.IDLE, True)
+    # ... and both workers die here.
+    with pytest.raises(SessionReaping), reaper.lc.turn('unwritten'):
+        pass
+    assert reaper.sweep(SweepKind.EXPIRED).recovered == []  # claims still within their lease
+    reaper.clock.advance(seconds=reaper.lc.settings.claim_lease_s)
+    recovered = reaper.sweep(SweepKind.EXPIRED).recovered
+    assert sorted((r.session_id, r.outcome) for r in recovered) == [
+        ('durable', Outcome.EVICTED),
+        ('unwritten', Outcome.ROLLED_BACK),
+    ]
+    assert reaper.lc.stats().reaping == 0
+    assert reaper.lc.status('durable').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    assert reaper.lc.status('unwritten').state is SessionState.LIVE  # type: ignore[union-attr]
+    stale = taken['unwritten']
+    assert reaper.store.mark_resumable(record_of(stale), stale.token, ReapReason.IDLE, True).value == 'fenced'

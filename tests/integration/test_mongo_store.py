@@ -1,0 +1,108 @@
+"""MongoSnapshotStore over the wire: strict checkpoints and fenced, conditional eviction writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+import pytest
+
+from lifecycle import InvalidArgument, PersistenceError
+from lifecycle.models import ReapReason, SessionState
+from lifecycle.stores import MarkOutcome, SessionRecord
+from lifecycle.stores.mongo import MongoSnapshotStore
+from tests.integration.reaper import fail
+
+Admin = pymongo.MongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+def store(mongo_server_url: str, mongo_database: str) -> Iterator[MongoSnapshotStore]:
+    store = MongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000)
+    store.ensure_indexes()
+    yield store
+    store.close()
+
+
+def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:
+    now = datetime.now(UTC)
+    return SessionRecord(session_id, 'api-1', 'acme', None, now, now, now + timedelta(minutes=15), turn_seq)
+
+
+def test_checkpoint_writes_messages_in_order_then_the_document(store: MongoSnapshotStore) -> None:
+    store.checkpoint('s1', {'agent': 'state-1'}, [{'id': 'm1', 'text': 'hi'}, {'id': 'm2', 'text': 'yo'}], 1)
+    store.checkpoint('s1', {'agent': 'state-2'}, [{'id': 'm2', 'text': 'yo!'}, {'id': 'm3', 'text': 'ok'}], 2)
+    assert [m['text'] for m in store.messages('s1')] == ['hi', 'yo!', 'ok']
+    document = store.load('s1')
+    assert document is not None
+    assert (document['snapshot'], document['checkpoint_seq'], document['state']) == ({'agent': 'state-2'}, 2, 'live')
+
+
+def test_checkpoint_is_strict(store: MongoSnapshotStore, mongo_admin: Admin) -> None:
+    with pytest.raises(InvalidArgument, match='no "id"'):
+        store.checkpoint('s1', {}, [{'text': 'no id'}], 1)
+    fail(mongo_admin, 'update', errorCode=8)
+    with pytest.raises(PersistenceError, match="checkpoint of session 's1'"):
+        store.checkpoint('s1', {'v': 1}, [{'id': 'm1'}], 1)
+    fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
+    with pytest.raises(PersistenceError, match='replication'):
+        store.checkpoint('s1', {'v': 1}, None, 1)
+
+
+def test_mark_resumable_needs_a_covering_checkpoint(store: MongoSnapshotStore) -> None:
+    assert store.mark_resumable(record(turn_seq=2), 10, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
+    store.checkpoint('s1', {'v': 1}, None, 1)
+    assert store.mark_resumable(record(turn_seq=2), 11, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
+    store.checkpoint('s1', {'v': 2}, None, 2)
+    assert store.mark_resumable(record(turn_seq=2), 12, ReapReason.IDLE, True) is MarkOutcome.DONE
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['fence'], document['reason']) == ('resumable', 12, 'idle')
+
+
+def test_mark_resumable_without_required_checkpoint_creates_the_document(store: MongoSnapshotStore) -> None:
+    assert store.mark_resumable(record('fresh'), 5, ReapReason.OWNER_LOST, False) is MarkOutcome.DONE
+    document = store.load('fresh')
+    assert document is not None
+    assert (document['state'], document['fence'], document['owner']) == ('resumable', 5, 'api-1')
+
+
+def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> None:
+    assert store.mark_resumable(record(), 20, ReapReason.IDLE, False) is MarkOutcome.DONE
+    assert store.mark_resumable(record(), 19, ReapReason.IDLE, False) is MarkOutcome.FENCED
+    before = store.raise_fence('s1', 30)
+    assert before is not None
+    assert before['fence'] == 20
+    assert store.mark_resumable(record(), 25, ReapReason.IDLE, False) is MarkOutcome.FENCED
+    assert store.restore('s1', 29, 'api-2') is None
+    restored = store.restore('s1', 31, 'api-2')
+    assert restored is not None
+    assert (restored['state'], restored['fence'], restored['owner']) == ('live', 31, 'api-2')
+
+
+def test_ended_sessions_are_never_marked_resumable(store: MongoSnapshotStore) -> None:
+    store.end(record(), SessionState.EXPIRED, 40, 1_000)
+    assert store.mark_resumable(record(), 41, ReapReason.IDLE, False) is MarkOutcome.ENDED
+    store.revert('s1', 41)
+    assert store.load('s1')['state'] == 'expired'  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    'failure',
+    [
+        {'errorCode': 8},
+        {'writeConcernError': {'code': 64, 'errmsg': 'waiting for replication timed out'}},
+        {'closeConnection': True},
+        {'blockConnection': True, 'blockTimeMS': 4_000},
+    ],
+    ids=['error', 'write-concern', 'closed-connection', 'timeout'],
+)
+def test_every_failure_of_the_eviction_write_raises(
+    store: MongoSnapshotStore, mongo_admin: Admin, failure: dict[str, Any]
+) -> None:
+    store.checkpoint('s1', {'v': 1}, None, 2)
+    fail(mongo_admin, 'update', **failure)
+    with pytest.raises(PersistenceError, match="eviction write of session 's1'"):
+        store.mark_resumable(record(turn_seq=2), 50, ReapReason.IDLE, True)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+
+from lifecycle import policy
+from lifecycle.models import Limits, ReapReason
+from lifecycle.policy import Candidate, Order
+
+NOW = 1_000_000_000
+
+
+def limits(profile: str | None) -> Limits:
+    return Limits(idle_ttl_s=600 if profile == 'short' else 3600, default_ttl_s=900, max_ttl_s=86_400)
+
+
+def candidate(session_id: str, idle_s: int, *, profile: str | None = None, busy_s: int | None = None,
+              reaping: bool = False) -> Candidate:  # fmt: skip
+    busy = NOW + busy_s * 1000 if busy_s is not None else None
+    return Candidate(session_id, NOW - idle_s * 1000, 'api-1', profile, busy, reaping)
+
+
+@pytest.mark.parametrize(
+    ('idle_s', 'profile', 'busy_s', 'reaping', 'due'),
+    [
+        (3600, None, None, False, True),  # exactly at the idle timeout
+        (3599, None, None, False, False),
+        (600, 'short', None, False, True),  # a profile's own, shorter timeout
+        (599, 'short', None, False, False),
+        (7200, None, 10, False, False),  # busy: never idle-reaped
+        (7200, None, -1, False, True),  # a busy lease that ran out does not protect
+        (7200, None, 0, False, True),  # a lease ending now has ended
+        (7200, None, None, True, False),  # already being reaped
+    ],
+)
+def test_idle_orders(idle_s: int, profile: str | None, busy_s: int | None, reaping: bool, due: bool) -> None:
+    orders = policy.idle_orders([candidate('s', idle_s, profile=profile, busy_s=busy_s, reaping=reaping)], limits, NOW)
+    if due:
+        cutoff = NOW - limits(profile).idle_ttl_s * 1000
+        assert orders == [Order('s', ReapReason.IDLE, cutoff, NOW - idle_s * 1000)]
+    else:
+        assert orders == []
+
+
+@pytest.mark.parametrize(('live', 'reaping', 'max_live', 'excess'), [(10, 0, 8, 2), (10, 2, 8, 0), (5, 0, 8, 0)])
+def test_lru_excess_counts_sessions_already_going(live: int, reaping: int, max_live: int, excess: int) -> None:
+    assert policy.lru_excess(live, reaping, max_live) == excess
+
+
+def test_lru_orders_take_the_least_recent_non_busy_sessions_first() -> None:
+    oldest_first = [candidate('a', 90, busy_s=5), candidate('b', 80), candidate('c', 70, reaping=True),
+                    candidate('d', 60), candidate('e', 50)]  # fmt: skip
+    orders = policy.lru_orders(oldest_first, 2, 100, NOW)
+    assert [(o.session_id, o.reason, o.bound) for o in orders] == [
+        ('b', ReapReason.LRU, 100),
+        ('d', ReapReason.LRU, 100),
+    ]
+    assert policy.lru_orders(oldest_first, 0, 100, NOW) == []
+
+
+@pytest.mark.parametrize(
+    ('cursor', 'expected'),
+    [
+        (None, (NOW - 3600_000, NOW - 3300_000)),  # first run: one warn_before window back
+        (NOW - 3400_000, (NOW - 3400_000, NOW - 3300_000)),  # from where the last sweep stopped
+        (NOW - 9000_000, (NOW - 3600_000, NOW - 3300_000)),  # never sessions already past their deadline
+    ],
+)
+def test_warning_window(cursor: int | None, expected: tuple[int, int]) -> None:
+    assert policy.warning_window(cursor, NOW, 3600, 300) == expected
+
+
+@pytest.mark.parametrize(
+    ('document', 'token', 'durable'),
+    [
+        ({'state': 'resumable', 'fence': 7}, 7, True),
+        ({'state': 'resumable', 'fence': 6}, 7, False),  # an older eviction's write
+        ({'state': 'live', 'fence': 7}, 7, False),
+        (None, 7, False),
+    ],
+)
+def test_is_durably_evicted(document: dict[str, object] | None, token: int, durable: bool) -> None:
+    assert policy.is_durably_evicted(document, token) is durable
