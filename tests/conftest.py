@@ -100,7 +100,7 @@ def mongo_server_url() -> Iterator[str]:
     if MONGO_URL:
         yield MONGO_URL
         return
-    from secantus import SecantusDBServer
+    from secantus import SecantusDBServer  # type: ignore[import-untyped]  # ships no type information
 
     with tempfile.TemporaryDirectory(prefix='lifecycle-mongo-') as storage:
         server = SecantusDBServer(port=0, storage_path=storage)
@@ -114,7 +114,8 @@ def mongo_database(mongo_server_url: str, key_prefix: str) -> Iterator[str]:
     """A database of this test's own, dropped afterwards."""
     name = key_prefix.replace('-', '_')
     yield name
-    with pymongo.MongoClient(mongo_server_url) as client:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_server_url)
+    with client:
         client.drop_database(name)
 
 

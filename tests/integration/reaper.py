@@ -59,7 +59,7 @@ def fail(admin: pymongo.MongoClient[dict[str, Any]], command: str, times: int = 
                         data={'failCommands': [command], **data})  # fmt: skip
 
 
-FAILURES = {
+FAILURES: dict[str, dict[str, Any]] = {
     'error': {'errorCode': 8},
     'write-concern': {'writeConcernError': {'code': 64, 'errmsg': 'waiting for replication timed out'}},
     'closed-connection': {'closeConnection': True},
