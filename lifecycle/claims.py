@@ -81,6 +81,17 @@ class ClaimIndex:
             (claim.session_id, claim.token, now_ms, kind.value, claim.reason.value, self.settings.notice_maxlen),
         )
 
+    def extend(self, claim: Claim, now_ms: int) -> Call[bool]:
+        """Confirm the claim is still `claim.token`'s and extend its lease; False if it was taken over."""
+        k = self.keys
+        lease_ms = now_ms + self.settings.claim_lease_s * 1000
+        return Call(
+            lambda reply: _int(reply) == 1,
+            'extend_claim',
+            (k.reaping, k.claims),
+            (claim.session_id, claim.token, lease_ms),
+        )
+
     def abort(self, claim: Claim) -> Call[bool]:
         """Give up the eviction; the session stays live. A no-op for a claim that is no longer ours."""
         k = self.keys

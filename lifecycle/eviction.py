@@ -138,6 +138,10 @@ class Evictor:
 
     def _complete(self, claim: Claim) -> EvictionResult:
         """Release the sandbox, then leave the pool, checked against the token."""
+        if not self.lc.run(self.claims.extend(claim, self.lc.now_ms())):
+            log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
+                        claim.session_id, claim.token)  # fmt: skip
+            return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
         try:
             self.driver.release(claim.session_id, claim.reason.value)
         except SandboxError as exc:

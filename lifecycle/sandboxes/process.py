@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ class ProcessDriver:
         )
         record = {'pgid': process.pid, 'started': _start_time(process.pid), 'expires_at_ms': deadline_ms}
         self._record(session_id).write_text(json.dumps(record))
+        # Reap it when it ends, whoever ends it, so no zombie is left behind in the starting process.
+        threading.Thread(target=process.wait, name=f'sandbox-{session_id}', daemon=True).start()
         return process.pid
 
     def release(self, session_id: str, reason: str) -> None:

@@ -59,3 +59,14 @@ def hold_turn(settings: dict[str, Any], session_id: str, ready: Connection) -> N
         ready.send('busy')
         time.sleep(3600)
     sys.exit(1)
+
+
+def evict_once(settings: dict[str, Any], session_id: str, results: Connection) -> None:
+    """One worker's eviction of one session (its settings may carry a crash_at point)."""
+    from lifecycle.eviction import Evictor
+    from lifecycle.models import ReapReason
+
+    lc = Lifecycle(Settings(**settings))
+    evictor = Evictor(lc, lc.store, lc.driver)
+    result = evictor.evict(session_id, ReapReason.IDLE, 2**50, 0)
+    results.send((result.outcome.value, result.detail))
