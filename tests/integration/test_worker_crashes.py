@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from lifecycle import Lifecycle, SessionState, Settings
 from lifecycle.eviction import Evictor, Outcome
 from lifecycle.models import ReapReason
+from lifecycle.policy import Order
 from lifecycle.sandboxes import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
 from lifecycle.sweeps import Sweeper, SweepKind
@@ -60,9 +62,12 @@ def wait_stopped(pid: int) -> None:
 def sweep_after_claim_lease(lc: Lifecycle, kind: SweepKind = SweepKind.EXPIRED) -> Any:
     time.sleep(lc.settings.claim_lease_s + 0.1)
     evictor = Evictor(lc, lc.store, lc.driver)
-    return Sweeper(lc, evictor, lambda orders: [evictor.evict(o.session_id, o.reason, o.bound) for o in orders]).run(
-        kind, dedupe=False
-    )
+
+    def evict_inline(orders: Sequence[Order]) -> None:
+        for order in orders:
+            evictor.evict(order.session_id, order.reason, order.bound)
+
+    return Sweeper(lc, evictor, evict_inline).run(kind, dedupe=False)
 
 
 def assert_converged(lc: Lifecycle) -> None:
