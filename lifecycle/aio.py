@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
 from lifecycle.background import AsyncRepeater
-from lifecycle.client import Turn, new_token, unavailable_as_error
+from lifecycle.client import NOTICE_BATCH, Lifecycle, Turn, new_token, unavailable_as_error
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable
-from lifecycle.models import PoolStats, Reservation, SessionInfo
+from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
 from lifecycle.state import Call, SessionIndex
@@ -36,6 +36,7 @@ class AsyncLifecycle:
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
         self._pending: set[asyncio.Task[Any]] = set()
+        self._durable: Lifecycle | None = None
 
     @classmethod
     def from_env(cls) -> AsyncLifecycle:
@@ -49,8 +50,10 @@ class AsyncLifecycle:
         await self.disconnect()
 
     async def disconnect(self) -> None:
-        """Close the Redis connections."""
+        """Close the Redis (and MongoDB) connections."""
         await self.redis.aclose()
+        if self._durable is not None:
+            self._durable.disconnect()
 
     async def now_ms(self) -> int:
         """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""
@@ -72,9 +75,21 @@ class AsyncLifecycle:
                 reply = await self.redis.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
         return call.parse(reply)
 
-    async def reserve(self, owner: str, tenant: str | None = None, *, token: str | None = None) -> Reservation:
+    @property
+    def durable(self) -> Lifecycle:
+        """A sync client for the calls that touch MongoDB (run in a worker thread: pymongo is sync)."""
+        if self._durable is None:
+            self._durable = Lifecycle(self.settings)
+        return self._durable
+
+    async def reserve(
+        self, owner: str, tenant: str | None = None, *, token: str | None = None, make_room: bool = False
+    ) -> Reservation:
         """See `Lifecycle.reserve`."""
-        return await self.run(self.index.reserve(owner, tenant, token or new_token(), await self.now_ms()))
+        token = token or new_token()
+        if make_room:
+            return await asyncio.to_thread(self.durable.reserve, owner, tenant, token=token, make_room=True)
+        return await self.run(self.index.reserve(owner, tenant, token, await self.now_ms()))
 
     async def activate(
         self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None
@@ -133,11 +148,40 @@ class AsyncLifecycle:
 
     async def close(self, session_id: str) -> bool:
         """See `Lifecycle.close`."""
+        if self.settings.mongo_url is not None:
+            return await asyncio.to_thread(self.durable.close, session_id)
         return await self.run(self.index.close(session_id)) is not None
 
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""
-        return await self.run(self.index.status(session_id, await self.now_ms()))
+        info = await self.run(self.index.status(session_id, await self.now_ms()))
+        if info is None and self.settings.mongo_url is not None:
+            return await asyncio.to_thread(self.durable.status, session_id)
+        return info
+
+    async def checkpoint(
+        self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
+    ) -> int | None:
+        """See `Lifecycle.checkpoint`."""
+        return await asyncio.to_thread(self.durable.checkpoint, session_id, snapshot, messages)
+
+    async def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
+        """See `Lifecycle.restore`."""
+        return await asyncio.to_thread(self.durable.restore, session_id, owner, make_room=make_room)
+
+    async def notices(
+        self, owner: str, *, after: str = '0', block_s: float | None = None
+    ) -> AsyncGenerator[Notice, None]:
+        """See `Lifecycle.notices`; an async iterator."""
+        block_ms = int(block_s * 1000) if block_s is not None else None
+        while True:
+            batch = await self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
+            for notice in batch:
+                yield notice
+            if batch:
+                after = batch[-1].id
+            elif block_ms is None:
+                return
 
     async def stats(self) -> PoolStats:
         """See `Lifecycle.stats`."""

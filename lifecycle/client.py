@@ -128,6 +128,7 @@ class Lifecycle:
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
         self._store = store
+        self._owns_store = store is None
         self._driver = driver
 
     @property
@@ -169,8 +170,11 @@ class Lifecycle:
         self.disconnect()
 
     def disconnect(self) -> None:
-        """Close the Redis connections."""
+        """Close the Redis connections, and the MongoDB client if this client opened it."""
         self.redis.close()
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
 
     def now_ms(self) -> int:
         """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""

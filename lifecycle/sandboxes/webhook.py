@@ -55,6 +55,7 @@ class WebhookDriver:
                 with urllib.request.urlopen(request, timeout=self.timeout_s):
                     return
             except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the response's socket
                 if exc.code == 404:
                     return
                 if exc.code < 500 and exc.code != 429:

@@ -1,0 +1,170 @@
+"""Real Celery worker and RedBeat beat processes on the test Redis and MongoDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import redis
+
+from lifecycle import Lifecycle, SessionState, Settings
+from lifecycle.sweeps import SweepKind
+from tests.conftest import REDIS_URL, SettingsFactory, connect_real_redis
+
+ROOT = Path(__file__).parents[2]
+BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL', REDIS_URL.rsplit('/', 1)[0] + '/13')
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The LIFECYCLE_* variables that reproduce `settings` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('LIFECYCLE_')}
+    for name, value in settings.model_dump(mode='json', exclude_none=True).items():
+        env[f'LIFECYCLE_{name.upper()}'] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+@pytest.fixture
+def broker(real_redis: redis.Redis) -> Iterator[str]:
+    client = connect_real_redis(BROKER_URL)
+    client.flushdb()
+    yield BROKER_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    started: list[subprocess.Popen[bytes]] = []
+    logs: list[BinaryIO] = []
+
+    def start(settings: Settings, *args: str, crashes: bool = False) -> subprocess.Popen[bytes]:
+        suffix = 'crash' if crashes else 'log'  # a worker meant to crash logs its lost child's traceback
+        log = open(tmp_path / f'{args[0]}-{len(started)}.{suffix}', 'wb')  # noqa: SIM115 (closed after the process)
+        logs.append(log)
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'celery', '-A', 'workers', *args, '--loglevel', 'INFO'],
+            cwd=ROOT, env=environment(settings), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for handle in logs:
+        handle.close()
+    for log in tmp_path.glob('*.log'):
+        text = log.read_text(errors='replace')
+        assert 'Traceback' not in text, f'{log.name}:\n{text[-3000:]}'
+
+
+def worker_args(name: str) -> tuple[str, ...]:
+    return ('worker', '--concurrency', '2', '--hostname', f'{name}@%h', '--without-gossip', '--without-mingle')
+
+
+def wait_for(predicate: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.1)
+
+
+def test_idle_sessions_are_evicted_by_a_real_worker_within_idle_ttl_plus_one_sweep(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+) -> None:
+    settings = make_reaper_settings(
+        broker_url=broker, idle_ttl_s=3, idle_interval_s=1, warn_before_s=2, warnings_interval_s=1
+    )
+    lc = Lifecycle(settings)
+    spawn(settings, *worker_args('w1'))
+    spawn(settings, 'beat')
+    for i in range(5):
+        lc.activate(lc.reserve('api-1'), f's{i}')
+        lc.checkpoint(f's{i}', {'n': i}, [{'id': 'm1', 'text': f'hello {i}'}])
+    busy_turn = lc.turn('s0')
+    busy_turn.__enter__()  # s0 stays busy: never idle-evicted
+    wait_for(lambda: lc.stats().live == 1, 60, 'the idle sessions to leave the pool')
+    assert lc.store is not None
+    for i in range(1, 5):
+        document = lc.store.load(f's{i}')
+        assert document is not None
+        assert document['state'] == 'resumable'
+        idle_for_s = (document['evicted_at'] - document['last_active_at']).total_seconds()
+        # Liveness: idle TTL + one sweep interval, plus queueing and the worker's start (generous).
+        assert 3 <= idle_for_s <= 3 + 1 + 10, idle_for_s
+    assert lc.status('s0').state is SessionState.LIVE  # type: ignore[union-attr]
+    busy_turn.__exit__(None, None, None)
+
+    restored = lc.restore('s3', 'api-2')
+    assert restored.sandbox_reset
+    assert restored.messages == [{'id': 'm1', 'text': 'hello 3'}]
+    assert lc.status('s3').state is SessionState.LIVE  # type: ignore[union-attr]
+    kinds = {n.kind.value for n in lc.notices('api-1')}
+    assert {'warning', 'evicted'} <= kinds
+    lc.store.close()
+    lc.disconnect()
+
+
+def test_two_workers_and_two_beats_run_each_sweep_once_per_period(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+) -> None:
+    intervals = {f'{kind.value.replace("-", "_")}_interval_s': 1 for kind in SweepKind}
+    settings = make_reaper_settings(broker_url=broker, **intervals)
+    lc = Lifecycle(settings)
+    spawn(settings, *worker_args('w1'))
+    spawn(settings, *worker_args('w2'))
+    spawn(settings, 'beat')
+    spawn(settings, 'beat')
+    counters = lc.index.keys.counters
+    wait_for(lambda: lc.redis.hget(counters, 'sweep:idle') is not None, 60, 'the first sweep')
+    started = time.monotonic()
+    before = lc.redis.hgetall(counters)
+    time.sleep(8)
+    after = lc.redis.hgetall(counters)
+    elapsed_s = time.monotonic() - started
+
+    def delta(name: str) -> int:
+        return int(after.get(name, 0)) - int(before.get(name, 0))
+
+    for kind in SweepKind:
+        ran, skipped = delta(f'sweep:{kind}'), delta(f'sweep_skipped:{kind}')
+        print(f'{kind}: ran {ran}, skipped {skipped} in {elapsed_s:.1f} s')
+        # One beat sends each sweep once a second; had both beats sent, about twice as many would arrive.
+        assert ran + skipped <= elapsed_s + 3, (kind, ran, skipped)
+        assert ran >= elapsed_s / 2 - 1, (kind, ran, skipped)
+    lc.disconnect()
+
+
+def test_a_worker_process_killed_mid_eviction_is_redelivered_and_recovered(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    settings = make_reaper_settings(
+        broker_url=broker, idle_ttl_s=1, idle_interval_s=1, expired_interval_s=1, claim_lease_s=2
+    )
+    lc = Lifecycle(settings)
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'v': 1})
+    spawn(settings.model_copy(update={'crash_at': 'after_persist'}), *worker_args('w1'), crashes=True)
+    spawn(settings, 'beat')
+    wait_for(lambda: lc.status('s1').state is SessionState.RESUMABLE, 60, 'recovery to complete the eviction')  # type: ignore[union-attr]
+    stats = lc.stats()
+    assert (stats.live, stats.reaping, stats.slots) == (0, 0, 0)
+    log = next(tmp_path.glob('worker-*.crash')).read_text(errors='replace')
+    assert 'SIGKILL' in log or 'WorkerLostError' in log, log[-2000:]
+    counters = lc.redis.hgetall(lc.index.keys.counters)
+    assert counters.get('evicted:idle') == '1'  # completed once, by recovery; the crashed attempt counted nothing
+    lc.disconnect()

@@ -1,0 +1,138 @@
+"""Sandbox drivers: a signed webhook against a real local HTTP server, process groups with real signals."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lifecycle import Settings
+from lifecycle.sandboxes import NoopDriver, ProcessDriver, SandboxError, WebhookDriver, driver_from_settings
+from lifecycle.sandboxes.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+SECRET = 'shh'
+
+
+class Receiver(ThreadingHTTPServer):
+    """Answers each POST with the next status of `statuses`, recording what arrived and whether it was signed."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__(('127.0.0.1', 0), Handler)
+        self.statuses = statuses
+        self.received: list[tuple[dict[str, str], bool]] = []
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self.server_address[1]}/sandboxes/release'
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        expected = sign(SECRET, self.headers[TIMESTAMP_HEADER], body)
+        self.server.received.append((json.loads(body), hmac.compare_digest(expected, self.headers[SIGNATURE_HEADER])))
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    server = Receiver(list(getattr(request, 'param', [])))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize('receiver', [[500, 503, 200]], indirect=True)
+def test_the_webhook_is_signed_and_retried_on_server_errors(receiver: Receiver) -> None:
+    WebhookDriver(receiver.url, SECRET, retries=3, backoff_s=0.01).release('s1', 'idle')
+    assert receiver.received == [({'event': 'release', 'session_id': 's1', 'reason': 'idle'}, True)] * 3
+
+
+@pytest.mark.parametrize('receiver', [[404]], indirect=True)
+def test_a_sandbox_already_gone_is_released(receiver: Receiver) -> None:
+    WebhookDriver(receiver.url, SECRET, retries=0).release('s1', 'idle')
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize('receiver', [[400]], indirect=True)
+def test_a_refused_release_fails_at_once(receiver: Receiver) -> None:
+    with pytest.raises(SandboxError, match='HTTP 400'):
+        WebhookDriver(receiver.url, SECRET, retries=3, backoff_s=0.01).release('s1', 'idle')
+    assert len(receiver.received) == 1
+
+
+def test_an_unreachable_endpoint_fails_after_its_retries(receiver: Receiver) -> None:
+    url = receiver.url
+    receiver.shutdown()
+    receiver.server_close()
+    with pytest.raises(SandboxError, match="release of 's1'"):
+        WebhookDriver(url, SECRET, timeout_s=0.5, retries=1, backoff_s=0.01).release('s1', 'idle')
+
+
+def alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_dead(pgid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_process_sandbox_is_released_with_its_whole_group(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path, grace_s=1)
+    pgid = driver.start('s1', ['sh', '-c', 'sleep 600 & sleep 600'], ttl_s=600)
+    assert [lease.session_id for lease in driver.leases()] == ['s1']
+    assert alive(pgid)
+    driver.release('s1', 'idle')
+    assert wait_dead(pgid, 5)
+    assert driver.leases() == []
+    driver.release('s1', 'idle')  # idempotent
+
+
+def test_a_process_sandbox_ends_itself_at_its_deadline_with_no_one_left_to_release_it(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path)
+    pgid = driver.start('s1', ['sleep', '600'], ttl_s=1)
+    lease = driver.leases()[0]
+    assert lease.expires_at_ms <= time.time_ns() // 1_000_000 + 1_000
+    assert wait_dead(pgid, 10)
+
+
+def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    driver = ProcessDriver(tmp_path)
+    (tmp_path / 's1.json').write_text(json.dumps({'pgid': os.getpgid(0), 'started': 'not-ours', 'expires_at_ms': 0}))
+    driver.release('s1', 'idle')  # our own group, but not the recorded process: left alone
+    assert not (tmp_path / 's1.json').exists()
+
+
+def test_drivers_are_chosen_by_settings(tmp_path: Path) -> None:
+    assert isinstance(driver_from_settings(Settings()), NoopDriver)
+    assert isinstance(driver_from_settings(Settings(sandbox_driver='process', sandbox_state_dir=str(tmp_path))),
+                      ProcessDriver)  # fmt: skip
+    webhook = Settings(sandbox_driver='webhook', sandbox_webhook_url='http://x', sandbox_webhook_secret='s')
+    assert isinstance(driver_from_settings(webhook), WebhookDriver)
+    with pytest.raises(ValueError, match='sandbox_webhook_url'):
+        Settings(sandbox_driver='webhook')
