@@ -43,6 +43,15 @@ def connect_real_redis(url: str = REDIS_URL) -> redis.Redis:
     return client
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.fixture
 def key_prefix() -> str:
     return f'lctest-{uuid.uuid4().hex[:10]}'

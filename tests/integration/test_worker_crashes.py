@@ -19,7 +19,7 @@ from lifecycle.policy import Order
 from lifecycle.sandboxes import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
 from lifecycle.sweeps import Sweeper, SweepKind
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, group_alive
 from tests.integration import procs
 
 SPAWN = multiprocessing.get_context('spawn')
@@ -140,14 +140,6 @@ def test_a_worker_paused_before_its_write_is_fenced_off_by_the_one_that_took_ove
     assert_converged(lc)
 
 
-def alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_worker_paused_before_its_release_is_fenced_off_after_recovery_completed(
     make_reaper_settings: SettingsFactory, real_redis: Any, tmp_path: Path
 ) -> None:
@@ -164,7 +156,7 @@ def test_a_worker_paused_before_its_release_is_fenced_off_after_recovery_complet
     report = sweep_after_claim_lease(lc)
     assert [r.outcome for r in report.recovered] == [Outcome.EVICTED]
     deadline = time.monotonic() + 10
-    while alive(first_sandbox):  # the recovering worker released the evicted session's sandbox
+    while group_alive(first_sandbox):  # the recovering worker released the evicted session's sandbox
         assert time.monotonic() < deadline
         time.sleep(0.05)
     restored = lc.restore('s1', 'api-2')  # the user comes back before the stale worker wakes
@@ -174,12 +166,12 @@ def test_a_worker_paused_before_its_release_is_fenced_off_after_recovery_complet
     os.kill(process.pid, signal.SIGCONT)
     process.join(30)
     assert received(results) == ('kept', 'fenced')
-    assert alive(second_sandbox), "the stale worker released the restored session's new sandbox"
+    assert group_alive(second_sandbox), "the stale worker released the restored session's new sandbox"
     assert lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
     assert lc.store is not None
     assert lc.store.load('s1')['state'] == 'live'  # type: ignore[index]
     assert_converged(lc)
     sandboxes.release('s1', 'test over')
-    assert not alive(second_sandbox)
+    assert not group_alive(second_sandbox)
     lc.store.close()
     lc.disconnect()

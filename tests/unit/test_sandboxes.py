@@ -16,6 +16,7 @@ import pytest
 from lifecycle import Settings
 from lifecycle.sandboxes import NoopDriver, ProcessDriver, SandboxError, WebhookDriver, driver_from_settings
 from lifecycle.sandboxes.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tests.conftest import group_alive
 
 SECRET = 'shh'
 
@@ -85,17 +86,9 @@ def test_an_unreachable_endpoint_fails_after_its_retries(receiver: Receiver) -> 
         WebhookDriver(url, SECRET, timeout_s=0.5, retries=1, backoff_s=0.01).release('s1', 'idle')
 
 
-def alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def wait_dead(pgid: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
-    while alive(pgid):
+    while group_alive(pgid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -106,7 +99,7 @@ def test_a_process_sandbox_is_released_with_its_whole_group(tmp_path: Path) -> N
     driver = ProcessDriver(tmp_path, grace_s=1)
     pgid = driver.start('s1', ['sh', '-c', 'sleep 600 & sleep 600'], ttl_s=600)
     assert [lease.session_id for lease in driver.leases()] == ['s1']
-    assert alive(pgid)
+    assert group_alive(pgid)
     driver.release('s1', 'idle')
     assert wait_dead(pgid, 5)
     assert driver.leases() == []
