@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 import redis
@@ -26,6 +27,7 @@ from lifecycle.errors import (
     SessionNotLive,
 )
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.runs import Runs
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
@@ -144,6 +146,11 @@ class Lifecycle:
                 write_concern=self.settings.mongo_write_concern,
             )
         return self._store
+
+    @cached_property
+    def runs(self) -> Runs:
+        """Finished-run retention: start, append, finish, replay runs of event frames."""
+        return Runs(self)
 
     @property
     def driver(self) -> SandboxDriver:

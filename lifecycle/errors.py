@@ -53,3 +53,7 @@ class SessionReaping(LifecycleError):
 
 class PersistenceError(LifecycleError):
     """MongoDB did not durably acknowledge a write; nothing was evicted."""
+
+
+class RunStateError(LifecycleError):
+    """A run is not in the state the call needs: appending to a finished or dropped run, starting a running one."""

@@ -99,6 +99,29 @@ class Keys:
         """ZSET API replica id -> heartbeat expiry (epoch ms)."""
         return f'{self.prefix}:replicas'
 
+    @property
+    def runs_terminal(self) -> str:
+        """ZSET finished run_id -> when it finished (epoch ms); running runs are never in it."""
+        return f'{self.prefix}:runs:terminal'
+
+    def run(self, run_id: str) -> str:
+        """HASH of one run: status, session_id, started_ms, finished_ms."""
+        return f'{self.prefix}:run:{run_id}'
+
+    def run_events(self, run_id: str) -> str:
+        """STREAM of one run's event frames (field 'f', JSON), capped at max_events_per_run."""
+        return f'{self.prefix}:run:{run_id}:events'
+
+    @property
+    def worktrees(self) -> str:
+        """HASH absolute worktree path -> the session_id it belongs to."""
+        return f'{self.prefix}:worktrees'
+
+    @property
+    def cleaning(self) -> str:
+        """ZSET session_id -> lease expiry (epoch ms) while a cleaner removes its worktree; blocks activation."""
+        return f'{self.prefix}:cleaning'
+
     def inbox(self, owner: str) -> str:
         """STREAM of notices to one replica (warning, evicted, expired, checkpoint_requested); capped."""
         return f'{self.prefix}:inbox:{owner}'

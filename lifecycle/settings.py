@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     sweep_lock_timeout_s: PositiveInt = 60  # extended after every batch; a dead sweeper frees it this soon
     reconcile_tenant_limit: PositiveInt = 100_000  # recount tenants in one script only up to this many sessions
 
+    # Finished runs (a turn's buffered event frames, kept for late reconnects).
+    run_retention_s: PositiveInt = 300
+    max_finished_runs: PositiveInt = 256
+    max_events_per_run: PositiveInt = 1_000
+    runs_interval_s: PositiveInt = 60
+
+    # Orphan worktrees, on every host that has a root.
+    worktree_root: str | None = None
+    worktree_grace_s: PositiveInt = 3_600
+    trash_retention_s: PositiveInt = 7 * 86_400
+    worktrees_interval_s: PositiveInt = 600
+
     mongo_timeout_ms: PositiveInt = 5_000  # every MongoDB operation of an eviction, write concern included
     expiry_write_timeout_ms: PositiveInt = 2_000  # the best-effort write of an expiring session
     mongo_write_concern: str = 'majority'  # with j=true; 'majority' is what makes an eviction durable

@@ -57,3 +57,19 @@ local function drop_session(k, session_id, tenant)
   redis.call('HDEL', k.meta, session_id)
   give_back(k.slots, k.tenant_slots, tenant)
 end
+
+-- Drop finished runs that finished at or before `oldest_kept_ms`, then the oldest beyond `max_kept`, from
+-- the terminal set; returns their ids (their keys are deleted by drop_runs, which is given them).
+local function prune_finished_runs(terminal_key, oldest_kept_ms, max_kept)
+  local dropped = redis.call('ZRANGEBYSCORE', terminal_key, '-inf', oldest_kept_ms)
+  local over = redis.call('ZCARD', terminal_key) - #dropped - max_kept
+  if over > 0 then
+    for _, run_id in ipairs(redis.call('ZRANGE', terminal_key, #dropped, #dropped + over - 1)) do
+      dropped[#dropped + 1] = run_id
+    end
+  end
+  for _, run_id in ipairs(dropped) do
+    redis.call('ZREM', terminal_key, run_id)
+  end
+  return dropped
+end

@@ -1,0 +1,170 @@
+"""Finished-run retention: each run (one turn's event frames) is a capped stream, kept for late reconnects.
+
+Finished runs are dropped `run_retention_s` after they finish and beyond `max_finished_runs`, oldest
+finish first; running runs are never dropped nor counted. Pruning happens in the same atomic step as a
+finish, and in a sweep; a finished run's keys also expire on their own should every worker be down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from lifecycle import validate
+from lifecycle.errors import InvalidArgument, RunStateError
+from lifecycle.keys import Keys
+from lifecycle.settings import Settings
+from lifecycle.state import Call, _int
+
+if TYPE_CHECKING:
+    from lifecycle.client import Lifecycle
+
+BACKSTOP_MARGIN_S = 60  # the keys' own expiry trails the retention window, so pruning normally wins
+
+
+class RunStatus(StrEnum):
+    RUNNING = 'running'
+    COMPLETED = 'completed'
+    FAILED = 'failed'
+    CANCELLED = 'cancelled'
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One event frame of a run; `id` is the stream id to replay after."""
+
+    id: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: RunStatus
+    session_id: str | None
+    started_ms: int
+    finished_ms: int | None
+
+
+class RunIndex:
+    """Builds the Redis calls of runs; every key of a run goes through KEYS."""
+
+    def __init__(self, settings: Settings, keys: Keys) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    def _run_keys(self, run_id: str) -> tuple[str, str]:
+        run_id = validate.identifier('run_id', run_id)
+        return self.keys.run(run_id), self.keys.run_events(run_id)
+
+    def start(self, run_id: str, session_id: str | None, now_ms: int) -> Call[None]:
+        session_id = validate.optional_identifier('session_id', session_id)
+
+        def parse(reply: Any) -> None:
+            if _int(reply) != 1:
+                raise RunStateError(f'run {run_id!r} is already running')
+
+        return Call(
+            parse, 'start_run', (*self._run_keys(run_id), self.keys.runs_terminal), (run_id, session_id or '', now_ms)
+        )
+
+    def append(self, run_id: str, frame: Any) -> Call[str]:
+        try:
+            encoded = json.dumps(frame, separators=(',', ':'))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f'frame of run {run_id!r} is not JSON-serializable: {exc}') from exc
+
+        def parse(reply: Any) -> str:
+            if reply is None:
+                raise RunStateError(f'run {run_id!r} is not running (finished, dropped or never started)')
+            return str(reply)
+
+        return Call(parse, 'append_event', self._run_keys(run_id), (encoded, self.settings.max_events_per_run))
+
+    def finish(self, run_id: str, status: RunStatus, now_ms: int) -> Call[tuple[int, list[str]]]:
+        """Returns (1 first terminal transition | 0 already finished | -1 unknown, dropped run ids)."""
+        if status is RunStatus.RUNNING:
+            raise InvalidArgument(f'finish() needs a terminal status, not {status.value!r}')
+        s = self.settings
+        backstop_ms = (s.run_retention_s + BACKSTOP_MARGIN_S) * 1000
+        return Call(
+            lambda reply: (_int(reply[0]), [str(r) for r in reply[1:]]),
+            'finish_run',
+            (*self._run_keys(run_id), self.keys.runs_terminal),
+            (run_id, status.value, now_ms, s.run_retention_s * 1000, s.max_finished_runs, backstop_ms),
+        )
+
+    def prune(self, now_ms: int) -> Call[list[str]]:
+        s = self.settings
+        return Call(
+            lambda reply: [str(r) for r in reply],
+            'prune_runs',
+            (self.keys.runs_terminal,),
+            (now_ms, s.run_retention_s * 1000, s.max_finished_runs),
+        )
+
+    def drop(self, run_ids: Sequence[str]) -> Call[int]:
+        keys = [key for run_id in run_ids for key in self._run_keys(run_id)]
+        return Call(_int, 'drop_runs', keys, ())
+
+    def replay(self, run_id: str, after: str, count: int) -> Call[list[Frame]]:
+        _, events = self._run_keys(run_id)
+        return Call(
+            lambda reply: [Frame(entry_id, json.loads(fields['f'])) for entry_id, fields in reply],
+            command=('XRANGE', events, f'({after}' if after != '-' else '-', '+', 'COUNT', count),
+        )
+
+    def info(self, run_id: str) -> Call[RunInfo | None]:
+        run, _ = self._run_keys(run_id)
+
+        def parse(reply: Any) -> RunInfo | None:
+            fields = dict(zip(reply[::2], reply[1::2], strict=True)) if isinstance(reply, list) else reply
+            if not fields:
+                return None
+            finished = fields.get('finished_ms')
+            return RunInfo(run_id, RunStatus(fields['status']), fields.get('session_id') or None,
+                           _int(fields['started_ms']), _int(finished) if finished else None)  # fmt: skip
+
+        return Call(parse, command=('HGETALL', run))
+
+
+class Runs:
+    """The runs of the pool, for the web tier: `lc.runs.start(...)`, `append`, `finish`, `replay`."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.index = RunIndex(lc.settings, lc.index.keys)
+
+    def start(self, run_id: str, session_id: str | None = None) -> None:
+        """Begin a run; a run whose old one finished or was dropped can start again. RunStateError if running."""
+        self.lc.run(self.index.start(run_id, session_id, self.lc.now_ms()))
+
+    def append(self, run_id: str, frame: Any) -> str:
+        """Buffer one JSON frame; returns its stream id. RunStateError once the run finished or was dropped."""
+        return self.lc.run(self.index.append(run_id, frame))
+
+    def finish(self, run_id: str, status: RunStatus | str) -> bool:
+        """End the run; True on its first terminal transition (the finish time is stamped only then)."""
+        first, dropped = self.lc.run(self.index.finish(run_id, RunStatus(status), self.lc.now_ms()))
+        self._drop(dropped)
+        return first == 1
+
+    def replay(self, run_id: str, after: str = '-', count: int = 10_000) -> list[Frame]:
+        """The buffered frames after stream id `after` (all of them by default), oldest first."""
+        return self.lc.run(self.index.replay(run_id, after, count))
+
+    def info(self, run_id: str) -> RunInfo | None:
+        return self.lc.run(self.index.info(run_id))
+
+    def prune(self) -> list[str]:
+        """Drop finished runs past retention or beyond the cap now; returns their ids."""
+        dropped = self.lc.run(self.index.prune(self.lc.now_ms()))
+        self._drop(dropped)
+        return dropped
+
+    def _drop(self, run_ids: list[str]) -> None:
+        if run_ids:
+            self.lc.run(self.index.drop(run_ids))
