@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from typing import Any
@@ -46,11 +47,8 @@ def test_concurrent_appends_while_runs_finish_restart_and_are_pruned(
         run_id = rng.choice(RUNS)
         lc.runs.finish(run_id, rng.choice([RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]))
         if rng.random() < 0.5:
-            restarted = rng.choice(RUNS)
-            try:
-                lc.runs.start(restarted)
-            except RunStateError:
-                pass  # it was running
+            with contextlib.suppress(RunStateError):  # it was running
+                lc.runs.start(rng.choice(RUNS))
         lc.runs.prune()
     stop.set()
     for thread in appenders:
@@ -59,6 +57,11 @@ def test_concurrent_appends_while_runs_finish_restart_and_are_pruned(
     assert errors == []
     assert refused, 'no append ever met a finished run: the race was not exercised'
     assert sum(appended.values()) > 100
+    assert_every_run_kept_dropped_or_running(lc, real_redis)
+    lc.disconnect()
+
+
+def assert_every_run_kept_dropped_or_running(lc: Lifecycle, real_redis: Any) -> None:
     k = lc.index.keys
     terminal = set(real_redis.zrange(k.runs_terminal, 0, -1))
     assert len(terminal) <= 3
@@ -71,4 +74,3 @@ def test_concurrent_appends_while_runs_finish_restart_and_are_pruned(
         elif status is not None:
             assert status == 'running', f'{run_id}: finished but neither kept nor dropped'
         assert real_redis.xlen(k.run_events(run_id)) <= 50
-    lc.disconnect()
