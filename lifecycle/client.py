@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from lifecycle import validate
+from lifecycle import validate, worktrees
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import (
@@ -320,6 +321,11 @@ class Lifecycle:
         if info is not None or self.store is None:
             return info
         return info_from_document(self.store.load(session_id))
+
+    def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
+        """Record that the git worktree at `path` (absolute, real) belongs to `session_id`, so the
+        orphan cleaner knows its owner; returns the normalised path."""
+        return worktrees.register(self, session_id, path)
 
     def checkpoint(
         self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None

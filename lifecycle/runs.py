@@ -165,6 +165,18 @@ class Runs:
         self._drop(dropped)
         return dropped
 
+    def prunable(self) -> list[str]:
+        """The finished runs a prune would drop now (read only: for dry runs)."""
+        s, terminal = self.lc.settings, self.index.keys.runs_terminal
+        expired = [
+            str(r) for r in self.lc.redis.zrangebyscore(terminal, '-inf', self.lc.now_ms() - s.run_retention_s * 1000)
+        ]
+        over = self.lc.redis.zcard(terminal) - len(expired) - s.max_finished_runs
+        extra = (
+            [str(r) for r in self.lc.redis.zrange(terminal, len(expired), len(expired) + over - 1)] if over > 0 else []
+        )
+        return expired + extra
+
     def _drop(self, run_ids: list[str]) -> None:
         if run_ids:
             self.lc.run(self.index.drop(run_ids))

@@ -144,12 +144,14 @@ class SessionIndex:
                 raise ReservationLost(f'reservation {token} expired or was released; reserve again')
             if code == -2:
                 raise SessionExists(f'session {session_id!r} is already live; release reservation {token}')
+            if code == -3:
+                raise SessionReaping(f'the worktree of session {session_id!r} is being cleaned; retry shortly')
             return self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
 
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.reservation_info, k.live, k.deadline, k.meta, k.slots, k.tenant_slots),
+            (k.reservations, k.reservation_info, k.live, k.deadline, k.meta, k.slots, k.tenant_slots, k.cleaning),
             (token, session_id, profile or '', now_ms, now_ms + ttl_s * 1000, reservation.owner),
         )
 

@@ -7,7 +7,9 @@ CLI). Its cost grows with the sessions that are due, not with the pool: every se
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from lifecycle.lock import SweepLock, sweep_lock
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
 from lifecycle.state import Meta
+from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
@@ -33,6 +36,8 @@ class SweepKind(StrEnum):
     OWNER_LOST = 'owner-lost'
     WARNINGS = 'warnings'
     RECONCILE = 'reconcile'
+    RUNS = 'runs'
+    WORKTREES = 'worktrees'  # per host: every host with a worktree root sweeps its own
 
 
 @dataclass
@@ -47,6 +52,8 @@ class SweepReport:
     released_sandboxes: list[str] = field(default_factory=list)
     notices: int = 0
     drift: Drift | None = None
+    dropped_runs: list[str] = field(default_factory=list)
+    worktrees: WorktreeReport | None = None
     duration_ms: int = 0
 
 
@@ -65,12 +72,17 @@ class Sweeper:
         """Run one sweep now unless one of its kind is running, or (with `dedupe`) ran within half an interval."""
         started = time.monotonic()
         report = SweepReport(kind)
-        with sweep_lock(self.lc.redis, self.keys.lock(kind), self.settings.sweep_lock_timeout_s) as lock:
+        scope = kind.value
+        if kind is SweepKind.WORKTREES:
+            # Every host sweeps its own root: one sweep at a time per host and root, not per pool.
+            root_tag = hashlib.sha1(str(self.settings.worktree_root).encode()).hexdigest()[:8]
+            scope = f'{kind}:{socket.gethostname()}:{root_tag}'
+        with sweep_lock(self.lc.redis, self.keys.lock(scope), self.settings.sweep_lock_timeout_s) as lock:
             if lock is None:
                 log.info('%s sweep skipped: another one holds the lock', kind)
                 return self._skipped(kind, 'locked')
             half_interval_ms = self.settings.interval_s(kind) * 500
-            if dedupe and not self.lc.redis.set(self.keys.swept(kind), 1, nx=True, px=half_interval_ms):
+            if dedupe and not self.lc.redis.set(self.keys.swept(scope), 1, nx=True, px=half_interval_ms):
                 log.info('%s sweep skipped: one ran moments ago (a duplicate delivery)', kind)
                 return self._skipped(kind, 'duplicate')
             if not dry_run:
@@ -255,3 +267,13 @@ class Sweeper:
         report.drift = drift = self.lc.run(self.claims.reconcile(self.lc.now_ms()))
         if drift.pool_drift or drift.tenant_drift:
             log.warning('reconcile repaired drift: pool %+d, tenants %s', drift.pool_drift, drift.tenant_drift)
+
+    def _sweep_runs(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        report.dropped_runs = self.lc.runs.prunable() if dry_run else self.lc.runs.prune()
+
+    def _sweep_worktrees(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        root = self.settings.worktree_root
+        if root is None:
+            report.skipped = 'no worktree_root on this host'
+            return
+        report.worktrees = WorktreeCleaner(self.lc, root).sweep(dry_run=dry_run)

@@ -27,3 +27,8 @@ def identifier(kind: str, value: object) -> str:
 def optional_identifier(kind: str, value: object) -> str | None:
     """Like `identifier`, but None passes through."""
     return None if value is None else identifier(kind, value)
+
+
+def is_identifier(value: str) -> bool:
+    """Whether `value` would pass `identifier`."""
+    return bool(_ID.fullmatch(value))

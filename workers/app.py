@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
+from kombu.common import Broadcast
 
 from lifecycle import checks
 from lifecycle.settings import Settings
@@ -13,6 +15,10 @@ from workers.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
 QUEUE = 'lifecycle'
+# A fanout queue: every worker consuming it gets its own copy of each message, so the worktree sweep
+# runs on every host (and each host's workers take turns through a per-host lock).
+WORKTREES_QUEUE = 'lifecycle.worktrees'
+WORKTREES_EXCHANGE = Exchange(WORKTREES_QUEUE, type='fanout')
 
 
 class LifecycleApp(Celery):
@@ -33,6 +39,11 @@ def create_app(settings: Settings | None = None) -> LifecycleApp:
         result_backend=None,
         task_ignore_result=True,  # nothing reads results: they would only grow in Redis
         task_default_queue=QUEUE,
+        task_queues=(Queue(QUEUE), Broadcast(WORKTREES_QUEUE, exchange=WORKTREES_EXCHANGE)),
+        # Celery declares nothing when it publishes to a Broadcast queue, and the Redis transport then
+        # takes the exchange for a direct one and delivers nowhere useful (celery#2638): declaring the
+        # fanout exchange with each publish makes it PUBLISH to every subscribed worker.
+        task_routes={'lifecycle.sweep_worktrees': {'queue': WORKTREES_QUEUE, 'declare': [WORKTREES_EXCHANGE]}},
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(1, settings.task_time_limit_s - 10),
         worker_prefetch_multiplier=1,  # an eviction waits in the broker, not behind a busy worker

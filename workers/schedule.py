@@ -14,6 +14,8 @@ SWEEP_TASKS = {
     SweepKind.OWNER_LOST: 'lifecycle.sweep_owner_lost',
     SweepKind.WARNINGS: 'lifecycle.sweep_warnings',
     SweepKind.RECONCILE: 'lifecycle.reconcile',
+    SweepKind.RUNS: 'lifecycle.sweep_runs',
+    SweepKind.WORKTREES: 'lifecycle.sweep_worktrees',
 }
 
 

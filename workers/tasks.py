@@ -58,6 +58,8 @@ def summary(report: SweepReport) -> dict[str, Any]:
         'notices': report.notices,
         'released_sandboxes': len(report.released_sandboxes),
         'drift': report.drift.pool_drift if report.drift else None,
+        'dropped_runs': len(report.dropped_runs),
+        'worktrees': [f'{a.path}:{a.verdict}' for a in report.worktrees.actions] if report.worktrees else [],
         'duration_ms': report.duration_ms,
     }
 
@@ -101,3 +103,13 @@ def sweep_warnings() -> dict[str, Any]:
 @shared_task(name='lifecycle.reconcile')
 def reconcile() -> dict[str, Any]:
     return sweep(SweepKind.RECONCILE)
+
+
+@shared_task(name='lifecycle.sweep_runs')
+def sweep_runs() -> dict[str, Any]:
+    return sweep(SweepKind.RUNS)
+
+
+@shared_task(name='lifecycle.sweep_worktrees')
+def sweep_worktrees() -> dict[str, Any]:
+    return sweep(SweepKind.WORKTREES)

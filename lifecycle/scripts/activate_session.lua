@@ -1,10 +1,11 @@
 -- activate_session: turn a held reservation into a live session; its slot moves with it.
 -- KEYS[1] reservations ZSET  KEYS[2] reservation_info HASH  KEYS[3] live ZSET  KEYS[4] deadline ZSET
--- KEYS[5] meta HASH  KEYS[6] slots STRING  KEYS[7] tenant_slots HASH
+-- KEYS[5] meta HASH  KEYS[6] slots STRING  KEYS[7] tenant_slots HASH  KEYS[8] cleaning ZSET
 -- ARGV[1] token  ARGV[2] session_id  ARGV[3] profile ('' none)  ARGV[4] now_ms  ARGV[5] expires_at_ms
 -- ARGV[6] owner of the reservation
 -- Returns {1, record, last_active, expires_at} activated, {2, record, last_active, expires_at} when this
--- reservation's owner already activated it (a resent call), {-1} reservation lost, {-2} session id taken.
+-- reservation's owner already activated it (a resent call), {-1} reservation lost, {-2} session id taken,
+-- {-3} a cleaner is removing the session's worktree right now (retry shortly).
 local token, session_id, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local lease = redis.call('ZSCORE', KEYS[1], token)
 local info = redis.call('HGET', KEYS[2], token)
@@ -18,6 +19,10 @@ if current then
 end
 if not lease then
   return {-1}
+end
+local cleaning = redis.call('ZSCORE', KEYS[8], session_id)
+if cleaning and tonumber(cleaning) > now then
+  return {-3}
 end
 local owner, tenant = string.match(info or '|', '^([^|]*)|(.*)$')
 redis.call('ZREM', KEYS[1], token)

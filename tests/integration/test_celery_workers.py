@@ -142,6 +142,11 @@ def test_two_workers_and_two_beats_run_each_sweep_once_per_period(
 
     for kind in SweepKind:
         ran, skipped = delta(f'sweep:{kind}'), delta(f'sweep_skipped:{kind}')
+        if kind is SweepKind.WORKTREES:
+            # Broadcast: both workers (one host, one root) get each message; the per-host lock lets one run.
+            assert ran <= elapsed_s + 3, (kind, ran, skipped)
+            assert skipped >= 1, (kind, ran, skipped)
+            continue
         print(f'{kind}: ran {ran}, skipped {skipped} in {elapsed_s:.1f} s')
         # One beat sends each sweep once a second; had both beats sent, about twice as many would arrive.
         assert ran + skipped <= elapsed_s + 3, (kind, ran, skipped)
@@ -167,4 +172,29 @@ def test_a_worker_process_killed_mid_eviction_is_redelivered_and_recovered(
     assert 'SIGKILL' in log or 'WorkerLostError' in log, log[-2000:]
     counters = lc.redis.hgetall(lc.index.keys.counters)
     assert counters.get('evicted:idle') == '1'  # completed once, by recovery; the crashed attempt counted nothing
+    lc.disconnect()
+
+
+def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
+    make_settings: SettingsFactory, broker: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    from workers import create_app
+
+    roots = [tmp_path / 'host-a', tmp_path / 'host-b']
+    settings = make_settings(broker_url=broker, worktree_grace_s=60)
+    for index, root in enumerate(roots):
+        (root / 'forgotten').mkdir(parents=True)
+        os.utime(root / 'forgotten', (time.time() - 3600, time.time() - 3600))
+        spawn(settings.model_copy(update={'worktree_root': str(root)}), *worker_args(f'host{index}'))
+    spawn(settings, *worker_args('no-root'))  # a host without worktrees gets a copy and skips it
+    app = create_app(settings)
+    lc = Lifecycle(settings)
+    wait_for(lambda: len(app.control.ping(timeout=0.5) or []) == 3, 60, 'three workers')
+    app.send_task('lifecycle.sweep_worktrees')
+    wait_for(lambda: all(not (root / 'forgotten').exists() for root in roots), 60, 'both roots to be swept')
+    for root in roots:
+        [note] = list((root / '.trash').glob('*.json'))
+        assert json.loads(note.read_text())['reasons'] == ['not a git worktree']
+    counters = lc.redis.hgetall(lc.index.keys.counters)
+    assert int(counters['sweep:worktrees']) == 3  # one message, three copies
     lc.disconnect()

@@ -1,0 +1,239 @@
+"""The orphan worktree cleaner on real git repositories, real worktrees and a real bare remote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lifecycle import InvalidArgument, Lifecycle, SessionReaping
+from lifecycle.worktrees import Verdict, WorktreeCleaner
+from tests.conftest import SettingsFactory
+
+LONG_AGO = time.time() - 2 * 3600
+
+
+def run_git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, 'GIT_AUTHOR_NAME': 't', 'GIT_AUTHOR_EMAIL': 't@x', 'GIT_COMMITTER_NAME': 't',
+           'GIT_COMMITTER_EMAIL': 't@x', 'GIT_CONFIG_NOSYSTEM': '1', 'HOME': str(cwd)}  # fmt: skip
+    return subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+class Host:
+    """A bare remote, a main clone, and a worktree root, under tmp_path."""
+
+    def __init__(self, tmp_path: Path, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.remote = tmp_path / 'remote.git'
+        self.main = tmp_path / 'main'
+        self.root = tmp_path / 'worktrees'
+        self.root.mkdir()
+        run_git('init', '--bare', '-b', 'main', str(self.remote), cwd=tmp_path)
+        run_git('clone', str(self.remote), str(self.main), cwd=tmp_path)
+        (self.main / 'README').write_text('hello\n')
+        run_git('add', 'README', cwd=self.main)
+        run_git('commit', '-m', 'first', cwd=self.main)
+        run_git('push', 'origin', 'main', cwd=self.main)
+
+    def worktree(self, name: str, *, register: bool = True, age: float = LONG_AGO) -> Path:
+        path = self.root / name
+        branch = 'branch-' + name.replace('..', '-dots-')  # '..' is fine in a directory, not in a ref
+        run_git('worktree', 'add', '-b', branch, str(path), 'origin/main', cwd=self.main)
+        if register:
+            self.lc.register_worktree(name, path)
+        self.age(path, age)
+        return path
+
+    @staticmethod
+    def age(path: Path, when: float = LONG_AGO) -> None:
+        for target in (path / '.git', path):
+            if target.exists():
+                os.utime(target, (when, when), follow_symlinks=False)
+
+    def listed(self) -> str:
+        return run_git('worktree', 'list', '--porcelain', cwd=self.main)
+
+
+@pytest.fixture
+def host(make_settings: SettingsFactory, real_redis: Any, tmp_path: Path) -> Host:
+    settings = make_settings(worktree_grace_s=3600, trash_retention_s=86_400, worktree_root=str(tmp_path / 'worktrees'))
+    return Host(tmp_path, Lifecycle(settings))
+
+
+def sweep(host: Host, **kwargs: Any) -> dict[str, tuple[Verdict, tuple[str, ...]]]:
+    report = WorktreeCleaner(host.lc, host.root).sweep(**kwargs)
+    return {Path(a.path).name: (a.verdict, a.reasons) for a in report.actions}
+
+
+def trash_notes(host: Host) -> list[dict[str, Any]]:
+    return [json.loads(note.read_text()) for note in sorted((host.root / '.trash').glob('*.json'))]
+
+
+def test_a_clean_orphan_is_removed_with_git_and_pruned(host: Host) -> None:
+    path = host.worktree('clean')
+    assert sweep(host) == {'clean': (Verdict.REMOVED, ())}
+    assert not path.exists()
+    assert str(path) not in host.listed()
+    assert host.lc.redis.hlen(host.lc.index.keys.worktrees) == 0
+
+
+@pytest.mark.parametrize(
+    ('make_work', 'reason'),
+    [
+        (lambda p: (p / 'README').write_text('edited\n'), 'uncommitted changes'),
+        (lambda p: (p / 'notes.txt').write_text('new\n'), 'untracked files'),
+        (lambda p: ((p / 'f').write_text('x'), run_git('add', 'f', cwd=p), run_git('commit', '-m', 'wip', cwd=p)),
+         'commits not on any remote'),
+    ],
+    ids=['dirty', 'untracked', 'unpushed'],
+)  # fmt: skip
+def test_work_that_is_not_safe_elsewhere_goes_to_the_trash_with_a_note(host: Host, make_work: Any, reason: str) -> None:
+    path = host.worktree('work')
+    make_work(path)
+    host.age(path)
+    assert sweep(host) == {'work': (Verdict.TRASHED, (reason,))}
+    assert not path.exists()
+    [note] = trash_notes(host)
+    assert (note['from'], note['session_id'], note['reasons']) == (str(path), 'work', [reason])
+    [kept] = [p for p in (host.root / '.trash').iterdir() if p.is_dir()]
+    assert (kept / 'README').exists()  # the work itself is intact
+
+
+def test_pushed_work_on_a_branch_counts_as_safe(host: Host) -> None:
+    path = host.worktree('pushed')
+    (path / 'f').write_text('x')
+    run_git('add', 'f', cwd=path)
+    run_git('commit', '-m', 'done', cwd=path)
+    run_git('push', 'origin', 'branch-pushed', cwd=path)
+    host.age(path)
+    assert sweep(host) == {'pushed': (Verdict.REMOVED, ())}
+
+
+def test_locked_live_and_young_worktrees_are_kept(host: Host) -> None:
+    locked = host.worktree('locked')
+    run_git('worktree', 'lock', str(locked), cwd=host.main)
+    host.lc.activate(host.lc.reserve('api-1'), 'live')
+    host.worktree('live')
+    host.worktree('young', age=time.time() - 60)
+    assert sweep(host) == {
+        'locked': (Verdict.KEPT_LOCKED, ('locked',)),
+        'live': (Verdict.KEPT_LIVE, ()),
+        'young': (Verdict.KEPT_YOUNG, ()),
+    }
+    assert all((host.root / name).exists() for name in ('locked', 'live', 'young'))
+
+
+def test_an_unregistered_directory_is_judged_by_age(host: Host) -> None:
+    host.worktree('stray', register=False)
+    (host.root / 'plain-dir').mkdir()
+    host.age(host.root / 'plain-dir')
+    result = sweep(host)
+    assert result['stray'] == (Verdict.REMOVED, ())
+    assert result['plain-dir'] == (Verdict.TRASHED, ('not a git worktree',))
+
+
+def test_an_already_deleted_worktree_drops_its_registration(host: Host) -> None:
+    host.lc.register_worktree('vanished', host.root / 'vanished')
+    assert sweep(host) == {'vanished': (Verdict.GONE, ())}
+    assert host.lc.redis.hlen(host.lc.index.keys.worktrees) == 0
+
+
+def test_a_planted_symlink_is_never_followed_and_its_target_survives(host: Host, tmp_path: Path) -> None:
+    precious = tmp_path / 'precious'
+    precious.mkdir()
+    (precious / 'data').write_text('keep me')
+    os.utime(precious, (LONG_AGO, LONG_AGO))
+    (host.root / 'evil').symlink_to(precious, target_is_directory=True)
+    host.lc.register_worktree('evil2', host.root / 'evil' / 'sub')
+    (host.root / '.trash').mkdir()
+    (host.root / '.trash' / 'old').symlink_to(precious, target_is_directory=True)
+    note = host.root / '.trash' / 'old.json'
+    note.write_text('{}')
+    os.utime(note, (0, 0))
+    result = sweep(host)
+    assert result['evil'][0] is Verdict.SKIPPED_UNSAFE
+    assert result['sub'][0] is Verdict.SKIPPED_UNSAFE
+    assert (precious / 'data').read_text() == 'keep me'  # even the trash only unlinks the link
+    assert not (host.root / '.trash' / 'old').exists()
+
+
+def test_paths_with_dot_dot_are_refused_and_odd_names_are_fine(host: Host) -> None:
+    with pytest.raises(InvalidArgument, match=r'\.\.'):
+        host.lc.register_worktree('s1', host.root / '..' / 'main')
+    with pytest.raises(InvalidArgument, match='absolute'):
+        host.lc.register_worktree('s1', 'relative/path')
+    host.worktree('a..b', register=False)
+    assert sweep(host) == {'a..b': (Verdict.REMOVED, ())}
+    assert host.main.exists()
+
+
+def test_a_main_repository_under_the_root_is_never_touched(host: Host) -> None:
+    run_git('clone', str(host.remote), str(host.root / 'checkout'), cwd=host.root)
+    host.age(host.root / 'checkout')
+    assert sweep(host)['checkout'][0] is Verdict.SKIPPED_UNSAFE
+    assert (host.root / 'checkout' / 'README').exists()
+
+
+def test_a_session_restored_during_the_sweep_keeps_its_worktree(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = host.worktree('comeback')
+    original = WorktreeCleaner._claim
+
+    def restore_first(self: WorktreeCleaner, session_id: str) -> bool:
+        host.lc.activate(host.lc.reserve('api-1'), session_id)  # the restore wins the race
+        return original(self, session_id)
+
+    monkeypatch.setattr(WorktreeCleaner, '_claim', restore_first)
+    assert sweep(host) == {'comeback': (Verdict.KEPT_LIVE, ('became live during the sweep',))}
+    assert path.exists()
+
+
+def test_activation_waits_while_the_cleaner_holds_the_session(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.worktree('racing')
+    original = WorktreeCleaner._act
+    refused: list[Exception] = []
+
+    def activate_during_act(self: WorktreeCleaner, *args: Any) -> Any:
+        try:
+            host.lc.activate(host.lc.reserve('api-1'), 'racing')
+        except SessionReaping as exc:
+            refused.append(exc)
+        return original(self, *args)
+
+    monkeypatch.setattr(WorktreeCleaner, '_act', activate_during_act)
+    assert sweep(host)['racing'][0] is Verdict.REMOVED
+    assert len(refused) == 1
+    monkeypatch.undo()
+    host.lc.activate(host.lc.reserve('api-1'), 'racing')  # once the cleaner is done, it activates
+
+
+def test_dry_run_only_reports(host: Host) -> None:
+    clean = host.worktree('clean')
+    dirty = host.worktree('dirty')
+    (dirty / 'x').write_text('x')
+    host.age(dirty)
+    assert sweep(host, dry_run=True) == {
+        'clean': (Verdict.REMOVED, ()),
+        'dirty': (Verdict.TRASHED, ('untracked files',)),
+    }
+    assert clean.exists()
+    assert dirty.exists()
+    assert not (host.root / '.trash').exists()
+
+
+def test_the_trash_is_emptied_after_its_retention(host: Host) -> None:
+    dirty = host.worktree('dirty')
+    (dirty / 'x').write_text('x')
+    host.age(dirty)
+    sweep(host)
+    [note] = list((host.root / '.trash').glob('*.json'))
+    report = WorktreeCleaner(host.lc, host.root).sweep()
+    assert report.trash_emptied == []
+    os.utime(note, (time.time() - 86_401, time.time() - 86_401))
+    report = WorktreeCleaner(host.lc, host.root).sweep()
+    assert len(report.trash_emptied) == 1
+    assert list((host.root / '.trash').iterdir()) == []
