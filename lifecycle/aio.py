@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import cached_property
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
+from lifecycle import worktrees
 from lifecycle.background import AsyncRepeater
 from lifecycle.client import NOTICE_BATCH, Lifecycle, Turn, new_token, unavailable_as_error
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
+from lifecycle.runs import AsyncRuns
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
 from lifecycle.state import Call, SessionIndex
@@ -81,6 +85,17 @@ class AsyncLifecycle:
         if self._durable is None:
             self._durable = Lifecycle(self.settings)
         return self._durable
+
+    @cached_property
+    def runs(self) -> AsyncRuns:
+        """See `Lifecycle.runs`."""
+        return AsyncRuns(self)
+
+    async def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
+        """See `Lifecycle.register_worktree`."""
+        normal, session_id = worktrees.registration(session_id, path)
+        await self.run(Call(lambda reply: None, command=('HSET', self.index.keys.worktrees, normal, session_id)))
+        return normal
 
     async def reserve(
         self, owner: str, tenant: str | None = None, *, token: str | None = None, make_room: bool = False

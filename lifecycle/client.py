@@ -325,7 +325,9 @@ class Lifecycle:
     def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """Record that the git worktree at `path` (absolute, real) belongs to `session_id`, so the
         orphan cleaner knows its owner; returns the normalised path."""
-        return worktrees.register(self, session_id, path)
+        normal, session_id = worktrees.registration(session_id, path)
+        self.run(Call(lambda reply: None, command=('HSET', self.index.keys.worktrees, normal, session_id)))
+        return normal
 
     def checkpoint(
         self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None

@@ -20,6 +20,7 @@ from lifecycle.settings import Settings
 from lifecycle.state import Call, _int
 
 if TYPE_CHECKING:
+    from lifecycle.aio import AsyncLifecycle
     from lifecycle.client import Lifecycle
 
 BACKSTOP_MARGIN_S = 60  # the keys' own expiry trails the retention window, so pruning normally wins
@@ -180,3 +181,29 @@ class Runs:
     def _drop(self, run_ids: list[str]) -> None:
         if run_ids:
             self.lc.run(self.index.drop(run_ids))
+
+
+class AsyncRuns:
+    """`Runs` for asyncio: the same calls, awaited."""
+
+    def __init__(self, lc: AsyncLifecycle) -> None:
+        self.lc = lc
+        self.index = RunIndex(lc.settings, lc.index.keys)
+
+    async def start(self, run_id: str, session_id: str | None = None) -> None:
+        await self.lc.run(self.index.start(run_id, session_id, await self.lc.now_ms()))
+
+    async def append(self, run_id: str, frame: Any) -> str:
+        return await self.lc.run(self.index.append(run_id, frame))
+
+    async def finish(self, run_id: str, status: RunStatus | str) -> bool:
+        first, dropped = await self.lc.run(self.index.finish(run_id, RunStatus(status), await self.lc.now_ms()))
+        if dropped:
+            await self.lc.run(self.index.drop(dropped))
+        return first == 1
+
+    async def replay(self, run_id: str, after: str = '-', count: int = 10_000) -> list[Frame]:
+        return await self.lc.run(self.index.replay(run_id, after, count))
+
+    async def info(self, run_id: str) -> RunInfo | None:
+        return await self.lc.run(self.index.info(run_id))

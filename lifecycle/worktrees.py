@@ -270,12 +270,10 @@ class WorktreeCleaner:
         return max(times)
 
 
-def register(lc: Lifecycle, session_id: str, path: str | os.PathLike[str]) -> str:
-    """Record that the worktree at `path` belongs to `session_id`; returns the normalised path."""
+def registration(session_id: str, path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The checked (normalised path, session id) to record for a worktree; InvalidArgument if unsafe."""
     session_id = validate.identifier('session_id', session_id)
     raw = os.fspath(path)
     if not os.path.isabs(raw) or '..' in Path(raw).parts:
         raise InvalidArgument(f'worktree path {raw!r} must be absolute, without ".." components')
-    normal = os.path.normpath(raw)
-    lc.redis.hset(lc.index.keys.worktrees, normal, session_id)
-    return normal
+    return os.path.normpath(raw), session_id

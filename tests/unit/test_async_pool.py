@@ -124,3 +124,20 @@ def test_cancelling_a_turn_still_records_its_end_and_propagates(run_async: Calla
         assert (info.busy, info.turn_seq) == (False, 1)
 
     run_async(scenario)
+
+
+def test_async_runs_and_worktree_registration(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.runs.start('r1', 'chat-1')
+        first = await lc.runs.append('r1', {'n': 1})
+        await lc.runs.append('r1', {'n': 2})
+        assert [f.data for f in await lc.runs.replay('r1', after=first)] == [{'n': 2}]
+        assert await lc.runs.finish('r1', 'completed') is True
+        assert await lc.runs.finish('r1', 'failed') is False
+        info = await lc.runs.info('r1')
+        assert info is not None
+        assert info.finished_ms == clock.now_ms()
+        assert await lc.register_worktree('chat-1', '/srv/worktrees/./chat-1') == '/srv/worktrees/chat-1'
+        assert await lc.redis.hget(lc.index.keys.worktrees, '/srv/worktrees/chat-1') == 'chat-1'
+
+    run_async(scenario)
