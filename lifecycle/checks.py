@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
+from pymongo.errors import PyMongoError
 
 from lifecycle.errors import ConfigurationError
 
@@ -27,3 +30,23 @@ def check_redis(client: redis.Redis) -> None:
     problems = redis_problems(client)
     if problems:
         raise ConfigurationError('; '.join(problems))
+
+
+EXPECTED_INDEXES = {'sessions': {'state_updated'}, 'messages': {'session_message', 'session_order'}}
+
+
+def mongo_problems(store: Any) -> list[str]:
+    """What is wrong with the MongoDB store: unreachable, or missing the indexes lifecycle relies on."""
+    try:
+        store.client.admin.command('ping')
+        present = {
+            'sessions': {index['name'] for index in store.sessions.list_indexes()},
+            'messages': {index['name'] for index in store.message_docs.list_indexes()},
+        }
+    except PyMongoError as exc:
+        return [f'mongo: unreachable: {exc}']
+    return [
+        f'mongo: collection {collection!r} lacks index {name!r} (a worker creates them at start)'
+        for collection, names in EXPECTED_INDEXES.items()
+        for name in sorted(names - present[collection])
+    ]

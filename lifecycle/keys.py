@@ -90,6 +90,11 @@ class Keys:
         return f'{self.prefix}:counters'
 
     @property
+    def sweep_stats(self) -> str:
+        """HASH '<kind>:last_ms' / '<kind>:duration_ms' -> when each sweep kind last ran and how long it took."""
+        return f'{self.prefix}:sweep_stats'
+
+    @property
     def epoch(self) -> str:
         """STRING fencing counter; every eviction claim takes a fresh value with INCR."""
         return f'{self.prefix}:epoch'

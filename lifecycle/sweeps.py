@@ -90,6 +90,10 @@ class Sweeper:
             body = getattr(self, f'_sweep_{kind.name.lower()}')
             body(report, lock, dry_run)
         report.duration_ms = int((time.monotonic() - started) * 1000)
+        if not dry_run:
+            self.lc.redis.hset(self.keys.sweep_stats, mapping={
+                f'{kind}:last_ms': self.lc.now_ms(), f'{kind}:duration_ms': report.duration_ms,
+            })  # fmt: skip
         log.info(
             '%s sweep: %d ordered, %d recovered, %d notices%s (%d ms)',
             kind, len(report.orders), len(report.recovered), report.notices,

@@ -1,0 +1,317 @@
+"""The `lifecycle` command: demo, status, inspect, sweep, check, exporter.
+
+Exit codes a script can rely on: 0 fine, 1 problems found (check, demo verification, unknown session),
+2 bad usage or input, 3 Redis or MongoDB unavailable, 4 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from lifecycle import checks
+from lifecycle.client import Lifecycle
+from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgument, PersistenceError
+from lifecycle.eviction import EvictionResult, Evictor
+from lifecycle.policy import Order
+from lifecycle.settings import Settings
+from lifecycle.state import Meta
+from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
+console = Console()
+
+
+def emit(args: argparse.Namespace, data: Any, render: Any) -> None:
+    """Print `data` as JSON with --json, else call `render()` for people."""
+    if getattr(args, 'json', False):
+        print(json.dumps(data, default=str, indent=2))
+    else:
+        render()
+
+
+def client() -> Lifecycle:
+    return Lifecycle(Settings())
+
+
+# -- status / inspect ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with client() as lc:
+        stats = lc.stats()
+        now = lc.now_ms()
+        k = lc.index.keys
+        idlest: list[tuple[str, float]] = lc.redis.zrange(  # type: ignore[assignment]
+            k.live, 0, args.top - 1, withscores=True
+        )
+        ids = [str(member) for member, _ in idlest]
+        records = lc.redis.hmget(k.meta, ids) if ids else []
+        deadlines = lc.redis.zmscore(k.deadline, ids) if ids else []
+        busy = lc.redis.zmscore(k.busy, ids) if ids else []
+        sessions = []
+        for (session_id, last_active), record, deadline, lease in zip(idlest, records, deadlines, busy, strict=True):
+            meta = Meta.unpack(str(record)) if record else None
+            sessions.append({
+                'session_id': session_id,
+                'owner': meta.owner if meta else None,
+                'tenant': meta.tenant if meta else None,
+                'idle_s': round((now - int(last_active)) / 1000, 1),
+                'expires_in_s': round((int(deadline or 0) - now) / 1000, 1),
+                'busy': lease is not None and lease > now,
+            })  # fmt: skip
+        data = {'pool': asdict(stats), 'most_idle': sessions}
+
+    def render() -> None:
+        pool = Table(title='pool')
+        for column in ('live', 'busy', 'reserved', 'reaping', 'cap', 'slots'):
+            pool.add_column(column, justify='right')
+        pool.add_row(*(str(getattr(stats, c)) for c in ('live', 'busy', 'reserved', 'reaping', 'cap', 'slots')))
+        console.print(pool)
+        table = Table(title=f'the {args.top} most idle sessions')
+        for column in ('session', 'owner', 'tenant', 'idle (s)', 'expires in (s)', 'busy'):
+            table.add_column(column)
+        for s in sessions:
+            table.add_row(str(s['session_id']), str(s['owner']), str(s['tenant'] or ''), str(s['idle_s']),
+                          str(s['expires_in_s']), 'yes' if s['busy'] else '')  # fmt: skip
+        console.print(table)
+
+    emit(args, data, render)
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with client() as lc:
+        info = lc.status(args.session)
+        document = dict(lc.store.load(args.session) or {}) if lc.store is not None else {}
+        claim = lc.redis.hget(lc.index.keys.claims, args.session)
+    if info is None and not document:
+        print(f'lifecycle: unknown session {args.session!r}', file=sys.stderr)
+        return EXIT_PROBLEMS
+    document.pop('snapshot', None)  # the app's own data: not ours to print
+    data: dict[str, Any] = {'session': asdict(info) if info else None, 'document': document, 'claim': claim}
+
+    def render() -> None:
+        table = Table(title=f'session {args.session}', show_header=False)
+        for key, value in (data['session'] or {}).items():
+            table.add_row(key, str(value))
+        if claim:
+            table.add_row('claim (token|reason)', str(claim))
+        for key, value in document.items():
+            table.add_row(f'mongo.{key}', str(value))
+        console.print(table)
+
+    emit(args, data, render)
+    return EXIT_OK
+
+
+# -- sweep ------------------------------------------------------------------------------------------
+
+
+def order_row(order: Order, now_ms: int) -> dict[str, Any]:
+    """One order, with why: how long the session has been idle, or the lost owner."""
+    why = {'reason': order.reason.value}
+    if order.observed_ms:
+        why['idle_s'] = str(round((now_ms - order.observed_ms) / 1000, 1))
+    if isinstance(order.bound, str):
+        why['owner'] = order.bound
+    return {'session_id': order.session_id, **why}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    kind = SweepKind(args.kind)
+    results: list[EvictionResult] = []
+    with client() as lc:
+        evictor = Evictor(lc, lc.store, lc.driver)
+
+        def evict_inline(orders: Sequence[Order]) -> None:
+            results.extend(evictor.evict(o.session_id, o.reason, o.bound, o.observed_ms) for o in orders)
+
+        report = Sweeper(lc, evictor, evict_inline).run(kind, dry_run=args.dry_run, dedupe=False)
+        now = lc.now_ms()
+    data = sweep_data(report, results, now, args.dry_run)
+
+    def render() -> None:
+        if not report.ran or report.skipped:
+            console.print(f'{kind} sweep skipped: {report.skipped}')
+        verb = 'would evict' if args.dry_run else 'ordered'
+        table = Table(title=f'{kind} sweep: {len(report.orders)} {verb} ({report.duration_ms} ms)')
+        for column in ('session', 'reason', 'why', 'outcome'):
+            table.add_column(column)
+        outcomes = {r.session_id: f'{r.outcome} {r.detail}'.strip() for r in results}
+        for row in data['orders']:
+            why = ', '.join(f'{k} {v}' for k, v in row.items() if k not in ('session_id', 'reason'))
+            table.add_row(row['session_id'], row['reason'], why, outcomes.get(row['session_id'], ''))
+        console.print(table)
+        for line in data['details']:
+            console.print(line)
+
+    emit(args, data, render)
+    return EXIT_OK
+
+
+def sweep_data(report: SweepReport, results: list[EvictionResult], now_ms: int, dry_run: bool) -> dict[str, Any]:
+    details = [f'recovered {r.session_id}: {r.outcome}' for r in report.recovered]
+    if report.notices:
+        details.append(f'{report.notices} warning notices {"due" if dry_run else "posted"}')
+    if report.drift is not None:
+        details.append(f'drift: pool {report.drift.pool_drift:+d}, tenants {report.drift.tenant_drift}')
+    if report.dropped_runs:
+        details.append(f'{"would drop" if dry_run else "dropped"} runs: {", ".join(report.dropped_runs)}')
+    if report.worktrees is not None:
+        details += [f'worktree {a.path}: {a.verdict} {", ".join(a.reasons)}' for a in report.worktrees.actions]
+    details += [f'released sandbox of {s}' for s in report.released_sandboxes]
+    return {
+        'kind': report.kind.value,
+        'dry_run': dry_run,
+        'ran': report.ran,
+        'skipped': report.skipped,
+        'orders': [order_row(o, now_ms) for o in report.orders],
+        'results': [{'session_id': r.session_id, 'outcome': r.outcome.value, 'detail': r.detail} for r in results],
+        'details': details,
+        'duration_ms': report.duration_ms,
+    }
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = Settings()
+    problems: list[str] = []
+    notes: list[str] = []
+    with Lifecycle(settings) as lc:
+        try:
+            lc.redis.ping()
+            problems += checks.redis_problems(lc.redis)
+            notes.append(f'redis: {lc.redis.info("server")["redis_version"]} at {settings.redis_url.split("@")[-1]}')
+        except BackendUnavailable as exc:
+            problems.append(str(exc))
+        except Exception as exc:
+            problems.append(f'redis: {exc}')
+        if lc.store is None:
+            notes.append('mongo: not configured: persistence is off, so idle and LRU reaping are skipped')
+        else:
+            problems += checks.mongo_problems(lc.store)
+    data = {'ok': not problems, 'problems': problems, 'notes': notes, 'settings': public_settings(settings)}
+
+    def render() -> None:
+        for note in notes:
+            console.print(f'[green]ok[/green]   {note}')
+        for problem in problems:
+            console.print(f'[red]FAIL[/red] {problem}')
+        console.print('all checks passed' if not problems else f'{len(problems)} problem(s)')
+
+    emit(args, data, render)
+    return EXIT_OK if not problems else EXIT_PROBLEMS
+
+
+def public_settings(settings: Settings) -> dict[str, Any]:
+    """Settings without secrets (passwords in URLs, the webhook secret)."""
+    from lifecycle.client import redacted
+
+    data = settings.model_dump(mode='json')
+    for key in ('redis_url', 'mongo_url', 'broker_url'):
+        if data.get(key):
+            data[key] = redacted(data[key])
+    data['sandbox_webhook_secret'] = '***' if settings.sandbox_webhook_secret else None
+    return data
+
+
+# -- exporter ---------------------------------------------------------------------------------------
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from lifecycle.metrics import registry_for
+
+    lc = client()
+    server, thread = start_http_server(args.port, addr=args.addr, registry=registry_for(lc))
+    console.print(f'lifecycle exporter on http://{args.addr}:{server.server_port}/metrics')
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        thread.join()
+        lc.disconnect()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lifecycle.demo import run_demo
+
+    return EXIT_OK if run_demo(duration_s=args.duration, replicas=args.replicas) else EXIT_PROBLEMS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='lifecycle', description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument('--log-level', default='WARNING', help='logging level (default WARNING)')
+    commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    demo = commands.add_parser('demo', help='run the whole system on embedded defaults and verify it')
+    demo.add_argument('--duration', type=float, default=60.0, help='seconds of traffic (default 60)')
+    demo.add_argument('--replicas', type=int, default=3, help='API replica processes (default 3)')
+    demo.set_defaults(handler=cmd_demo)
+
+    status = commands.add_parser('status', help='the pool, and its most idle sessions')
+    status.add_argument('--top', type=int, default=10, help='how many idle sessions to list')
+    status.add_argument('--json', action='store_true')
+    status.set_defaults(handler=cmd_status)
+
+    inspect = commands.add_parser('inspect', help='one session: Redis, its claim, its MongoDB document')
+    inspect.add_argument('session')
+    inspect.add_argument('--json', action='store_true')
+    inspect.set_defaults(handler=cmd_inspect)
+
+    sweep = commands.add_parser('sweep', help='run one sweep now, in this process')
+    sweep.add_argument('kind', choices=[kind.value for kind in SweepKind])
+    sweep.add_argument('--dry-run', action='store_true', help='say what would be evicted and why; change nothing')
+    sweep.add_argument('--json', action='store_true')
+    sweep.set_defaults(handler=cmd_sweep)
+
+    check = commands.add_parser('check', help='connectivity, Redis eviction policy, MongoDB indexes, settings')
+    check.add_argument('--json', action='store_true')
+    check.set_defaults(handler=cmd_check)
+
+    exporter = commands.add_parser('exporter', help='serve Prometheus metrics of the pool')
+    exporter.add_argument('--port', type=int, default=9464)
+    exporter.add_argument('--addr', default='0.0.0.0')
+    exporter.set_defaults(handler=cmd_exporter)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        code: int = args.handler(args)
+    except ValidationError as exc:
+        print(f'lifecycle: invalid settings: {exc}', file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigurationError as exc:
+        print(f'lifecycle: {exc}', file=sys.stderr)
+        return EXIT_CONFIG
+    except (BackendUnavailable, PersistenceError) as exc:
+        print(f'lifecycle: {exc}', file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except InvalidArgument as exc:
+        print(f'lifecycle: {exc}', file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

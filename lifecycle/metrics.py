@@ -1,0 +1,108 @@
+"""The Prometheus exporter: the pool's own figures, read from Redis at every scrape.
+
+Counters live in Redis (`{lc}:counters`) so every worker and API replica adds to the same ones; the
+exporter only reads, so any number of exporters can run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from lifecycle.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from lifecycle.client import Lifecycle
+
+log = logging.getLogger(__name__)
+
+
+class PoolCollector(Collector):
+    """Collects lifecycle_* metrics from one pool."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily('lifecycle_redis_up', 'Whether the exporter could read the pool from Redis.')
+        try:
+            yield from self._pool()
+        except (BackendUnavailable, redis.RedisError) as exc:
+            log.warning('scrape failed: %s', exc)
+            up.add_metric([], 0)
+        else:
+            up.add_metric([], 1)
+        yield up
+
+    def _pool(self) -> Iterator[Metric]:
+        lc, keys = self.lc, self.lc.index.keys
+        stats = lc.stats()
+        now_ms = lc.now_ms()
+        for name, value, text in (
+            ('live', stats.live, 'Live sessions.'),
+            ('busy', stats.busy, 'Live sessions with a turn in flight (a current busy lease).'),
+            ('reserved', stats.reserved, 'Slots held by reservations not yet activated.'),
+            ('reaping', stats.reaping, 'Sessions being evicted right now.'),
+            ('cap', stats.cap, 'The global session cap (max_sessions).'),
+            ('slots', stats.slots, 'The slot counter the cap is enforced on (live + reserved).'),
+        ):
+            yield GaugeMetricFamily(
+                f'lifecycle_{name}_sessions' if name != 'cap' else 'lifecycle_cap', text, value=value
+            )
+        oldest = lc.redis.zrange(keys.live, 0, 0, withscores=True)
+        idle_s = (now_ms - int(oldest[0][1])) / 1000 if oldest else 0.0
+        yield GaugeMetricFamily('lifecycle_oldest_idle_seconds', 'Idle time of the least recently active session.',
+                                value=idle_s)  # fmt: skip
+        yield from self._counters({str(k): int(v) for k, v in lc.redis.hgetall(keys.counters).items()})
+        yield from self._sweeps({str(k): int(float(v)) for k, v in lc.redis.hgetall(keys.sweep_stats).items()}, now_ms)
+
+    @staticmethod
+    def _counters(counters: dict[str, int]) -> Iterator[Metric]:
+        evictions = CounterMetricFamily('lifecycle_evictions', 'Sessions taken out of the pool, by reason and outcome.',
+                                        labels=['reason', 'outcome'])  # fmt: skip
+        aborts = CounterMetricFamily('lifecycle_eviction_aborts', 'Evictions given up (the session stayed live).',
+                                     labels=['reason', 'cause'])  # fmt: skip
+        refusals = CounterMetricFamily('lifecycle_refusals', 'Reservations refused at the cap.', labels=['scope'])
+        sweeps = CounterMetricFamily('lifecycle_sweeps', 'Sweeps run, by kind.', labels=['kind'])
+        skipped = CounterMetricFamily('lifecycle_sweeps_skipped', 'Sweeps skipped (locked or duplicate).',
+                                      labels=['kind'])  # fmt: skip
+        for name, value in sorted(counters.items()):
+            head, _, rest = name.partition(':')
+            if head == 'aborted':
+                reason, _, cause = rest.partition(':')
+                aborts.add_metric([reason, cause], value)
+            elif head in ('evicted', 'expired', 'rolled_back'):
+                evictions.add_metric([rest, head], value)
+            elif head == 'refused':
+                refusals.add_metric([rest], value)
+            elif head == 'sweep':
+                sweeps.add_metric([rest], value)
+            elif head == 'sweep_skipped':
+                skipped.add_metric([rest], value)
+        yield from (evictions, aborts, refusals, sweeps, skipped)
+
+    @staticmethod
+    def _sweeps(stats: dict[str, int], now_ms: int) -> Iterator[Metric]:
+        duration = GaugeMetricFamily('lifecycle_sweep_duration_seconds', 'How long the last sweep of a kind took.',
+                                     labels=['kind'])  # fmt: skip
+        lag = GaugeMetricFamily('lifecycle_sweep_lag_seconds', 'Time since a sweep of a kind last ran.',
+                                labels=['kind'])  # fmt: skip
+        for name, value in sorted(stats.items()):
+            kind, _, field = name.rpartition(':')
+            if field == 'duration_ms':
+                duration.add_metric([kind], value / 1000)
+            elif field == 'last_ms':
+                lag.add_metric([kind], max(0, now_ms - value) / 1000)
+        yield from (duration, lag)
+
+
+def registry_for(lc: Lifecycle) -> CollectorRegistry:
+    """A registry holding only the pool's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PoolCollector(lc))
+    return registry
