@@ -23,6 +23,7 @@ from lifecycle import checks
 from lifecycle.client import Lifecycle
 from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgument, PersistenceError
 from lifecycle.eviction import EvictionResult, Evictor
+from lifecycle.logs import use_json
 from lifecycle.policy import Order
 from lifecycle.settings import Settings
 from lifecycle.state import Meta
@@ -297,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
+        if Settings().log_format == 'json':
+            use_json()
         code: int = args.handler(args)
     except ValidationError as exc:
         print(f'lifecycle: invalid settings: {exc}', file=sys.stderr)

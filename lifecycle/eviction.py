@@ -73,25 +73,29 @@ class Evictor:
                       os.getpid())  # fmt: skip
             os.kill(os.getpid(), signal.Signals[self.settings.crash_signal])
 
-    def _count(self, result: EvictionResult) -> EvictionResult:
-        """Add the result to the shared counters: '<outcome>:<reason>', and ':<detail>' for aborts."""
-        name = f'{result.outcome}:{result.reason}'
-        if result.outcome is Outcome.ABORTED:
-            name += f':{result.detail}'
+    def _record(self, result: EvictionResult) -> EvictionResult:
+        """Log the decision (one line, with its fields) and add it to the shared counters."""
+        fields = {'session_id': result.session_id, 'reason': result.reason.value, 'outcome': result.outcome.value,
+                  'detail': result.detail}  # fmt: skip
+        level = logging.WARNING if result.outcome is Outcome.ABORTED else logging.INFO
+        log.log(level, '%s %s (%s)%s', result.outcome, result.session_id, result.reason,
+                f': {result.detail}' if result.detail else '', extra=fields)  # fmt: skip
         if result.outcome is not Outcome.KEPT:
+            name = f'{result.outcome}:{result.reason}'
+            if result.outcome is Outcome.ABORTED:
+                name += f':{result.detail}'
             self.lc.redis.hincrby(self.lc.index.keys.counters, name, 1)
         return result
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:
         """Evict one session if it is still due for `reason`; idempotent (a repeat finds nothing to claim)."""
-        return self._count(self._evict(session_id, reason, bound, observed_ms))
+        return self._record(self._evict(session_id, reason, bound, observed_ms))
 
     def _evict(self, session_id: str, reason: ReapReason, bound: int | str, observed_ms: int) -> EvictionResult:
         if reason is not ReapReason.EXPIRED and self.store is None:
             return EvictionResult(session_id, reason, Outcome.KEPT, 'persistence is off')
         claimed = self.lc.run(self.claims.claim(session_id, reason, self.lc.now_ms(), bound, observed_ms))
         if isinstance(claimed, str):
-            log.debug('kept %s (%s): %s', session_id, reason, claimed)
             return EvictionResult(session_id, reason, Outcome.KEPT, claimed)
         self._crash_point('after_claim')
         if reason is ReapReason.EXPIRED:
@@ -116,7 +120,7 @@ class Evictor:
                 self.store.revert(claim.session_id, claim.token)  # the write may have landed (a write-concern error)
             except PersistenceError:
                 log.warning('could not revert %s after a failed eviction write', claim.session_id)
-            log.warning('aborted eviction of %s (%s): %s', claim.session_id, claim.reason, exc)
+            log.warning('eviction write of %s failed: %s', claim.session_id, exc)
             return EvictionResult(claim.session_id, claim.reason, Outcome.ABORTED, 'persistence_error')
         if outcome is MarkOutcome.DONE:
             return None
@@ -124,7 +128,6 @@ class Evictor:
         if outcome is MarkOutcome.NOT_CHECKPOINTED:
             self.lc.run(self.claims.notice(claim.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, claim.session_id,
                                            claim.reason.value, self.lc.now_ms()))  # fmt: skip
-        log.info('aborted eviction of %s (%s): %s', claim.session_id, claim.reason, outcome)
         return EvictionResult(claim.session_id, claim.reason, Outcome.ABORTED, outcome.value)
 
     def _end_expired(self, claim: Claim) -> None:
@@ -154,13 +157,12 @@ class Evictor:
             log.warning('eviction of %s fenced off: token %d is stale', claim.session_id, claim.token)
             return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
         outcome = Outcome.EXPIRED if claim.reason is ReapReason.EXPIRED else Outcome.EVICTED
-        log.info('%s %s (%s, owner %s)', outcome, claim.session_id, claim.reason, owner)
         return EvictionResult(claim.session_id, claim.reason, outcome)
 
     def recover(self, session_id: str) -> EvictionResult | None:
         """Resolve a claim whose lease ran out: complete it if its durable write landed, else roll it back."""
         result = self._recover(session_id)
-        return self._count(result) if result is not None else None
+        return self._record(result) if result is not None else None
 
     def _recover(self, session_id: str) -> EvictionResult | None:
         takeover = self.lc.run(self.claims.reclaim(session_id, self.lc.now_ms()))

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     sandbox_webhook_retries: NonNegativeInt = 3
     sandbox_state_dir: str = '/tmp/lifecycle-sandboxes'  # the process driver's records of its process groups
 
+    log_format: Literal['text', 'json'] = 'text'  # json: one object per line, decisions with their fields
     broker_url: str | None = None  # Celery broker; None: redis_url
     task_time_limit_s: PositiveInt = 300  # hard limit of any task; the broker's visibility timeout exceeds it
     # Test and chaos only: send this worker `crash_signal` at this step of the eviction pipeline.

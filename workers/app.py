@@ -10,6 +10,7 @@ from kombu import Exchange, Queue
 from kombu.common import Broadcast
 
 from lifecycle import checks
+from lifecycle.logs import use_json
 from lifecycle.settings import Settings
 from workers.schedule import beat_schedule
 
@@ -70,6 +71,14 @@ def settings_of(app: Any) -> Settings:
     """The lifecycle Settings an app was created with (LIFECYCLE_* variables for a foreign app)."""
     settings: Settings | None = getattr(app, 'lifecycle_settings', None)
     return settings if settings is not None else Settings()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger, **_: Any) -> None:
+    """With LIFECYCLE_LOG_FORMAT=json, the worker and beat log JSON lines too."""
+    if Settings().log_format == 'json':
+        use_json(logger)
 
 
 @signals.worker_init.connect

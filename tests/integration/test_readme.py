@@ -23,3 +23,13 @@ def test_the_readme_client_snippet_runs(real_redis: redis.Redis, key_prefix: str
     assert done.returncode == 0, done.stderr
     assert 'ends hard at' in done.stdout
     assert "session_id='chat-42'" in done.stdout
+
+
+def test_ci_runs_the_readme_commands_verbatim() -> None:
+    commands = re.search(r'## The two commands\n\n```bash\n(.*?)```', README.read_text(), re.S)
+    assert commands is not None
+    ci = (README.parent / '.ci' / 'run').read_text()
+    lines = [line for line in commands.group(1).splitlines() if line and not line.startswith('#')]
+    assert len(lines) == 3
+    for line in lines:
+        assert line in ci.splitlines(), line

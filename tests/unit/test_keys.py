@@ -21,6 +21,16 @@ def test_every_key_name_is_pinned() -> None:
         'replicas': k.replicas,
         'inbox': k.inbox('api-1'),
         'lock': k.lock('idle'),
+        'orphans': k.orphans,
+        'warn_cursor': k.warn_cursor,
+        'swept': k.swept('idle'),
+        'counters': k.counters,
+        'sweep_stats': k.sweep_stats,
+        'runs_terminal': k.runs_terminal,
+        'run': k.run('r1'),
+        'run_events': k.run_events('r1'),
+        'worktrees': k.worktrees,
+        'cleaning': k.cleaning,
     } == {
         'live': '{lc}:live',
         'deadline': '{lc}:deadline',
@@ -37,6 +47,16 @@ def test_every_key_name_is_pinned() -> None:
         'replicas': '{lc}:replicas',
         'inbox': '{lc}:inbox:api-1',
         'lock': '{lc}:lock:idle',
+        'orphans': '{lc}:orphans',
+        'warn_cursor': '{lc}:warn_cursor',
+        'swept': '{lc}:swept:idle',
+        'counters': '{lc}:counters',
+        'sweep_stats': '{lc}:sweep_stats',
+        'runs_terminal': '{lc}:runs:terminal',
+        'run': '{lc}:run:r1',
+        'run_events': '{lc}:run:r1:events',
+        'worktrees': '{lc}:worktrees',
+        'cleaning': '{lc}:cleaning',
     }
 
 

@@ -65,3 +65,21 @@ def test_invalid_settings_fail_at_construction_naming_the_field(overrides: dict[
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().max_sessions = 3  # type: ignore[misc]
+
+
+def test_json_log_lines_carry_the_decision_fields() -> None:
+    import json
+    import logging
+
+    from lifecycle.logs import JsonFormatter
+
+    record = logging.LogRecord('lifecycle.eviction', logging.INFO, __file__, 1, '%s %s', ('evicted', 's1'), None)
+    record.__dict__.update(session_id='s1', reason='idle', outcome='evicted', detail='')
+    line = json.loads(JsonFormatter().format(record))
+    assert (line['message'], line['session_id'], line['reason'], line['outcome']) == (
+        'evicted s1',
+        's1',
+        'idle',
+        'evicted',
+    )
+    assert line['level'] == 'INFO'

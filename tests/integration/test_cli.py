@@ -1,0 +1,189 @@
+"""The `lifecycle` command end to end, as a script would run it: real Redis, MongoDB over the wire."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle.stores.mongo import MongoSnapshotStore
+from tests.conftest import SettingsFactory
+from tests.integration.test_celery_workers import environment
+
+LIFECYCLE = [sys.executable, '-m', 'lifecycle.cli']
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def settings(make_reaper_settings: SettingsFactory, real_redis: Any) -> Settings:
+    return make_reaper_settings(idle_ttl_s=60)
+
+
+@pytest.fixture
+def lc(settings: Settings) -> Iterator[Lifecycle]:
+    """A client a minute in the past: its sessions are idle by the time the CLI looks at them."""
+    clock = FixedClock(int(time.time() * 1000) - 120_000)
+    client = Lifecycle(settings, clock=clock)
+    yield client
+    client.disconnect()
+
+
+def cli(settings: Settings, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LIFECYCLE, *args], env=env or environment(settings), capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+def test_status_lists_the_pool_and_the_most_idle_sessions(settings: Settings, lc: Lifecycle) -> None:
+    for i in range(3):
+        lc.activate(lc.reserve('api-1', 'acme'), f's{i}')
+        lc.clock.advance(seconds=1)  # type: ignore[attr-defined]
+    done = cli(settings, 'status', '--json', '--top', '2')
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data['pool']['live'], data['pool']['cap'], data['pool']['slots']) == (3, 200, 3)
+    assert [s['session_id'] for s in data['most_idle']] == ['s0', 's1']
+    assert data['most_idle'][0]['idle_s'] > data['most_idle'][1]['idle_s'] > 100
+    human = cli(settings, 'status')
+    assert human.returncode == 0
+    assert 's0' in human.stdout
+
+
+def test_inspect_shows_redis_and_mongodb_and_fails_for_an_unknown_session(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'secret': 'app data'})
+    done = cli(settings, 'inspect', 's1', '--json')
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data['session']['state'], data['session']['owner']) == ('live', 'api-1')
+    assert data['document']['checkpoint_seq'] == 0
+    assert 'snapshot' not in data['document']
+    missing = cli(settings, 'inspect', 'ghost')
+    assert missing.returncode == 1
+    assert "unknown session 'ghost'" in missing.stderr
+
+
+def test_sweep_dry_run_says_what_and_why_then_the_real_sweep_evicts(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 'idle-one')
+    lc.checkpoint('idle-one', {'v': 1})
+    dry = cli(settings, 'sweep', 'idle', '--dry-run', '--json')
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert [(o['session_id'], o['reason']) for o in planned['orders']] == [('idle-one', 'idle')]
+    assert float(planned['orders'][0]['idle_s']) >= 60
+    assert lc.stats().live == 1  # nothing changed
+    real = cli(settings, 'sweep', 'idle', '--json')
+    assert real.returncode == 0, real.stderr
+    assert json.loads(real.stdout)['results'] == [{'session_id': 'idle-one', 'outcome': 'evicted', 'detail': ''}]
+    assert lc.stats().live == 0
+    assert lc.status('idle-one').state == 'resumable'  # type: ignore[union-attr]
+
+
+def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:
+    failing = cli(settings, 'check', '--json')
+    assert failing.returncode == 1
+    report = json.loads(failing.stdout)
+    assert any('lacks index' in p for p in report['problems'])
+    assert report['settings']['mongo_url'].startswith('mongodb://')
+    assert settings.mongo_url is not None
+    store = MongoSnapshotStore(settings.mongo_url, settings.mongo_database)
+    store.ensure_indexes()
+    store.close()
+    passing = cli(settings, 'check', '--json')
+    assert passing.returncode == 0, passing.stdout
+    assert json.loads(passing.stdout)['ok'] is True
+
+
+def test_exit_codes_for_bad_usage_bad_settings_and_an_unreachable_redis(settings: Settings) -> None:
+    assert cli(settings, 'sweep', 'everything').returncode == 2
+    bad = {**environment(settings), 'LIFECYCLE_MAX_SESSIONS': '-3'}
+    done = cli(settings, 'status', env=bad)
+    assert done.returncode == 4
+    assert 'max_sessions' in done.stderr
+    down = {**environment(settings), 'LIFECYCLE_REDIS_URL': f'redis://127.0.0.1:{free_port()}/0'}
+    done = cli(settings, 'status', env=down)
+    assert done.returncode == 3
+    assert 'unavailable' in done.stderr
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header('Authorization', 'Basic ' + base64.b64encode(':'.join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, ''
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], auth: tuple[str, str] | None = None) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, 'the server exited'
+        try:
+            status, body = get(url, auth)
+            if status == 200:
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert time.monotonic() < deadline, f'{url} never answered'
+        time.sleep(0.2)
+
+
+def test_the_exporter_serves_the_pool_over_http(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.redis.hincrby(lc.index.keys.counters, 'evicted:idle', 4)
+    lc.redis.hincrby(lc.index.keys.counters, 'aborted:idle:persistence_error', 2)
+    port = free_port()
+    command = [*LIFECYCLE, 'exporter', '--port', str(port), '--addr', '127.0.0.1']
+    process = subprocess.Popen(command, env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = wait_for_http(f'http://127.0.0.1:{port}/metrics', process)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert 'lifecycle_live_sessions 1.0' in body
+    assert 'lifecycle_cap 200.0' in body
+    assert 'lifecycle_evictions_total{outcome="evicted",reason="idle"} 4.0' in body
+    assert 'lifecycle_eviction_aborts_total{cause="persistence_error",reason="idle"} 2.0' in body
+    assert 'lifecycle_oldest_idle_seconds' in body
+    assert 'lifecycle_redis_up 1.0' in body
+
+
+def test_flower_runs_against_the_broker_behind_basic_auth(settings: Settings) -> None:
+    port = free_port()
+    env = environment(settings)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'celery', '-A', 'workers', 'flower', f'--port={port}', '--address=127.0.0.1',
+         '--basic-auth=ops:s3cret'],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.getcwd(),
+    )  # fmt: skip
+    try:
+        wait_for_http(f'http://127.0.0.1:{port}/healthcheck', process, ('ops', 's3cret'))
+        assert get(f'http://127.0.0.1:{port}/')[0] == 401
+        assert get(f'http://127.0.0.1:{port}/', ('ops', 'wrong'))[0] == 401
+        status, body = get(f'http://127.0.0.1:{port}/', ('ops', 's3cret'))
+        assert status == 200
+        assert 'Flower' in body
+    finally:
+        process.terminate()
+        process.wait(10)
