@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -11,13 +12,14 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aredis
 
 from lifecycle import worktrees
 from lifecycle.background import AsyncRepeater
-from lifecycle.client import NOTICE_BATCH, Lifecycle, Turn, new_token, unavailable_as_error
+from lifecycle.client import NOTICE_BATCH, Lifecycle, Turn, new_token, refusal_counter, unavailable_as_error
 from lifecycle.clock import Clock, RedisClock
-from lifecycle.errors import BackendUnavailable
+from lifecycle.errors import BackendUnavailable, CapacityExceeded
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.runs import AsyncRuns
 from lifecycle.scripts import SOURCES
@@ -104,7 +106,12 @@ class AsyncLifecycle:
         token = token or new_token()
         if make_room:
             return await asyncio.to_thread(self.durable.reserve, owner, tenant, token=token, make_room=True)
-        return await self.run(self.index.reserve(owner, tenant, token, await self.now_ms()))
+        try:
+            return await self.run(self.index.reserve(owner, tenant, token, await self.now_ms()))
+        except CapacityExceeded as full:
+            with contextlib.suppress(redis.RedisError):  # a refusal that is not counted is still a refusal
+                await self.redis.hincrby(self.index.keys.counters, refusal_counter(full), 1)
+            raise
 
     async def activate(
         self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None

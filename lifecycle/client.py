@@ -42,6 +42,11 @@ MAKE_ROOM_CANDIDATES = 20
 NOTICE_BATCH = 100
 
 
+def refusal_counter(full: CapacityExceeded) -> str:
+    """The shared counter a refusal adds to: 'refused:pool' or 'refused:tenant'."""
+    return 'refused:tenant' if full.tenant else 'refused:pool'
+
+
 def to_epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -227,7 +232,7 @@ class Lifecycle:
 
     def _count_refusal(self, full: CapacityExceeded) -> None:
         try:
-            self.redis.hincrby(self.index.keys.counters, 'refused:tenant' if full.tenant else 'refused:pool', 1)
+            self.redis.hincrby(self.index.keys.counters, refusal_counter(full), 1)
         except redis.RedisError:
             log.debug('refusal not counted', exc_info=True)
 

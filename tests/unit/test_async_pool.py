@@ -64,6 +64,7 @@ def test_async_reserve_activate_and_the_cap(run_async: Callable[[Scenario], None
             await lc.activate(held[0], 'chat-2')
         stats = await lc.stats()
         assert (stats.live, stats.reserved, stats.slots) == (1, 3, 4)
+        assert await lc.redis.hget(lc.index.keys.counters, 'refused:pool') == '1'
 
     run_async(scenario)
 
