@@ -146,7 +146,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not report.ran or report.skipped:
             console.print(f'{kind} sweep skipped: {report.skipped}')
         verb = 'would evict' if args.dry_run else 'ordered'
-        table = Table(title=f'{kind} sweep: {len(report.orders)} {verb} ({report.duration_ms} ms)')
+        table = Table(title=f'{kind} sweep: {report.ordered} {verb} ({report.duration_ms} ms)')
         for column in ('session', 'reason', 'why', 'outcome'):
             table.add_column(column)
         outcomes = {r.session_id: f'{r.outcome} {r.detail}'.strip() for r in results}
@@ -177,6 +177,7 @@ def sweep_data(report: SweepReport, results: list[EvictionResult], now_ms: int, 
         'dry_run': dry_run,
         'ran': report.ran,
         'skipped': report.skipped,
+        'ordered': report.ordered,
         'orders': [order_row(o, now_ms) for o in report.orders],
         'results': [{'session_id': r.session_id, 'outcome': r.outcome.value, 'detail': r.detail} for r in results],
         'details': details,

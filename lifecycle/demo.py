@@ -12,13 +12,10 @@ import contextlib
 import multiprocessing
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -31,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lifecycle.client import Lifecycle
+from lifecycle.embedded import owned_env, start_mongo, start_redis, stop_child, stop_process
 from lifecycle.errors import CapacityExceeded, LifecycleError
 from lifecycle.models import NoticeKind, SessionState
 from lifecycle.settings import Settings
@@ -58,92 +56,6 @@ DEMO_SETTINGS: dict[str, Any] = {
     'runs_interval_s': 5,
     'mongo_timeout_ms': 3_000,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def reachable(url: str) -> bool:
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def start_redis(stack: ExitStack, notes: list[str]) -> str:
-    """LIFECYCLE_REDIS_URL if it answers; else a private redis-server; else fakeredis over TCP."""
-    configured = os.environ.get('LIFECYCLE_REDIS_URL')
-    if configured and reachable(configured):
-        notes.append(f'Redis: {configured.split("@")[-1]} (yours; the demo uses its own key prefix)')
-        return configured
-    port = free_port()
-    if shutil.which('redis-server'):
-        process = subprocess.Popen(
-            ['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        stack.callback(stop_process, process)
-        url = f'redis://127.0.0.1:{port}/0'
-        wait_until(lambda: reachable(url), 10, 'redis-server to start')
-        notes.append(f'Redis: a private redis-server on port {port}')
-        return url
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer(('127.0.0.1', port), server_type='redis')
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stack.callback(server.shutdown)
-    notes.append(f'Redis: no redis-server on PATH, so an in-process fakeredis TCP server on port {port} (slow)')
-    return f'redis://127.0.0.1:{port}/0'
-
-
-def start_mongo(stack: ExitStack, notes: list[str]) -> str:
-    """LIFECYCLE_MONGO_URL if set; else SecantusDB (a MongoDB-wire server) embedded in this process."""
-    configured = os.environ.get('LIFECYCLE_MONGO_URL')
-    if configured:
-        notes.append(f'MongoDB: {configured.split("@")[-1]} (yours; the demo uses its own database)')
-        return configured
-    from secantus import SecantusDBServer  # type: ignore[import-untyped]  # ships no type information
-
-    storage = stack.enter_context(tempfile.TemporaryDirectory(prefix='lifecycle-demo-mongo-'))
-    server = SecantusDBServer(port=0, storage_path=storage)
-    server.start()
-    stack.callback(server.stop)
-    notes.append(f'MongoDB: embedded SecantusDB at {server.uri}')
-    return str(server.uri)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def stop_child(process: Any) -> None:
-    """Stop a multiprocessing child: politely, then not."""
-    if process.is_alive():
-        process.terminate()
-        process.join(10)
-    if process.is_alive():
-        process.kill()
-        process.join()
-
-
-def wait_until(predicate: Any, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'timed out waiting for {what}')
-        time.sleep(0.1)
 
 
 # -- an API replica -----------------------------------------------------------------------------------
@@ -263,7 +175,7 @@ def run_demo(duration_s: float = 60.0, replicas: int = 3) -> bool:
         stack.callback(forget, lc, settings)
         for note in notes:
             console.print(note)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith('LIFECYCLE_')}, **settings_env(settings)}
+        env = owned_env(settings)
         logs = stack.enter_context(tempfile.TemporaryDirectory(prefix='lifecycle-demo-logs-'))
         for role in ('worker', 'beat'):
             args = (
@@ -363,16 +275,6 @@ def summarise(lc: Lifecycle, watch: Watch) -> bool:
     passed = all(ok for _, ok, _ in checks)
     console.print('demo passed' if passed else '[red]demo failed[/red]')
     return passed
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """LIFECYCLE_* variables that reproduce `settings` in a child process."""
-    import json
-
-    env = {}
-    for name, value in settings.model_dump(mode='json', exclude_none=True).items():
-        env[f'LIFECYCLE_{name.upper()}'] = value if isinstance(value, str) else json.dumps(value)
-    return env
 
 
 def forget(lc: Lifecycle, settings: Settings) -> None:

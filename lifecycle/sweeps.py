@@ -27,6 +27,7 @@ from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
+REPORTED_ORDERS = 1_000
 
 
 class SweepKind(StrEnum):
@@ -47,7 +48,8 @@ class SweepReport:
     kind: SweepKind
     ran: bool = True
     skipped: str = ''
-    orders: list[Order] = field(default_factory=list)
+    ordered: int = 0  # every order dispatched (or, dry, due)
+    orders: list[Order] = field(default_factory=list)  # the first REPORTED_ORDERS of them: memory stays flat
     recovered: list[EvictionResult] = field(default_factory=list)
     released_sandboxes: list[str] = field(default_factory=list)
     notices: int = 0
@@ -96,7 +98,7 @@ class Sweeper:
             })  # fmt: skip
         log.info(
             '%s sweep: %d ordered, %d recovered, %d notices%s (%d ms)',
-            kind, len(report.orders), len(report.recovered), report.notices,
+            kind, report.ordered, len(report.recovered), report.notices,
             f', skipped: {report.skipped}' if report.skipped else '', report.duration_ms,
         )  # fmt: skip
         return report
@@ -149,7 +151,8 @@ class Sweeper:
         return candidates
 
     def _order(self, report: SweepReport, orders: Sequence[Order], dry_run: bool) -> None:
-        report.orders.extend(orders)
+        report.ordered += len(orders)
+        report.orders.extend(orders[: max(0, REPORTED_ORDERS - len(report.orders))])
         if orders and not dry_run:
             self.dispatch(orders)
 

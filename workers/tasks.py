@@ -53,7 +53,7 @@ def summary(report: SweepReport) -> dict[str, Any]:
     return {
         'ran': report.ran,
         'skipped': report.skipped,
-        'ordered': len(report.orders),
+        'ordered': report.ordered,
         'recovered': [f'{r.session_id}:{r.outcome}' for r in report.recovered],
         'notices': report.notices,
         'released_sandboxes': len(report.released_sandboxes),

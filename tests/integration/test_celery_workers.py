@@ -15,20 +15,13 @@ import pytest
 import redis
 
 from lifecycle import Lifecycle, SessionState, Settings
+from lifecycle.embedded import owned_env as environment
 from lifecycle.sweeps import SweepKind
 from tests.conftest import REDIS_URL, SettingsFactory, connect_real_redis
 
 ROOT = Path(__file__).parents[2]
 BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL', REDIS_URL.rsplit('/', 1)[0] + '/13')
 Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-def environment(settings: Settings) -> dict[str, str]:
-    """The LIFECYCLE_* variables that reproduce `settings` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith('LIFECYCLE_')}
-    for name, value in settings.model_dump(mode='json', exclude_none=True).items():
-        env[f'LIFECYCLE_{name.upper()}'] = value if isinstance(value, str) else json.dumps(value)
-    return env
 
 
 @pytest.fixture
