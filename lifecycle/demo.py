@@ -89,7 +89,7 @@ def replica_main(config: dict[str, Any], owner: str, duration_s: float, report: 
                     figures['refused'] += 1
                 else:
                     session_id = f'{owner}-{uuid.uuid4().hex[:8]}'
-                    lc.activate(reservation, session_id, ttl_seconds=rng.choice([8, 40, 40, 40]))
+                    lc.activate(reservation, session_id, ttl_seconds=rng.choice([5, 40, 40, 40]))
                     lc.checkpoint(session_id, {'turns': 0})
                     active.append(session_id)
                     figures['created'] += 1

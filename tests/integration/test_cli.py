@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle.embedded import owned_env as environment
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory
-from tests.integration.test_celery_workers import environment
 
 LIFECYCLE = [sys.executable, '-m', 'lifecycle.cli']
 
