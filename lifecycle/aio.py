@@ -17,7 +17,15 @@ import redis.asyncio as aredis
 
 from lifecycle import worktrees
 from lifecycle.background import AsyncRepeater
-from lifecycle.client import NOTICE_BATCH, Lifecycle, Turn, new_token, refusal_counter, unavailable_as_error
+from lifecycle.client import (
+    NOTICE_BATCH,
+    Lifecycle,
+    Turn,
+    new_token,
+    refusal_counter,
+    unavailable,
+    unavailable_as_error,
+)
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, CapacityExceeded
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
@@ -73,12 +81,14 @@ class AsyncLifecycle:
 
     async def run(self, call: Call[T]) -> T:
         """Send one call to Redis and read its reply."""
-        with unavailable_as_error(self.settings.redis_url):
+        try:
             reply: Any
             if call.script is not None:
                 reply = await self._scripts[call.script](keys=call.keys, args=call.args)
             else:
                 reply = await self.redis.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise unavailable(self.settings.redis_url, exc) from exc
         return call.parse(reply)
 
     @property

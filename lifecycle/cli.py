@@ -1,4 +1,4 @@
-"""The `lifecycle` command: demo, status, inspect, sweep, check, exporter.
+"""The `lifecycle` command: demo, status, inspect, sweep, check, exporter, bench.
 
 Exit codes a script can rely on: 0 fine, 1 problems found (check, demo verification, unknown session),
 2 bad usage or input, 3 Redis or MongoDB unavailable, 4 invalid configuration.
@@ -258,6 +258,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if run_demo(duration_s=args.duration, replicas=args.replicas) else EXIT_PROBLEMS
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lifecycle.bench import run_bench
+
+    figures = run_bench(quick=args.quick, processes=args.processes, as_json=args.json)
+    return EXIT_OK if all(f.ok is not False for f in figures) else EXIT_PROBLEMS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='lifecycle', description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument('--log-level', default='WARNING', help='logging level (default WARNING)')
@@ -292,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument('--port', type=int, default=9464)
     exporter.add_argument('--addr', default='0.0.0.0')
     exporter.set_defaults(handler=cmd_exporter)
+
+    bench = commands.add_parser('bench', help='measure against the raw speed of the same Redis and MongoDB')
+    bench.add_argument('--quick', action='store_true', help='small sizes and short intervals (a smoke run)')
+    bench.add_argument('--processes', type=int, default=4, help='processes for the parallel figures (default 4)')
+    bench.add_argument('--json', action='store_true')
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -2,7 +2,7 @@
 -- KEYS[1] slots STRING  KEYS[2] tenant_slots HASH  KEYS[3] reservations ZSET
 -- KEYS[4] reservation_info HASH  KEYS[5] live ZSET
 -- ARGV[1] token  ARGV[2] owner  ARGV[3] tenant ('' none)  ARGV[4] cap  ARGV[5] tenant cap (0 none)
--- ARGV[6] now_ms  ARGV[7] lease expiry ms  ARGV[8] max expired reservations to purge
+-- ARGV[6] now_ms  ARGV[7] lease expiry ms  ARGV[8] max expired reservations to purge when full
 -- Returns {1, lease_ms} if reserved (or already held by this token: a resend takes no second slot),
 -- {0, scope, live, reserved, cap} at capacity, scope 'pool' or 'tenant'.
 local token, owner, tenant = ARGV[1], ARGV[2], ARGV[3]
@@ -13,23 +13,35 @@ if held then
   return {1, held}
 end
 
--- Expired reservations give their slots back first: a crashed creator's slot returns here.
-for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))) do
-  local info = redis.call('HGET', KEYS[4], expired) or '|'
-  redis.call('ZREM', KEYS[3], expired)
-  redis.call('HDEL', KEYS[4], expired)
-  give_back(KEYS[1], KEYS[2], string.match(info, '|(.*)$'))
+local function purge_expired()
+  for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))) do
+    local info = redis.call('HGET', KEYS[4], expired) or '|'
+    redis.call('ZREM', KEYS[3], expired)
+    redis.call('HDEL', KEYS[4], expired)
+    give_back(KEYS[1], KEYS[2], string.match(info, '|(.*)$'))
+  end
 end
 
-local live, reserved = redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[3])
--- The counter is authoritative, but never below what the sets hold: a flushed or hand-edited
--- counter must not let the pool overshoot before reconciliation repairs it.
-local used = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), live + reserved)
+-- The counter is authoritative; a missing one (a flushed key) is recounted from the sets, so the pool
+-- cannot overshoot before reconciliation repairs it.
+local counter = redis.call('GET', KEYS[1])
+local used = tonumber(counter or (redis.call('ZCARD', KEYS[5]) + redis.call('ZCARD', KEYS[3])))
+if counter == false then redis.call('SET', KEYS[1], used) end
 if used >= cap then
-  return {0, 'pool', live, reserved, cap}
+  -- Only a full pool needs the slots of expired reservations (a crashed creator's) back right now;
+  -- otherwise reconciliation purges them. This keeps the common path short.
+  purge_expired()
+  used = tonumber(redis.call('GET', KEYS[1]))
+end
+if used >= cap then
+  return {0, 'pool', redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[3]), cap}
 end
 if tenant ~= '' and tenant_cap > 0 then
   local tenant_used = tonumber(redis.call('HGET', KEYS[2], tenant) or '0')
+  if tenant_used >= tenant_cap then
+    purge_expired()
+    tenant_used = tonumber(redis.call('HGET', KEYS[2], tenant) or '0')
+  end
   if tenant_used >= tenant_cap then
     local tenant_reserved = 0
     for _, info in ipairs(redis.call('HVALS', KEYS[4])) do

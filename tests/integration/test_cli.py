@@ -16,20 +16,12 @@ from typing import Any
 import pytest
 
 from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle.embedded import free_port
 from lifecycle.embedded import owned_env as environment
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory
 
 LIFECYCLE = [sys.executable, '-m', 'lifecycle.cli']
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 
 import pytest
 
 from lifecycle import AsyncLifecycle, BackendUnavailable, Lifecycle, LifecycleError, Settings
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port: int = s.getsockname()[1]
-    return port
+from lifecycle.embedded import free_port
 
 
 @pytest.fixture
 def down_settings() -> Settings:
-    return Settings(redis_url=f'redis://user:secret@127.0.0.1:{closed_port()}/0', key_prefix='down')
+    return Settings(redis_url=f'redis://user:secret@127.0.0.1:{free_port()}/0', key_prefix='down')
 
 
 def test_sync_calls_raise_backend_unavailable_naming_the_server(down_settings: Settings) -> None:

@@ -1,0 +1,378 @@
+"""`lifecycle bench`: lifecycle measured against the raw speed of the same Redis and MongoDB, in one run.
+
+Every figure is taken right after its raw baseline, on the same servers: a private redis-server (so
+memory figures start from an empty server) and MongoDB (embedded SecantusDB, or LIFECYCLE_MONGO_URL).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from lifecycle.client import Lifecycle
+from lifecycle.clock import FixedClock
+from lifecycle.embedded import owned_env, start_mongo, start_redis, stop_process, wait_until
+from lifecycle.eviction import Evictor
+from lifecycle.keys import Keys
+from lifecycle.settings import Settings
+from lifecycle.stores.mongo import MongoSnapshotStore
+from lifecycle.sweeps import Sweeper, SweepKind
+
+console = Console(stderr=True)
+SPAWN = multiprocessing.get_context('spawn')
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    ours: float
+    raw: float | None
+    unit: str
+    target: str  # e.g. '>= 0.8 of raw'
+    ok: bool | None  # None: informational
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ours / self.raw if self.raw else None
+
+
+@dataclass(frozen=True)
+class Sizes:
+    pool: int
+    seconds: float
+    evictions: int
+    latency_sessions: int
+    idle_interval_s: int
+
+
+FULL = Sizes(pool=1_000_000, seconds=3.0, evictions=1_000, latency_sessions=120, idle_interval_s=60)
+QUICK = Sizes(pool=50_000, seconds=1.0, evictions=200, latency_sessions=20, idle_interval_s=5)
+
+
+def rate(call: Callable[[], int], seconds: float) -> float:
+    """Operations per second of `call` (which returns how many operations it did), repeated for `seconds`."""
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        done += call()
+    return done / elapsed
+
+
+# -- round trips --------------------------------------------------------------------------------------
+
+
+def reserve_release(settings: Settings, seconds: float) -> float:
+    lc = Lifecycle(settings)
+
+    def cycle() -> int:
+        lc.release(lc.reserve('bench'))
+        return 2
+
+    try:
+        return rate(cycle, seconds)
+    finally:
+        lc.disconnect()
+
+
+def raw_evalsha(settings: Settings, seconds: float) -> float:
+    client = redis.Redis.from_url(settings.redis_url)
+    script = client.register_script('return 1')
+    script()  # loaded: every call below is one EVALSHA
+
+    def call() -> int:
+        script()
+        return 1
+
+    try:
+        return rate(call, seconds)
+    finally:
+        client.close()
+
+
+def in_processes(target: str, settings: Settings, seconds: float, processes: int) -> float:
+    """Sum of the rates of `processes` processes running `target` at once."""
+    results = SPAWN.Queue()
+    children = [SPAWN.Process(target=_child, args=(target, settings.model_dump(), seconds, results))
+                for _ in range(processes)]  # fmt: skip
+    for child in children:
+        child.start()
+    total = sum(results.get(timeout=seconds + 60) for _ in children)
+    for child in children:
+        child.join()
+    return float(total)
+
+
+def _child(target: str, config: dict[str, Any], seconds: float, results: Any) -> None:
+    results.put({'reserve_release': reserve_release, 'raw_evalsha': raw_evalsha}[target](Settings(**config), seconds))
+
+
+# -- the pool -----------------------------------------------------------------------------------------
+
+
+def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int, idle_ttl_s: int) -> list[str]:
+    """Write `size` live sessions exactly as `activate` lays them out (live, deadline, meta), `due` of them idle."""
+    ids = [str(uuid.uuid4()) for _ in range(size)]  # 36 characters, like most apps' session ids
+    record = 'api-replica-07|tenant-0042||{created}|3'
+    for start in range(0, size, 10_000):
+        chunk = ids[start : start + 10_000]
+        pipe = client.pipeline(transaction=False)
+        active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else 0) for i, sid in enumerate(chunk)}
+        pipe.zadd(keys.live, active)
+        pipe.zadd(keys.deadline, dict.fromkeys(chunk, now_ms + 900_000))
+        pipe.hset(keys.meta, mapping=dict.fromkeys(chunk, record.format(created=now_ms)))
+        pipe.incrby(keys.slots, len(chunk))
+        pipe.execute()
+    return ids
+
+
+def sweep_ms(sweeper: Sweeper, due: int, repeats: int = 5) -> float:
+    """Median wall time of an idle sweep's selection (dry run: read, decide, dispatch nothing)."""
+    times = []
+    for _ in range(repeats):
+        report = sweeper.run(SweepKind.IDLE, dry_run=True, dedupe=False)
+        assert report.ordered == due, (report.ordered, due)
+        times.append(report.duration_ms)
+    return float(statistics.median(times))
+
+
+def naive_scan_ms(client: redis.Redis, keys: Keys, cutoff_ms: int) -> float:
+    """What one writes without an index scored by time: scan every session, keep the idle ones."""
+    started = time.perf_counter()
+    due = [member for member, score in client.zscan_iter(keys.live, count=1_000) if score <= cutoff_ms]
+    assert due
+    return (time.perf_counter() - started) * 1000
+
+
+def rss_while_sweeping(config: dict[str, Any], results: Any) -> None:
+    """In a child: RSS before, at peak and after an idle sweep (dry) over the whole, all-due pool."""
+    settings = Settings(**config)
+    lc = Lifecycle(settings)
+    sweeper = Sweeper(lc, Evictor(lc, lc.store, lc.driver), lambda orders: None)
+    peak, stop = [rss_kb()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak.append(rss_kb())
+
+    before = rss_kb()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    report = sweeper.run(SweepKind.IDLE, dry_run=True, dedupe=False)
+    stop.set()
+    sampler.join()
+    results.put({'before_kb': before, 'peak_kb': max(peak), 'after_kb': rss_kb(), 'ordered': report.ordered})
+
+
+def rss_kb() -> int:
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    return 0
+
+
+# -- evictions ----------------------------------------------------------------------------------------
+
+
+def raw_updates_per_s(store: MongoSnapshotStore, count: int) -> float:
+    """The same conditional update an eviction makes, one at a time, `w: majority, j: true`."""
+    collection = store.sessions.database['bench_raw']
+    collection.insert_many(
+        [{'_id': f'raw-{i}', 'state': 'live', 'fence': 0, 'checkpoint_seq': 0} for i in range(count)]
+    )
+    started = time.perf_counter()
+    for i in range(count):
+        result = collection.update_one(
+            {'_id': f'raw-{i}', 'state': {'$in': ['live', 'resumable']}, 'checkpoint_seq': {'$gte': 0},
+             '$or': [{'fence': {'$lt': 10}}, {'fence': {'$exists': False}}]},
+            {'$set': {'state': 'resumable', 'fence': 10, 'reason': 'idle', 'evicted_at': time.time()}},
+        )  # fmt: skip
+        assert result.matched_count == 1
+    return count / (time.perf_counter() - started)
+
+
+def evictions_per_s(lc: Lifecycle, settings: Settings, count: int) -> float:
+    """Idle sessions evicted per second by a real worker, from one `lifecycle.sweep_idle` to an empty pool."""
+    from workers import create_app
+
+    past = Lifecycle(settings, clock=FixedClock(lc.now_ms() - 3_600_000), redis_client=lc.redis, store=lc.store)
+    for i in range(count):
+        past.activate(past.reserve('bench'), f'evict-{i}', ttl_seconds=settings.max_ttl_s)  # idle, not expired
+        past.checkpoint(f'evict-{i}', {'i': i})
+    app = create_app(settings)
+    started = time.perf_counter()
+    app.send_task('lifecycle.sweep_idle')
+    wait_until(lambda: lc.stats().live == 0, 600, 'the worker to evict every session')
+    return count / (time.perf_counter() - started)
+
+
+def idle_latencies_s(lc: Lifecycle, settings: Settings, count: int, spread_s: float) -> list[float]:
+    """From each session's idle deadline to its eviction (MongoDB's evicted_at), with beat running."""
+    assert isinstance(lc.store, MongoSnapshotStore)
+    for i in range(count):
+        lc.activate(lc.reserve('bench'), f'late-{i}')
+        lc.checkpoint(f'late-{i}', {'i': i})
+        time.sleep(spread_s / count)
+    wait_until(lambda: lc.stats().live == 0, spread_s + 3 * settings.idle_interval_s + 60, 'idle evictions')
+    latencies = []
+    for document in lc.store.sessions.find({'_id': {'$regex': '^late-'}}):
+        deadline = document['last_active_at'].timestamp() + settings.idle_ttl_s
+        latencies.append(document['evicted_at'].timestamp() - deadline)
+    return sorted(latencies)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) -> list[Figure]:
+    sizes = QUICK if quick else FULL
+    figures: list[Figure] = []
+    with ExitStack() as stack:
+        notes: list[str] = []
+        redis_url = start_redis(stack, notes, reuse_configured=False)
+        mongo_url = start_mongo(stack, notes)
+        for note in notes:
+            console.print(note)
+        base = Settings(redis_url=redis_url, mongo_url=mongo_url, key_prefix='bench', max_sessions=10_000_000,
+                        mongo_database='lifecycle_bench', idle_ttl_s=5)  # fmt: skip
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        stack.callback(client.close)
+
+        def add(figure: Figure) -> None:
+            figures.append(figure)
+            console.print(f'  {figure.name}: {figure.ours:,.1f} {figure.unit}' +
+                          (f' (raw {figure.raw:,.1f}, ratio {figure.ratio:.2f})' if figure.raw else ''))  # fmt: skip
+
+        console.print('round trips ...')
+        raw = raw_evalsha(base, sizes.seconds)
+        ours = reserve_release(base, sizes.seconds)
+        add(Figure('reserve+release, 1 process', ours, raw, 'calls/s', '>= 0.8 of raw', ours >= 0.8 * raw))
+        raw = in_processes('raw_evalsha', base, sizes.seconds, processes)
+        ours = in_processes('reserve_release', base, sizes.seconds, processes)
+        add(Figure(f'reserve+release, {processes} processes', ours, raw, 'calls/s', '>= 0.8 of raw', ours >= 0.8 * raw))
+
+        lc = Lifecycle(base)
+        stack.callback(lc.disconnect)
+        ids = [f'touch-{i}' for i in range(1_000)]
+        for session_id in ids:
+            lc.activate(lc.reserve('bench'), session_id)
+        live = lc.index.keys.live
+
+        def raw_many() -> int:
+            client.zadd(live, dict.fromkeys(ids, time.time_ns() // 1_000_000))
+            return len(ids)
+
+        def ours_many() -> int:
+            lc.touch_many(ids)
+            return len(ids)
+
+        def raw_one() -> int:
+            client.zadd(live, {ids[0]: time.time_ns() // 1_000_000})
+            return 1
+
+        def ours_one() -> int:
+            lc.touch(ids[0])
+            return 1
+
+        raw, ours = rate(raw_many, sizes.seconds), rate(ours_many, sizes.seconds)
+        add(Figure('touch_many (1,000 per call)', ours, raw, 'stamps/s', '>= 0.8 of raw', ours >= 0.8 * raw))
+        raw, ours = rate(raw_one, sizes.seconds), rate(ours_one, sizes.seconds)
+        add(Figure('touch (one session)', ours, raw, 'stamps/s', 'informational', None))
+
+        console.print(f'sweep selection: 1,000 due in 10,000 and in {sizes.pool:,} ...')
+        now = lc.now_ms()
+        # An idle timeout far longer than loading a million sessions takes: exactly 1,000 stay due.
+        selection = {**base.model_dump(), 'idle_ttl_s': 3_600}
+        small = Settings(**{**selection, 'key_prefix': 'bench-small'})
+        large = Settings(**{**selection, 'key_prefix': 'bench-large'})
+        load_pool(client, Keys.for_prefix(small.key_prefix), 10_000, 1_000, now, small.idle_ttl_s)
+        used_before = int(client.info('memory')['used_memory'])
+        load_pool(client, Keys.for_prefix(large.key_prefix), sizes.pool, 1_000, now, large.idle_ttl_s)
+        per_session = (int(client.info('memory')['used_memory']) - used_before) / sizes.pool
+        small_lc, large_lc = Lifecycle(small), Lifecycle(large)
+        stack.callback(small_lc.disconnect)
+        stack.callback(large_lc.disconnect)
+        small_ms = sweep_ms(
+            Sweeper(small_lc, Evictor(small_lc, small_lc.store, small_lc.driver), lambda o: None), 1_000
+        )
+        large_ms = sweep_ms(
+            Sweeper(large_lc, Evictor(large_lc, large_lc.store, large_lc.driver), lambda o: None), 1_000
+        )
+        add(Figure(f'sweep selection, pool {sizes.pool:,} vs 10,000', large_ms, small_ms, 'ms',
+                   '<= 1.3 x (grows with due, not pool)', large_ms <= 1.3 * small_ms))  # fmt: skip
+        naive_ms = naive_scan_ms(client, Keys.for_prefix(large.key_prefix), now - large.idle_ttl_s * 1000)
+        add(Figure(f'sweep selection vs a naive full scan, pool {sizes.pool:,}', large_ms, naive_ms, 'ms',
+                   'informational (ratio < 1 is faster)', None))  # fmt: skip
+        add(Figure(f'Redis memory per live session at {sizes.pool:,}', per_session, 256.0, 'bytes',
+                   '<= 400 bytes (raw: two sorted-set entries)', per_session <= 400))  # fmt: skip
+
+        console.print('worker RSS while sweeping the whole pool (every session due) ...')
+        everything_due = {**large.model_dump(), 'idle_ttl_s': 1}
+        time.sleep(1.5)  # with a one-second idle timeout, every session of the large pool is now due
+        results = SPAWN.Queue()
+        child = SPAWN.Process(target=rss_while_sweeping, args=(everything_due, results))
+        child.start()
+        rss = results.get(timeout=900)
+        child.join()
+        growth_mb = (rss['peak_kb'] - rss['before_kb']) / 1024
+        add(Figure(f'sweep process RSS growth over {rss["ordered"]:,} due sessions', growth_mb, rss['before_kb'] / 1024,
+                   'MB', '< 50 MB (flat; raw: RSS before)', growth_mb < 50))  # fmt: skip
+        client.delete(*[key for key in client.scan_iter(match='{bench-*}*')] or ['-'])
+
+        console.print('evictions through a real worker ...')
+        assert isinstance(lc.store, MongoSnapshotStore)
+        lc.store.ensure_indexes()
+        raw = raw_updates_per_s(lc.store, sizes.evictions)
+        worker_settings = Settings(**{**base.model_dump(), 'idle_interval_s': sizes.idle_interval_s})
+        env = owned_env(worker_settings)
+        worker = subprocess.Popen([sys.executable, '-m', 'celery', '-A', 'workers', 'worker', '--concurrency', '2',
+                                   '--without-gossip', '--without-mingle', '--loglevel', 'WARNING'],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        stack.callback(stop_process, worker)
+        time.sleep(3)
+        ours = evictions_per_s(lc, worker_settings, sizes.evictions)
+        add(Figure('evictions end to end (real worker, MongoDB)', ours, raw, 'sessions/s',
+                   '>= 1.0 x one-at-a-time raw updates', ours >= raw))  # fmt: skip
+
+        console.print(f'idle deadline to eviction, idle sweep every {sizes.idle_interval_s} s ...')
+        beat = subprocess.Popen([sys.executable, '-m', 'celery', '-A', 'workers', 'beat', '--loglevel', 'WARNING'],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        stack.callback(stop_process, beat)
+        latencies = idle_latencies_s(lc, worker_settings, sizes.latency_sessions, sizes.idle_interval_s)
+        add(Figure('idle deadline to eviction, p50', percentile(latencies, 0.5), float(sizes.idle_interval_s), 's',
+                   'informational (raw: the sweep interval)', None))  # fmt: skip
+        add(Figure('idle deadline to eviction, p99', percentile(latencies, 0.99), float(sizes.idle_interval_s), 's',
+                   '<= interval + a few s', percentile(latencies, 0.99) <= sizes.idle_interval_s + 5))  # fmt: skip
+        lc.store.client.drop_database('lifecycle_bench')
+    report(figures, as_json)
+    return figures
+
+
+def report(figures: list[Figure], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{**asdict(f), 'ratio': f.ratio} for f in figures], indent=2))
+        return
+    table = Table(title='lifecycle bench')
+    for column in ('figure', 'ours', 'raw', 'ratio', 'unit', 'target', 'holds'):
+        table.add_column(column)
+    for f in figures:
+        table.add_row(f.name, f'{f.ours:,.1f}', f'{f.raw:,.1f}' if f.raw else '', f'{f.ratio:.2f}' if f.ratio else '',
+                      f.unit, f.target, '' if f.ok is None else ('yes' if f.ok else 'NO'))  # fmt: skip
+    Console().print(table)
