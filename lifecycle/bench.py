@@ -340,14 +340,17 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         assert isinstance(lc.store, MongoSnapshotStore)
         lc.store.ensure_indexes()
         raw = raw_updates_per_s(lc.store, sizes.evictions)
-        worker_settings = Settings(**{**base.model_dump(), 'idle_interval_s': sizes.idle_interval_s})
+        worker_settings = Settings(**{**base.model_dump(), 'idle_interval_s': sizes.idle_interval_s,
+                                      'key_prefix': 'bench-worker'})  # fmt: skip
         env = owned_env(worker_settings)
         worker = subprocess.Popen([sys.executable, '-m', 'celery', '-A', 'workers', 'worker', '--concurrency', '2',
                                    '--without-gossip', '--without-mingle', '--loglevel', 'WARNING'],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         stack.callback(stop_process, worker)
         time.sleep(3)
-        ours = evictions_per_s(lc, worker_settings, sizes.evictions)
+        worker_lc = Lifecycle(worker_settings, store=lc.store)
+        stack.callback(worker_lc.disconnect)
+        ours = evictions_per_s(worker_lc, worker_settings, sizes.evictions)
         add(Figure('evictions end to end (real worker, MongoDB)', ours, raw, 'sessions/s',
                    '>= 1.0 x one-at-a-time raw updates', ours >= raw))  # fmt: skip
 
@@ -355,7 +358,7 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         beat = subprocess.Popen([sys.executable, '-m', 'celery', '-A', 'workers', 'beat', '--loglevel', 'WARNING'],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         stack.callback(stop_process, beat)
-        latencies = idle_latencies_s(lc, worker_settings, sizes.latency_sessions, sizes.idle_interval_s)
+        latencies = idle_latencies_s(worker_lc, worker_settings, sizes.latency_sessions, sizes.idle_interval_s)
         add(Figure('idle deadline to eviction, p50', percentile(latencies, 0.5), float(sizes.idle_interval_s), 's',
                    'informational (raw: the sweep interval)', None))  # fmt: skip
         add(Figure('idle deadline to eviction, p99', percentile(latencies, 0.99), float(sizes.idle_interval_s), 's',

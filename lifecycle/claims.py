@@ -135,6 +135,6 @@ class ClaimIndex:
         return Call(
             lambda r: Drift(_int(r[0]), _int(r[1]), None if _int(r[2]) < 0 else _int(r[2])),
             'reconcile_counters',
-            (k.live, k.reservations, k.reservation_info, k.slots, k.tenant_slots, k.meta),
+            (k.live, k.reservations, k.slots, k.tenant_slots, k.meta),
             (now_ms, self.settings.reconcile_tenant_limit),
         )

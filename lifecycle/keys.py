@@ -52,13 +52,8 @@ class Keys:
 
     @property
     def reservations(self) -> str:
-        """ZSET reservation token -> lease expiry (epoch ms)."""
+        """ZSET reservation 'token|owner|tenant' -> lease expiry (epoch ms)."""
         return f'{self.prefix}:reservations'
-
-    @property
-    def reservation_info(self) -> str:
-        """HASH reservation token -> 'owner|tenant' of the reservation."""
-        return f'{self.prefix}:reservation_info'
 
     @property
     def slots(self) -> str:

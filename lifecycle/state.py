@@ -79,6 +79,11 @@ def _parse_notices(reply: Any) -> list[Notice]:
     ]
 
 
+def member(token: str, owner: str, tenant: str | None) -> str:
+    """A reservation's sorted-set member, 'token|owner|tenant': all a reservation needs, in one entry."""
+    return f'{token}|{owner}|{tenant or ""}'
+
+
 def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
     """Return `ttl_seconds` if it is a whole number of seconds in 1..max_ttl_s."""
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
@@ -112,19 +117,20 @@ class SessionIndex:
         return Call(
             parse,
             'reserve_slot',
-            (k.slots, k.tenant_slots, k.reservations, k.reservation_info, k.live),
-            (token, owner, tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms, PURGE_LIMIT),
-        )
+            (k.slots, k.tenant_slots, k.reservations, k.live),
+            (member(token, owner, tenant), tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms,
+             PURGE_LIMIT),
+        )  # fmt: skip
 
     def release(self, reservation: Reservation) -> Call[bool]:
         """Give a reservation's slot back; False if it was already gone (expired or released)."""
         k = self.keys
-        token = validate.identifier('reservation token', reservation.token)
+        validate.identifier('reservation token', reservation.token)
         return Call(
             lambda reply: _int(reply) == 1,
             'release_slot',
-            (k.reservations, k.reservation_info, k.slots, k.tenant_slots),
-            (token,),
+            (k.reservations, k.slots, k.tenant_slots),
+            (member(reservation.token, reservation.owner, reservation.tenant),),
         )
 
     def activate(
@@ -151,8 +157,14 @@ class SessionIndex:
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.reservation_info, k.live, k.deadline, k.meta, k.slots, k.tenant_slots, k.cleaning),
-            (token, session_id, profile or '', now_ms, now_ms + ttl_s * 1000, reservation.owner),
+            (k.reservations, k.live, k.deadline, k.meta, k.slots, k.tenant_slots, k.cleaning),
+            (
+                member(token, reservation.owner, reservation.tenant),
+                session_id,
+                profile or '',
+                now_ms,
+                now_ms + ttl_s * 1000,
+            ),
         )
 
     def touch(self, session_ids: Sequence[str], now_ms: int) -> Call[int]:

@@ -110,22 +110,29 @@ class Sweeper:
     # -- reading ------------------------------------------------------------------------------------
 
     def _pages(self, key: str, low: float | str, high: float | str, lock: SweepLock) -> Iterator[list[tuple[str, int]]]:
-        """(member, score) pages of a sorted set by score, oldest first; O(log n + page) each."""
+        """(member, score) pages of a sorted set by score, oldest first; O(log n + page) each.
+
+        The cursor is the last score seen, exclusive, and each page carries every member tied at its
+        last score: no offsets, so sessions evicted (removed) while the sweep pages on never make it
+        skip one.
+        """
         batch = self.settings.sweep_batch_size
-        same = 0  # members at the current low score already seen: ties span pages without repeats
         while True:
             reply: list[tuple[str, float]] = self.lc.redis.zrangebyscore(  # type: ignore[assignment]
-                key, low, high, start=same, num=batch, withscores=True
+                key, low, high, start=0, num=batch, withscores=True
             )
             if not reply:
                 return
             page = [(member, int(score)) for member, score in reply]
+            last = reply[-1][1]
+            if len(reply) == batch:
+                seen = {member for member, score in reply if score == last}
+                tied = self._members(key, last, last)
+                page += [(member, int(last)) for member in tied if member not in seen]
             yield page
-            if len(page) < batch:
+            if len(reply) < batch:
                 return
-            last = page[-1][1]
-            same = sum(1 for _, score in page if score == last) + (same if last == low else 0)
-            low = last
+            low = f'({last!r}'
             lock.extend()
 
     def _members(self, key: str, low: float | str, high: float | str) -> list[str]:

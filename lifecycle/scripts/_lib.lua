@@ -18,6 +18,22 @@ local function give_back(slots_key, tenant_slots_key, tenant)
   end
 end
 
+-- A reservation is a sorted-set member 'token|owner|tenant' (scored by its lease expiry): everything
+-- a reservation needs travels in the member, so no second structure has to be kept in step.
+local function reservation_tenant(member)
+  return string.match(member, '^[^|]*|[^|]*|(.*)$') or ''
+end
+
+-- Give the slots of expired reservations back (at most `limit` of them); returns how many.
+local function purge_reservations(reservations_key, slots_key, tenant_slots_key, now_ms, limit)
+  local expired = redis.call('ZRANGEBYSCORE', reservations_key, '-inf', now_ms, 'LIMIT', 0, limit)
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', reservations_key, member)
+    give_back(slots_key, tenant_slots_key, reservation_tenant(member))
+  end
+  return #expired
+end
+
 -- Turn leases of one session: 'token=lease_ms,token=lease_ms'; expired ones are dropped on read.
 local function read_leases(turns_key, session_id, now_ms)
   local leases = {}

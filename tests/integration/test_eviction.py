@@ -289,3 +289,16 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
     assert reaper.lc.status('unwritten').state is SessionState.LIVE  # type: ignore[union-attr]
     stale = taken['unwritten']
     assert reaper.store.mark_resumable(record_of(stale), stale.token, ReapReason.IDLE, True).value == 'fenced'
+
+
+def test_one_sweep_evicts_every_due_session_even_when_their_scores_tie(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60, sweep_batch_size=20, require_checkpoint=False))
+    for i in range(70):  # one fixed clock: every session's last activity is the same millisecond
+        r.lc.activate(r.lc.reserve('api-1'), f's{i}')
+    r.clock.advance(seconds=60)
+    report = r.sweep(SweepKind.IDLE)  # evictions run inline, removing sessions while the sweep pages on
+    assert report.ordered == 70
+    assert [res.outcome for res in r.results] == [Outcome.EVICTED] * 70
+    assert r.lc.stats().live == 0
