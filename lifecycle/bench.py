@@ -378,4 +378,4 @@ def report(figures: list[Figure], as_json: bool) -> None:
     for f in figures:
         table.add_row(f.name, f'{f.ours:,.1f}', f'{f.raw:,.1f}' if f.raw else '', f'{f.ratio:.2f}' if f.ratio else '',
                       f.unit, f.target, '' if f.ok is None else ('yes' if f.ok else 'NO'))  # fmt: skip
-    Console().print(table)
+    Console(width=200).print(table)

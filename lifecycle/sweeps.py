@@ -28,6 +28,7 @@ from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
 REPORTED_ORDERS = 1_000
+TIE_GROUP_LIMIT = 10_000  # sessions sharing one millisecond of activity, read whole up to this many
 
 
 class SweepKind(StrEnum):
@@ -125,19 +126,29 @@ class Sweeper:
                 return
             page = [(member, int(score)) for member, score in reply]
             last = reply[-1][1]
-            if len(reply) == batch:
-                seen = {member for member, score in reply if score == last}
-                tied = self._members(key, last, last)
-                page += [(member, int(last)) for member in tied if member not in seen]
-            yield page
             if len(reply) < batch:
+                yield page
                 return
+            seen = sum(1 for _, score in reply if score == last)
+            tied = self.lc.redis.zcount(key, last, last)
+            if tied <= TIE_GROUP_LIMIT:
+                members = set(self._members(key, last, last)) - {m for m, score in reply if score == last}
+                yield page + [(member, int(last)) for member in sorted(members)]
+            else:
+                # Only bulk-loaded data ties this much: page through it by offset to keep memory flat
+                # (a session removed meanwhile can shift one past this sweep; the next sweep has it).
+                yield page
+                for offset in range(seen, tied, batch):
+                    lock.extend()
+                    yield [(m, int(last)) for m in self._members(key, last, last, offset, batch)]
             low = f'({last!r}'
             lock.extend()
 
-    def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
-        """Members of a small sorted set (claims, replicas) with scores in [low, high]."""
-        return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high)]
+    def _members(self, key: str, low: float | str, high: float | str, start: int = 0, num: int = -1) -> list[str]:
+        """Members with scores in [low, high] (from `start`, at most `num`): claims, replicas, a tie group."""
+        if num < 0:
+            return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high)]
+        return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high, start=start, num=num)]
 
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]
