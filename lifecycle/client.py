@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ import redis
 from lifecycle import validate, worktrees
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock, RedisClock
+from lifecycle.documents import info_from_document, record_of, to_epoch_ms
 from lifecycle.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -33,7 +33,7 @@ from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
 from lifecycle.state import Call, SessionIndex
-from lifecycle.stores import SessionRecord, SnapshotStore
+from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -45,43 +45,6 @@ NOTICE_BATCH = 100
 def refusal_counter(full: CapacityExceeded) -> str:
     """The shared counter a refusal adds to: 'refused:pool' or 'refused:tenant'."""
     return 'refused:tenant' if full.tenant else 'refused:pool'
-
-
-def to_epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def record_of(info: SessionInfo) -> SessionRecord:
-    """What MongoDB keeps of a session, from what Redis knew of it."""
-    return SessionRecord(
-        session_id=info.session_id,
-        owner=info.owner,
-        tenant=info.tenant,
-        profile=info.profile,
-        created_at=info.created_at,
-        last_active_at=info.last_active,
-        expires_at=info.expires_at,
-        turn_seq=info.turn_seq,
-    )
-
-
-def info_from_document(document: Mapping[str, Any] | None) -> SessionInfo | None:
-    """A session no longer live, as its MongoDB document describes it; None unless resumable or ended."""
-    if document is None or document.get('state') not in (SessionState.RESUMABLE, SessionState.EXPIRED,
-                                                         SessionState.CLOSED):  # fmt: skip
-        return None
-    return SessionInfo(
-        session_id=document['_id'],
-        state=SessionState(document['state']),
-        owner=document.get('owner', ''),
-        tenant=document.get('tenant'),
-        profile=document.get('profile'),
-        created_at_ms=to_epoch_ms(document['created_at']) if 'created_at' in document else 0,
-        last_active_ms=to_epoch_ms(document['last_active_at']) if 'last_active_at' in document else 0,
-        expires_at_ms=to_epoch_ms(document['expires_at']) if 'expires_at' in document else 0,
-        busy=False,
-        turn_seq=int(document.get('turn_seq', 0)),
-    )
 
 
 @dataclass
