@@ -42,7 +42,8 @@ class EvictionResult:
     detail: str = ''
 
 
-def record_of(claim: Claim) -> SessionRecord:
+def claim_record(claim: Claim) -> SessionRecord:
+    """What MongoDB keeps of a claimed session (its record as the claim read it)."""
     assert claim.meta is not None
     meta = claim.meta
     return SessionRecord(
@@ -112,7 +113,7 @@ class Evictor:
         assert self.store is not None
         assert claim.meta is not None
         try:
-            outcome = self.store.mark_resumable(record_of(claim), claim.token, claim.reason,
+            outcome = self.store.mark_resumable(claim_record(claim), claim.token, claim.reason,
                                                 self.settings.require_checkpoint)  # fmt: skip
         except PersistenceError as exc:
             self.lc.run(self.claims.abort(claim))
@@ -135,7 +136,9 @@ class Evictor:
         if self.store is None or claim.meta is None:
             return
         try:
-            self.store.end(record_of(claim), SessionState.EXPIRED, claim.token, self.settings.expiry_write_timeout_ms)
+            self.store.end(
+                claim_record(claim), SessionState.EXPIRED, claim.token, self.settings.expiry_write_timeout_ms
+            )
         except PersistenceError as exc:
             log.warning('expiring %s without its MongoDB write: %s', claim.session_id, exc)
 

@@ -9,7 +9,7 @@ import pytest
 
 from lifecycle import CapacityExceeded, SessionReaping, SessionState
 from lifecycle.claims import Claim, ClaimIndex
-from lifecycle.eviction import Outcome, record_of
+from lifecycle.eviction import Outcome, claim_record
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.sandboxes import SandboxError
 from lifecycle.sweeps import SweepKind
@@ -273,7 +273,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
         assert isinstance(claimed, Claim)
         taken[session_id] = claimed
     assert reaper.store is not None
-    reaper.store.mark_resumable(record_of(taken['durable']), taken['durable'].token, ReapReason.IDLE, True)
+    reaper.store.mark_resumable(claim_record(taken['durable']), taken['durable'].token, ReapReason.IDLE, True)
     # ... and both workers die here.
     with pytest.raises(SessionReaping), reaper.lc.turn('unwritten'):
         pass
@@ -288,7 +288,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
     assert reaper.lc.status('durable').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     assert reaper.lc.status('unwritten').state is SessionState.LIVE  # type: ignore[union-attr]
     stale = taken['unwritten']
-    assert reaper.store.mark_resumable(record_of(stale), stale.token, ReapReason.IDLE, True).value == 'fenced'
+    assert reaper.store.mark_resumable(claim_record(stale), stale.token, ReapReason.IDLE, True).value == 'fenced'
 
 
 def test_one_sweep_evicts_every_due_session_even_when_their_scores_tie(
