@@ -33,3 +33,10 @@ def test_ci_runs_the_readme_commands_verbatim() -> None:
     assert len(lines) == 3
     for line in lines:
         assert line in ci.splitlines(), line
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from lifecycle.settings import Settings
+
+    documented = {name.lower() for name in re.findall(r'LIFECYCLE_([A-Z_]+)', README.read_text())}
+    assert set(Settings.model_fields) - documented == set()
