@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TRASH = '.trash'
 GIT_TIMEOUT_S = 60
 CLAIM_LEASE_S = 300  # longer than any git command the cleaner runs on one worktree
+CLAIMED = 1  # claim_cleaning's reply; the others say why the cleaner must leave the worktree alone
 
 
 class Verdict(StrEnum):
@@ -40,8 +41,15 @@ class Verdict(StrEnum):
     KEPT_LIVE = 'kept_live'
     KEPT_YOUNG = 'kept_young'
     KEPT_LOCKED = 'kept_locked'  # `git worktree lock`ed: someone asked for it to be kept
+    KEPT_CLEANING = 'kept_cleaning'  # another cleaner is acting on this session's worktree right now
     SKIPPED_UNSAFE = 'skipped_unsafe'  # a symlink, outside the root, a main repository
     GONE = 'gone'  # registered, but its directory no longer exists: the registration is dropped
+
+
+CLAIM_REFUSED = {
+    0: (Verdict.KEPT_LIVE, ('became live during the sweep',)),
+    -1: (Verdict.KEPT_CLEANING, ('another cleaner holds the session',)),
+}
 
 
 @dataclass(frozen=True)
@@ -194,19 +202,20 @@ class WorktreeCleaner:
         verdict = Verdict.TRASHED if blockers else Verdict.REMOVED
         if dry_run:
             return Action(str(path), session_id, verdict, blockers)
-        if session_id is not None and not self._claim(session_id):
-            return Action(str(path), session_id, Verdict.KEPT_LIVE, ('became live during the sweep',))
+        claimed = self._claim(session_id) if session_id is not None else CLAIMED
+        if claimed != CLAIMED:
+            return Action(str(path), session_id, *CLAIM_REFUSED[claimed])
         try:
             return self._act(path, session_id, checked, blockers)
         finally:
             if session_id is not None:
                 self.lc.redis.zrem(self.keys.cleaning, session_id)
 
-    def _claim(self, session_id: str) -> bool:
-        """Re-check liveness atomically and hold off activation while the cleaner acts."""
+    def _claim(self, session_id: str) -> int:
+        """Re-check liveness atomically and hold off activation while the cleaner acts; CLAIMED or why not."""
         now = self.lc.now_ms()
         call = Call(
-            lambda reply: _int(reply) == 1,
+            _int,
             'claim_cleaning',
             (self.keys.live, self.keys.cleaning),
             (session_id, now, now + CLAIM_LEASE_S * 1000),

@@ -175,9 +175,10 @@ def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
 
     roots = [tmp_path / 'host-a', tmp_path / 'host-b']
     settings = make_settings(broker_url=broker, worktree_grace_s=60)
-    for index, root in enumerate(roots):
-        (root / 'forgotten').mkdir(parents=True)
-        os.utime(root / 'forgotten', (time.time() - 3600, time.time() - 3600))
+    forgotten = [root / f'forgotten-{index}' for index, root in enumerate(roots)]  # each its own session's
+    for index, (root, worktree) in enumerate(zip(roots, forgotten, strict=True)):
+        worktree.mkdir(parents=True)
+        os.utime(worktree, (time.time() - 3600, time.time() - 3600))
         spawn(settings.model_copy(update={'worktree_root': str(root)}), *worker_args(f'host{index}'))
     spawn(settings, *worker_args('no-root'))  # a host without worktrees gets a copy and skips it
     app = create_app(settings)
@@ -201,7 +202,7 @@ def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
     # A fanout on Redis is pub/sub: a worker still subscribing misses a message, and beat simply sends
     # the next one an interval later. Send as beat would until each host has swept its own root ...
     deadline = time.monotonic() + 90
-    while any((root / 'forgotten').exists() for root in roots):
+    while any(worktree.exists() for worktree in forgotten):
         assert time.monotonic() < deadline, 'the roots were never swept'
         app.send_task('lifecycle.sweep_worktrees')
         time.sleep(2)

@@ -183,12 +183,25 @@ def test_a_session_restored_during_the_sweep_keeps_its_worktree(host: Host, monk
     path = host.worktree('comeback')
     original = WorktreeCleaner._claim
 
-    def restore_first(self: WorktreeCleaner, session_id: str) -> bool:
+    def restore_first(self: WorktreeCleaner, session_id: str) -> int:
         host.lc.activate(host.lc.reserve('api-1'), session_id)  # the restore wins the race
         return original(self, session_id)
 
     monkeypatch.setattr(WorktreeCleaner, '_claim', restore_first)
     assert sweep(host) == {'comeback': (Verdict.KEPT_LIVE, ('became live during the sweep',))}
+    assert path.exists()
+
+
+def test_a_session_another_cleaner_holds_is_left_to_it(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = host.worktree('shared')
+    original = WorktreeCleaner._claim
+
+    def other_host_first(self: WorktreeCleaner, session_id: str) -> int:
+        assert original(self, session_id) == 1  # another host's cleaner claims the session first ...
+        return original(self, session_id)  # ... so this one is refused
+
+    monkeypatch.setattr(WorktreeCleaner, '_claim', other_host_first)
+    assert sweep(host) == {'shared': (Verdict.KEPT_CLEANING, ('another cleaner holds the session',))}
     assert path.exists()
 
 
