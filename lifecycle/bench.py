@@ -133,7 +133,11 @@ def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int,
         active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else 0) for i, sid in enumerate(chunk)}
         pipe.zadd(keys.live, active)
         pipe.zadd(keys.deadline, dict.fromkeys(chunk, now_ms + 900_000))
-        pipe.hset(keys.meta, mapping=dict.fromkeys(chunk, record.format(created=now_ms)))
+        buckets: dict[str, list[str]] = {}
+        for sid in chunk:
+            buckets.setdefault(keys.meta_of(sid), []).append(sid)
+        for bucket, members in buckets.items():
+            pipe.hset(bucket, mapping=dict.fromkeys(members, record.format(created=now_ms)))
         pipe.incrby(keys.slots, len(chunk))
         pipe.execute()
     return ids

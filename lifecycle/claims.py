@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lifecycle.keys import Keys
+from lifecycle.keys import META_BUCKETS, Keys
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.settings import Settings
 from lifecycle.state import Arg, Call, Meta, _int
@@ -66,7 +66,7 @@ class ClaimIndex:
         return Call(
             parse,
             'claim_session',
-            (k.live, k.deadline, k.busy, k.reaping, k.claims, k.meta, k.epoch, k.replicas),
+            (k.live, k.deadline, k.busy, k.reaping, k.claims, k.meta_of(session_id), k.epoch, k.replicas),
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )
 
@@ -74,10 +74,11 @@ class ClaimIndex:
         """Take the claimed session out of the pool if the claim is still `claim.token`'s; notify `owner`."""
         k = self.keys
         kind = NoticeKind.EXPIRED if claim.reason is ReapReason.EXPIRED else NoticeKind.EVICTED
+        bucket = k.meta_of(claim.session_id)
         return Call(
             lambda reply: _int(reply) == 1,
             'finish_eviction',
-            (k.live, k.deadline, k.busy, k.turns, k.meta, k.reaping, k.claims, k.slots, k.tenant_slots, k.inbox(owner)),
+            (k.live, k.deadline, k.busy, k.turns, bucket, k.reaping, k.claims, k.slots, k.tenant_slots, k.inbox(owner)),
             (claim.session_id, claim.token, now_ms, kind.value, claim.reason.value, self.settings.notice_maxlen),
         )
 
@@ -115,7 +116,7 @@ class ClaimIndex:
         return Call(
             parse,
             'reclaim_session',
-            (k.reaping, k.claims, k.epoch, k.meta, k.live, k.deadline),
+            (k.reaping, k.claims, k.epoch, k.meta_of(session_id), k.live, k.deadline),
             (session_id, now_ms, lease_ms),
         )
 
@@ -135,6 +136,6 @@ class ClaimIndex:
         return Call(
             lambda r: Drift(_int(r[0]), _int(r[1]), None if _int(r[2]) < 0 else _int(r[2])),
             'reconcile_counters',
-            (k.live, k.reservations, k.slots, k.tenant_slots, k.meta),
-            (now_ms, self.settings.reconcile_tenant_limit),
+            (k.live, k.reservations, k.slots, k.tenant_slots),
+            (now_ms, self.settings.reconcile_tenant_limit, k.meta_bucket_prefix, META_BUCKETS),
         )

@@ -25,6 +25,7 @@ from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgu
 from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.logs import use_json
 from lifecycle.policy import Order
+from lifecycle.records import read_records
 from lifecycle.settings import Settings
 from lifecycle.state import Meta
 from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
@@ -57,7 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             k.live, 0, args.top - 1, withscores=True
         )
         ids = [str(member) for member, _ in idlest]
-        records = lc.redis.hmget(k.meta, ids) if ids else []
+        records = read_records(lc.redis, k, ids)
         deadlines = lc.redis.zmscore(k.deadline, ids) if ids else []
         busy = lc.redis.zmscore(k.busy, ids) if ids else []
         sessions = []
@@ -136,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         evictor = Evictor(lc, lc.store, lc.driver)
 
         def evict_inline(orders: Sequence[Order]) -> None:
-            results.extend(evictor.evict(o.session_id, o.reason, o.bound, o.observed_ms) for o in orders)
+            results.extend(evictor.evict_many(orders))
 
         report = Sweeper(lc, evictor, evict_inline).run(kind, dry_run=args.dry_run, dedupe=False)
         now = lc.now_ms()

@@ -31,6 +31,7 @@ from lifecycle.client import Lifecycle
 from lifecycle.embedded import owned_env, start_mongo, start_redis, stop_child, stop_process
 from lifecycle.errors import CapacityExceeded, LifecycleError
 from lifecycle.models import NoticeKind, SessionState
+from lifecycle.records import read_records
 from lifecycle.settings import Settings
 from lifecycle.stores.mongo import MongoSnapshotStore
 
@@ -232,7 +233,9 @@ def drive(stack: ExitStack, lc: Lifecycle, config: dict[str, Any], duration_s: f
 def owned_live(lc: Lifecycle, owner: str | None) -> int:
     if owner is None:
         return 0
-    return sum(1 for record in lc.redis.hvals(lc.index.keys.meta) if str(record).startswith(f'{owner}|'))
+    live = [str(session_id) for session_id in lc.redis.zrange(lc.index.keys.live, 0, -1)]
+    records = read_records(lc.redis, lc.index.keys, live)
+    return sum(1 for record in records if record is not None and record.startswith(f'{owner}|'))
 
 
 def evicted_sessions(lc: Lifecycle) -> set[str]:

@@ -9,16 +9,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lifecycle import policy
 from lifecycle.claims import Claim, ClaimIndex
 from lifecycle.errors import PersistenceError
 from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
+from lifecycle.policy import Order
 from lifecycle.sandboxes import SandboxDriver, SandboxError
-from lifecycle.stores import MarkOutcome, SessionRecord, SnapshotStore
+from lifecycle.state import Call
+from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 
 if TYPE_CHECKING:
     from lifecycle.client import Lifecycle
@@ -74,62 +79,96 @@ class Evictor:
                       os.getpid())  # fmt: skip
             os.kill(os.getpid(), signal.Signals[self.settings.crash_signal])
 
-    def _record(self, result: EvictionResult) -> EvictionResult:
-        """Log the decision (one line, with its fields) and add it to the shared counters."""
-        fields = {'session_id': result.session_id, 'reason': result.reason.value, 'outcome': result.outcome.value,
-                  'detail': result.detail}  # fmt: skip
-        level = logging.WARNING if result.outcome is Outcome.ABORTED else logging.INFO
-        log.log(level, '%s %s (%s)%s', result.outcome, result.session_id, result.reason,
-                f': {result.detail}' if result.detail else '', extra=fields)  # fmt: skip
-        if result.outcome is not Outcome.KEPT:
-            name = f'{result.outcome}:{result.reason}'
-            if result.outcome is Outcome.ABORTED:
-                name += f':{result.detail}'
-            self.lc.redis.hincrby(self.lc.index.keys.counters, name, 1)
-        return result
+    def _record(self, results: Sequence[EvictionResult]) -> list[EvictionResult]:
+        """Log each decision (one line, with its fields) and add them to the shared counters."""
+        counts: Counter[str] = Counter()
+        for result in results:
+            fields = {'session_id': result.session_id, 'reason': result.reason.value, 'outcome': result.outcome.value,
+                      'detail': result.detail}  # fmt: skip
+            level = logging.WARNING if result.outcome is Outcome.ABORTED else logging.INFO
+            log.log(level, '%s %s (%s)%s', result.outcome, result.session_id, result.reason,
+                    f': {result.detail}' if result.detail else '', extra=fields)  # fmt: skip
+            if result.outcome is not Outcome.KEPT:
+                name = f'{result.outcome}:{result.reason}'
+                counts[f'{name}:{result.detail}' if result.outcome is Outcome.ABORTED else name] += 1
+        if counts:
+            pipe = self.lc.redis.pipeline(transaction=False)
+            for name, count in counts.items():
+                pipe.hincrby(self.lc.index.keys.counters, name, count)
+            pipe.execute()
+        return list(results)
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:
         """Evict one session if it is still due for `reason`; idempotent (a repeat finds nothing to claim)."""
-        return self._record(self._evict(session_id, reason, bound, observed_ms))
+        return self.evict_many([Order(session_id, reason, bound, observed_ms)])[0]
 
-    def _evict(self, session_id: str, reason: ReapReason, bound: int | str, observed_ms: int) -> EvictionResult:
-        if reason is not ReapReason.EXPIRED and self.store is None:
-            return EvictionResult(session_id, reason, Outcome.KEPT, 'persistence is off')
-        claimed = self.lc.run(self.claims.claim(session_id, reason, self.lc.now_ms(), bound, observed_ms))
-        if isinstance(claimed, str):
-            return EvictionResult(session_id, reason, Outcome.KEPT, claimed)
+    def evict_many(self, orders: Sequence[Order]) -> list[EvictionResult]:
+        """Evict each ordered session that is still due, in batches: a round trip per step, not per session.
+
+        Claims go out in one pipeline, the durable writes in one MongoDB `bulk_write`, the fenced
+        finishes in one pipeline. Each session still gets its own claim, fence and outcome.
+        """
+        return self._record(self._evict_many(orders))
+
+    def _evict_many(self, orders: Sequence[Order]) -> list[EvictionResult]:
+        results: dict[int, EvictionResult] = {}
+        wanted = {}
+        for i, order in enumerate(orders):
+            if order.reason is not ReapReason.EXPIRED and self.store is None:
+                results[i] = EvictionResult(order.session_id, order.reason, Outcome.KEPT, 'persistence is off')
+            else:
+                wanted[i] = order
+        now = self.lc.now_ms()
+        replies = self.lc.run_many(
+            [self.claims.claim(o.session_id, o.reason, now, o.bound, o.observed_ms) for o in wanted.values()]
+        )
+        claimed: dict[int, Claim] = {}
+        for (i, order), reply in zip(wanted.items(), replies, strict=True):
+            if isinstance(reply, str):
+                results[i] = EvictionResult(order.session_id, order.reason, Outcome.KEPT, reply)
+            else:
+                claimed[i] = reply
+        if not claimed:
+            return [results[i] for i in range(len(orders))]
         self._crash_point('after_claim')
-        if reason is ReapReason.EXPIRED:
-            self._end_expired(claimed)
-        else:
-            refused = self._persist(claimed)
-            if refused is not None:
-                return refused
+        for claim in claimed.values():
+            if claim.reason is ReapReason.EXPIRED:
+                self._end_expired(claim)
+        refused = self._persist({i: c for i, c in claimed.items() if c.reason is not ReapReason.EXPIRED})
+        results.update(refused)
         self._crash_point('after_persist')
-        return self._complete(claimed)
+        results.update(self._complete({i: c for i, c in claimed.items() if i not in refused}))
+        return [results[i] for i in range(len(orders))]
 
-    def _persist(self, claim: Claim) -> EvictionResult | None:
-        """The durable write; on any failure or refusal, abort the claim and say why."""
+    def _persist(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
+        """The durable writes, in one batch; aborts the claim of every session not written, and says why."""
+        if not claims:
+            return {}
         assert self.store is not None
-        assert claim.meta is not None
+        marks = [Mark(claim_record(c), c.token, c.reason) for c in claims.values()]
         try:
-            outcome = self.store.mark_resumable(claim_record(claim), claim.token, claim.reason,
-                                                self.settings.require_checkpoint)  # fmt: skip
+            outcomes = self.store.mark_resumable(marks, self.settings.require_checkpoint)
         except PersistenceError as exc:
-            self.lc.run(self.claims.abort(claim))
-            try:
-                self.store.revert(claim.session_id, claim.token)  # the write may have landed (a write-concern error)
-            except PersistenceError:
-                log.warning('could not revert %s after a failed eviction write', claim.session_id)
-            log.warning('eviction write of %s failed: %s', claim.session_id, exc)
-            return EvictionResult(claim.session_id, claim.reason, Outcome.ABORTED, 'persistence_error')
-        if outcome is MarkOutcome.DONE:
-            return None
-        self.lc.run(self.claims.abort(claim))
-        if outcome is MarkOutcome.NOT_CHECKPOINTED:
-            self.lc.run(self.claims.notice(claim.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, claim.session_id,
-                                           claim.reason.value, self.lc.now_ms()))  # fmt: skip
-        return EvictionResult(claim.session_id, claim.reason, Outcome.ABORTED, outcome.value)
+            self.lc.run_many([self.claims.abort(c) for c in claims.values()])
+            for c in claims.values():
+                try:
+                    self.store.revert(c.session_id, c.token)  # the write may have landed (a write-concern error)
+                except PersistenceError:
+                    log.warning('could not revert %s after a failed eviction write', c.session_id)
+            log.warning('eviction write of %d sessions failed: %s', len(claims), exc)
+            return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, 'persistence_error')
+                    for i, c in claims.items()}  # fmt: skip
+        refused = {i: (c, outcome) for (i, c), outcome in zip(claims.items(), outcomes, strict=True)
+                   if outcome is not MarkOutcome.DONE}  # fmt: skip
+        now = self.lc.now_ms()
+        calls: list[Call[Any]] = [self.claims.abort(c) for c, _ in refused.values()]
+        calls += [self.claims.notice(c.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, c.session_id, c.reason.value, now)
+                  for c, outcome in refused.values()
+                  if outcome is MarkOutcome.NOT_CHECKPOINTED and c.meta is not None]  # fmt: skip
+        if calls:
+            self.lc.run_many(calls)
+        return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, outcome.value)
+                for i, (c, outcome) in refused.items()}  # fmt: skip
 
     def _end_expired(self, claim: Claim) -> None:
         """Best effort, with a short timeout: the hard deadline is hard, whatever MongoDB says."""
@@ -142,30 +181,61 @@ class Evictor:
         except PersistenceError as exc:
             log.warning('expiring %s without its MongoDB write: %s', claim.session_id, exc)
 
-    def _complete(self, claim: Claim) -> EvictionResult:
-        """Release the sandbox, then leave the pool, checked against the token."""
-        if not self.lc.run(self.claims.extend(claim, self.lc.now_ms())):
-            log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
-                        claim.session_id, claim.token)  # fmt: skip
-            return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+    def _complete(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
+        """Release the sandboxes, then leave the pool, each checked against its token."""
+        ours, results = self._release_sandboxes(claims)
+        if ours:
+            self._crash_point('after_release')
+        now = self.lc.now_ms()
+        finished = self.lc.run_many(
+            [self.claims.finish(c, c.meta.owner if c.meta is not None else '', now) for c in ours.values()]
+        )
+        for (i, claim), done in zip(ours.items(), finished, strict=True):
+            if not done:
+                log.warning('eviction of %s fenced off: token %d is stale', claim.session_id, claim.token)
+                results[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+            else:
+                outcome = Outcome.EXPIRED if claim.reason is ReapReason.EXPIRED else Outcome.EVICTED
+                results[i] = EvictionResult(claim.session_id, claim.reason, outcome)
+        return results
+
+    def _release_sandboxes(self, claims: Mapping[int, Claim]) -> tuple[dict[int, Claim], dict[int, EvictionResult]]:
+        """Release each sandbox only while its claim is confirmed ours and leased well past the release.
+
+        The claims are confirmed and extended in one pipeline, again whenever a third of the lease
+        has gone by (slow sandbox drivers), so a stale worker never kills a restored session's sandbox.
+        Returns the claims still ours, and the fenced-off ones' results.
+        """
+        pending, ours, fenced = dict(claims), {}, {}
+        while pending:
+            now = self.lc.now_ms()
+            confirmed = self.lc.run_many([self.claims.extend(c, now) for c in pending.values()])
+            window_ends = time.monotonic() + self.settings.claim_lease_s / 3
+            batch, pending = list(zip(pending.items(), confirmed, strict=True)), {}
+            for (i, claim), still_ours in batch:
+                if not still_ours:
+                    log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
+                                claim.session_id, claim.token)  # fmt: skip
+                    fenced[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+                elif time.monotonic() > window_ends:
+                    pending[i] = claim  # confirm again before releasing
+                else:
+                    self._release(claim)
+                    ours[i] = claim
+        return ours, fenced
+
+    def _release(self, claim: Claim) -> None:
         try:
             self.driver.release(claim.session_id, claim.reason.value)
         except SandboxError as exc:
             # The session's state is durable; the slot must come back. The orphan list retries the release.
             log.warning('sandbox of %s not released, will retry: %s', claim.session_id, exc)
             self.lc.redis.zadd(self.lc.index.keys.orphans, {claim.session_id: self.lc.now_ms()})
-        self._crash_point('after_release')
-        owner = claim.meta.owner if claim.meta is not None else ''
-        if not self.lc.run(self.claims.finish(claim, owner, self.lc.now_ms())):
-            log.warning('eviction of %s fenced off: token %d is stale', claim.session_id, claim.token)
-            return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
-        outcome = Outcome.EXPIRED if claim.reason is ReapReason.EXPIRED else Outcome.EVICTED
-        return EvictionResult(claim.session_id, claim.reason, outcome)
 
     def recover(self, session_id: str) -> EvictionResult | None:
         """Resolve a claim whose lease ran out: complete it if its durable write landed, else roll it back."""
         result = self._recover(session_id)
-        return self._record(result) if result is not None else None
+        return self._record([result])[0] if result is not None else None
 
     def _recover(self, session_id: str) -> EvictionResult | None:
         takeover = self.lc.run(self.claims.reclaim(session_id, self.lc.now_ms()))
@@ -177,7 +247,7 @@ class Evictor:
             return EvictionResult(session_id, claim.reason, Outcome.KEPT, 'gone')
         if claim.reason is ReapReason.EXPIRED:
             self._end_expired(claim)
-            return self._complete(claim)
+            return self._complete({0: claim})[0]
         if self.store is None:
             self.lc.run(self.claims.abort(claim))
             return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK, 'persistence is off')
@@ -189,7 +259,7 @@ class Evictor:
             return EvictionResult(session_id, claim.reason, Outcome.ABORTED, 'persistence_error')
         if policy.is_durably_evicted(before, takeover.old_token):
             log.info('recovery completes the eviction of %s (token %d)', session_id, takeover.old_token)
-            return self._complete(claim)
+            return self._complete({0: claim})[0]
         self.lc.run(self.claims.abort(claim))
         log.info('recovery rolls %s back to live: its eviction write never landed', session_id)
         return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK)

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     warn_before_s: PositiveInt = 300  # owners get a `warning` notice this long before the idle deadline
     claim_lease_s: PositiveInt = 60  # an eviction claim not finished by then is resolved by the next sweep
     sweep_batch_size: PositiveInt = 500
+    evict_batch_size: PositiveInt = 100  # sessions per `lifecycle.evict` task: one pipeline and one bulk write per step
     notice_maxlen: PositiveInt = 1_000  # each owner's inbox stream is capped (approximately) at this length
     idle_interval_s: PositiveInt = 60
     lru_interval_s: PositiveInt = 60

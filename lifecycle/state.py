@@ -157,7 +157,7 @@ class SessionIndex:
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.live, k.deadline, k.meta, k.slots, k.tenant_slots, k.cleaning),
+            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenant_slots, k.cleaning),
             (
                 member(token, reservation.owner, reservation.tenant),
                 session_id,
@@ -200,7 +200,7 @@ class SessionIndex:
         return Call(
             parse,
             'begin_turn',
-            (k.live, k.deadline, k.reaping, k.busy, k.turns, k.meta),
+            (k.live, k.deadline, k.reaping, k.busy, k.turns, k.meta_of(session_id)),
             (session_id, token, now_ms, lease_ms),
         )
 
@@ -216,7 +216,7 @@ class SessionIndex:
         return Call(
             lambda reply: _int(reply[1]) if _int(reply[0]) == 1 else None,
             'end_turn',
-            (k.live, k.busy, k.turns, k.meta),
+            (k.live, k.busy, k.turns, k.meta_of(session_id)),
             (session_id, token, now_ms),
         )
 
@@ -236,7 +236,7 @@ class SessionIndex:
         return Call(
             parse,
             'close_session',
-            (k.live, k.deadline, k.busy, k.turns, k.meta, k.reaping, k.slots, k.tenant_slots),
+            (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenant_slots),
             (session_id,),
         )
 
@@ -252,7 +252,9 @@ class SessionIndex:
             busy = busy_lease is not None and _int(busy_lease) > now_ms
             return self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
 
-        return Call(parse, 'read_session', (k.live, k.deadline, k.busy, k.meta, k.reaping), (session_id,))
+        return Call(
+            parse, 'read_session', (k.live, k.deadline, k.busy, k.meta_of(session_id), k.reaping), (session_id,)
+        )
 
     def stats(self, now_ms: int) -> Call[PoolStats]:
         """Pool figures in one atomic read."""

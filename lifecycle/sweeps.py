@@ -22,6 +22,7 @@ from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.lock import SweepLock, sweep_lock
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
+from lifecycle.records import queue_records, scan_records
 from lifecycle.state import Meta
 from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 
@@ -153,10 +154,11 @@ class Sweeper:
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]
         pipe = self.lc.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.meta, ids)
         pipe.zmscore(self.keys.busy, ids)
         pipe.zmscore(self.keys.reaping, ids)
-        records, busy, reaping = pipe.execute()
+        gather = queue_records(pipe, self.keys, ids)
+        busy, reaping, *replies = pipe.execute()
+        records = gather(replies)
         candidates = []
         for (session_id, last_active), record, busy_until, claimed in zip(page, records, busy, reaping, strict=True):
             if record is None:
@@ -254,7 +256,7 @@ class Sweeper:
         # Owners are not indexed (it would cost every session memory); a lost replica is rare, so scan.
         remaining = dict.fromkeys(lost, 0)
         orders: list[Order] = []
-        for session_id, record in self.lc.redis.hscan_iter(self.keys.meta, count=self.settings.sweep_batch_size):
+        for session_id, record in scan_records(self.lc.redis, self.keys):
             owner = record.split('|', 1)[0]
             if owner in remaining:
                 remaining[owner] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,12 +41,12 @@ def runtime() -> Runtime:
 
 
 def dispatch_evictions(orders: Sequence[Order]) -> None:
-    """Fan the orders out as `lifecycle.evict` tasks, sent over one producer connection."""
+    """Fan the orders out as `lifecycle.evict` tasks of `evict_batch_size` each, over one producer connection."""
+    size = runtime().lc.settings.evict_batch_size
     with current_app.producer_or_acquire() as producer:
-        for order in orders:
-            evict.apply_async(
-                args=(order.session_id, order.reason.value, order.bound, order.observed_ms), producer=producer
-            )
+        for start in range(0, len(orders), size):
+            batch = [[o.session_id, o.reason.value, o.bound, o.observed_ms] for o in orders[start : start + size]]
+            evict.apply_async(args=(batch,), producer=producer)
 
 
 def summary(report: SweepReport) -> dict[str, Any]:
@@ -69,10 +70,14 @@ def sweep(kind: SweepKind) -> dict[str, Any]:
 
 
 @shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True)
-def evict(session_id: str, reason: str, bound: int | str = 0, observed_ms: int = 0) -> str:
-    """Evict one session if it is still due; idempotent, so a redelivery after a crash is safe."""
-    result = runtime().evictor.evict(session_id, ReapReason(reason), bound, observed_ms)
-    return f'{result.outcome}:{result.detail}' if result.detail else str(result.outcome)
+def evict(orders: list[list[Any]]) -> dict[str, int]:
+    """Evict each ordered session [session_id, reason, bound, observed_ms] that is still due.
+
+    Idempotent, so a redelivery after a crash is safe; returns how many ended each way (for Flower).
+    """
+    batch = [Order(session_id, ReapReason(reason), bound, observed) for session_id, reason, bound, observed in orders]
+    results = runtime().evictor.evict_many(batch)
+    return dict(Counter(f'{r.outcome}:{r.detail}' if r.detail else str(r.outcome) for r in results))
 
 
 @shared_task(name='lifecycle.sweep_idle')

@@ -1,5 +1,5 @@
 -- activate_session: turn a held reservation into a live session; its slot moves with it.
--- KEYS[1] reservations ZSET  KEYS[2] live ZSET  KEYS[3] deadline ZSET  KEYS[4] meta HASH
+-- KEYS[1] reservations ZSET  KEYS[2] live ZSET  KEYS[3] deadline ZSET  KEYS[4] meta bucket HASH
 -- KEYS[5] slots STRING  KEYS[6] tenant_slots HASH  KEYS[7] cleaning ZSET
 -- ARGV[1] reservation member 'token|owner|tenant'  ARGV[2] session_id  ARGV[3] profile ('' none)
 -- ARGV[4] now_ms  ARGV[5] expires_at_ms

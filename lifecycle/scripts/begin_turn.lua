@@ -1,6 +1,6 @@
 -- begin_turn: mark a live session busy for one turn, refusing one that is being reaped or is not live.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] reaping ZSET  KEYS[4] busy ZSET  KEYS[5] turns HASH
--- KEYS[6] meta HASH
+-- KEYS[6] meta bucket HASH
 -- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] busy lease expiry ms
 -- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline.
 local session_id, now = ARGV[1], tonumber(ARGV[3])

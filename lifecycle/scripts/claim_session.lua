@@ -1,6 +1,6 @@
 -- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
--- KEYS[6] meta HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET
+-- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed

@@ -1,5 +1,5 @@
 -- close_session: end a live session at its app's request and give its slot back.
--- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta HASH
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta bucket HASH
 -- KEYS[6] reaping ZSET  KEYS[7] slots STRING  KEYS[8] tenant_slots HASH
 -- ARGV[1] session_id
 -- Returns {1, record, last_active, expires_at} closed, {0} not live, {-2} being reaped (retry, then it is resumable).

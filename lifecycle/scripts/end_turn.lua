@@ -1,5 +1,5 @@
 -- end_turn: a turn finished: drop its busy lease, bump the turn sequence, stamp activity.
--- KEYS[1] live ZSET  KEYS[2] busy ZSET  KEYS[3] turns HASH  KEYS[4] meta HASH
+-- KEYS[1] live ZSET  KEYS[2] busy ZSET  KEYS[3] turns HASH  KEYS[4] meta bucket HASH
 -- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms
 -- Returns {1, turn_seq} done, {0} the session left the live pool while the turn ran.
 local session_id, now = ARGV[1], tonumber(ARGV[3])

@@ -1,6 +1,6 @@
 -- finish_eviction: the last step of an eviction, checked against its fencing token: the session leaves
 -- the pool, its slot comes back, and its owner gets a notice.
--- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta HASH
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta bucket HASH
 -- KEYS[6] reaping ZSET  KEYS[7] claims HASH  KEYS[8] slots STRING  KEYS[9] tenant_slots HASH
 -- KEYS[10] the owner's inbox STREAM
 -- ARGV[1] session_id  ARGV[2] token  ARGV[3] now_ms  ARGV[4] notice kind (evicted | expired)

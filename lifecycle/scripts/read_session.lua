@@ -1,5 +1,5 @@
 -- read_session: everything Redis knows of one session, read atomically; not activity.
--- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] meta HASH  KEYS[5] reaping ZSET
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] meta bucket HASH  KEYS[5] reaping ZSET
 -- ARGV[1] session_id
 -- Returns {record, last_active_ms, expires_at_ms, busy_lease_ms, reaping_lease_ms}; false where absent.
 local session_id = ARGV[1]

@@ -1,6 +1,6 @@
 -- reclaim_session: take over an eviction claim whose lease ran out (its worker crashed or paused), under
 -- a fresh token, so the stale worker's remaining steps are fenced off.
--- KEYS[1] reaping ZSET  KEYS[2] claims HASH  KEYS[3] epoch STRING  KEYS[4] meta HASH  KEYS[5] live ZSET
+-- KEYS[1] reaping ZSET  KEYS[2] claims HASH  KEYS[3] epoch STRING  KEYS[4] meta bucket HASH  KEYS[5] live ZSET
 -- KEYS[6] deadline ZSET
 -- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] new claim lease expiry ms
 -- Returns {1, old_token, new_token, reason, record, expires_at} taken over (record false if the session is

@@ -34,6 +34,15 @@ class SessionRecord:
     turn_seq: int
 
 
+@dataclass(frozen=True)
+class Mark:
+    """One eviction write: mark `record`'s session resumable under fencing `token`."""
+
+    record: SessionRecord
+    token: int
+    reason: ReapReason
+
+
 class SnapshotStore(Protocol):
     """Durable session documents, each write conditional on a fencing token."""
 
@@ -52,10 +61,12 @@ class SnapshotStore(Protocol):
     ) -> None:
         """Durably save the app's snapshot (messages first, ordered); raises PersistenceError."""
 
-    def mark_resumable(
-        self, record: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
-    ) -> MarkOutcome:
-        """Durably mark the session resumable under `token`; raises PersistenceError on any failure."""
+    def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
+        """Durably mark sessions resumable, each under its token, in one batch; an outcome per mark.
+
+        Raises PersistenceError when the batch's durability is unknown (any failure but a refusal):
+        then none of it counts, and the caller reverts each mark.
+        """
 
     def revert(self, session_id: str, token: int) -> None:
         """Undo `mark_resumable` of `token` (best effort, after an ambiguous failure)."""

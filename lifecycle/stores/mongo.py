@@ -12,19 +12,52 @@ from typing import Any
 import pymongo
 from pymongo import MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from lifecycle.errors import InvalidArgument, PersistenceError
-from lifecycle.models import ReapReason, SessionState
-from lifecycle.stores.base import MarkOutcome, SessionRecord
+from lifecycle.models import SessionState
+from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
 Document = dict[str, Any]
+DUPLICATE_KEY = 11000
 
 
 def _below(token: int) -> dict[str, Any]:
     """Filter: the session's fence is older than `token` (or it has none yet)."""
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
+
+
+def _subject(session_ids: str | Sequence[str]) -> str:
+    """'session 's1'', or '40 sessions ('s1', ...)' for a batch."""
+    if isinstance(session_ids, str) or len(session_ids) == 1:
+        return f'session {session_ids if isinstance(session_ids, str) else session_ids[0]!r}'
+    return f'{len(session_ids)} sessions ({session_ids[0]!r}, ...)'
+
+
+def _mark_query(mark: Mark, require_checkpoint: bool) -> dict[str, Any]:
+    """The eviction write's condition: still live (or resumable), older fence, and, if required, checkpointed."""
+    query: dict[str, Any] = {
+        '_id': mark.record.session_id,
+        'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
+        **_below(mark.token),
+    }
+    if require_checkpoint:
+        query['checkpoint_seq'] = {'$gte': mark.record.turn_seq}
+    return query
+
+
+def _mark_update(mark: Mark, now: datetime) -> dict[str, Any]:
+    return {
+        '$set': {
+            **_fields(mark.record),
+            'state': SessionState.RESUMABLE.value,
+            'fence': mark.token,
+            'reason': mark.reason.value,
+            'evicted_at': now,
+            'updated_at': now,
+        }
+    }
 
 
 def _fields(record: SessionRecord) -> dict[str, Any]:
@@ -68,13 +101,13 @@ class MongoSnapshotStore:
         self.client.close()
 
     @contextmanager
-    def _guard(self, what: str, session_id: str, timeout_s: float | None = None) -> Iterator[None]:
+    def _guard(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None = None) -> Iterator[None]:
         """Bound the operation by a deadline (write concern included) and translate driver errors."""
         try:
             with pymongo.timeout(timeout_s or self.timeout_s):
                 yield
         except PyMongoError as exc:
-            raise PersistenceError(f'MongoDB {what} of session {session_id!r} failed: {exc}') from exc
+            raise PersistenceError(f'MongoDB {what} of {_subject(session_ids)} failed: {exc}') from exc
 
     def ensure_indexes(self) -> None:
         with self._guard('index creation', '*'):
@@ -114,35 +147,37 @@ class MongoSnapshotStore:
                 upsert=True,
             )
 
-    def mark_resumable(
-        self, record: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
-    ) -> MarkOutcome:
+    def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
+        """One unordered `bulk_write` of conditional updates; outcomes are read back only if some did not land."""
+        if not marks:
+            return []
         now = datetime.now(UTC)
-        query: dict[str, Any] = {
-            '_id': record.session_id,
-            'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
-            **_below(token),
-        }
-        if require_checkpoint:
-            query['checkpoint_seq'] = {'$gte': record.turn_seq}
-        update = {
-            '$set': {
-                **_fields(record),
-                'state': SessionState.RESUMABLE.value,
-                'fence': token,
-                'reason': reason.value,
-                'evicted_at': now,
-                'updated_at': now,
-            }
-        }
-        with self._guard('eviction write', record.session_id):
+        upsert = not require_checkpoint
+        writes = [UpdateOne(_mark_query(m, require_checkpoint), _mark_update(m, now), upsert=upsert) for m in marks]
+        ids = [mark.record.session_id for mark in marks]
+        with self._guard('eviction write', ids):
             try:
-                result = self.sessions.update_one(query, update, upsert=not require_checkpoint)
-            except DuplicateKeyError:
-                result = None
-            if result is not None and (result.matched_count or result.upserted_id is not None):
-                return MarkOutcome.DONE
-            return self._why_not(self.sessions.find_one({'_id': record.session_id}), token)
+                result = self.sessions.bulk_write(writes, ordered=False)
+                landed = result.matched_count + result.upserted_count
+            except BulkWriteError as exc:
+                # A duplicate key is an upsert refused by a newer fence or an ended session: an outcome,
+                # read back below. Anything else, or a write-concern error, leaves the batch's durability unknown.
+                details = exc.details
+                if details.get('writeConcernErrors') or any(e.get('code') != DUPLICATE_KEY
+                                                             for e in details.get('writeErrors', ())):  # fmt: skip
+                    raise
+                landed = details.get('nMatched', 0) + details.get('nUpserted', 0)
+            if landed == len(marks):
+                return [MarkOutcome.DONE] * len(marks)
+            found = {doc['_id']: doc for doc in self.sessions.find({'_id': {'$in': ids}}, {'state': 1, 'fence': 1})}
+            return [self._outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
+
+    @classmethod
+    def _outcome(cls, document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
+        """How one mark of a batch ended, from the document as it is now (`fence` is unique to each claim)."""
+        if document is not None and document.get('state') == SessionState.RESUMABLE and document.get('fence') == token:
+            return MarkOutcome.DONE
+        return cls._why_not(document, token)
 
     @staticmethod
     def _why_not(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:

@@ -46,8 +46,8 @@ def build_reaper(settings: Settings, clock: FixedClock | None = None, driver: Sa
     results: list[EvictionResult] = []
 
     def dispatch(orders: Sequence[Order]) -> None:
-        for order in orders:
-            results.append(evictor.evict(order.session_id, order.reason, order.bound, order.observed_ms))
+        for start in range(0, len(orders), settings.evict_batch_size):  # the batches a worker's tasks get
+            results.extend(evictor.evict_many(orders[start : start + settings.evict_batch_size]))
 
     reaper = Reaper(lc, store, evictor, Sweeper(lc, evictor, dispatch), clock, results)
     return reaper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pymongo
@@ -11,7 +12,9 @@ from lifecycle import CapacityExceeded, SessionReaping, SessionState
 from lifecycle.claims import Claim, ClaimIndex
 from lifecycle.eviction import Outcome, claim_record
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.policy import Order
 from lifecycle.sandboxes import SandboxError
+from lifecycle.stores import Mark
 from lifecycle.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
@@ -273,7 +276,8 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
         assert isinstance(claimed, Claim)
         taken[session_id] = claimed
     assert reaper.store is not None
-    reaper.store.mark_resumable(claim_record(taken['durable']), taken['durable'].token, ReapReason.IDLE, True)
+    durable = taken['durable']
+    reaper.store.mark_resumable([Mark(claim_record(durable), durable.token, ReapReason.IDLE)], True)
     # ... and both workers die here.
     with pytest.raises(SessionReaping), reaper.lc.turn('unwritten'):
         pass
@@ -288,7 +292,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
     assert reaper.lc.status('durable').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     assert reaper.lc.status('unwritten').state is SessionState.LIVE  # type: ignore[union-attr]
     stale = taken['unwritten']
-    assert reaper.store.mark_resumable(claim_record(stale), stale.token, ReapReason.IDLE, True).value == 'fenced'
+    assert reaper.store.mark_resumable([Mark(claim_record(stale), stale.token, ReapReason.IDLE)], True) == ['fenced']
 
 
 def test_one_sweep_evicts_every_due_session_even_when_their_scores_tie(
@@ -302,3 +306,83 @@ def test_one_sweep_evicts_every_due_session_even_when_their_scores_tie(
     assert report.ordered == 70
     assert [res.outcome for res in r.results] == [Outcome.EVICTED] * 70
     assert r.lc.stats().live == 0
+
+
+def test_one_batch_gives_every_session_its_own_outcome(reaper: Reaper) -> None:
+    for session_id in ('due', 'also-due', 'busy', 'touched', 'closed'):
+        open_session(reaper, session_id)
+    open_session(reaper, 'unsaved', checkpoint=False)
+    reaper.clock.advance(seconds=600)
+    bound = reaper.clock.now_ms() - 600_000
+    turn = reaper.lc.turn('busy')
+    turn.__enter__()
+    reaper.lc.touch('touched')
+    reaper.lc.close('closed')
+    names = ['due', 'busy', 'unsaved', 'touched', 'closed', 'also-due', 'due']  # 'due' twice: a duplicate order
+    results = reaper.evictor.evict_many([Order(name, ReapReason.IDLE, bound) for name in names])
+    turn.__exit__(None, None, None)
+    assert [(r.session_id, r.outcome, r.detail) for r in results] == [
+        ('due', Outcome.EVICTED, ''),
+        ('busy', Outcome.KEPT, 'busy'),
+        ('unsaved', Outcome.ABORTED, 'not_checkpointed'),
+        ('touched', Outcome.KEPT, 'not_due'),
+        ('closed', Outcome.KEPT, 'not_live'),
+        ('also-due', Outcome.EVICTED, ''),
+        ('due', Outcome.KEPT, 'claimed'),
+    ]
+    assert reaper.lc.redis.hgetall(reaper.lc.index.keys.counters) == {
+        'evicted:idle': '2',
+        'aborted:idle:not_checkpointed': '1',
+    }
+    assert {r.session_id for r in results if r.outcome is Outcome.EVICTED} == {
+        name
+        for name in names
+        if reaper.lc.status(name).state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    }
+    assert ('checkpoint_requested', 'unsaved') in kinds(reaper)
+    stats = reaper.lc.stats()
+    assert (stats.live, stats.reaping, stats.slots) == (3, 0, 3)
+
+
+class SlowDriver:
+    """Releases take `seconds` each; records when each began."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: dict[str, float] = {}
+
+    def release(self, session_id: str, reason: str) -> None:
+        self.started[session_id] = time.monotonic()
+        time.sleep(self.seconds)
+
+    def leases(self) -> list[Any]:
+        return []
+
+
+def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirming_the_claim(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = SlowDriver(0.2)
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60, claim_lease_s=1, require_checkpoint=False), driver=driver)
+    names = [f's{i}' for i in range(5)]
+    for name in names:
+        r.lc.activate(r.lc.reserve('api-1'), name)
+    r.clock.advance(seconds=60)
+    confirmed: dict[str, float] = {}
+    run_many = r.lc.run_many
+
+    def watching(calls: Any) -> Any:
+        replies = run_many(calls)
+        for call, ok in zip(calls, replies, strict=True):
+            if call.script == 'extend_claim' and ok:
+                confirmed[call.args[0]] = time.monotonic()
+        return replies
+
+    r.lc.run_many = watching  # type: ignore[method-assign]
+    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
+    assert [res.outcome for res in results] == [Outcome.EVICTED] * 5
+    assert sorted(driver.started) == names
+    # 5 releases of 0.2 s outlast a third of the 1 s lease: the rest were confirmed again before theirs.
+    assert len(set(confirmed.values())) >= 2
+    for name in names:
+        assert 0 <= driver.started[name] - confirmed[name] <= 1 / 3

@@ -11,7 +11,7 @@ import pytest
 
 from lifecycle import InvalidArgument, PersistenceError
 from lifecycle.models import ReapReason, SessionState
-from lifecycle.stores import MarkOutcome, SessionRecord
+from lifecycle.stores import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.integration.reaper import fail
 
@@ -29,6 +29,13 @@ def store(mongo_server_url: str, mongo_database: str) -> Iterator[MongoSnapshotS
 def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:
     now = datetime.now(UTC)
     return SessionRecord(session_id, 'api-1', 'acme', None, now, now, now + timedelta(minutes=15), turn_seq)
+
+
+def mark_one(
+    store: MongoSnapshotStore, rec: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
+) -> MarkOutcome:
+    [outcome] = store.mark_resumable([Mark(rec, token, reason)], require_checkpoint)
+    return outcome
 
 
 def test_checkpoint_writes_messages_in_order_then_the_document(store: MongoSnapshotStore) -> None:
@@ -52,30 +59,30 @@ def test_checkpoint_is_strict(store: MongoSnapshotStore, mongo_admin: Admin) -> 
 
 
 def test_mark_resumable_needs_a_covering_checkpoint(store: MongoSnapshotStore) -> None:
-    assert store.mark_resumable(record(turn_seq=2), 10, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
+    assert mark_one(store, record(turn_seq=2), 10, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
     store.checkpoint('s1', {'v': 1}, None, 1)
-    assert store.mark_resumable(record(turn_seq=2), 11, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
+    assert mark_one(store, record(turn_seq=2), 11, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
     store.checkpoint('s1', {'v': 2}, None, 2)
-    assert store.mark_resumable(record(turn_seq=2), 12, ReapReason.IDLE, True) is MarkOutcome.DONE
+    assert mark_one(store, record(turn_seq=2), 12, ReapReason.IDLE, True) is MarkOutcome.DONE
     document = store.load('s1')
     assert document is not None
     assert (document['state'], document['fence'], document['reason']) == ('resumable', 12, 'idle')
 
 
 def test_mark_resumable_without_required_checkpoint_creates_the_document(store: MongoSnapshotStore) -> None:
-    assert store.mark_resumable(record('fresh'), 5, ReapReason.OWNER_LOST, False) is MarkOutcome.DONE
+    assert mark_one(store, record('fresh'), 5, ReapReason.OWNER_LOST, False) is MarkOutcome.DONE
     document = store.load('fresh')
     assert document is not None
     assert (document['state'], document['fence'], document['owner']) == ('resumable', 5, 'api-1')
 
 
 def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> None:
-    assert store.mark_resumable(record(), 20, ReapReason.IDLE, False) is MarkOutcome.DONE
-    assert store.mark_resumable(record(), 19, ReapReason.IDLE, False) is MarkOutcome.FENCED
+    assert mark_one(store, record(), 20, ReapReason.IDLE, False) is MarkOutcome.DONE
+    assert mark_one(store, record(), 19, ReapReason.IDLE, False) is MarkOutcome.FENCED
     before = store.raise_fence('s1', 30)
     assert before is not None
     assert before['fence'] == 20
-    assert store.mark_resumable(record(), 25, ReapReason.IDLE, False) is MarkOutcome.FENCED
+    assert mark_one(store, record(), 25, ReapReason.IDLE, False) is MarkOutcome.FENCED
     assert store.restore('s1', 29, 'api-2') is None
     restored = store.restore('s1', 31, 'api-2')
     assert restored is not None
@@ -84,7 +91,7 @@ def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> N
 
 def test_ended_sessions_are_never_marked_resumable(store: MongoSnapshotStore) -> None:
     store.end(record(), SessionState.EXPIRED, 40, 1_000)
-    assert store.mark_resumable(record(), 41, ReapReason.IDLE, False) is MarkOutcome.ENDED
+    assert mark_one(store, record(), 41, ReapReason.IDLE, False) is MarkOutcome.ENDED
     store.revert('s1', 41)
     assert store.load('s1')['state'] == 'expired'  # type: ignore[index]
 
@@ -105,4 +112,49 @@ def test_every_failure_of_the_eviction_write_raises(
     store.checkpoint('s1', {'v': 1}, None, 2)
     fail(mongo_admin, 'update', **failure)
     with pytest.raises(PersistenceError, match="eviction write of session 's1'"):
-        store.mark_resumable(record(turn_seq=2), 50, ReapReason.IDLE, True)
+        mark_one(store, record(turn_seq=2), 50, ReapReason.IDLE, True)
+
+
+def test_one_batch_gives_each_mark_its_own_outcome(store: MongoSnapshotStore) -> None:
+    store.checkpoint('saved', {'v': 1}, None, 2)
+    store.checkpoint('stale', {'v': 1}, None, 1)
+    store.checkpoint('fenced', {'v': 1}, None, 2)
+    assert mark_one(store, record('fenced'), 70, ReapReason.IDLE, True) is MarkOutcome.DONE
+    store.end(record('ended'), SessionState.CLOSED, 5, 1_000)
+    names = ['saved', 'stale', 'never', 'fenced', 'ended']
+    outcomes = store.mark_resumable([Mark(record(name), 60 + i, ReapReason.LRU) for i, name in enumerate(names)], True)
+    assert dict(zip(names, outcomes, strict=True)) == {
+        'saved': MarkOutcome.DONE,
+        'stale': MarkOutcome.NOT_CHECKPOINTED,
+        'never': MarkOutcome.NOT_CHECKPOINTED,
+        'fenced': MarkOutcome.FENCED,
+        'ended': MarkOutcome.ENDED,
+    }
+    documents = {name: store.load(name) for name in names}
+    assert documents['saved'] is not None
+    assert (documents['saved']['state'], documents['saved']['fence'], documents['saved']['reason']) == (
+        'resumable',
+        60,
+        'lru',
+    )
+    assert documents['stale']['state'] == 'live'  # type: ignore[index]
+    assert documents['never'] is None
+    assert documents['fenced']['fence'] == 70  # type: ignore[index]
+    assert documents['ended']['state'] == 'closed'  # type: ignore[index]
+
+
+def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fences(store: MongoSnapshotStore) -> None:
+    assert mark_one(store, record('newer'), 90, ReapReason.IDLE, False) is MarkOutcome.DONE
+    store.end(record('ended'), SessionState.EXPIRED, 5, 1_000)
+    names = ['fresh', 'newer', 'ended']
+    outcomes = store.mark_resumable([Mark(record(name), 80, ReapReason.OWNER_LOST) for name in names], False)
+    assert outcomes == [MarkOutcome.DONE, MarkOutcome.FENCED, MarkOutcome.ENDED]
+    assert store.load('fresh')['fence'] == 80  # type: ignore[index]
+
+
+def test_a_failed_batch_raises_naming_its_size(store: MongoSnapshotStore, mongo_admin: Admin) -> None:
+    for name in ('a', 'b'):
+        store.checkpoint(name, {'v': 1}, None, 2)
+    fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
+    with pytest.raises(PersistenceError, match=r"eviction write of 2 sessions \('a', \.\.\.\) failed.*replication"):
+        store.mark_resumable([Mark(record(name), 9, ReapReason.IDLE) for name in ('a', 'b')], True)

@@ -142,3 +142,14 @@ def test_async_runs_and_worktree_registration(run_async: Callable[[Scenario], No
         assert await lc.redis.hget(lc.index.keys.worktrees, '/srv/worktrees/chat-1') == 'chat-1'
 
     run_async(scenario)
+
+
+def test_async_calls_go_on_after_the_server_forgets_its_scripts(run_async: Callable[[Scenario], None]) -> None:
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        held = await lc.reserve('api-1')
+        await lc.redis.script_flush()
+        assert await lc.release(held) is True
+        await lc.activate(await lc.reserve('api-1'), 's1')
+        assert (await lc.stats()).live == 1
+
+    run_async(scenario)

@@ -158,3 +158,16 @@ def test_reconcile_repairs_outside_damage_and_reports_it(
     assert lc.redis.hgetall(k.tenant_slots) == {'acme': '2'}
     again = lc.run(claims.reconcile(lc.now_ms()))
     assert (again.purged_reservations, again.pool_drift, again.tenant_drift) == (0, 0, 0)
+
+
+def test_reconcile_recounts_tenants_only_while_the_pool_is_small_enough(lc: Lifecycle) -> None:
+    live(lc, 's1', tenant='acme')
+    live(lc, 's2', tenant='acme')
+    k = lc.index.keys
+    lc.redis.hset(k.tenant_slots, 'acme', 5)
+    too_small = ClaimIndex(lc.settings.model_copy(update={'reconcile_tenant_limit': 1}), k)
+    assert lc.run(too_small.reconcile(lc.now_ms())).tenant_drift is None
+    assert lc.redis.hget(k.tenant_slots, 'acme') == '5'
+    just_right = ClaimIndex(lc.settings.model_copy(update={'reconcile_tenant_limit': 2}), k)
+    assert lc.run(just_right.reconcile(lc.now_ms())).tenant_drift == 3
+    assert lc.redis.hget(k.tenant_slots, 'acme') == '2'

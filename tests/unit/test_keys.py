@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from lifecycle.keys import Keys
+from lifecycle.keys import META_BUCKETS, Keys
 
 
 def test_every_key_name_is_pinned() -> None:
@@ -10,7 +10,9 @@ def test_every_key_name_is_pinned() -> None:
         'deadline': k.deadline,
         'busy': k.busy,
         'turns': k.turns,
-        'meta': k.meta,
+        'meta_of': k.meta_of('chat-1'),
+        'meta_bucket': k.meta_bucket(7),
+        'meta_bucket_prefix': k.meta_bucket_prefix,
         'reaping': k.reaping,
         'claims': k.claims,
         'reservations': k.reservations,
@@ -35,7 +37,9 @@ def test_every_key_name_is_pinned() -> None:
         'deadline': '{lc}:deadline',
         'busy': '{lc}:busy',
         'turns': '{lc}:turns',
-        'meta': '{lc}:meta',
+        'meta_of': '{lc}:meta:10980',  # crc32('chat-1') = 930540260, % 16384
+        'meta_bucket': '{lc}:meta:7',
+        'meta_bucket_prefix': '{lc}:meta:',
         'reaping': '{lc}:reaping',
         'claims': '{lc}:claims',
         'reservations': '{lc}:reservations',
@@ -63,3 +67,12 @@ def test_every_key_shares_one_hash_tag() -> None:
     names = [getattr(k, name) for name in dir(Keys) if isinstance(getattr(Keys, name), property)]
     assert names
     assert all(name.startswith('{tenant-a}:') for name in names)
+
+
+def test_meta_buckets_spread_sessions_and_share_the_hash_tag() -> None:
+    k = Keys.for_prefix('tenant-a')
+    buckets = {k.meta_of(f'session-{i}') for i in range(1_000)}
+    assert all(bucket.startswith('{tenant-a}:meta:') for bucket in buckets)
+    assert all(0 <= int(bucket.rsplit(':', 1)[1]) < META_BUCKETS for bucket in buckets)
+    assert len(buckets) > 950  # 1,000 ids over 16,384 buckets: few collisions
+    assert k.meta_of('chat-1') == k.meta_of('chat-1')

@@ -290,3 +290,12 @@ def test_heartbeat_records_the_replica_until_its_ttl(lc: Lifecycle, fixed_clock:
     assert lc.redis.zscore(lc.index.keys.replicas, 'api-1') == expected
     with pytest.raises(InvalidArgument, match='owner'):
         lc.heartbeat('bad owner')
+
+
+def test_calls_go_on_after_the_server_forgets_its_scripts(lc: Lifecycle) -> None:
+    held = lc.reserve('api-1')
+    lc.redis.script_flush()  # a restarted or failed-over Redis: every EVALSHA answers NOSCRIPT once
+    assert lc.release(held) is True
+    lc.activate(lc.reserve('api-1'), 's1')
+    assert lc.stats().live == 1
+    assert_counter_consistent(lc)

@@ -1,0 +1,40 @@
+"""Reading records from the meta buckets, on fakeredis and on the real server."""
+
+from __future__ import annotations
+
+from lifecycle import Lifecycle
+from lifecycle.records import read_records, scan_records
+
+
+def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | None = None) -> None:
+    lc.activate(lc.reserve(owner, tenant), session_id)
+
+
+def test_a_session_record_lives_in_its_own_bucket_and_leaves_with_it(lc: Lifecycle) -> None:
+    live(lc, 'chat-1', tenant='acme')
+    k = lc.index.keys
+    created = lc.now_ms()
+    assert lc.redis.hgetall(k.meta_of('chat-1')) == {'chat-1': f'api-1|acme||{created}|0'}
+    lc.close('chat-1')
+    assert not lc.redis.exists(k.meta_of('chat-1'))
+
+
+def test_read_records_keeps_the_order_of_the_ids_across_buckets(lc: Lifecycle) -> None:
+    ids = [f'chat-{i}' for i in range(5)]
+    for i, session_id in enumerate(ids):
+        live(lc, session_id, owner=f'api-{i}')
+    k = lc.index.keys
+    assert len({k.meta_of(session_id) for session_id in ids}) > 1
+    wanted = ['chat-3', 'gone', 'chat-0', 'chat-4', 'chat-3']
+    owners = [record.split('|', 1)[0] if record else None for record in read_records(lc.redis, k, wanted)]
+    assert owners == ['api-3', None, 'api-0', 'api-4', 'api-3']
+    assert read_records(lc.redis, k, []) == []
+
+
+def test_scan_records_yields_every_record_once(lc: Lifecycle) -> None:
+    for i in range(5):
+        live(lc, f'chat-{i}', owner=f'api-{i % 2}')
+    seen = list(scan_records(lc.redis, lc.index.keys, batch=1_000))
+    assert sorted(session_id for session_id, _ in seen) == [f'chat-{i}' for i in range(5)]
+    assert sum(record.startswith('api-1|') for _, record in seen) == 2
+    assert sorted(scan_records(lc.redis, lc.index.keys, batch=4_096)) == sorted(seen)
