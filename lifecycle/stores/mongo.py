@@ -21,6 +21,7 @@ from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
+MARK_INDEX = '_lifecycle_mark'  # scratch field of the eviction update pipeline, removed by its last stage
 
 
 def _below(token: int) -> dict[str, Any]:
@@ -35,28 +36,49 @@ def _subject(session_ids: str | Sequence[str]) -> str:
     return f'{len(session_ids)} sessions ({session_ids[0]!r}, ...)'
 
 
-def _mark_query(mark: Mark, require_checkpoint: bool) -> dict[str, Any]:
-    """The eviction write's condition: still live (or resumable), older fence, and, if required, checkpointed."""
-    query: dict[str, Any] = {
-        '_id': mark.record.session_id,
-        'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
-        **_below(mark.token),
-    }
-    if require_checkpoint:
-        query['checkpoint_seq'] = {'$gte': mark.record.turn_seq}
-    return query
-
-
-def _mark_update(mark: Mark, now: datetime) -> dict[str, Any]:
+def _marks_filter(marks: Sequence[Mark], require_checkpoint: bool) -> dict[str, Any]:
+    """The eviction write's condition, per session: still live (or resumable), a fence older than its
+    token and, if required, a checkpoint covering its last finished turn."""
+    branches = []
+    for mark in marks:
+        branch = {'_id': mark.record.session_id, **_below(mark.token)}
+        if require_checkpoint:
+            branch['checkpoint_seq'] = {'$gte': mark.record.turn_seq}
+        branches.append(branch)
     return {
-        '$set': {
-            **_fields(mark.record),
+        '_id': {'$in': [mark.record.session_id for mark in marks]},
+        'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
+        '$or': branches,
+    }
+
+
+def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
+    """An update pipeline giving each matched document its own mark's values, looked up by `_id`."""
+    ids = [mark.record.session_id for mark in marks]
+    values = [{**_fields(m.record), 'fence': m.token, 'reason': m.reason.value} for m in marks]
+    own = {name: {'$arrayElemAt': [{'$literal': [v[name] for v in values]}, f'${MARK_INDEX}']} for name in values[0]}
+    return [
+        {'$set': {MARK_INDEX: {'$indexOfArray': [{'$literal': ids}, '$_id']}}},
+        {'$set': {
+            **own,
             'state': SessionState.RESUMABLE.value,
-            'fence': mark.token,
-            'reason': mark.reason.value,
             'evicted_at': now,
             'updated_at': now,
-        }
+        }},
+        {'$unset': MARK_INDEX},
+    ]  # fmt: skip
+
+
+def _marked_document(mark: Mark, now: datetime) -> Document:
+    """A session document created by its eviction (no checkpoint was required and none was written)."""
+    return {
+        '_id': mark.record.session_id,
+        **_fields(mark.record),
+        'state': SessionState.RESUMABLE.value,
+        'fence': mark.token,
+        'reason': mark.reason.value,
+        'evicted_at': now,
+        'updated_at': now,
     }
 
 
@@ -148,29 +170,38 @@ class MongoSnapshotStore:
             )
 
     def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
-        """One unordered `bulk_write` of conditional updates; outcomes are read back only if some did not land."""
+        """One multi-document conditional update for the whole batch (one journal commit, not one per session).
+
+        Outcomes are read back only when some mark did not land; without `require_checkpoint`, sessions
+        that have no document yet get one inserted.
+        """
         if not marks:
             return []
         now = datetime.now(UTC)
-        upsert = not require_checkpoint
-        writes = [UpdateOne(_mark_query(m, require_checkpoint), _mark_update(m, now), upsert=upsert) for m in marks]
         ids = [mark.record.session_id for mark in marks]
         with self._guard('eviction write', ids):
-            try:
-                result = self.sessions.bulk_write(writes, ordered=False)
-                landed = result.matched_count + result.upserted_count
-            except BulkWriteError as exc:
-                # A duplicate key is an upsert refused by a newer fence or an ended session: an outcome,
-                # read back below. Anything else, or a write-concern error, leaves the batch's durability unknown.
-                details = exc.details
-                if details.get('writeConcernErrors') or any(e.get('code') != DUPLICATE_KEY
-                                                             for e in details.get('writeErrors', ())):  # fmt: skip
-                    raise
-                landed = details.get('nMatched', 0) + details.get('nUpserted', 0)
-            if landed == len(marks):
+            landed = self.sessions.update_many(_marks_filter(marks, require_checkpoint), _marks_update(marks, now))
+            if landed.matched_count == len(marks):
                 return [MarkOutcome.DONE] * len(marks)
-            found = {doc['_id']: doc for doc in self.sessions.find({'_id': {'$in': ids}}, {'state': 1, 'fence': 1})}
+            found = self._fences(ids)
+            missing = [mark for mark in marks if mark.record.session_id not in found]
+            if missing and not require_checkpoint:
+                self._insert_new([_marked_document(mark, now) for mark in missing])
+                found = self._fences(ids)
             return [self._outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
+
+    def _fences(self, ids: Sequence[str]) -> dict[str, Document]:
+        return {doc['_id']: doc for doc in self.sessions.find({'_id': {'$in': list(ids)}}, {'state': 1, 'fence': 1})}
+
+    def _insert_new(self, documents: Sequence[Document]) -> None:
+        """Insert documents that did not exist; one created meanwhile (a duplicate key) is left as it is."""
+        try:
+            self.sessions.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get('writeConcernErrors') or any(e.get('code') != DUPLICATE_KEY
+                                                         for e in details.get('writeErrors', ())):  # fmt: skip
+                raise
 
     @classmethod
     def _outcome(cls, document: Mapping[str, Any] | None, token: int) -> MarkOutcome:

@@ -137,6 +137,7 @@ def test_one_batch_gives_each_mark_its_own_outcome(store: MongoSnapshotStore) ->
         60,
         'lru',
     )
+    assert '_lifecycle_mark' not in documents['saved']  # the update pipeline's scratch field is gone
     assert documents['stale']['state'] == 'live'  # type: ignore[index]
     assert documents['never'] is None
     assert documents['fenced']['fence'] == 70  # type: ignore[index]
