@@ -105,8 +105,8 @@ class Evictor:
     def evict_many(self, orders: Sequence[Order]) -> list[EvictionResult]:
         """Evict each ordered session that is still due, in batches: a round trip per step, not per session.
 
-        Claims go out in one pipeline, the durable writes in one MongoDB `bulk_write`, the fenced
-        finishes in one pipeline. Each session still gets its own claim, fence and outcome.
+        Claims go out in one pipeline, the durable writes as one multi-document MongoDB update, the
+        fenced finishes in one pipeline. Each session still gets its own claim, fence and outcome.
         """
         return self._record(self._evict_many(orders))
 
