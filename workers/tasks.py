@@ -41,12 +41,12 @@ def runtime() -> Runtime:
 
 
 def dispatch_evictions(orders: Sequence[Order]) -> None:
-    """Fan the orders out as `lifecycle.evict` tasks of `evict_batch_size` each, over one producer connection."""
+    """Fan the orders out as `lifecycle.evict_batch` tasks of `evict_batch_size` each, over one producer connection."""
     size = runtime().lc.settings.evict_batch_size
     with current_app.producer_or_acquire() as producer:
         for start in range(0, len(orders), size):
             batch = [[o.session_id, o.reason.value, o.bound, o.observed_ms] for o in orders[start : start + size]]
-            evict.apply_async(args=(batch,), producer=producer)
+            evict_batch.apply_async(args=(batch,), producer=producer)
 
 
 def summary(report: SweepReport) -> dict[str, Any]:
@@ -70,7 +70,14 @@ def sweep(kind: SweepKind) -> dict[str, Any]:
 
 
 @shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True)
-def evict(orders: list[list[Any]]) -> dict[str, int]:
+def evict(session_id: str, reason: str, bound: int | str = 0, observed_ms: int = 0) -> str:
+    """Evict one session if it is still due; idempotent, so a redelivery after a crash is safe."""
+    result = runtime().evictor.evict(session_id, ReapReason(reason), bound, observed_ms)
+    return f'{result.outcome}:{result.detail}' if result.detail else str(result.outcome)
+
+
+@shared_task(name='lifecycle.evict_batch', acks_late=True, reject_on_worker_lost=True)
+def evict_batch(orders: list[list[Any]]) -> dict[str, int]:
     """Evict each ordered session [session_id, reason, bound, observed_ms] that is still due.
 
     Idempotent, so a redelivery after a crash is safe; returns how many ended each way (for Flower).

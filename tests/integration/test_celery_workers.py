@@ -108,6 +108,14 @@ def test_idle_sessions_are_evicted_by_a_real_worker_within_idle_ttl_plus_one_swe
     assert lc.status('s3').state is SessionState.LIVE  # type: ignore[union-attr]
     kinds = {n.kind.value for n in lc.notices('api-1')}
     assert {'warning', 'evicted'} <= kinds
+
+    # The single-session task (a contract too): an LRU eviction no sweep here would order.
+    from workers import create_app
+
+    observed = lc.status('s3').last_active_ms  # type: ignore[union-attr]
+    create_app(settings).send_task('lifecycle.evict', args=('s3', 'lru', 0, observed))
+    wait_for(lambda: lc.redis.hget(lc.index.keys.counters, 'evicted:lru') == '1', 30, 'the lifecycle.evict task')
+    assert lc.status('s3').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     lc.store.close()
     lc.disconnect()
 
