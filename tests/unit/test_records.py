@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from lifecycle import Lifecycle
+import pytest
+import redis
+
+from lifecycle import FixedClock, Lifecycle, Settings
 from lifecycle.records import read_records, scan_records
 
 
@@ -38,3 +41,17 @@ def test_scan_records_yields_every_record_once(lc: Lifecycle) -> None:
     assert sorted(session_id for session_id, _ in seen) == [f'chat-{i}' for i in range(5)]
     assert sum(record.startswith('api-1|') for _, record in seen) == 2
     assert sorted(scan_records(lc.redis, lc.index.keys, batch=4_096)) == sorted(seen)
+
+
+@pytest.mark.integration
+def test_buckets_stay_listpack_encoded_on_the_real_server(
+    settings: Settings, real_redis: redis.Redis, fixed_clock: FixedClock
+) -> None:
+    """The memory figure rests on this: small buckets are compact listpacks, not hashtables."""
+    lc = Lifecycle(settings.model_copy(update={'max_sessions': 1_000}), redis_client=real_redis, clock=fixed_clock)
+    for i in range(300):
+        live(lc, f'{i:08d}-0000-4000-8000-000000000000')  # 36 characters, like a UUID
+    k = lc.index.keys
+    buckets = {k.meta_of(f'{i:08d}-0000-4000-8000-000000000000') for i in range(300)}
+    assert len(buckets) > 250  # spread out, not piled into a few
+    assert {real_redis.object('encoding', bucket) for bucket in buckets} == {'listpack'}
