@@ -75,7 +75,7 @@ def rate(call: Callable[[], int], seconds: float) -> float:
 # -- round trips --------------------------------------------------------------------------------------
 
 
-def reserve_release(settings: Settings, seconds: float) -> float:
+def reserve_release(settings: Settings, seconds: float, ready: Callable[[], object] = lambda: None) -> float:
     lc = Lifecycle(settings)
 
     def cycle() -> int:
@@ -83,12 +83,14 @@ def reserve_release(settings: Settings, seconds: float) -> float:
         return 2
 
     try:
+        cycle()  # connected, scripts loaded
+        ready()
         return rate(cycle, seconds)
     finally:
         lc.disconnect()
 
 
-def raw_evalsha(settings: Settings, seconds: float) -> float:
+def raw_evalsha(settings: Settings, seconds: float, ready: Callable[[], object] = lambda: None) -> float:
     client = redis.Redis.from_url(settings.redis_url)
     script = client.register_script('return 1')
     script()  # loaded: every call below is one EVALSHA
@@ -98,15 +100,16 @@ def raw_evalsha(settings: Settings, seconds: float) -> float:
         return 1
 
     try:
+        ready()
         return rate(call, seconds)
     finally:
         client.close()
 
 
 def in_processes(target: str, settings: Settings, seconds: float, processes: int) -> float:
-    """Sum of the rates of `processes` processes running `target` at once."""
-    results = SPAWN.Queue()
-    children = [SPAWN.Process(target=_child, args=(target, settings.model_dump(), seconds, results))
+    """Sum of the rates of `processes` processes running `target` at once (started together, once all are ready)."""
+    results, start = SPAWN.Queue(), SPAWN.Barrier(processes)
+    children = [SPAWN.Process(target=_child, args=(target, settings.model_dump(), seconds, start, results))
                 for _ in range(processes)]  # fmt: skip
     for child in children:
         child.start()
@@ -116,8 +119,9 @@ def in_processes(target: str, settings: Settings, seconds: float, processes: int
     return float(total)
 
 
-def _child(target: str, config: dict[str, Any], seconds: float, results: Any) -> None:
-    results.put({'reserve_release': reserve_release, 'raw_evalsha': raw_evalsha}[target](Settings(**config), seconds))
+def _child(target: str, config: dict[str, Any], seconds: float, start: Any, results: Any) -> None:
+    run = {'reserve_release': reserve_release, 'raw_evalsha': raw_evalsha}[target]
+    results.put(run(Settings(**config), seconds, start.wait))
 
 
 # -- the pool -----------------------------------------------------------------------------------------
