@@ -189,7 +189,22 @@ class Lifecycle:
         return call.parse(reply)
 
     def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
-        """Send many calls in one pipelined round trip (each script is atomic; the batch is not)."""
+        """Send many calls in one pipelined round trip (each script is atomic; the batch is not).
+
+        A call answered NOSCRIPT (the server lost its scripts after redis-py checked them) never ran:
+        it is sent again once. Any other error is raised after every reply has been read.
+        """
+        replies = self._pipeline(calls)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for i, reply in zip(lost, self._pipeline([calls[i] for i in lost]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [call.parse(reply) for call, reply in zip(calls, replies, strict=True)]
+
+    def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for call in calls:
             if call.script is not None:
@@ -197,8 +212,7 @@ class Lifecycle:
             else:
                 pipe.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
         with unavailable_as_error(self.settings.redis_url):
-            replies = pipe.execute()
-        return [call.parse(reply) for call, reply in zip(calls, replies, strict=True)]
+            return pipe.execute(raise_on_error=False)
 
     # -- the public surface ------------------------------------------------------------------------
 

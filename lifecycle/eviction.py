@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lifecycle.client import Lifecycle
 
 log = logging.getLogger(__name__)
+EXPIRY_FAILURES_IN_A_ROW = 3  # then a batch's remaining expiry writes are skipped (they are best effort)
 
 
 class Outcome(StrEnum):
@@ -131,9 +132,7 @@ class Evictor:
         if not claimed:
             return [results[i] for i in range(len(orders))]
         self._crash_point('after_claim')
-        for claim in claimed.values():
-            if claim.reason is ReapReason.EXPIRED:
-                self._end_expired(claim)
+        self._end_expired([c for c in claimed.values() if c.reason is ReapReason.EXPIRED])
         refused = self._persist({i: c for i, c in claimed.items() if c.reason is not ReapReason.EXPIRED})
         results.update(refused)
         self._crash_point('after_persist')
@@ -150,11 +149,10 @@ class Evictor:
             outcomes = self.store.mark_resumable(marks, self.settings.require_checkpoint)
         except PersistenceError as exc:
             self.lc.run_many([self.claims.abort(c) for c in claims.values()])
-            for c in claims.values():
-                try:
-                    self.store.revert(c.session_id, c.token)  # the write may have landed (a write-concern error)
-                except PersistenceError:
-                    log.warning('could not revert %s after a failed eviction write', c.session_id)
+            try:
+                self.store.revert(marks)  # the writes may have landed (a write-concern error)
+            except PersistenceError:
+                log.warning('could not revert %d sessions after a failed eviction write', len(marks))
             log.warning('eviction write of %d sessions failed: %s', len(claims), exc)
             return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, 'persistence_error')
                     for i, c in claims.items()}  # fmt: skip
@@ -167,30 +165,77 @@ class Evictor:
                   if outcome is MarkOutcome.NOT_CHECKPOINTED and c.meta is not None]  # fmt: skip
         if calls:
             self.lc.run_many(calls)
-        return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, outcome.value)
+        # FENCED: a newer token (recovery, a restore) owns the session now; this eviction merely lost the race.
+        return {i: EvictionResult(c.session_id, c.reason,
+                                  Outcome.KEPT if outcome is MarkOutcome.FENCED else Outcome.ABORTED, outcome.value)
                 for i, (c, outcome) in refused.items()}  # fmt: skip
 
-    def _end_expired(self, claim: Claim) -> None:
-        """Best effort, with a short timeout: the hard deadline is hard, whatever MongoDB says."""
-        if self.store is None or claim.meta is None:
+    def _end_expired(self, claims: Sequence[Claim]) -> None:
+        """Best effort, with a short timeout: the hard deadline is hard, whatever MongoDB says.
+
+        After `EXPIRY_FAILURES_IN_A_ROW` writes in a row fail, the rest of the batch expires without
+        trying (MongoDB is down or slow, and each try would cost the whole timeout).
+        """
+        if self.store is None:
             return
-        try:
-            self.store.end(
-                claim_record(claim), SessionState.EXPIRED, claim.token, self.settings.expiry_write_timeout_ms
-            )
-        except PersistenceError as exc:
-            log.warning('expiring %s without its MongoDB write: %s', claim.session_id, exc)
+        failures: list[PersistenceError] = []
+        for claim in claims:
+            if claim.meta is None:
+                continue
+            if len(failures) < EXPIRY_FAILURES_IN_A_ROW:
+                try:
+                    self.store.end(claim_record(claim), SessionState.EXPIRED, claim.token,
+                                   self.settings.expiry_write_timeout_ms)  # fmt: skip
+                    failures.clear()
+                    continue
+                except PersistenceError as exc:
+                    failures.append(exc)
+            log.warning('expiring %s without its MongoDB write: %s', claim.session_id, failures[-1])
 
     def _complete(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
-        """Release the sandboxes, then leave the pool, each checked against its token."""
-        ours, results = self._release_sandboxes(claims)
-        if ours:
-            self._crash_point('after_release')
+        """Release the sandboxes, then leave the pool, each checked against its token.
+
+        In windows of a third of a lease: the window's claims are confirmed and extended (one
+        pipeline), their sandboxes released, and they leave the pool (one pipeline) before the next
+        window's claims are confirmed, so however slow the sandbox driver, no release or finish runs
+        on a claim that recovery could have taken over. Once releasing has taken half the task time
+        limit, the remaining sandboxes go to the orphan list (the expiry sweep releases them) and
+        their sessions finish at once: a slow driver never keeps a batch past its time limit.
+        """
+        results: dict[int, EvictionResult] = {}
+        pending, give_up_at = dict(claims), time.monotonic() + self.settings.task_time_limit_s / 2
+        while pending:
+            now = self.lc.now_ms()
+            confirmed = self.lc.run_many([self.claims.extend(c, now) for c in pending.values()])
+            window_ends = time.monotonic() + self.settings.claim_lease_s / 3
+            window, later = {}, {}
+            for (i, claim), still_ours in zip(pending.items(), confirmed, strict=True):
+                if not still_ours:
+                    log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
+                                claim.session_id, claim.token)  # fmt: skip
+                    results[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+                elif time.monotonic() > window_ends:
+                    later[i] = claim  # confirmed again, in the next window
+                else:
+                    if time.monotonic() < give_up_at:
+                        self._release(claim)
+                    else:
+                        self._defer_release(claim, 'the batch spent its time on slow releases')
+                    window[i] = claim
+            if window:
+                self._crash_point('after_release')
+                results.update(self._finish(window))
+            pending = later
+        return results
+
+    def _finish(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
+        """Take the claimed sessions out of the pool (one pipeline), each only under its own token."""
         now = self.lc.now_ms()
         finished = self.lc.run_many(
-            [self.claims.finish(c, c.meta.owner if c.meta is not None else '', now) for c in ours.values()]
+            [self.claims.finish(c, c.meta.owner if c.meta is not None else '', now) for c in claims.values()]
         )
-        for (i, claim), done in zip(ours.items(), finished, strict=True):
+        results = {}
+        for (i, claim), done in zip(claims.items(), finished, strict=True):
             if not done:
                 log.warning('eviction of %s fenced off: token %d is stale', claim.session_id, claim.token)
                 results[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
@@ -199,38 +244,16 @@ class Evictor:
                 results[i] = EvictionResult(claim.session_id, claim.reason, outcome)
         return results
 
-    def _release_sandboxes(self, claims: Mapping[int, Claim]) -> tuple[dict[int, Claim], dict[int, EvictionResult]]:
-        """Release each sandbox only while its claim is confirmed ours and leased well past the release.
-
-        The claims are confirmed and extended in one pipeline, again whenever a third of the lease
-        has gone by (slow sandbox drivers), so a stale worker never kills a restored session's sandbox.
-        Returns the claims still ours, and the fenced-off ones' results.
-        """
-        pending, ours, fenced = dict(claims), {}, {}
-        while pending:
-            now = self.lc.now_ms()
-            confirmed = self.lc.run_many([self.claims.extend(c, now) for c in pending.values()])
-            window_ends = time.monotonic() + self.settings.claim_lease_s / 3
-            batch, pending = list(zip(pending.items(), confirmed, strict=True)), {}
-            for (i, claim), still_ours in batch:
-                if not still_ours:
-                    log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
-                                claim.session_id, claim.token)  # fmt: skip
-                    fenced[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
-                elif time.monotonic() > window_ends:
-                    pending[i] = claim  # confirm again before releasing
-                else:
-                    self._release(claim)
-                    ours[i] = claim
-        return ours, fenced
-
     def _release(self, claim: Claim) -> None:
         try:
             self.driver.release(claim.session_id, claim.reason.value)
         except SandboxError as exc:
-            # The session's state is durable; the slot must come back. The orphan list retries the release.
-            log.warning('sandbox of %s not released, will retry: %s', claim.session_id, exc)
-            self.lc.redis.zadd(self.lc.index.keys.orphans, {claim.session_id: self.lc.now_ms()})
+            self._defer_release(claim, str(exc))
+
+    def _defer_release(self, claim: Claim, why: str) -> None:
+        """The session's state is durable; its slot must come back now. The orphan list retries the release."""
+        log.warning('sandbox of %s not released, will retry: %s', claim.session_id, why)
+        self.lc.redis.zadd(self.lc.index.keys.orphans, {claim.session_id: self.lc.now_ms()})
 
     def recover(self, session_id: str) -> EvictionResult | None:
         """Resolve a claim whose lease ran out: complete it if its durable write landed, else roll it back."""
@@ -246,7 +269,7 @@ class Evictor:
             self.lc.run(self.claims.abort(claim))
             return EvictionResult(session_id, claim.reason, Outcome.KEPT, 'gone')
         if claim.reason is ReapReason.EXPIRED:
-            self._end_expired(claim)
+            self._end_expired([claim])
             return self._complete({0: claim})[0]
         if self.store is None:
             self.lc.run(self.claims.abort(claim))

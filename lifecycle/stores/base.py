@@ -68,8 +68,9 @@ class SnapshotStore(Protocol):
         then none of it counts, and the caller reverts each mark.
         """
 
-    def revert(self, session_id: str, token: int) -> None:
-        """Undo `mark_resumable` of `token` (best effort, after an ambiguous failure)."""
+    def revert(self, marks: Sequence[Mark]) -> None:
+        """Undo `mark_resumable` of these marks, each only where its own token wrote (best effort, after an
+        ambiguous failure); one write for the batch."""
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         """Mark the session expired or closed under `token`; raises PersistenceError."""

@@ -179,6 +179,8 @@ class MongoSnapshotStore:
             return []
         now = datetime.now(UTC)
         ids = [mark.record.session_id for mark in marks]
+        if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
+            raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
         with self._guard('eviction write', ids):
             landed = self.sessions.update_many(_marks_filter(marks, require_checkpoint), _marks_update(marks, now))
             if landed.matched_count == len(marks):
@@ -220,12 +222,16 @@ class MongoSnapshotStore:
             return MarkOutcome.FENCED
         return MarkOutcome.NOT_CHECKPOINTED
 
-    def revert(self, session_id: str, token: int) -> None:
-        with self._guard('revert', session_id):
-            self.sessions.update_one(
-                {'_id': session_id, 'fence': token, 'state': SessionState.RESUMABLE.value},
+    def revert(self, marks: Sequence[Mark]) -> None:
+        if not marks:
+            return
+        ids = [mark.record.session_id for mark in marks]
+        with self._guard('revert', ids):
+            self.sessions.update_many(
+                {'state': SessionState.RESUMABLE.value,
+                 '$or': [{'_id': mark.record.session_id, 'fence': mark.token} for mark in marks]},
                 {'$set': {'state': SessionState.LIVE.value, 'updated_at': datetime.now(UTC)}},
-            )
+            )  # fmt: skip
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         now = datetime.now(UTC)

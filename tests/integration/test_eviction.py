@@ -8,7 +8,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from lifecycle import CapacityExceeded, SessionReaping, SessionState
+from lifecycle import CapacityExceeded, Lifecycle, SessionReaping, SessionState
 from lifecycle.claims import Claim, ClaimIndex
 from lifecycle.eviction import Outcome, claim_record
 from lifecycle.models import NoticeKind, ReapReason
@@ -345,14 +345,18 @@ def test_one_batch_gives_every_session_its_own_outcome(reaper: Reaper) -> None:
 
 
 class SlowDriver:
-    """Releases take `seconds` each; records when each began."""
+    """Releases take `seconds` each; records when each began and which sessions the pool held then."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.started: dict[str, float] = {}
+        self.pool_then: dict[str, set[str]] = {}
+        self.lc: Lifecycle | None = None
 
     def release(self, session_id: str, reason: str) -> None:
         self.started[session_id] = time.monotonic()
+        if self.lc is not None:
+            self.pool_then[session_id] = {str(m) for m in self.lc.redis.zrange(self.lc.index.keys.live, 0, -1)}
         time.sleep(self.seconds)
 
     def leases(self) -> list[Any]:
@@ -364,6 +368,7 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
 ) -> None:
     driver = SlowDriver(0.2)
     r = make_reaper(make_reaper_settings(idle_ttl_s=60, claim_lease_s=1, require_checkpoint=False), driver=driver)
+    driver.lc = r.lc
     names = [f's{i}' for i in range(5)]
     for name in names:
         r.lc.activate(r.lc.reserve('api-1'), name)
@@ -373,9 +378,10 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
 
     def watching(calls: Any) -> Any:
         replies = run_many(calls)
+        at = time.monotonic()
         for call, ok in zip(calls, replies, strict=True):
             if call.script == 'extend_claim' and ok:
-                confirmed[call.args[0]] = time.monotonic()
+                confirmed[call.args[0]] = at
         return replies
 
     r.lc.run_many = watching  # type: ignore[method-assign]
@@ -386,3 +392,56 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
     assert len(set(confirmed.values())) >= 2
     for name in names:
         assert 0 <= driver.started[name] - confirmed[name] <= 1 / 3
+    # Each window's sessions left the pool before the next window was confirmed and released.
+    assert len(set(confirmed.values())) >= 2
+    for name in names:
+        earlier = {n for n in names if confirmed[n] < confirmed[name]}
+        assert not earlier & driver.pool_then[name], (name, earlier, driver.pool_then[name])
+
+
+def test_a_batch_whose_releases_run_long_defers_the_rest_to_the_orphan_list(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = SlowDriver(0.4)
+    settings = make_reaper_settings(idle_ttl_s=60, task_time_limit_s=2, require_checkpoint=False)
+    r = make_reaper(settings, driver=driver)
+    names = [f's{i}' for i in range(6)]
+    for name in names:
+        r.lc.activate(r.lc.reserve('api-1'), name)
+    r.clock.advance(seconds=60)
+    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
+    # Every session is durable and out of the pool, slot back, though not every sandbox was released yet.
+    assert [res.outcome for res in results] == [Outcome.EVICTED] * 6
+    assert r.lc.stats().slots == 0
+    released = set(driver.started)
+    orphans = set(r.lc.redis.zrange(r.lc.index.keys.orphans, 0, -1))
+    assert released  # half the 2 s limit: about 3 releases of 0.4 s, the rest deferred
+    assert orphans
+    assert released | orphans == set(names)
+    assert not released & orphans
+    report = r.sweep(SweepKind.EXPIRED)  # the expiry sweep releases what the batch deferred
+    assert sorted(report.released_sandboxes) == sorted(orphans)
+    assert set(driver.started) == set(names)
+
+
+def test_expiry_stops_trying_mongodb_after_three_failures_in_a_row(
+    reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f's{i}' for i in range(6)]
+    for name in names:
+        open_session(reaper, name, ttl=60)
+    reaper.clock.advance(seconds=60)
+    assert reaper.store is not None
+    tries: list[str] = []
+    end = reaper.store.end
+
+    def counted(record: Any, *args: Any) -> None:
+        tries.append(record.session_id)
+        end(record, *args)
+
+    monkeypatch.setattr(reaper.store, 'end', counted)
+    fail(mongo_admin, 'update', errorCode=8)  # MongoDB refuses every write
+    results = reaper.evictor.evict_many([Order(name, ReapReason.EXPIRED) for name in names])
+    assert [r.outcome for r in results] == [Outcome.EXPIRED] * 6  # the hard deadline holds regardless
+    assert len(tries) == 3
+    assert reaper.lc.stats().live == 0

@@ -92,7 +92,7 @@ def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> N
 def test_ended_sessions_are_never_marked_resumable(store: MongoSnapshotStore) -> None:
     store.end(record(), SessionState.EXPIRED, 40, 1_000)
     assert mark_one(store, record(), 41, ReapReason.IDLE, False) is MarkOutcome.ENDED
-    store.revert('s1', 41)
+    store.revert([Mark(record(), 41, ReapReason.IDLE)])
     assert store.load('s1')['state'] == 'expired'  # type: ignore[index]
 
 

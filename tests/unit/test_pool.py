@@ -299,3 +299,21 @@ def test_calls_go_on_after_the_server_forgets_its_scripts(lc: Lifecycle) -> None
     lc.activate(lc.reserve('api-1'), 's1')
     assert lc.stats().live == 1
     assert_counter_consistent(lc)
+
+
+def test_a_batch_answered_noscript_midway_is_sent_again(lc: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = [lc.reserve('api-1') for _ in range(3)]
+    check_scripts = redis.client.Pipeline.load_scripts
+    flushed: list[bool] = []
+
+    def check_then_lose(pipe: redis.client.Pipeline) -> None:
+        check_scripts(pipe)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        if not flushed:  # the server loses its scripts between redis-py's check and the batch
+            flushed.append(True)
+            lc.redis.script_flush()
+
+    monkeypatch.setattr(redis.client.Pipeline, 'load_scripts', check_then_lose)
+    assert lc.run_many([lc.index.release(reservation) for reservation in held]) == [True] * 3
+    assert flushed
+    assert lc.stats().reserved == 0
+    assert_counter_consistent(lc)
