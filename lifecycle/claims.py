@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +140,8 @@ class ClaimIndex:
             (k.live, k.reservations, k.slots, k.tenant_slots),
             (now_ms, self.settings.reconcile_tenant_limit, k.meta_bucket_prefix, META_BUCKETS),
         )
+
+    def migrate_records(self, session_ids: Sequence[str]) -> Call[int]:
+        """Move these sessions' records from the first layout's single hash into their buckets."""
+        k = self.keys
+        return Call(_int, 'migrate_records', (k.legacy_meta, *(k.meta_of(s) for s in session_ids)), tuple(session_ids))

@@ -52,6 +52,11 @@ class Keys:
         return f'{self.meta_bucket_prefix}{n}'
 
     @property
+    def legacy_meta(self) -> str:
+        """HASH session_id -> record: the single hash of the first layout; reconcile moves its records into buckets."""
+        return f'{self.prefix}:meta'
+
+    @property
     def meta_bucket_prefix(self) -> str:
         """What every meta bucket's name starts with; bucket n is this followed by n (for scripts that walk them)."""
         return f'{self.prefix}:meta:'

@@ -291,9 +291,26 @@ class Sweeper:
     def _sweep_reconcile(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         if dry_run:
             return
+        self._migrate_legacy_records(lock)
         report.drift = drift = self.lc.run(self.claims.reconcile(self.lc.now_ms()))
         if drift.pool_drift or drift.tenant_drift:
             log.warning('reconcile repaired drift: pool %+d, tenants %s', drift.pool_drift, drift.tenant_drift)
+
+    def _migrate_legacy_records(self, lock: SweepLock) -> None:
+        """Move records left in the first layout's single hash (a pool upgraded in place) into their buckets.
+
+        Until moved, their sessions look gone to every script: this gives them back to the sweeps.
+        """
+        moved, cursor = 0, 0
+        while True:  # one HSCAN pass: records a stale writer adds meanwhile wait for the next reconcile
+            cursor, page = self.lc.redis.hscan(self.keys.legacy_meta, cursor, count=self.settings.sweep_batch_size)
+            if page:
+                moved += self.lc.run(self.claims.migrate_records([str(session_id) for session_id in page]))
+                lock.extend()
+            if cursor == 0:
+                break
+        if moved:
+            log.warning('moved %d session records from %s into their buckets', moved, self.keys.legacy_meta)
 
     def _sweep_runs(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         report.dropped_runs = self.lc.runs.prunable() if dry_run else self.lc.runs.prune()

@@ -97,8 +97,10 @@ def _check_servers(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_ready.connect
 def _expire_on_start(sender: Any = None, **_: Any) -> None:
-    """Recover whatever expired while every worker was down, without waiting for the first beat."""
+    """Recover whatever expired while every worker was down, and repair the counters (moving records of
+    an older layout into place), without waiting for the first beat."""
     sender.app.send_task('lifecycle.sweep_expired')
+    sender.app.send_task('lifecycle.reconcile')
 
 
 app = create_app()

@@ -171,3 +171,27 @@ def test_reconcile_recounts_tenants_only_while_the_pool_is_small_enough(lc: Life
     just_right = ClaimIndex(lc.settings.model_copy(update={'reconcile_tenant_limit': 2}), k)
     assert lc.run(just_right.reconcile(lc.now_ms())).tenant_drift == 3
     assert lc.redis.hget(k.tenant_slots, 'acme') == '2'
+
+
+def test_reconcile_moves_records_of_the_first_layout_into_their_buckets(lc: Lifecycle) -> None:
+    from lifecycle.eviction import Evictor
+    from lifecycle.sandboxes import NoopDriver
+    from lifecycle.sweeps import Sweeper, SweepKind
+
+    k = lc.index.keys
+    for i in range(5):
+        live(lc, f's{i}', tenant='acme')
+    # A pool upgraded in place: its records still sit in the single hash of the first layout.
+    for i in range(5):
+        record = lc.redis.hget(k.meta_of(f's{i}'), f's{i}')
+        lc.redis.hdel(k.meta_of(f's{i}'), f's{i}')
+        lc.redis.hset(k.legacy_meta, f's{i}', record)
+    lc.redis.hset(k.legacy_meta, 's0', 'stale|acme||0|0')  # s0 was written again since, in its bucket:
+    lc.redis.hset(k.meta_of('s0'), 's0', 'api-1|acme||0|9')  # the bucket's newer record wins
+    assert lc.status('s1') is None  # to the scripts, s1 is gone until its record moves
+    sweeper = Sweeper(lc, Evictor(lc, None, NoopDriver()), lambda orders: None)
+    assert sweeper.run(SweepKind.RECONCILE, dedupe=False).ran
+    assert not lc.redis.exists(k.legacy_meta)
+    assert lc.status('s1').tenant == 'acme'  # type: ignore[union-attr]
+    assert lc.redis.hget(k.meta_of('s0'), 's0') == 'api-1|acme||0|9'
+    assert lc.stats().live == 5

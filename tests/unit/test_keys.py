@@ -13,6 +13,7 @@ def test_every_key_name_is_pinned() -> None:
         'meta_of': k.meta_of('chat-1'),
         'meta_bucket': k.meta_bucket(7),
         'meta_bucket_prefix': k.meta_bucket_prefix,
+        'legacy_meta': k.legacy_meta,
         'reaping': k.reaping,
         'claims': k.claims,
         'reservations': k.reservations,
@@ -40,6 +41,7 @@ def test_every_key_name_is_pinned() -> None:
         'meta_of': '{lc}:meta:10980',  # crc32('chat-1') = 930540260, % 16384
         'meta_bucket': '{lc}:meta:7',
         'meta_bucket_prefix': '{lc}:meta:',
+        'legacy_meta': '{lc}:meta',
         'reaping': '{lc}:reaping',
         'claims': '{lc}:claims',
         'reservations': '{lc}:reservations',
