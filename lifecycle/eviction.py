@@ -107,7 +107,8 @@ class Evictor:
         """Evict each ordered session that is still due, in batches: a round trip per step, not per session.
 
         Claims go out in one pipeline, the durable writes as one multi-document MongoDB update, the
-        fenced finishes in one pipeline. Each session still gets its own claim, fence and outcome.
+        fenced finishes in one pipeline per release window. Each session keeps its own claim, fence
+        and outcome.
         """
         return self._record(self._evict_many(orders))
 

@@ -11,7 +11,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from lifecycle.client import Lifecycle
-from lifecycle.eviction import Evictor
+from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
 from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
@@ -49,6 +49,11 @@ def dispatch_evictions(orders: Sequence[Order]) -> None:
             evict_batch.apply_async(args=(batch,), producer=producer)
 
 
+def label(result: EvictionResult) -> str:
+    """'evicted', or 'kept:busy': what Flower shows of one eviction."""
+    return f'{result.outcome}:{result.detail}' if result.detail else str(result.outcome)
+
+
 def summary(report: SweepReport) -> dict[str, Any]:
     """What Flower shows as the task's result."""
     return {
@@ -73,7 +78,7 @@ def sweep(kind: SweepKind) -> dict[str, Any]:
 def evict(session_id: str, reason: str, bound: int | str = 0, observed_ms: int = 0) -> str:
     """Evict one session if it is still due; idempotent, so a redelivery after a crash is safe."""
     result = runtime().evictor.evict(session_id, ReapReason(reason), bound, observed_ms)
-    return f'{result.outcome}:{result.detail}' if result.detail else str(result.outcome)
+    return label(result)
 
 
 @shared_task(name='lifecycle.evict_batch', acks_late=True, reject_on_worker_lost=True)
@@ -84,7 +89,7 @@ def evict_batch(orders: list[list[Any]]) -> dict[str, int]:
     """
     batch = [Order(session_id, ReapReason(reason), bound, observed) for session_id, reason, bound, observed in orders]
     results = runtime().evictor.evict_many(batch)
-    return dict(Counter(f'{r.outcome}:{r.detail}' if r.detail else str(r.outcome) for r in results))
+    return dict(Counter(label(result) for result in results))
 
 
 @shared_task(name='lifecycle.sweep_idle')
