@@ -22,7 +22,9 @@ from lifecycle.client import (
     NOTICE_BATCH,
     Lifecycle,
     Turn,
+    failed,
     new_token,
+    parse_reply,
     refusal_counter,
     unavailable,
     unavailable_as_error,
@@ -97,7 +99,9 @@ class AsyncLifecycle:
                 reply = await self.redis.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
-        return call.parse(reply)
+        except redis.RedisError as exc:
+            raise failed(call, exc) from exc
+        return parse_reply(call, reply)
 
     @property
     def durable(self) -> Lifecycle:
@@ -113,7 +117,7 @@ class AsyncLifecycle:
 
     async def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """See `Lifecycle.register_worktree`."""
-        normal, session_id = worktrees.registration(session_id, path)
+        normal, session_id = worktrees.registration(session_id, path, self.settings.worktree_root)
         await self.run(Call(lambda reply: None, command=('HSET', self.index.keys.worktrees, normal, session_id)))
         return normal
 

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
-from lifecycle.keys import META_BUCKETS, Keys
+from lifecycle.errors import SessionDamaged
+from lifecycle.keys import Keys
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.settings import Settings
 from lifecycle.state import Arg, Call, Meta, _int
+
+REASONS = {reason.value for reason in ReapReason}
+
+
+class Step(IntEnum):
+    """How a fenced step of an eviction (extend, finish) went."""
+
+    DONE = 1
+    FENCED = 0  # the claim is no longer this token's: a stale worker; nothing changed
+    TURN_FINISHED = -1  # a turn finished since the claim: the durable write does not cover it; nothing changed
+
+    @classmethod
+    def of(cls, reply: Any) -> Step:
+        return cls(_int(reply))
 
 
 @dataclass(frozen=True)
@@ -34,11 +50,38 @@ class Takeover:
 
 @dataclass(frozen=True)
 class Drift:
-    """What reconciliation found and repaired."""
+    """What reconciliation found and repaired: outside damage (a lost key, a hand edit), never normal running."""
 
-    purged_reservations: int
-    pool_drift: int  # counter minus truth, before the repair
-    tenant_drift: int | None  # None: the pool was too large to recount tenants in one step
+    purged_reservations: int  # expired reservations whose slots came back (normal: a creator that crashed)
+    pool_drift: int  # slot counter minus truth, before the repair (a lost counter counts as 0)
+    counter_missing: bool = False
+    tenant_drift: int = 0  # tenant index members added or dropped
+    tenant_index_rebuilt: bool = False  # the index had lost its marker (a lost key) and was rebuilt
+    relinked: int = 0  # records whose live entry was gone, put back in the pool
+    deadlines_restored: int = 0
+    records_rebuilt: int = 0  # live sessions whose record was gone, given a stand-in
+    malformed_records: int = 0  # records no script can read (left as they are: an operator's to look at)
+
+    @property
+    def found(self) -> bool:
+        """Whether any damage was found (expired reservations are not damage)."""
+        return bool(
+            self.pool_drift or self.counter_missing or self.tenant_drift or self.tenant_index_rebuilt
+            or self.relinked or self.deadlines_restored or self.records_rebuilt or self.malformed_records
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """One line for logs and the CLI: every figure that is not zero."""
+        figures = {
+            'pool counter': f'{self.pool_drift:+d}' + (' (missing)' if self.counter_missing else ''),
+            'tenant index': f'{self.tenant_drift} members' + (' (rebuilt)' if self.tenant_index_rebuilt else ''),
+            'relinked': self.relinked,
+            'deadlines restored': self.deadlines_restored,
+            'records rebuilt': self.records_rebuilt,
+            'malformed records': self.malformed_records,
+        }
+        shown = [f'{name} {value}' for name, value in figures.items() if value not in (0, '+0', '0 members')]
+        return ', '.join(shown) or 'none'
 
 
 class ClaimIndex:
@@ -71,26 +114,29 @@ class ClaimIndex:
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )
 
-    def finish(self, claim: Claim, owner: str, now_ms: int) -> Call[bool]:
-        """Take the claimed session out of the pool if the claim is still `claim.token`'s; notify `owner`."""
+    def finish(self, claim: Claim, now_ms: int) -> Call[Step]:
+        """Take the claimed session out of the pool if the claim is still `claim.token`'s; notify its owner."""
         k = self.keys
         kind = NoticeKind.EXPIRED if claim.reason is ReapReason.EXPIRED else NoticeKind.EVICTED
-        bucket = k.meta_of(claim.session_id)
+        owner = claim.meta.owner if claim.meta is not None else ''
+        tenant = claim.meta.tenant if claim.meta is not None else None
         return Call(
-            lambda reply: _int(reply) == 1,
+            Step.of,
             'finish_eviction',
-            (k.live, k.deadline, k.busy, k.turns, bucket, k.reaping, k.claims, k.slots, k.tenant_slots, k.inbox(owner)),
-            (claim.session_id, claim.token, now_ms, kind.value, claim.reason.value, self.settings.notice_maxlen),
-        )
+            (k.live, k.deadline, k.busy, k.turns, k.meta_of(claim.session_id), k.reaping, k.claims, k.slots,
+             k.tenants, k.reservations, k.inbox(owner)),
+            (claim.session_id, claim.token, now_ms, kind.value, claim.reason.value, self.settings.notice_maxlen,
+             tenant or ''),
+        )  # fmt: skip
 
-    def extend(self, claim: Claim, now_ms: int) -> Call[bool]:
-        """Confirm the claim is still `claim.token`'s and extend its lease; False if it was taken over."""
+    def extend(self, claim: Claim, now_ms: int) -> Call[Step]:
+        """Confirm the claim is still `claim.token`'s and extend its lease, unless a turn finished since it."""
         k = self.keys
         lease_ms = now_ms + self.settings.claim_lease_s * 1000
         return Call(
-            lambda reply: _int(reply) == 1,
+            Step.of,
             'extend_claim',
-            (k.reaping, k.claims),
+            (k.reaping, k.claims, k.meta_of(claim.session_id)),
             (claim.session_id, claim.token, lease_ms),
         )
 
@@ -109,9 +155,13 @@ class ClaimIndex:
         def parse(reply: list[Any]) -> Takeover | None:
             if _int(reply[0]) != 1:
                 return None
-            meta = Meta.unpack(reply[4]) if reply[4] else None
+            try:
+                meta = Meta.unpack(reply[4]) if reply[4] else None
+            except SessionDamaged:
+                meta = None  # recovery then gives the claim up: the session stays as it is for reconcile
             expires_at = _int(reply[5]) if reply[5] is not None else 0
-            claim = Claim(session_id, _int(reply[2]), ReapReason(reply[3]), meta, 0, expires_at)
+            reason = ReapReason(reply[3]) if reply[3] in REASONS else ReapReason.IDLE
+            claim = Claim(session_id, _int(reply[2]), reason, meta, 0, expires_at)
             return Takeover(claim, _int(reply[1]))
 
         return Call(
@@ -131,15 +181,42 @@ class ClaimIndex:
             ),
         )  # fmt: skip
 
-    def reconcile(self, now_ms: int) -> Call[Drift]:
-        """Recompute the slot counters from the sets, repair them, and report the drift."""
+    def reconcile_counters(self, now_ms: int, index_complete: bool) -> Call[list[int]]:
+        """Purge expired reservations, index their tenants, repair the slot counter; mark the tenant index
+        complete when the paged passes before this call rebuilt it. Returns the script's figures."""
         k = self.keys
         return Call(
-            lambda r: Drift(_int(r[0]), _int(r[1]), None if _int(r[2]) < 0 else _int(r[2])),
+            lambda reply: [_int(n) for n in reply],
             'reconcile_counters',
-            (k.live, k.reservations, k.slots, k.tenant_slots),
-            (now_ms, self.settings.reconcile_tenant_limit, k.meta_bucket_prefix, META_BUCKETS),
+            (k.live, k.reservations, k.slots, k.tenants),
+            (now_ms, '1' if index_complete else '0'),
         )
+
+    def repair_records(self, buckets: Sequence[int], now_ms: int) -> Call[list[int]]:
+        """One page of the record pass: relink, restore deadlines, index tenants (see repair_records.lua)."""
+        k = self.keys
+        max_ttl = ','.join(f'{name or ""}={self.settings.limits(name).max_ttl_s * 1000}'
+                           for name in (None, *self.settings.profiles))  # fmt: skip
+        return Call(
+            lambda reply: [_int(n) for n in reply],
+            'repair_records',
+            (k.live, k.deadline, k.tenants, *(k.meta_bucket(n) for n in buckets)),
+            (now_ms, max_ttl),
+        )
+
+    def rebuild_records(self, sequences: Mapping[str, int], now_ms: int) -> Call[int]:
+        """Stand-in records for live sessions that lost theirs, each with the turn sequence given."""
+        k = self.keys
+        args: list[Arg] = [now_ms, self.settings.max_ttl_s * 1000]
+        for session_id, seq in sequences.items():
+            args += [session_id, seq]
+        return Call(_int, 'rebuild_records', (k.live, k.deadline, *(k.meta_of(s) for s in sequences)), tuple(args))
+
+    def drop_stray_tenants(self, members: Sequence[str]) -> Call[int]:
+        """Drop the tenant index members of this page that nothing backs any more."""
+        k = self.keys
+        buckets = [k.meta_of(m.split('|', 1)[1]) if '|' in m else k.tenants for m in members]
+        return Call(_int, 'drop_stray_tenants', (k.live, k.reservations, k.tenants, *buckets), tuple(members))
 
     def migrate_records(self, session_ids: Sequence[str]) -> Call[int]:
         """Move these sessions' records from the first layout's single hash into their buckets."""

@@ -167,7 +167,7 @@ def sweep_data(report: SweepReport, results: list[EvictionResult], now_ms: int, 
     if report.notices:
         details.append(f'{report.notices} warning notices {"due" if dry_run else "posted"}')
     if report.drift is not None:
-        details.append(f'drift: pool {report.drift.pool_drift:+d}, tenants {report.drift.tenant_drift}')
+        details.append(f'damage repaired: {report.drift.describe()}')
     if report.dropped_runs:
         details.append(f'{"would drop" if dry_run else "dropped"} runs: {", ".join(report.dropped_runs)}')
     if report.worktrees is not None:

@@ -26,6 +26,7 @@ from lifecycle.errors import (
     ConfigurationError,
     LifecycleError,
     PersistenceError,
+    ScriptFailed,
     SessionNotLive,
 )
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
@@ -75,6 +76,34 @@ def unavailable(url: str, exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
 
 
+def failed(call: Call[Any], exc: Exception) -> ScriptFailed:
+    """The error for a call Redis answered with an error, naming the script or command."""
+    what = call.script or (str(call.command[0]) if call.command else 'call')
+    return ScriptFailed(f'Redis refused {what}: {exc}')
+
+
+def parse_reply(call: Call[T], reply: Any) -> T:
+    """`call.parse(reply)`; a reply it cannot read (a state no script expects) becomes ScriptFailed."""
+    try:
+        return call.parse(reply)
+    except LifecycleError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ScriptFailed(f'unexpected reply of {call.script or call.command[:1]!r}: {reply!r} ({exc})') from exc
+
+
+def each_result(call: Call[T], reply: Any) -> T | LifecycleError:
+    """One call's result in a pipeline: its value, or the LifecycleError it ended with."""
+    if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
+        raise BackendUnavailable(f'Redis connection lost in a pipeline: {reply}') from reply
+    if isinstance(reply, Exception):
+        return failed(call, reply)
+    try:
+        return parse_reply(call, reply)
+    except LifecycleError as exc:
+        return exc
+
+
 @contextmanager
 def unavailable_as_error(url: str) -> Iterator[None]:
     """Translate redis-py's connection failures into BackendUnavailable, naming the server."""
@@ -82,6 +111,18 @@ def unavailable_as_error(url: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise unavailable(url, exc) from exc
+
+
+def durable_turn_seq(document: Mapping[str, Any]) -> int:
+    """The turn sequence a restored session goes on from: the highest MongoDB knows of, so no checkpoint
+    taken before the restore can cover a turn finished after it."""
+    return max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0)))
+
+
+def created_ms(document: Mapping[str, Any]) -> int | None:
+    """When the session was first created, if its document says."""
+    created = document.get('created_at')
+    return to_epoch_ms(created) if created is not None else None
 
 
 class Lifecycle:
@@ -169,7 +210,7 @@ class Lifecycle:
         return clock.now_ms()
 
     def run(self, call: Call[T]) -> T:
-        """Send one call to Redis and read its reply."""
+        """Send one call to Redis and read its reply; Redis's own errors become ScriptFailed."""
         # A plain try (not `unavailable_as_error`): this is every call's hot path.
         try:
             reply: Any
@@ -186,23 +227,36 @@ class Lifecycle:
                 reply = self.redis.execute_command(*call.command)  # type: ignore[no-untyped-call]  # untyped in redis-py
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise unavailable(self.settings.redis_url, exc) from exc
-        return call.parse(reply)
+        except redis.RedisError as exc:
+            raise failed(call, exc) from exc
+        return parse_reply(call, reply)
 
     def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
-        """Send many calls in one pipelined round trip (each script is atomic; the batch is not).
+        """Send many calls in one pipelined round trip (each script is atomic; the batch is not); the first
+        call that failed raises, after every reply was read (see `run_each`)."""
+        results = self.run_each(calls)
+        for result in results:
+            if isinstance(result, LifecycleError):
+                raise result
+        return results  # type: ignore[return-value]  # no LifecycleError is left in it
 
-        A call answered NOSCRIPT (the server lost its scripts after redis-py checked them) never ran:
-        it is sent again once. Any other error is raised after every reply has been read.
+    def run_each(self, calls: Sequence[Call[T]]) -> list[T | LifecycleError]:
+        """Send many calls in one pipelined round trip; each call's result, or the LifecycleError it ended
+        with (a refusal, ScriptFailed), so one bad session never hides what the others did.
+
+        A call answered NOSCRIPT (the server lost its scripts after redis-py checked them) never ran: it
+        is sent again once. A Redis that cannot be reached raises BackendUnavailable for the whole batch.
         """
         replies = self._pipeline(calls)
         lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if lost:
             for i, reply in zip(lost, self._pipeline([calls[i] for i in lost]), strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return [call.parse(reply) for call, reply in zip(calls, replies, strict=True)]
+        results: list[T | LifecycleError] = []
+        for call, reply in zip(calls, replies, strict=True):
+            result: T | LifecycleError = each_result(call, reply)
+            results.append(result)
+        return results
 
     def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
@@ -335,7 +389,7 @@ class Lifecycle:
     def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """Record that the git worktree at `path` (absolute, real) belongs to `session_id`, so the
         orphan cleaner knows its owner; returns the normalised path."""
-        normal, session_id = worktrees.registration(session_id, path)
+        normal, session_id = worktrees.registration(session_id, path, self.settings.worktree_root)
         self.run(Call(lambda reply: None, command=('HSET', self.index.keys.worktrees, normal, session_id)))
         return normal
 
@@ -373,7 +427,12 @@ class Lifecycle:
         reservation = self.reserve(owner, document.get('tenant'), make_room=make_room)
         try:
             ttl_s = min(ttl_s, self.settings.limits(document.get('profile')).max_ttl_s)
-            info = self.activate(reservation, session_id, ttl_s, document.get('profile'))
+            info = self.run(
+                self.index.activate(
+                    reservation, session_id, ttl_s, document.get('profile'), self.now_ms(),
+                    turn_seq=durable_turn_seq(document), created_ms=created_ms(document),
+                )
+            )  # fmt: skip
         except LifecycleError:
             self.release(reservation)
             raise

@@ -51,6 +51,25 @@ class SessionReaping(LifecycleError):
     """A worker is evicting the session right now; retry shortly, then restore it."""
 
 
+class SessionDamaged(LifecycleError):
+    """Redis holds only part of the session (its record or deadline was lost or hand-edited); nothing was
+    changed. The reconcile sweep repairs it; retry after that."""
+
+
+class PoolRecovering(LifecycleError):
+    """The pool cannot count what a call needs (a lost key: the tenant index, say) until a sweep rebuilds it;
+    nothing was admitted. Retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f'{message}; retry in {retry_after_s} s')
+
+
+class ScriptFailed(LifecycleError):
+    """Redis answered a call with an error (a server fault or a state no script expects); the call changed
+    nothing after the point it failed, and the rest of its batch went on."""
+
+
 class PersistenceError(LifecycleError):
     """MongoDB did not durably acknowledge a write; nothing was evicted."""
 

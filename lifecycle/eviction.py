@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import policy
-from lifecycle.claims import Claim, ClaimIndex
-from lifecycle.errors import PersistenceError
+from lifecycle.claims import Claim, ClaimIndex, Step
+from lifecycle.errors import LifecycleError, PersistenceError
 from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
 from lifecycle.policy import Order
 from lifecycle.sandboxes import SandboxDriver, SandboxError
@@ -36,8 +36,9 @@ class Outcome(StrEnum):
     EVICTED = 'evicted'  # resumable in MongoDB, out of the pool
     EXPIRED = 'expired'  # ended at its hard deadline
     KEPT = 'kept'  # not due any more (busy, touched, claimed elsewhere, gone): left alone
-    ABORTED = 'aborted'  # due, but the durable write failed or was refused: still live
-    ROLLED_BACK = 'rolled_back'  # recovery found no durable write: live again
+    ABORTED = 'aborted'  # due, but the durable write failed, was refused or no longer covers it: still live
+    ROLLED_BACK = 'rolled_back'  # recovery found no durable write that covers it: live again
+    SKIPPED = 'skipped'  # Redis answered this session's step with an error: reported, the rest went on
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,14 @@ class Evictor:
         for result in results:
             fields = {'session_id': result.session_id, 'reason': result.reason.value, 'outcome': result.outcome.value,
                       'detail': result.detail}  # fmt: skip
-            level = logging.WARNING if result.outcome is Outcome.ABORTED else logging.INFO
+            level = logging.WARNING if result.outcome in (Outcome.ABORTED, Outcome.SKIPPED) else logging.INFO
             log.log(level, '%s %s (%s)%s', result.outcome, result.session_id, result.reason,
                     f': {result.detail}' if result.detail else '', extra=fields)  # fmt: skip
             if result.outcome is not Outcome.KEPT:
                 name = f'{result.outcome}:{result.reason}'
                 counts[f'{name}:{result.detail}' if result.outcome is Outcome.ABORTED else name] += 1
+            elif result.detail == 'damaged':
+                counts[f'kept:{result.reason}:damaged'] += 1
         if counts:
             pipe = self.lc.redis.pipeline(transaction=False)
             for name, count in counts.items():
@@ -121,12 +124,14 @@ class Evictor:
             else:
                 wanted[i] = order
         now = self.lc.now_ms()
-        replies = self.lc.run_many(
+        replies = self.lc.run_each(
             [self.claims.claim(o.session_id, o.reason, now, o.bound, o.observed_ms) for o in wanted.values()]
         )
         claimed: dict[int, Claim] = {}
         for (i, order), reply in zip(wanted.items(), replies, strict=True):
-            if isinstance(reply, str):
+            if isinstance(reply, LifecycleError):
+                results[i] = EvictionResult(order.session_id, order.reason, Outcome.SKIPPED, f'error: {reply}')
+            elif isinstance(reply, str):
                 results[i] = EvictionResult(order.session_id, order.reason, Outcome.KEPT, reply)
             else:
                 claimed[i] = reply
@@ -149,7 +154,7 @@ class Evictor:
         try:
             outcomes = self.store.mark_resumable(marks, self.settings.require_checkpoint)
         except PersistenceError as exc:
-            self.lc.run_many([self.claims.abort(c) for c in claims.values()])
+            self.lc.run_each([self.claims.abort(c) for c in claims.values()])
             try:
                 self.store.revert(marks)  # the writes may have landed (a write-concern error)
             except PersistenceError:
@@ -165,7 +170,7 @@ class Evictor:
                   for c, outcome in refused.values()
                   if outcome is MarkOutcome.NOT_CHECKPOINTED and c.meta is not None]  # fmt: skip
         if calls:
-            self.lc.run_many(calls)
+            self.lc.run_each(calls)
         # FENCED: a newer token (recovery, a restore) owns the session now; this eviction merely lost the race.
         return {i: EvictionResult(c.session_id, c.reason,
                                   Outcome.KEPT if outcome is MarkOutcome.FENCED else Outcome.ABORTED, outcome.value)
@@ -207,14 +212,12 @@ class Evictor:
         pending, give_up_at = dict(claims), time.monotonic() + self.settings.task_time_limit_s / 2
         while pending:
             now = self.lc.now_ms()
-            confirmed = self.lc.run_many([self.claims.extend(c, now) for c in pending.values()])
+            confirmed = self.lc.run_each([self.claims.extend(c, now) for c in pending.values()])
             window_ends = time.monotonic() + self.settings.claim_lease_s / 3
             window, later = {}, {}
-            for (i, claim), still_ours in zip(pending.items(), confirmed, strict=True):
-                if not still_ours:
-                    log.warning('eviction of %s fenced off before its sandbox release: token %d is stale',
-                                claim.session_id, claim.token)  # fmt: skip
-                    results[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+            for (i, claim), step in zip(pending.items(), confirmed, strict=True):
+                if step is not Step.DONE:
+                    results[i] = self._stopped(claim, step, 'before its sandbox release')
                 elif time.monotonic() > window_ends:
                     later[i] = claim  # confirmed again, in the next window
                 else:
@@ -232,18 +235,40 @@ class Evictor:
     def _finish(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
         """Take the claimed sessions out of the pool (one pipeline), each only under its own token."""
         now = self.lc.now_ms()
-        finished = self.lc.run_many(
-            [self.claims.finish(c, c.meta.owner if c.meta is not None else '', now) for c in claims.values()]
-        )
+        finished = self.lc.run_each([self.claims.finish(c, now) for c in claims.values()])
         results = {}
-        for (i, claim), done in zip(claims.items(), finished, strict=True):
-            if not done:
-                log.warning('eviction of %s fenced off: token %d is stale', claim.session_id, claim.token)
-                results[i] = EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+        for (i, claim), step in zip(claims.items(), finished, strict=True):
+            if step is not Step.DONE:
+                results[i] = self._stopped(claim, step, 'after its sandbox release')
             else:
                 outcome = Outcome.EXPIRED if claim.reason is ReapReason.EXPIRED else Outcome.EVICTED
                 results[i] = EvictionResult(claim.session_id, claim.reason, outcome)
         return results
+
+    def _stopped(self, claim: Claim, step: Step | LifecycleError, when: str) -> EvictionResult:
+        """The result of a claim whose fenced step did not go through."""
+        if isinstance(step, LifecycleError):
+            # The claim stays: once its lease runs out, the next sweep's recovery resolves it.
+            log.warning('eviction of %s stopped %s: %s', claim.session_id, when, step)
+            return EvictionResult(claim.session_id, claim.reason, Outcome.SKIPPED, f'error: {step}')
+        if step is Step.FENCED:
+            log.warning('eviction of %s fenced off %s: token %d is stale', claim.session_id, when, claim.token)
+            return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
+        log.warning('eviction of %s undone %s: a turn finished since the claim, its durable write no longer covers '
+                    'the session', claim.session_id, when)  # fmt: skip
+        return self._undo(claim, Outcome.ABORTED)
+
+    def _undo(self, claim: Claim, outcome: Outcome) -> EvictionResult:
+        """A turn finished after the durable write: put MongoDB back to live (under the claim's own token),
+        then give the claim up. If MongoDB fails, the claim stays for recovery, which retries the undo."""
+        assert self.store is not None  # only evictions with a durable write have a sequence to check
+        try:
+            self.store.revert([Mark(claim_record(claim), claim.token, claim.reason)])
+        except PersistenceError as exc:
+            log.warning('undo of the eviction of %s postponed to recovery: %s', claim.session_id, exc)
+            return EvictionResult(claim.session_id, claim.reason, Outcome.SKIPPED, 'persistence_error')
+        self.lc.run_each([self.claims.abort(claim)])
+        return EvictionResult(claim.session_id, claim.reason, outcome, 'turn_finished')
 
     def _release(self, claim: Claim) -> None:
         try:
@@ -282,8 +307,11 @@ class Evictor:
             log.warning('recovery of %s postponed: %s', session_id, exc)  # the claim stays; the next sweep retries
             return EvictionResult(session_id, claim.reason, Outcome.ABORTED, 'persistence_error')
         if policy.is_durably_evicted(before, takeover.old_token):
-            log.info('recovery completes the eviction of %s (token %d)', session_id, takeover.old_token)
-            return self._complete({0: claim})[0]
+            if before is not None and policy.covers(before, claim.meta.turn_seq):
+                log.info('recovery completes the eviction of %s (token %d)', session_id, takeover.old_token)
+                return self._complete({0: claim})[0]
+            log.info('recovery rolls %s back to live: a turn finished after its eviction write', session_id)
+            return self._undo(claim, Outcome.ROLLED_BACK)
         self.lc.run(self.claims.abort(claim))
         log.info('recovery rolls %s back to live: its eviction write never landed', session_id)
         return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK)

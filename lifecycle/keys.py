@@ -82,9 +82,10 @@ class Keys:
         return f'{self.prefix}:slots'
 
     @property
-    def tenant_slots(self) -> str:
-        """HASH tenant -> that tenant's live sessions + held reservations."""
-        return f'{self.prefix}:tenant_slots'
+    def tenants(self) -> str:
+        """ZSET (every score 0) 'tenant|session_id' and 'tenant|reservation member': a tenant's slots are one
+        ZLEXCOUNT; the member '#' marks the index as complete (absent: lost or never built)."""
+        return f'{self.prefix}:tenants'
 
     @property
     def orphans(self) -> str:
@@ -125,13 +126,15 @@ class Keys:
         """ZSET finished run_id -> when it finished (epoch ms); running runs are never in it."""
         return f'{self.prefix}:runs:terminal'
 
+    # A run id may hold ':' (ids allow it), so a run's two keys differ before the id, never after it:
+    # '{lc}:run:<id>' and '{lc}:run_events:<id>' cannot name each other's key for any two ids.
     def run(self, run_id: str) -> str:
         """HASH of one run: status, session_id, started_ms, finished_ms."""
         return f'{self.prefix}:run:{run_id}'
 
     def run_events(self, run_id: str) -> str:
         """STREAM of one run's event frames (field 'f', JSON), capped at max_events_per_run."""
-        return f'{self.prefix}:run:{run_id}:events'
+        return f'{self.prefix}:run_events:{run_id}'
 
     @property
     def worktrees(self) -> str:

@@ -78,3 +78,10 @@ def warning_window(cursor_ms: int | None, now_ms: int, idle_ttl_s: int, warn_bef
 def is_durably_evicted(document: Mapping[str, object] | None, token: int) -> bool:
     """Whether a session document (before recovery raised its fence) holds the eviction write of `token`."""
     return document is not None and document.get('state') == 'resumable' and document.get('fence') == token
+
+
+def covers(document: Mapping[str, object], turn_seq: int) -> bool:
+    """Whether an eviction write (which records the turn sequence its claim saw) covers `turn_seq`, the
+    session's sequence now: False when a turn finished after the claim."""
+    marked = document.get('turn_seq', 0)
+    return isinstance(marked, int) and marked >= turn_seq

@@ -75,7 +75,6 @@ class Settings(BaseSettings):
     warnings_interval_s: PositiveInt = 60
     reconcile_interval_s: PositiveInt = 300
     sweep_lock_timeout_s: PositiveInt = 60  # extended after every batch; a dead sweeper frees it this soon
-    reconcile_tenant_limit: PositiveInt = 100_000  # recount tenants in one script only up to this many sessions
 
     # Finished runs (a turn's buffered event frames, kept for late reconnects).
     run_retention_s: PositiveInt = 300

@@ -14,8 +14,11 @@ from typing import Any, Generic, TypeVar
 from lifecycle import validate
 from lifecycle.errors import (
     CapacityExceeded,
+    InvalidArgument,
     InvalidTTL,
+    PoolRecovering,
     ReservationLost,
+    SessionDamaged,
     SessionExists,
     SessionNotLive,
     SessionReaping,
@@ -54,7 +57,11 @@ class Meta:
 
     @classmethod
     def unpack(cls, record: str) -> Meta:
-        owner, tenant, profile, created, seq = record.split('|')
+        """The record's fields; SessionDamaged if it is not a record these scripts wrote (a hand edit)."""
+        parts = record.split('|') if isinstance(record, str) else []
+        if len(parts) != 5 or not parts[3].isdigit() or not parts[4].isdigit():
+            raise SessionDamaged(f'session record {record!r} is malformed; the reconcile sweep reports it')
+        owner, tenant, profile, created, seq = parts
         return cls(owner, tenant or None, profile or None, int(created), int(seq))
 
 
@@ -84,6 +91,16 @@ def member(token: str, owner: str, tenant: str | None) -> str:
     return f'{token}|{owner}|{tenant or ""}'
 
 
+def reservation_member(reservation: object) -> str:
+    """The member of a Reservation the caller hands back; InvalidArgument unless it is one with valid ids."""
+    if not isinstance(reservation, Reservation):
+        raise InvalidArgument(f'reservation must be a Reservation from reserve(), got {reservation!r}')
+    token = validate.identifier('reservation token', reservation.token)
+    owner = validate.identifier('reservation owner', reservation.owner)
+    tenant = validate.optional_identifier('reservation tenant', reservation.tenant)
+    return member(token, owner, tenant)
+
+
 def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
     """Return `ttl_seconds` if it is a whole number of seconds in 1..max_ttl_s."""
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
@@ -110,6 +127,12 @@ class SessionIndex:
         def parse(reply: list[Any]) -> Reservation:
             if _int(reply[0]) == 1:
                 return Reservation(token, owner, tenant, _int(reply[1]))
+            if reply[1] == 'tenants_unknown':
+                raise PoolRecovering(
+                    f'the tenant index was lost, so tenant {tenant!r} cannot be counted against its cap until the '
+                    'expiry sweep rebuilds it',
+                    s.expired_interval_s,
+                )
             scope, live, reserved, cap = reply[1], _int(reply[2]), _int(reply[3]), _int(reply[4])
             raise CapacityExceeded(live, reserved, cap, tenant if scope == 'tenant' else None)
 
@@ -117,7 +140,7 @@ class SessionIndex:
         return Call(
             parse,
             'reserve_slot',
-            (k.slots, k.tenant_slots, k.reservations, k.live),
+            (k.slots, k.tenants, k.reservations, k.live),
             (member(token, owner, tenant), tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms,
              PURGE_LIMIT),
         )  # fmt: skip
@@ -125,21 +148,32 @@ class SessionIndex:
     def release(self, reservation: Reservation) -> Call[bool]:
         """Give a reservation's slot back; False if it was already gone (expired or released)."""
         k = self.keys
-        validate.identifier('reservation token', reservation.token)
         return Call(
             lambda reply: _int(reply) == 1,
             'release_slot',
-            (k.reservations, k.slots, k.tenant_slots),
-            (member(reservation.token, reservation.owner, reservation.tenant),),
+            (k.reservations, k.slots, k.tenants, k.live),
+            (reservation_member(reservation),),
         )
 
     def activate(
-        self, reservation: Reservation, session_id: str, ttl_seconds: int | None, profile: str | None, now_ms: int
+        self,
+        reservation: Reservation,
+        session_id: str,
+        ttl_seconds: int | None,
+        profile: str | None,
+        now_ms: int,
+        *,
+        turn_seq: int = 0,
+        created_ms: int | None = None,
     ) -> Call[SessionInfo]:
-        """Turn a reservation into a live session with a hard deadline `ttl_seconds` from now."""
+        """Turn a reservation into a live session with a hard deadline `ttl_seconds` from now.
+
+        A restored session passes the turn sequence and creation time it had: its sequence never goes back.
+        """
         session_id = validate.identifier('session_id', session_id)
         profile = validate.optional_identifier('profile', profile)
-        token = validate.identifier('reservation token', reservation.token)
+        reserved = reservation_member(reservation)
+        token = reservation.token
         limits = self.settings.limits(profile)
         ttl_s = limits.default_ttl_s if ttl_seconds is None else check_ttl(ttl_seconds, limits.max_ttl_s)
         k = self.keys
@@ -157,13 +191,15 @@ class SessionIndex:
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenant_slots, k.cleaning),
+            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenants, k.cleaning),
             (
-                member(token, reservation.owner, reservation.tenant),
+                reserved,
                 session_id,
                 profile or '',
                 now_ms,
                 now_ms + ttl_s * 1000,
+                turn_seq,
+                now_ms if created_ms is None else created_ms,
             ),
         )
 
@@ -194,6 +230,8 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
             if code == -1:
                 raise SessionNotLive(f'session {session_id!r} is not live')
+            if code == -4:
+                raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; nothing was changed')
             return _int(reply[1])
 
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
@@ -226,9 +264,12 @@ class SessionIndex:
         k = self.keys
 
         def parse(reply: list[Any]) -> SessionInfo | None:
-            if _int(reply[0]) == -2:
+            code = _int(reply[0])
+            if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
-            if _int(reply[0]) != 1:
+            if code == -4:
+                raise SessionDamaged(f'session {session_id!r} has lost its record or deadline in Redis; not closed')
+            if code != 1:
                 return None
             info = self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
             return replace(info, state=SessionState.CLOSED)
@@ -236,9 +277,10 @@ class SessionIndex:
         return Call(
             parse,
             'close_session',
-            (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenant_slots),
+            (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenants,
+             k.reservations),
             (session_id,),
-        )
+        )  # fmt: skip
 
     def status(self, session_id: str, now_ms: int) -> Call[SessionInfo | None]:
         """Read one session without counting as activity; None if Redis does not hold it."""
@@ -247,8 +289,11 @@ class SessionIndex:
 
         def parse(reply: list[Any]) -> SessionInfo | None:
             record, last_active, expires_at, busy_lease, reaping = reply
-            if record is None or last_active is None:
-                return None
+            if last_active is None:
+                return None  # not in the live pool (a record left without its live entry is reconcile's to relink)
+            if record is None or expires_at is None:
+                missing = 'record' if record is None else 'deadline'
+                raise SessionDamaged(f'session {session_id!r} is live but its {missing} is missing in Redis')
             busy = busy_lease is not None and _int(busy_lease) > now_ms
             return self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
 

@@ -22,6 +22,7 @@ from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.lock import SweepLock, sweep_lock
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
+from lifecycle.reconcile import Reconciler
 from lifecycle.records import queue_records, scan_records
 from lifecycle.state import Meta
 from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
@@ -224,12 +225,25 @@ class Sweeper:
             self._order(report, orders, dry_run)
 
     def _sweep_expired(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        if not dry_run and self._tenant_index_lost():
+            # Reservations of capped tenants are refused until the index is rebuilt: do it now, not in 5 min.
+            log.warning('the tenant index was lost: reconciling now')
+            report.drift = self.run(SweepKind.RECONCILE, dedupe=False).drift
         self._recover_claims(report, dry_run)
         now = self.lc.now_ms()
         for page in self._pages(self.keys.deadline, '-inf', now, lock):
             self._order(report, [Order(session_id, ReapReason.EXPIRED) for session_id, _ in page], dry_run)
         if not dry_run:
             self._release_leftover_sandboxes(report, now)
+
+    def _tenant_index_lost(self) -> bool:
+        """The tenant index has lost its marker while the pool holds something (see `Keys.tenants`)."""
+        pipe = self.lc.redis.pipeline(transaction=False)
+        pipe.zscore(self.keys.tenants, '#')
+        pipe.zcard(self.keys.live)
+        pipe.zcard(self.keys.reservations)
+        marker, live, reserved = pipe.execute()
+        return marker is None and live + reserved > 0
 
     def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
         """Retry failed releases, and release sandboxes past their deadline whose session Redis no longer holds."""
@@ -292,9 +306,7 @@ class Sweeper:
         if dry_run:
             return
         self._migrate_legacy_records(lock)
-        report.drift = drift = self.lc.run(self.claims.reconcile(self.lc.now_ms()))
-        if drift.pool_drift or drift.tenant_drift:
-            log.warning('reconcile repaired drift: pool %+d, tenants %s', drift.pool_drift, drift.tenant_drift)
+        report.drift = Reconciler(self.lc, self.evictor.store).run(lock.extend)
 
     def _migrate_legacy_records(self, lock: SweepLock) -> None:
         """Move records left in the first layout's single hash (a pool upgraded in place) into their buckets.

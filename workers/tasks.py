@@ -63,7 +63,7 @@ def summary(report: SweepReport) -> dict[str, Any]:
         'recovered': [f'{r.session_id}:{r.outcome}' for r in report.recovered],
         'notices': report.notices,
         'released_sandboxes': len(report.released_sandboxes),
-        'drift': report.drift.pool_drift if report.drift else None,
+        'drift': report.drift.describe() if report.drift else None,
         'dropped_runs': len(report.dropped_runs),
         'worktrees': [f'{a.path}:{a.verdict}' for a in report.worktrees.actions] if report.worktrees else [],
         'duration_ms': report.duration_ms,

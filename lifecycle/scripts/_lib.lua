@@ -1,8 +1,14 @@
 -- _lib: helpers prepended to every script (not a script of its own).
 -- A session record is 'owner|tenant|profile|created_ms|turn_seq'; '' stands for none.
+-- Scripts validate everything they read before their first write, and answer state they cannot use (a
+-- damaged record, a missing index entry) with a status code, never a Lua error: Redis does not roll back
+-- the writes a script made before an error.
 
+-- The record as a table, or nil when it is missing or malformed (outside damage: a hand edit).
 local function unpack_meta(record)
-  local owner, tenant, profile, created, seq = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if not record then return nil end
+  local owner, tenant, profile, created, seq = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(%d+)|(%d+)$')
+  if not owner then return nil end
   return {owner = owner, tenant = tenant, profile = profile, created = created, seq = tonumber(seq)}
 end
 
@@ -10,12 +16,46 @@ local function pack_meta(m)
   return table.concat({m.owner, m.tenant, m.profile, m.created, string.format('%d', m.seq)}, '|')
 end
 
--- Give one slot back to the pool and to its tenant.
-local function give_back(slots_key, tenant_slots_key, tenant)
-  redis.call('DECR', slots_key)
-  if tenant ~= '' and redis.call('HINCRBY', tenant_slots_key, tenant, -1) <= 0 then
-    redis.call('HDEL', tenant_slots_key, tenant)
-  end
+-- The tenant index is one sorted set, every score 0, of 'tenant|session_id' (a live session) and
+-- 'tenant|token|owner|tenant' (a reservation) members: a tenant's slots are one ZLEXCOUNT, and a
+-- transition adds or removes exactly its own member, so no transition can ever push a tenant's count
+-- below the truth (a counter's DECR on a lost key would). Ids never hold '|', and every character an id
+-- may hold sorts below '|' and '}', so '[t|' .. '(t}' is exactly tenant t's range.
+local TENANTS_KNOWN = '#'  -- the index's marker member: absent means the index was lost (or never built)
+
+local function tenant_member(tenant, id)
+  return tenant .. '|' .. id
+end
+
+local function tenant_count(tenants_key, tenant)
+  return redis.call('ZLEXCOUNT', tenants_key, '[' .. tenant .. '|', '(' .. tenant .. '}')
+end
+
+-- What the sets say the pool holds: live sessions plus held (not yet purged) reservations.
+local function pool_truth(k)
+  return redis.call('ZCARD', k.live) + redis.call('ZCARD', k.reservations)
+end
+
+-- The slots admission is judged on: the counter, but never less than the sets hold, so a lost or lowered
+-- counter cannot let the pool overshoot before reconciliation repairs (and reports) it.
+local function pool_used(k)
+  local truth = pool_truth(k)
+  local counter = tonumber(redis.call('GET', k.slots) or '0') or 0
+  if counter > truth then return counter end
+  return truth
+end
+
+-- One slot was taken (a new reservation): count it, unless the counter is gone (reconcile recreates it).
+local function take_slot(k)
+  if redis.call('EXISTS', k.slots) == 1 then redis.call('INCR', k.slots) end
+end
+
+-- One slot came back; the caller already removed the member from live or reservations. The counter never
+-- goes below what the sets hold, and a missing counter is never created here (reconcile does that).
+local function give_back(k, tenant, id)
+  local counter = tonumber(redis.call('GET', k.slots) or '')
+  if counter and counter > pool_truth(k) then redis.call('DECR', k.slots) end
+  if tenant ~= '' then redis.call('ZREM', k.tenants, tenant_member(tenant, id)) end
 end
 
 -- A reservation is a sorted-set member 'token|owner|tenant' (scored by its lease expiry): everything
@@ -24,12 +64,12 @@ local function reservation_tenant(member)
   return string.match(member, '^[^|]*|[^|]*|(.*)$') or ''
 end
 
--- Give the slots of expired reservations back (at most `limit` of them); returns how many.
-local function purge_reservations(reservations_key, slots_key, tenant_slots_key, now_ms, limit)
-  local expired = redis.call('ZRANGEBYSCORE', reservations_key, '-inf', now_ms, 'LIMIT', 0, limit)
+-- Give the slots of expired reservations back (at most `limit` of them, -1 all); returns how many.
+local function purge_reservations(k, now_ms, limit)
+  local expired = redis.call('ZRANGEBYSCORE', k.reservations, '-inf', now_ms, 'LIMIT', 0, limit)
   for _, member in ipairs(expired) do
-    redis.call('ZREM', reservations_key, member)
-    give_back(slots_key, tenant_slots_key, reservation_tenant(member))
+    redis.call('ZREM', k.reservations, member)
+    give_back(k, reservation_tenant(member), member)
   end
   return #expired
 end
@@ -71,7 +111,24 @@ local function drop_session(k, session_id, tenant)
   redis.call('ZREM', k.busy, session_id)
   redis.call('HDEL', k.turns, session_id)
   redis.call('HDEL', k.meta, session_id)
-  give_back(k.slots, k.tenant_slots, tenant)
+  give_back(k, tenant, session_id)
+end
+
+-- An eviction claim is 'token|reason|turn_seq': the turn sequence the claim saw, so the steps after the
+-- durable write can tell that a turn finished meanwhile (the write no longer covers it). Claims written
+-- before the sequence was kept ('token|reason') have none.
+local function unpack_claim(claim)
+  if not claim then return nil end
+  local token, reason, seq = string.match(claim, '^(%d+)|([^|]*)|?(%d*)$')
+  if not token then return nil end
+  return {token = token, reason = reason, seq = tonumber(seq)}
+end
+
+-- Whether a turn finished since the claim was taken (not for expiry: the hard deadline ends it anyway).
+local function turn_finished_since(claim, record)
+  if claim.seq == nil or claim.reason == 'expired' then return false end
+  local meta = unpack_meta(record)
+  return meta ~= nil and meta.seq > claim.seq
 end
 
 -- Drop finished runs that finished at or before `oldest_kept_ms`, then the oldest beyond `max_kept`, from

@@ -1,19 +1,24 @@
 -- activate_session: turn a held reservation into a live session; its slot moves with it.
 -- KEYS[1] reservations ZSET  KEYS[2] live ZSET  KEYS[3] deadline ZSET  KEYS[4] meta bucket HASH
--- KEYS[5] slots STRING  KEYS[6] tenant_slots HASH  KEYS[7] cleaning ZSET
+-- KEYS[5] slots STRING  KEYS[6] tenants ZSET  KEYS[7] cleaning ZSET
 -- ARGV[1] reservation member 'token|owner|tenant'  ARGV[2] session_id  ARGV[3] profile ('' none)
--- ARGV[4] now_ms  ARGV[5] expires_at_ms
+-- ARGV[4] now_ms  ARGV[5] expires_at_ms  ARGV[6] turn_seq to start from (a restored session goes on from
+-- its durable sequence, so no checkpoint taken before the restore can cover a turn after it)
+-- ARGV[7] created_ms (a restored session keeps its creation time)
 -- Returns {1, record, last_active, expires_at} activated, {2, record, last_active, expires_at} when this
 -- reservation's owner already activated it (a resent call), {-1} reservation lost, {-2} session id taken,
 -- {-3} a cleaner is removing the session's worktree right now (retry shortly).
+local k = {reservations = KEYS[1], live = KEYS[2], deadline = KEYS[3], meta = KEYS[4], slots = KEYS[5],
+           tenants = KEYS[6]}
 local member, session_id, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local owner, tenant = string.match(member, '^[^|]*|([^|]*)|(.*)$')
-local lease = redis.call('ZSCORE', KEYS[1], member)
+local lease = redis.call('ZSCORE', k.reservations, member)
 
-local current = redis.call('HGET', KEYS[4], session_id)
+local current = redis.call('HGET', k.meta, session_id)
 if current then
-  if not lease and unpack_meta(current).owner == owner then
-    return {2, current, redis.call('ZSCORE', KEYS[2], session_id), redis.call('ZSCORE', KEYS[3], session_id)}
+  local meta = unpack_meta(current)
+  if not lease and meta and meta.owner == owner then
+    return {2, current, redis.call('ZSCORE', k.live, session_id), redis.call('ZSCORE', k.deadline, session_id)}
   end
   return {-2}
 end
@@ -24,14 +29,18 @@ local cleaning = redis.call('ZSCORE', KEYS[7], session_id)
 if cleaning and tonumber(cleaning) > now then
   return {-3}
 end
-redis.call('ZREM', KEYS[1], member)
+redis.call('ZREM', k.reservations, member)
 if tonumber(lease) <= now then
-  give_back(KEYS[5], KEYS[6], tenant)
+  give_back(k, tenant, member)
   return {-1}
 end
 
-local record = pack_meta({owner = owner, tenant = tenant, profile = ARGV[3], created = ARGV[4], seq = 0})
-redis.call('ZADD', KEYS[2], now, session_id)
-redis.call('ZADD', KEYS[3], ARGV[5], session_id)
-redis.call('HSET', KEYS[4], session_id, record)
+local record = pack_meta({owner = owner, tenant = tenant, profile = ARGV[3], created = ARGV[7], seq = tonumber(ARGV[6])})
+redis.call('ZADD', k.live, now, session_id)
+redis.call('ZADD', k.deadline, ARGV[5], session_id)
+redis.call('HSET', k.meta, session_id, record)
+if tenant ~= '' then
+  redis.call('ZREM', k.tenants, tenant_member(tenant, member))
+  redis.call('ZADD', k.tenants, 0, tenant_member(tenant, session_id))
+end
 return {1, record, ARGV[4], ARGV[5]}

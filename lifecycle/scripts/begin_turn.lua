@@ -2,7 +2,8 @@
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] reaping ZSET  KEYS[4] busy ZSET  KEYS[5] turns HASH
 -- KEYS[6] meta bucket HASH
 -- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] busy lease expiry ms
--- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline.
+-- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline, {-4} its record
+-- is missing or malformed (outside damage; reconcile repairs it). Nothing is written unless it returns 1.
 local session_id, now = ARGV[1], tonumber(ARGV[3])
 -- An eviction claim refuses turns even after its lease ran out: until a sweep resolves it, MongoDB
 -- may already say resumable.
@@ -12,11 +13,16 @@ end
 if not redis.call('ZSCORE', KEYS[1], session_id) then
   return {-1}
 end
-if tonumber(redis.call('ZSCORE', KEYS[2], session_id)) <= now then
+local deadline = redis.call('ZSCORE', KEYS[2], session_id)
+if deadline and tonumber(deadline) <= now then
   return {-3}
+end
+local meta = unpack_meta(redis.call('HGET', KEYS[6], session_id))
+if not meta or not deadline then
+  return {-4}
 end
 local leases = read_leases(KEYS[5], session_id, now)
 leases[ARGV[2]] = tonumber(ARGV[4])
 write_leases(KEYS[5], KEYS[4], session_id, leases)
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)
-return {1, unpack_meta(redis.call('HGET', KEYS[6], session_id)).seq}
+return {1, meta.seq}

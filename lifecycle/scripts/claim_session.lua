@@ -5,17 +5,22 @@
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
 -- Returns {1, token, record, last_active, expires_at} claimed, or {0, why} with why one of
--- not_live, claimed, busy, not_due, expired (left to the expiry path), moved (touched since observed).
+-- not_live, claimed, busy, not_due, expired (left to the expiry path), moved (touched since observed),
+-- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason.
 local session_id, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local last_active = redis.call('ZSCORE', KEYS[1], session_id)
 local record = redis.call('HGET', KEYS[6], session_id)
-if not last_active or not record then
+if not last_active then
   return {0, 'not_live'}
 end
 if redis.call('ZSCORE', KEYS[4], session_id) then
   return {0, 'claimed'}
 end
+local meta = unpack_meta(record)
 local expires_at = redis.call('ZSCORE', KEYS[2], session_id)
+if not meta or not expires_at then
+  return {0, 'damaged'}
+end
 local expired = tonumber(expires_at) <= now
 if reason == 'expired' then
   if not expired then return {0, 'not_due'} end
@@ -30,14 +35,14 @@ else
     if redis.call('ZCARD', KEYS[1]) - redis.call('ZCARD', KEYS[4]) <= tonumber(ARGV[5]) then return {0, 'not_due'} end
     if tonumber(last_active) ~= tonumber(ARGV[6]) then return {0, 'moved'} end
   elseif reason == 'owner_lost' then
-    if unpack_meta(record).owner ~= ARGV[5] then return {0, 'not_due'} end
+    if meta.owner ~= ARGV[5] then return {0, 'not_due'} end
     local heartbeat = redis.call('ZSCORE', KEYS[8], ARGV[5])
     if heartbeat and tonumber(heartbeat) > now then return {0, 'not_due'} end
   else
-    return redis.error_reply('unknown eviction reason ' .. reason)
+    return {0, 'bad_reason'}
   end
 end
 local token = redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[4], ARGV[4], session_id)
-redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason)
+redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason .. '|' .. string.format('%d', meta.seq))
 return {1, token, record, last_active, expires_at}

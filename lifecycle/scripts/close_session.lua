@@ -1,18 +1,24 @@
 -- close_session: end a live session at its app's request and give its slot back.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta bucket HASH
--- KEYS[6] reaping ZSET  KEYS[7] slots STRING  KEYS[8] tenant_slots HASH
+-- KEYS[6] reaping ZSET  KEYS[7] slots STRING  KEYS[8] tenants ZSET  KEYS[9] reservations ZSET
 -- ARGV[1] session_id
--- Returns {1, record, last_active, expires_at} closed, {0} not live, {-2} being reaped (retry, then it is resumable).
+-- Returns {1, record, last_active, expires_at} closed, {0} not live, {-2} being reaped (retry, then it is
+-- resumable), {-4} its record is damaged (reconcile repairs it; the session stays as it is meanwhile).
+local k = {live = KEYS[1], deadline = KEYS[2], busy = KEYS[3], turns = KEYS[4], meta = KEYS[5],
+           slots = KEYS[7], tenants = KEYS[8], reservations = KEYS[9]}
 local session_id = ARGV[1]
 if redis.call('ZSCORE', KEYS[6], session_id) then
   return {-2}
 end
-local record = redis.call('HGET', KEYS[5], session_id)
-if not record or not redis.call('ZSCORE', KEYS[1], session_id) then
+local last_active = redis.call('ZSCORE', k.live, session_id)
+if not last_active then
   return {0}
 end
-local k = {live = KEYS[1], deadline = KEYS[2], busy = KEYS[3], turns = KEYS[4], meta = KEYS[5],
-           slots = KEYS[7], tenant_slots = KEYS[8]}
-local last_active, expires_at = redis.call('ZSCORE', KEYS[1], session_id), redis.call('ZSCORE', KEYS[2], session_id)
-drop_session(k, session_id, unpack_meta(record).tenant)
+local record = redis.call('HGET', k.meta, session_id)
+local meta = unpack_meta(record)
+local expires_at = redis.call('ZSCORE', k.deadline, session_id)
+if not meta or not expires_at then
+  return {-4}
+end
+drop_session(k, session_id, meta.tenant)
 return {1, record, last_active, expires_at}

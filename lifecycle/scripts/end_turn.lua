@@ -1,16 +1,18 @@
 -- end_turn: a turn finished: drop its busy lease, bump the turn sequence, stamp activity.
 -- KEYS[1] live ZSET  KEYS[2] busy ZSET  KEYS[3] turns HASH  KEYS[4] meta bucket HASH
 -- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms
--- Returns {1, turn_seq} done, {0} the session left the live pool while the turn ran.
+-- Returns {1, turn_seq} done, {0} the session left the live pool while the turn ran (or its record is
+-- damaged: the turn's lease is dropped either way). The sequence is bumped even while an eviction claim is
+-- in flight: the claim then sees a turn its durable write does not cover, and is undone.
 local session_id, now = ARGV[1], tonumber(ARGV[3])
+local live = redis.call('ZSCORE', KEYS[1], session_id)
+local meta = unpack_meta(redis.call('HGET', KEYS[4], session_id))
 local leases = read_leases(KEYS[3], session_id, now)
 leases[ARGV[2]] = nil
 write_leases(KEYS[3], KEYS[2], session_id, leases)
-local record = redis.call('HGET', KEYS[4], session_id)
-if not record or not redis.call('ZSCORE', KEYS[1], session_id) then
+if not live or not meta then
   return {0}
 end
-local meta = unpack_meta(record)
 meta.seq = meta.seq + 1
 redis.call('HSET', KEYS[4], session_id, pack_meta(meta))
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)

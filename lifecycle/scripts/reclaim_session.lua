@@ -3,18 +3,20 @@
 -- KEYS[1] reaping ZSET  KEYS[2] claims HASH  KEYS[3] epoch STRING  KEYS[4] meta bucket HASH  KEYS[5] live ZSET
 -- KEYS[6] deadline ZSET
 -- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] new claim lease expiry ms
--- Returns {1, old_token, new_token, reason, record, expires_at} taken over (record false if the session is
--- no longer live), {0} the claim is current or gone.
+-- Returns {1, old_token, new_token, reason, record, expires_at, claimed_seq} taken over (record false if the
+-- session is no longer live; claimed_seq -1 for a claim that kept none), {0} the claim is current or gone.
+-- A claim the scripts cannot read (a hand edit) is taken over as an idle claim with no sequence.
 local session_id = ARGV[1]
 local lease = redis.call('ZSCORE', KEYS[1], session_id)
-local claim = redis.call('HGET', KEYS[2], session_id)
-if not lease or not claim or tonumber(lease) > tonumber(ARGV[2]) then
+local packed = redis.call('HGET', KEYS[2], session_id)
+if not lease or tonumber(lease) > tonumber(ARGV[2]) then
   return {0}
 end
-local old_token, reason = string.match(claim, '^(%d+)|(.*)$')
+local claim = unpack_claim(packed) or {token = '0', reason = 'idle', seq = nil}
 local token = redis.call('INCR', KEYS[3])
+local seq = claim.seq and string.format('%d', claim.seq) or ''
 redis.call('ZADD', KEYS[1], ARGV[3], session_id)
-redis.call('HSET', KEYS[2], session_id, token .. '|' .. reason)
+redis.call('HSET', KEYS[2], session_id, token .. '|' .. claim.reason .. (seq ~= '' and ('|' .. seq) or ''))
 local record = false
 if redis.call('ZSCORE', KEYS[5], session_id) then record = redis.call('HGET', KEYS[4], session_id) end
-return {1, old_token, token, reason, record, redis.call('ZSCORE', KEYS[6], session_id)}
+return {1, claim.token, token, claim.reason, record, redis.call('ZSCORE', KEYS[6], session_id), claim.seq or -1}

@@ -1,47 +1,54 @@
 -- reserve_slot: admit a reservation only while the pool (and its tenant) is under cap.
--- KEYS[1] slots STRING  KEYS[2] tenant_slots HASH  KEYS[3] reservations ZSET  KEYS[4] live ZSET
+-- KEYS[1] slots STRING  KEYS[2] tenants ZSET (the tenant index)  KEYS[3] reservations ZSET  KEYS[4] live ZSET
 -- ARGV[1] member 'token|owner|tenant'  ARGV[2] tenant ('' none)  ARGV[3] cap  ARGV[4] tenant cap (0 none)
 -- ARGV[5] now_ms  ARGV[6] lease expiry ms  ARGV[7] max expired reservations to purge when full
 -- Returns {1, lease_ms} if reserved (or already held by this token: a resend takes no second slot),
--- {0, scope, live, reserved, cap} at capacity, scope 'pool' or 'tenant'.
+-- {0, scope, live, reserved, cap} at capacity, scope 'pool' or 'tenant', or {0, 'tenants_unknown'} when
+-- the tenant index was lost and a capped tenant cannot be counted until reconciliation rebuilds it.
+local k = {slots = KEYS[1], tenants = KEYS[2], reservations = KEYS[3], live = KEYS[4]}
 local member, tenant = ARGV[1], ARGV[2]
 local cap, tenant_cap, now, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 
-local held = redis.call('ZSCORE', KEYS[3], member)
+local held = redis.call('ZSCORE', k.reservations, member)
 if held then
   return {1, held}
 end
 
--- The counter is authoritative; a missing one (a flushed key) is recounted from the sets, so the pool
--- cannot overshoot before reconciliation repairs it.
-local counter = redis.call('GET', KEYS[1])
-local used = tonumber(counter or (redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[3])))
-if counter == false then redis.call('SET', KEYS[1], used) end
+-- An empty pool is the one moment a missing counter or tenant index can be created without a recount:
+-- nothing can be missing from them. Otherwise they are reconciliation's to rebuild (and report).
+if pool_truth(k) == 0 then
+  redis.call('SET', k.slots, 0, 'NX')
+  redis.call('ZADD', k.tenants, 0, TENANTS_KNOWN)
+end
+local used = pool_used(k)
 -- Only a full pool needs the slots of expired reservations (a crashed creator's) back right now;
 -- otherwise reconciliation purges them. This keeps the common path short.
-if used >= cap and purge_reservations(KEYS[3], KEYS[1], KEYS[2], now, limit) > 0 then
-  used = tonumber(redis.call('GET', KEYS[1]))
+if used >= cap and purge_reservations(k, now, limit) > 0 then
+  used = pool_used(k)
 end
 if used >= cap then
-  return {0, 'pool', redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[3]), cap}
+  return {0, 'pool', redis.call('ZCARD', k.live), redis.call('ZCARD', k.reservations), cap}
 end
 if tenant ~= '' and tenant_cap > 0 then
-  local tenant_used = tonumber(redis.call('HGET', KEYS[2], tenant) or '0')
-  if tenant_used >= tenant_cap and purge_reservations(KEYS[3], KEYS[1], KEYS[2], now, limit) > 0 then
-    tenant_used = tonumber(redis.call('HGET', KEYS[2], tenant) or '0')
+  if not redis.call('ZSCORE', k.tenants, TENANTS_KNOWN) then
+    return {0, 'tenants_unknown'}
+  end
+  local tenant_used = tenant_count(k.tenants, tenant)
+  if tenant_used >= tenant_cap and purge_reservations(k, now, limit) > 0 then
+    tenant_used = tenant_count(k.tenants, tenant)
   end
   if tenant_used >= tenant_cap then
     local tenant_reserved = 0
-    for _, other in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-      if reservation_tenant(other) == tenant then tenant_reserved = tenant_reserved + 1 end
+    for _, other in ipairs(redis.call('ZRANGEBYLEX', k.tenants, '[' .. tenant .. '|', '(' .. tenant .. '}')) do
+      if string.find(other, '|', #tenant + 2, true) then tenant_reserved = tenant_reserved + 1 end
     end
     return {0, 'tenant', tenant_used - tenant_reserved, tenant_reserved, tenant_cap}
   end
 end
 
-redis.call('INCR', KEYS[1])
+take_slot(k)
+redis.call('ZADD', k.reservations, ARGV[6], member)
 if tenant ~= '' then
-  redis.call('HINCRBY', KEYS[2], tenant, 1)
+  redis.call('ZADD', k.tenants, 0, tenant_member(tenant, member))
 end
-redis.call('ZADD', KEYS[3], ARGV[6], member)
 return {1, ARGV[6]}

@@ -176,6 +176,22 @@ def test_a_worker_process_killed_mid_eviction_is_redelivered_and_recovered(
     lc.disconnect()
 
 
+def git(*args: str, cwd: Path) -> None:
+    env = {**os.environ, 'GIT_AUTHOR_NAME': 't', 'GIT_AUTHOR_EMAIL': 't@x', 'GIT_COMMITTER_NAME': 't',
+           'GIT_COMMITTER_EMAIL': 't@x', 'GIT_CONFIG_NOSYSTEM': '1', 'HOME': str(cwd)}  # fmt: skip
+    subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def git_repository(path: Path) -> Path:
+    """A repository with one commit, whose worktrees the hosts' cleaners will find."""
+    path.mkdir()
+    git('init', '-b', 'main', cwd=path)
+    (path / 'README').write_text('hello\n')
+    git('add', 'README', cwd=path)
+    git('commit', '-m', 'first', cwd=path)
+    return path
+
+
 def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
     make_settings: SettingsFactory, broker: str, spawn: Spawn, tmp_path: Path
 ) -> None:
@@ -184,9 +200,13 @@ def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
     roots = [tmp_path / 'host-a', tmp_path / 'host-b']
     settings = make_settings(broker_url=broker, worktree_grace_s=60)
     forgotten = [root / f'forgotten-{index}' for index, root in enumerate(roots)]  # each its own session's
+    repository = git_repository(tmp_path / 'repository')
     for index, (root, worktree) in enumerate(zip(roots, forgotten, strict=True)):
-        worktree.mkdir(parents=True)
-        os.utime(worktree, (time.time() - 3600, time.time() - 3600))
+        root.mkdir()
+        git('worktree', 'add', '-b', f'work-{index}', str(worktree), cwd=repository)
+        (worktree / 'notes.txt').write_text('work nobody pushed\n')  # so it goes to the trash, with a note
+        for path in (worktree / '.git', worktree):
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
         spawn(settings.model_copy(update={'worktree_root': str(root)}), *worker_args(f'host{index}'))
     spawn(settings, *worker_args('no-root'))  # a host without worktrees gets a copy and skips it
     app = create_app(settings)
@@ -224,5 +244,5 @@ def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
         pytest.fail('no single message reached all three workers')
     for root in roots:
         [note] = list((root / '.trash').glob('*.json'))
-        assert json.loads(note.read_text())['reasons'] == ['not a git worktree']
+        assert 'untracked files' in json.loads(note.read_text())['reasons']
     lc.disconnect()

@@ -9,7 +9,7 @@ import pymongo
 import pytest
 
 from lifecycle import CapacityExceeded, Lifecycle, SessionReaping, SessionState
-from lifecycle.claims import Claim, ClaimIndex
+from lifecycle.claims import Claim, ClaimIndex, Step
 from lifecycle.eviction import Outcome, claim_record
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Order
@@ -374,17 +374,17 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
         r.lc.activate(r.lc.reserve('api-1'), name)
     r.clock.advance(seconds=60)
     confirmed: dict[str, float] = {}
-    run_many = r.lc.run_many
+    run_each = r.lc.run_each
 
     def watching(calls: Any) -> Any:
-        replies = run_many(calls)
+        replies = run_each(calls)
         at = time.monotonic()
-        for call, ok in zip(calls, replies, strict=True):
-            if call.script == 'extend_claim' and ok:
+        for call, step in zip(calls, replies, strict=True):
+            if call.script == 'extend_claim' and step is Step.DONE:
                 confirmed[call.args[0]] = at
         return replies
 
-    r.lc.run_many = watching  # type: ignore[method-assign]
+    r.lc.run_each = watching  # type: ignore[method-assign]
     results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
     assert [res.outcome for res in results] == [Outcome.EVICTED] * 5
     assert sorted(driver.started) == names

@@ -39,15 +39,19 @@ def children() -> Iterator[list[Any]]:
         process.join(10)
 
 
-def sample_pool(client: redis.Redis, settings: Settings) -> tuple[int, int, int, dict[str, str]]:
-    """Live, reserved, the slot counter and tenant counters, read in one MULTI/EXEC (independent of our scripts)."""
+def sample_pool(client: redis.Redis, settings: Settings) -> tuple[int, int, int, dict[str, int]]:
+    """Live, reserved, the slot counter and tenants' slots, read in one MULTI/EXEC (independent of our scripts)."""
     k = Lifecycle(settings, redis_client=client).index.keys
     pipe = client.pipeline(transaction=True)
     pipe.zcard(k.live)
     pipe.zcard(k.reservations)
     pipe.get(k.slots)
-    pipe.hgetall(k.tenant_slots)
-    live, reserved, slots, tenants = pipe.execute()
+    pipe.zrange(k.tenants, 0, -1)
+    live, reserved, slots, members = pipe.execute()
+    tenants: dict[str, int] = {}
+    for member in members:
+        if member != '#':
+            tenants[member.split('|', 1)[0]] = tenants.get(member.split('|', 1)[0], 0) + 1
     return live, reserved, int(slots or 0), tenants
 
 

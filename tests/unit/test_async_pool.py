@@ -20,9 +20,14 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, SettingsFactory
 
 Scenario = Callable[[AsyncLifecycle, FixedClock], Awaitable[None]]
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings(max_sessions=5, worktree_root='/srv/worktrees')
 
 
 @pytest.fixture(params=['fake', pytest.param('real', marks=pytest.mark.integration)])

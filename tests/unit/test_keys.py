@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from lifecycle.keys import META_BUCKETS, Keys
+from lifecycle.validate import MAX_ID_LENGTH
+
+# Every id the validator accepts (see lifecycle.validate), weighted towards the separators.
+ids = st.from_regex(rf'[A-Za-z0-9][A-Za-z0-9._:@=+-]{{0,{MAX_ID_LENGTH - 1}}}', fullmatch=True) | st.sampled_from(
+    ['a', 'a:events', 'events', 'a:b', 'r1:events:x', 'terminal', 'runs:terminal', 'meta', '7']
+)
 
 
 def test_every_key_name_is_pinned() -> None:
@@ -18,7 +27,7 @@ def test_every_key_name_is_pinned() -> None:
         'claims': k.claims,
         'reservations': k.reservations,
         'slots': k.slots,
-        'tenant_slots': k.tenant_slots,
+        'tenants': k.tenants,
         'epoch': k.epoch,
         'replicas': k.replicas,
         'inbox': k.inbox('api-1'),
@@ -46,7 +55,7 @@ def test_every_key_name_is_pinned() -> None:
         'claims': '{lc}:claims',
         'reservations': '{lc}:reservations',
         'slots': '{lc}:slots',
-        'tenant_slots': '{lc}:tenant_slots',
+        'tenants': '{lc}:tenants',
         'epoch': '{lc}:epoch',
         'replicas': '{lc}:replicas',
         'inbox': '{lc}:inbox:api-1',
@@ -58,7 +67,7 @@ def test_every_key_name_is_pinned() -> None:
         'sweep_stats': '{lc}:sweep_stats',
         'runs_terminal': '{lc}:runs:terminal',
         'run': '{lc}:run:r1',
-        'run_events': '{lc}:run:r1:events',
+        'run_events': '{lc}:run_events:r1',
         'worktrees': '{lc}:worktrees',
         'cleaning': '{lc}:cleaning',
     }
@@ -78,3 +87,17 @@ def test_meta_buckets_spread_sessions_and_share_the_hash_tag() -> None:
     assert all(0 <= int(bucket.rsplit(':', 1)[1]) < META_BUCKETS for bucket in buckets)
     assert len(buckets) > 950  # 1,000 ids over 16,384 buckets: few collisions
     assert k.meta_of('chat-1') == k.meta_of('chat-1')
+
+
+@given(ids, ids)
+def test_no_two_ids_name_the_same_key(a: str, b: str) -> None:
+    """A run's keys, an inbox, a lock: whatever two valid ids are, their keys are distinct (a run `a` and a
+    run `a:events` once shared the events stream of one with the hash of the other)."""
+    k = Keys.for_prefix('lc')
+    fixed = {getattr(k, name) for name in dir(Keys) if isinstance(getattr(Keys, name), property)}
+    of_a = [k.run(a), k.run_events(a), k.inbox(a)]
+    of_b = [k.run(b), k.run_events(b), k.inbox(b)]
+    assert len(set(of_a)) == len(of_a)
+    assert not fixed & set(of_a)
+    if a != b:
+        assert not set(of_a) & set(of_b)

@@ -25,8 +25,25 @@ def assert_counter_consistent(lc: Lifecycle) -> None:
     k = lc.index.keys
     slots = int(lc.redis.get(k.slots) or 0)
     assert slots == lc.redis.zcard(k.live) + lc.redis.zcard(k.reservations)
-    tenants = {t: int(n) for t, n in lc.redis.hgetall(k.tenant_slots).items()}
-    assert all(n > 0 for n in tenants.values())
+    assert tenant_members(lc) == expected_tenant_members(lc)
+
+
+def tenant_members(lc: Lifecycle) -> set[str]:
+    """The tenant index, without its marker."""
+    return {str(m) for m in lc.redis.zrange(lc.index.keys.tenants, 0, -1)} - {'#'}
+
+
+def expected_tenant_members(lc: Lifecycle) -> set[str]:
+    """What the tenant index must hold: one member per live session and per reservation of a tenant."""
+    k = lc.index.keys
+    expected = set()
+    for member in map(str, lc.redis.zrange(k.reservations, 0, -1)):
+        if tenant := member.rsplit('|', 1)[1]:
+            expected.add(f'{tenant}|{member}')
+    for session_id in map(str, lc.redis.zrange(k.live, 0, -1)):
+        if tenant := str(lc.redis.hget(k.meta_of(session_id), session_id)).split('|')[1]:
+            expected.add(f'{tenant}|{session_id}')
+    return expected
 
 
 def snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
@@ -279,7 +296,7 @@ def test_close_gives_the_slot_back_and_forgets_the_session(lc: Lifecycle) -> Non
     assert lc.status('chat-1') is None
     assert lc.stats().slots == 0
     k = lc.index.keys
-    assert lc.redis.hlen(k.tenant_slots) == 0
+    assert tenant_members(lc) == set()
     assert lc.redis.zcard(k.busy) == lc.redis.hlen(k.turns) == 0
     assert_counter_consistent(lc)
 
