@@ -205,7 +205,7 @@ class AsyncLifecycle:
 
     async def checkpoint(
         self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
-    ) -> int | None:
+    ) -> int:
         """See `Lifecycle.checkpoint`."""
         return await asyncio.to_thread(self.durable.checkpoint, session_id, snapshot, messages)
 

@@ -7,6 +7,7 @@ Exit codes a script can rely on: 0 fine, 1 problems found (check, demo verificat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -151,8 +152,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for column in ('session', 'reason', 'why', 'outcome'):
             table.add_column(column)
         outcomes = {r.session_id: f'{r.outcome} {r.detail}'.strip() for r in results}
-        for row in data['orders']:
-            why = ', '.join(f'{k} {v}' for k, v in row.items() if k not in ('session_id', 'reason'))
+        outcomes.update({row['session_id']: f'would keep: {row["refused"]}' for row in data['kept']})
+        for row in data['orders'] + data['kept']:
+            why = ', '.join(f'{k} {v}' for k, v in row.items() if k not in ('session_id', 'reason', 'refused'))
             table.add_row(row['session_id'], row['reason'], why, outcomes.get(row['session_id'], ''))
         console.print(table)
         for line in data['details']:
@@ -180,6 +182,8 @@ def sweep_data(report: SweepReport, results: list[EvictionResult], now_ms: int, 
         'skipped': report.skipped,
         'ordered': report.ordered,
         'orders': [order_row(o, now_ms) for o in report.orders],
+        'kept': [{**order_row(o, now_ms), 'refused': why} for o, why in report.kept],
+        'drift': dataclasses.asdict(report.drift) if report.drift is not None else None,
         'results': [{'session_id': r.session_id, 'outcome': r.outcome.value, 'detail': r.detail} for r in results],
         'details': details,
         'duration_ms': report.duration_ms,

@@ -395,18 +395,23 @@ class Lifecycle:
 
     def checkpoint(
         self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
-    ) -> int | None:
-        """Durably save the app's snapshot of a session (messages first, in order, then the document).
+    ) -> int:
+        """Durably save the app's snapshot of a live session (messages first, in order, then the document).
 
         The checkpoint covers the session's finished turns so far, which is what lets the reaper evict it
-        as resumable. Returns the turn sequence it covers (None if the session is not live). Raises
-        PersistenceError unless MongoDB acknowledged every write with `w: majority, j: true`.
+        as resumable. Returns the turn sequence it covers. Everything is checked before the first write:
+        InvalidArgument for a snapshot or message MongoDB cannot store (naming it), SessionNotLive for a
+        session that is not live. Raises PersistenceError unless MongoDB acknowledged every write with
+        `w: majority, j: true` (messages are idempotent upserts: checkpointing again converges).
         """
         store = self._require_store('checkpoint()')
         info = self.run(self.index.status(validate.identifier('session_id', session_id), self.now_ms()))
-        turn_seq = info.turn_seq if info is not None else None
-        store.checkpoint(session_id, snapshot, messages, turn_seq)
-        return turn_seq
+        if info is None:
+            # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
+            # a checkpoint now would create a document for a session that is not live, so nothing is written.
+            raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
+        store.checkpoint(session_id, snapshot, messages, info.turn_seq)
+        return info.turn_seq
 
     def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
         """Make a resumable session live again under `owner`, with its last checkpoint.

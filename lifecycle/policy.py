@@ -85,3 +85,16 @@ def covers(document: Mapping[str, object], turn_seq: int) -> bool:
     session's sequence now: False when a turn finished after the claim."""
     marked = document.get('turn_seq', 0)
     return isinstance(marked, int) and marked >= turn_seq
+
+
+def mark_refusal(document: Mapping[str, object] | None, turn_seq: int, require_checkpoint: bool) -> str | None:
+    """Why the eviction write would be refused for a session at `turn_seq` (the MarkOutcome value), or None
+    when it would land: what a dry run asks, the same conditions as the store's conditional write."""
+    if document is None:
+        return 'not_checkpointed' if require_checkpoint else None
+    if document.get('state') in ('expired', 'closed'):
+        return 'ended'
+    covered = document.get('checkpoint_seq')
+    if require_checkpoint and not (isinstance(covered, int) and covered >= turn_seq):
+        return 'not_checkpointed'
+    return None

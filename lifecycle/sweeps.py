@@ -23,7 +23,7 @@ from lifecycle.lock import SweepLock, sweep_lock
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
 from lifecycle.reconcile import Reconciler
-from lifecycle.records import queue_records, scan_records
+from lifecycle.records import queue_records, read_records, scan_records
 from lifecycle.state import Meta
 from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 
@@ -53,6 +53,7 @@ class SweepReport:
     skipped: str = ''
     ordered: int = 0  # every order dispatched (or, dry, due)
     orders: list[Order] = field(default_factory=list)  # the first REPORTED_ORDERS of them: memory stays flat
+    kept: list[tuple[Order, str]] = field(default_factory=list)  # dry run: due, but the write would be refused
     recovered: list[EvictionResult] = field(default_factory=list)
     released_sandboxes: list[str] = field(default_factory=list)
     notices: int = 0
@@ -172,10 +173,31 @@ class Sweeper:
         return candidates
 
     def _order(self, report: SweepReport, orders: Sequence[Order], dry_run: bool) -> None:
+        if dry_run:
+            orders, kept = self._gate(orders)
+            report.kept.extend(kept[: max(0, REPORTED_ORDERS - len(report.kept))])
         report.ordered += len(orders)
         report.orders.extend(orders[: max(0, REPORTED_ORDERS - len(report.orders))])
         if orders and not dry_run:
             self.dispatch(orders)
+
+    def _gate(self, orders: Sequence[Order]) -> tuple[list[Order], list[tuple[Order, str]]]:
+        """A dry run's answer to what the durable write would say: the orders it would let through, and
+        those it would refuse with why (no covering checkpoint, already ended). One read of each side."""
+        store = self.evictor.store
+        gated = [o for o in orders if o.reason is not ReapReason.EXPIRED]
+        if store is None or not gated:
+            return list(orders), []
+        records = read_records(self.lc.redis, self.keys, [o.session_id for o in gated])
+        documents = store.load_many([o.session_id for o in gated])
+        refusals = {}
+        for order, record in zip(gated, records, strict=True):
+            turn_seq = Meta.unpack(record).turn_seq if record is not None else 0
+            why = policy.mark_refusal(documents.get(order.session_id), turn_seq, self.settings.require_checkpoint)
+            if why is not None:
+                refusals[order.session_id] = why
+        return ([o for o in orders if o.session_id not in refusals],
+                [(o, refusals[o.session_id]) for o in orders if o.session_id in refusals])  # fmt: skip
 
     def _recover_claims(self, report: SweepReport, dry_run: bool) -> None:
         """Resolve every eviction claim whose lease ran out (a crashed or paused worker's)."""

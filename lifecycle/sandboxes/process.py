@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from lifecycle import validate
 from lifecycle.sandboxes.base import SandboxError, SandboxLease
+
+log = logging.getLogger(__name__)
 
 
 def _start_time(pid: int) -> str | None:
@@ -58,10 +61,12 @@ class ProcessDriver:
         path = self._record(session_id)
         try:
             record = json.loads(path.read_text())
+            pgid, started = int(record['pgid']), record['started']
         except FileNotFoundError:
             return
-        pgid = int(record['pgid'])
-        if _start_time(pgid) == record['started']:
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise SandboxError(f'the record {path} of the sandbox of {session_id!r} is unreadable: {exc!r}') from exc
+        if _start_time(pgid) == started:
             self._kill_group(session_id, pgid)
         path.unlink(missing_ok=True)
 
@@ -79,11 +84,13 @@ class ProcessDriver:
             raise SandboxError(f'cannot signal the sandbox of {session_id!r} (group {pgid}): {exc}') from exc
 
     def leases(self) -> list[SandboxLease]:
+        """Every recorded sandbox with its deadline; a record that cannot be read is reported and skipped,
+        never fatal to the expiry sweep that asks."""
         leases = []
         for path in sorted(self.state_dir.glob('*.json')):
             try:
                 record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            leases.append(SandboxLease(path.stem, int(record['expires_at_ms'])))
+                leases.append(SandboxLease(validate.identifier('session_id', path.stem), int(record['expires_at_ms'])))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                log.warning('sandbox record %s skipped: %r', path, exc)
         return leases

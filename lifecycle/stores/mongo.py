@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 import pymongo
+from bson.errors import InvalidDocument
 from pymongo import MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -21,6 +23,9 @@ from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
+# MongoDB's maxBsonObjectSize is 16 MiB; a checkpoint's document also carries its own fields (times, ids,
+# state), so what the app hands in must leave them room.
+MAX_STORED_BYTES = 16 * 1024 * 1024 - 64 * 1024
 MARK_INDEX = '_lifecycle_mark'  # scratch field of the eviction update pipeline, removed by its last stage
 
 
@@ -80,6 +85,46 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
         'evicted_at': now,
         'updated_at': now,
     }
+
+
+def encoded_size(what: str, document: Mapping[str, Any]) -> int:
+    """How many bytes of BSON `document` takes; InvalidArgument, naming `what`, if MongoDB could not store it."""
+    try:
+        size = len(bson.encode(document))
+    except (InvalidDocument, TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f'{what} cannot be stored in MongoDB: {exc}') from exc
+    if size > MAX_STORED_BYTES:
+        raise InvalidArgument(f'{what} is {size:,} bytes of BSON; one MongoDB document holds {MAX_STORED_BYTES:,}')
+    return size
+
+
+def checked_snapshot(session_id: str, snapshot: object) -> Mapping[str, Any]:
+    """The snapshot, if it is a mapping MongoDB can store whole in the session document."""
+    if not isinstance(snapshot, Mapping):
+        raise InvalidArgument(f'snapshot of session {session_id!r} must be a mapping, got {type(snapshot).__name__}')
+    encoded_size(f'the snapshot of session {session_id!r}', {'snapshot': snapshot})
+    return snapshot
+
+
+def checked_messages(session_id: str, messages: object) -> list[Mapping[str, Any]]:
+    """The messages, if each is a mapping with a unique scalar "id" that MongoDB can store."""
+    if messages is None:
+        return []
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
+        raise InvalidArgument(f'messages of session {session_id!r} must be a list of mappings, got {messages!r:.80}')
+    seen: set[object] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidArgument(f'message {index} of session {session_id!r} is not a mapping: {message!r:.80}')
+        message_id = message.get('id')
+        if isinstance(message_id, bool) or not isinstance(message_id, str | int):
+            raise InvalidArgument(f'message {dict(message)!r:.120} of session {session_id!r} needs an "id" (a string '
+                                  'or an integer)')  # fmt: skip
+        if message_id in seen:
+            raise InvalidArgument(f'message id {message_id!r} appears twice in one checkpoint of {session_id!r}')
+        seen.add(message_id)
+        encoded_size(f'message {message_id!r} of session {session_id!r}', {'body': message})
+    return list(messages)
 
 
 def _fields(record: SessionRecord) -> dict[str, Any]:
@@ -144,20 +189,20 @@ class MongoSnapshotStore:
         messages: Sequence[Mapping[str, Any]] | None,
         turn_seq: int | None,
     ) -> None:
+        """Strict: everything is encoded and size-checked before the first write (InvalidArgument, nothing
+        written); then the messages (ordered, idempotent upserts) and the session document."""
         now = datetime.now(UTC)
-        writes = []
         batch_ns = time.time_ns()
-        for index, message in enumerate(messages or ()):
-            if 'id' not in message:
-                raise InvalidArgument(f'message {dict(message)!r} of session {session_id!r} has no "id"')
-            writes.append(
-                UpdateOne(
-                    {'session_id': session_id, 'message_id': message['id']},
-                    {'$set': {'body': dict(message)}, '$setOnInsert': {'batch_ns': batch_ns, 'index': index}},
-                    upsert=True,
-                )
+        writes = [
+            UpdateOne(
+                {'session_id': session_id, 'message_id': message['id']},
+                {'$set': {'body': dict(message)}, '$setOnInsert': {'batch_ns': batch_ns, 'index': index}},
+                upsert=True,
             )
-        fields: dict[str, Any] = {'snapshot': dict(snapshot), 'checkpointed_at': now, 'updated_at': now}
+            for index, message in enumerate(checked_messages(session_id, messages))
+        ]
+        fields: dict[str, Any] = {'snapshot': dict(checked_snapshot(session_id, snapshot)), 'checkpointed_at': now,
+                                  'updated_at': now}  # fmt: skip
         if turn_seq is not None:
             fields['checkpoint_seq'] = turn_seq
         with self._guard('checkpoint', session_id):
@@ -268,6 +313,11 @@ class MongoSnapshotStore:
     def load(self, session_id: str) -> Mapping[str, Any] | None:
         with self._guard('read', session_id):
             return self.sessions.find_one({'_id': session_id})
+
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        with self._guard('read', session_ids):
+            found = self.sessions.find({'_id': {'$in': list(session_ids)}}, {'state': 1, 'checkpoint_seq': 1})
+            return {document['_id']: document for document in found}
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         with self._guard('message read', session_id):

@@ -88,6 +88,27 @@ def test_sweep_dry_run_says_what_and_why_then_the_real_sweep_evicts(settings: Se
     assert lc.status('idle-one').state == 'resumable'  # type: ignore[union-attr]
 
 
+def test_a_dry_run_answers_what_the_sweep_would_do_checkpoint_gate_included(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 'saved')
+    lc.checkpoint('saved', {'v': 1})
+    lc.activate(lc.reserve('api-1'), 'unsaved')
+    with lc.turn('unsaved'):
+        pass
+    lc.checkpoint('unsaved', {'v': 1})  # covers the first turn, not the second
+    with lc.turn('unsaved'):
+        pass
+    dry = cli(settings, 'sweep', 'idle', '--dry-run', '--json')
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert [o['session_id'] for o in planned['orders']] == ['saved']
+    assert [(k['session_id'], k['refused']) for k in planned['kept']] == [('unsaved', 'not_checkpointed')]
+    human = cli(settings, 'sweep', 'idle', '--dry-run')
+    assert 'would keep: not_checkpointed' in human.stdout
+    real = cli(settings, 'sweep', 'idle', '--json')
+    outcomes = {r['session_id']: (r['outcome'], r['detail']) for r in json.loads(real.stdout)['results']}
+    assert outcomes == {'saved': ('evicted', ''), 'unsaved': ('aborted', 'not_checkpointed')}
+
+
 def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:
     failing = cli(settings, 'check', '--json')
     assert failing.returncode == 1

@@ -101,3 +101,13 @@ def test_recovery_does_not_complete_an_eviction_a_later_turn_outdated(reaper: Re
     assert reaper.document('s1')['state'] == 'live'  # type: ignore[index]
     evicted = reaper.evictor.evict_many([Order('s1', ReapReason.IDLE, lc.now_ms())])
     assert (evicted[0].outcome, evicted[0].detail) == (Outcome.ABORTED, 'not_checkpointed')
+
+
+def test_checkpointing_a_session_that_is_not_live_writes_nothing(reaper: Reaper) -> None:
+    from lifecycle import SessionNotLive
+
+    with pytest.raises(SessionNotLive):
+        reaper.lc.checkpoint('never-existed', {'v': 1}, [{'id': 'm1'}])
+    assert reaper.document('never-existed') is None
+    assert reaper.store is not None
+    assert reaper.store.messages('never-existed') == []

@@ -48,7 +48,7 @@ def test_checkpoint_writes_messages_in_order_then_the_document(store: MongoSnaps
 
 
 def test_checkpoint_is_strict(store: MongoSnapshotStore, mongo_admin: Admin) -> None:
-    with pytest.raises(InvalidArgument, match='no "id"'):
+    with pytest.raises(InvalidArgument, match='needs an "id"'):
         store.checkpoint('s1', {}, [{'text': 'no id'}], 1)
     fail(mongo_admin, 'update', errorCode=8)
     with pytest.raises(PersistenceError, match="checkpoint of session 's1'"):
@@ -159,3 +159,28 @@ def test_a_failed_batch_raises_naming_its_size(store: MongoSnapshotStore, mongo_
     fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
     with pytest.raises(PersistenceError, match=r"eviction write of 2 sessions \('a', \.\.\.\) failed.*replication"):
         store.mark_resumable([Mark(record(name), 9, ReapReason.IDLE) for name in ('a', 'b')], True)
+
+
+def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_written(
+    store: MongoSnapshotStore,
+) -> None:
+    store.checkpoint('s1', {'v': 1}, [{'id': 'm1', 'text': 'kept'}], 1)
+    refused: list[tuple[Any, Any, str]] = [
+        ({'blob': 'x' * (17 * 1024 * 1024)}, [{'id': 'm2'}], 'snapshot .* bytes of BSON'),
+        ({'tags': {'a', 'b'}}, [{'id': 'm2'}], 'snapshot .* cannot be stored in MongoDB: .*set'),
+        ({1: 'int key'}, None, 'snapshot .* string keys'),
+        (['not', 'a', 'mapping'], None, 'must be a mapping'),
+        ({'v': 2}, [{'id': 'm2'}, {'id': 'm3', 'tags': {1}}], "message 'm3' .* cannot be stored"),
+        ({'v': 2}, [{'id': 'm2', 'blob': 'x' * (17 * 1024 * 1024)}], "message 'm2' .* bytes of BSON"),
+        ({'v': 2}, [{'id': 'm2'}, {'id': 'm2'}], 'appears twice'),
+        ({'v': 2}, [{'id': None}], 'needs an "id"'),
+        ({'v': 2}, 'not a list', 'must be a list'),
+    ]
+    for snapshot, messages, why in refused:
+        with pytest.raises(InvalidArgument, match=why):
+            store.checkpoint('s1', snapshot, messages, 2)
+    # Nothing of any refused checkpoint was written: not a message, not the snapshot.
+    assert store.messages('s1') == [{'id': 'm1', 'text': 'kept'}]
+    document = store.load('s1')
+    assert document is not None
+    assert (document['snapshot'], document['checkpoint_seq']) == ({'v': 1}, 1)

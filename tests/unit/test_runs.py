@@ -101,3 +101,18 @@ def test_a_finished_runs_keys_expire_on_their_own_as_a_backstop(lc: Lifecycle) -
     lc.runs.start('r2')
     lc.runs.append('r2', {})
     assert lc.redis.pttl(k.run('r2')) == -1  # running runs never expire
+
+
+def test_a_run_whose_id_extends_another_runs_id_never_touches_its_keys(lc: Lifecycle) -> None:
+    lc.runs.start('a')
+    lc.runs.append('a', {'n': 1})
+    lc.runs.append('a', {'n': 2})
+    lc.runs.start('a:events')  # its keys once were run a's event stream
+    lc.runs.append('a:events', {'n': 3})
+    info = lc.runs.info('a')
+    assert info is not None
+    assert info.status is RunStatus.RUNNING
+    assert [f.data['n'] for f in lc.runs.replay('a')] == [1, 2]
+    assert [f.data['n'] for f in lc.runs.replay('a:events')] == [3]
+    assert lc.runs.finish('a', 'completed')
+    assert [f.data['n'] for f in lc.runs.replay('a:events')] == [3]

@@ -1,0 +1,202 @@
+"""Outside damage (a lost key, a hand edit) on the real server: the cap holds, one damaged session never
+strands the others, and reconcile repairs and reports what it found."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from lifecycle import CapacityExceeded, Lifecycle, LifecycleError, SessionState
+from lifecycle.errors import PoolRecovering, SessionDamaged
+from lifecycle.eviction import Outcome
+from lifecycle.sandboxes import ProcessDriver
+from lifecycle.sweeps import SweepKind
+from tests.conftest import SettingsFactory, group_alive
+from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
+
+
+@pytest.fixture
+def reaper(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> Reaper:
+    return make_reaper(make_reaper_settings(max_sessions=5, tenant_max_sessions=2, idle_ttl_s=600))
+
+
+def delete_keys(client: redis.Redis, lc: Lifecycle, *words: str) -> list[str]:
+    """Delete every key of the pool whose name holds one of `words` (as an operator's typo would)."""
+    doomed = [str(key) for key in client.scan_iter(match=lc.index.keys.prefix + '*')
+              if any(word in str(key) for word in words)]  # fmt: skip
+    assert doomed, f'no key holds {words}'
+    client.delete(*doomed)
+    return doomed
+
+
+def fill(lc: Lifecycle) -> int:
+    """Reserve until refused; returns how many were admitted."""
+    admitted = 0
+    while True:
+        try:
+            lc.reserve('api-1')
+        except CapacityExceeded:
+            return admitted
+        admitted += 1
+
+
+def in_pool(client: redis.Redis, lc: Lifecycle) -> int:
+    return client.zcard(lc.index.keys.live) + client.zcard(lc.index.keys.reservations)
+
+
+def test_a_lost_slot_counter_never_lets_the_pool_past_its_cap(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    for i in range(5):
+        lc.activate(lc.reserve('api-1'), f's{i}')
+    delete_keys(real_redis, lc, ':slots')
+    assert lc.close('s0')  # each gives a slot back to a counter that is gone
+    assert lc.close('s1')
+    assert fill(lc) == 2
+    assert in_pool(real_redis, lc) == 5
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.counter_missing
+    assert lc.stats().slots == 5
+
+
+def test_a_lowered_slot_counter_never_lets_the_pool_past_its_cap(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    for i in range(4):
+        lc.activate(lc.reserve('api-1'), f's{i}')
+    real_redis.set(lc.index.keys.slots, 0)  # a hand edit
+    assert fill(lc) == 1
+    assert in_pool(real_redis, lc) == 5
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.pool_drift == -4  # the edit took 4 away, and the admission after it added 1 back
+
+
+def test_a_lost_tenant_count_refuses_the_tenant_until_reconciled_then_holds_its_cap(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 'a1')
+    lc.activate(lc.reserve('api-1', 'acme'), 'a2')
+    delete_keys(real_redis, lc, 'tenant')
+    for _ in range(3):  # acme already holds its cap of 2: no reservation of it may get through
+        with pytest.raises(PoolRecovering) as recovering:
+            lc.reserve('api-1', 'acme')
+        assert recovering.value.retry_after_s > 0
+    with pytest.raises(PoolRecovering):
+        lc.reserve('api-1', 'globex')  # every capped tenant needs the index
+    lc.reserve('api-1')  # the pool itself is counted from its sets: admissions without a tenant go on
+    report = reaper.sweep(SweepKind.EXPIRED)  # notices the lost index and reconciles at once
+    assert report.drift is not None
+    assert report.drift.tenant_index_rebuilt
+    with pytest.raises(CapacityExceeded) as full:
+        lc.reserve('api-1', 'acme')
+    assert (full.value.tenant, full.value.live, full.value.reserved, full.value.cap) == ('acme', 2, 0, 2)
+
+
+def test_reconcile_reports_a_lost_tenant_count(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 'a1')
+    lc.reserve('api-1', 'acme')
+    delete_keys(real_redis, lc, 'tenant')
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.tenant_drift == 2
+    again = reaper.sweep(SweepKind.RECONCILE)
+    assert again.drift is not None
+    assert not again.drift.found
+
+
+def test_one_damaged_session_is_reported_and_the_rest_of_its_batch_is_evicted(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    for i in range(5):
+        lc.activate(lc.reserve('api-1'), f's{i}')
+        lc.checkpoint(f's{i}', {'n': i})
+    real_redis.zrem(lc.index.keys.deadline, 's2')  # a lost index entry
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)
+    outcomes = {r.session_id: (r.outcome, r.detail) for r in reaper.results}
+    assert outcomes.pop('s2') == (Outcome.KEPT, 'damaged')
+    assert set(outcomes.values()) == {(Outcome.EVICTED, '')}
+    stats = lc.stats()
+    assert (stats.live, stats.reaping) == (1, 0)
+    with pytest.raises(SessionDamaged, match='deadline'):
+        lc.status('s2')
+
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.deadlines_restored == 1
+    assert lc.status('s2').expires_at_ms > reaper.clock.now_ms()  # type: ignore[union-attr]
+    reaper.sweep(SweepKind.IDLE)
+    assert reaper.results[-1].outcome is Outcome.EVICTED
+
+
+def snapshot(client: redis.Redis, lc: Lifecycle) -> dict[str, Any]:
+    return {str(key): client.dump(key) for key in client.scan_iter(match=lc.index.keys.prefix + '*')}
+
+
+def test_a_turn_on_a_session_without_its_record_writes_nothing(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    real_redis.hdel(lc.index.keys.meta_of('s1'), 's1')
+    before = snapshot(real_redis, lc)
+    with pytest.raises(LifecycleError), lc.turn('s1'):
+        pass
+    assert snapshot(real_redis, lc) == before  # no busy lease, no activity stamp: validated before writing
+    with pytest.raises(SessionDamaged):
+        lc.status('s1')
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.records_rebuilt == 1
+    info = lc.status('s1')
+    assert info is not None
+    assert (info.state, info.turn_seq) == (SessionState.LIVE, 1)  # one past anything durable
+    with lc.turn('s1') as turn:
+        pass
+    assert turn.finished_seq == 2
+
+
+def test_a_claim_left_behind_without_its_fence_is_resolved_by_the_next_sweep(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    k = lc.index.keys
+    real_redis.zadd(k.reaping, {'s1': reaper.clock.now_ms()})  # a REAPING mark with no claim behind it
+    reaper.clock.advance(seconds=1)
+    report = reaper.sweep(SweepKind.IDLE)
+    assert [(r.session_id, r.outcome) for r in report.recovered] == [('s1', Outcome.ROLLED_BACK)]
+    assert lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+    with lc.turn('s1'):
+        pass
+
+
+def test_one_unreadable_sandbox_record_never_stops_the_expiry_sweep(
+    make_reaper_settings: SettingsFactory,
+    make_reaper: ReaperFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    driver = ProcessDriver(tmp_path)
+    (tmp_path / 'a-broken.json').write_text(json.dumps({'pgid': 1}))  # sorts first; no deadline in it
+    (tmp_path / 'b-garbage.json').write_text('{not json')
+    pgid = driver.start('s1', ['sleep', '600'], ttl_s=600)
+    record = json.loads((tmp_path / 's1.json').read_text())
+    (tmp_path / 's1.json').write_text(json.dumps({**record, 'expires_at_ms': 0}))  # past its deadline
+    r = make_reaper(make_reaper_settings(), driver=driver)
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.released_sandboxes == ['s1']
+    deadline = time.monotonic() + 10
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not group_alive(pgid)
+    skipped = [m for m in caplog.messages if 'sandbox record' in m and 'skipped' in m]
+    assert len(skipped) == 2
+    assert 'a-broken.json' in skipped[0]
