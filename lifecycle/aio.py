@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
-from lifecycle import worktrees
+from lifecycle import validate, worktrees
 from lifecycle.background import AsyncRepeater
 from lifecycle.client import (
     NOTICE_BATCH,
@@ -217,7 +217,7 @@ class AsyncLifecycle:
         self, owner: str, *, after: str = '0', block_s: float | None = None
     ) -> AsyncGenerator[Notice, None]:
         """See `Lifecycle.notices`; an async iterator."""
-        block_ms = int(block_s * 1000) if block_s is not None else None
+        block_ms = validate.wait_ms('block_s', block_s)
         while True:
             batch = await self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             for notice in batch:

@@ -110,7 +110,7 @@ class ClaimIndex:
         return Call(
             parse,
             'claim_session',
-            (k.live, k.deadline, k.busy, k.reaping, k.claims, k.meta_of(session_id), k.epoch, k.replicas),
+            (k.live, k.deadline, k.busy, k.reaping, k.claims, k.meta_of(session_id), k.epoch, k.replicas, k.turns),
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )
 
@@ -204,13 +204,14 @@ class ClaimIndex:
             (now_ms, max_ttl),
         )
 
-    def rebuild_records(self, sequences: Mapping[str, int], now_ms: int) -> Call[int]:
-        """Stand-in records for live sessions that lost theirs, each with the turn sequence given."""
+    def rebuild_records(self, stand_ins: Mapping[str, tuple[int, str]], now_ms: int) -> Call[int]:
+        """Stand-in records for live sessions that lost theirs: session id -> (turn sequence, tenant or '')."""
         k = self.keys
         args: list[Arg] = [now_ms, self.settings.max_ttl_s * 1000]
-        for session_id, seq in sequences.items():
-            args += [session_id, seq]
-        return Call(_int, 'rebuild_records', (k.live, k.deadline, *(k.meta_of(s) for s in sequences)), tuple(args))
+        for session_id, (seq, tenant) in stand_ins.items():
+            args += [session_id, seq, tenant]
+        buckets = (k.meta_of(s) for s in stand_ins)
+        return Call(_int, 'rebuild_records', (k.live, k.deadline, k.tenants, *buckets), tuple(args))
 
     def drop_stray_tenants(self, members: Sequence[str]) -> Call[int]:
         """Drop the tenant index members of this page that nothing backs any more."""

@@ -455,7 +455,7 @@ class Lifecycle:
 
     def notices(self, owner: str, *, after: str = '0', block_s: float | None = None) -> Iterator[Notice]:
         """Notices to replica `owner` after stream id `after`; with `block_s`, waits for more, forever."""
-        block_ms = int(block_s * 1000) if block_s is not None else None
+        block_ms = validate.wait_ms('block_s', block_s)
         while True:
             batch = self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             yield from batch

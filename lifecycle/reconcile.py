@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PAGE = 500  # live sessions or tenant index members per round trip
+UNKNOWN_TENANT = '?'  # no valid id: a session whose tenant nothing knows any more (see _lib.lua)
 
 
 class Reconciler:
@@ -53,13 +54,13 @@ class Reconciler:
             totals = [total + n for total, n in zip(totals, page, strict=True)]
             extend()
         relinked, deadlines, members, malformed = totals
-        rebuilt = self._rebuild_missing_records(now, extend)
+        rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
         purged, counter, truth, reserved_members, _ = self.lc.run(self.claims.reconcile_counters(now, True))
         drift = Drift(
             purged_reservations=purged,
             pool_drift=max(counter, 0) - truth,
-            counter_missing=counter < 0,
+            counter_missing=counter < 0 and truth > 0,  # an empty pool that never held anything has none yet
             tenant_drift=members + reserved_members + dropped,
             tenant_index_rebuilt=lost_index and truth > 0,
             relinked=relinked,
@@ -82,16 +83,29 @@ class Reconciler:
         if page:
             yield page
 
-    def _rebuild_missing_records(self, now_ms: int, extend: Callable[[], None]) -> int:
-        rebuilt = 0
+    def _rebuild_missing_records(self, now_ms: int, index_lost: bool, extend: Callable[[], None]) -> int:
+        missing: list[str] = []
         for page in self._live_pages():
-            missing = [s for s, record in zip(page, read_records(self.lc.redis, self.keys, page), strict=True)
-                       if record is None]  # fmt: skip
-            sequences = {s: seq for s in missing if (seq := self._next_seq(s)) is not None}
-            if sequences:
-                rebuilt += self.lc.run(self.claims.rebuild_records(sequences, now_ms))
+            records = read_records(self.lc.redis, self.keys, page)
+            missing += [s for s, record in zip(page, records, strict=True) if record is None]
             extend()
-        return rebuilt
+        if not missing:
+            return 0
+        # With the index intact, a session it does not file under a tenant has none; with the index lost
+        # as well, nothing knows its tenant: it counts against every capped tenant until it ends.
+        tenants = self._tenants_of(set(missing))
+        unknown = UNKNOWN_TENANT if index_lost else ''
+        stand_ins = {s: (seq, tenants.get(s, unknown)) for s in missing if (seq := self._next_seq(s)) is not None}
+        return self.lc.run(self.claims.rebuild_records(stand_ins, now_ms)) if stand_ins else 0
+
+    def _tenants_of(self, session_ids: set[str]) -> dict[str, str]:
+        """The tenant the index still files each of these sessions under (one pass over the index: rare)."""
+        found = {}
+        for member, _ in self.lc.redis.zscan_iter(self.keys.tenants, count=PAGE):
+            tenant, _, rest = str(member).partition('|')
+            if rest in session_ids:
+                found[rest] = tenant
+        return found
 
     def _next_seq(self, session_id: str) -> int | None:
         """One past any turn MongoDB knows the session finished (no checkpoint from before covers it); None

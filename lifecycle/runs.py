@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lifecycle.client import Lifecycle
 
 BACKSTOP_MARGIN_S = 60  # the keys' own expiry trails the retention window, so pruning normally wins
+MAX_REPLAY = 100_000  # frames one replay call returns at most
 
 
 class RunStatus(StrEnum):
@@ -31,6 +32,14 @@ class RunStatus(StrEnum):
     COMPLETED = 'completed'
     FAILED = 'failed'
     CANCELLED = 'cancelled'
+
+
+def terminal_status(status: object) -> RunStatus:
+    """`status` as a terminal RunStatus; InvalidArgument naming it otherwise."""
+    terminal = [s.value for s in RunStatus if s is not RunStatus.RUNNING]
+    if not isinstance(status, str) or status not in terminal:
+        raise InvalidArgument(f'a run finishes as one of {terminal}, not {status!r:.80}')
+    return RunStatus(status)
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,10 @@ class RunIndex:
         )
 
     def append(self, run_id: str, frame: Any) -> Call[str]:
+        run_keys = self._run_keys(run_id)
         try:
-            encoded = json.dumps(frame, separators=(',', ':'))
-        except (TypeError, ValueError) as exc:
+            encoded = json.dumps(frame, separators=(',', ':'), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(f'frame of run {run_id!r} is not JSON-serializable: {exc}') from exc
 
         def parse(reply: Any) -> str:
@@ -83,12 +93,11 @@ class RunIndex:
                 raise RunStateError(f'run {run_id!r} is not running (finished, dropped or never started)')
             return str(reply)
 
-        return Call(parse, 'append_event', self._run_keys(run_id), (encoded, self.settings.max_events_per_run))
+        return Call(parse, 'append_event', run_keys, (encoded, self.settings.max_events_per_run))
 
     def finish(self, run_id: str, status: RunStatus, now_ms: int) -> Call[tuple[int, list[str]]]:
         """Returns (1 first terminal transition | 0 already finished | -1 unknown, dropped run ids)."""
-        if status is RunStatus.RUNNING:
-            raise InvalidArgument(f'finish() needs a terminal status, not {status.value!r}')
+        status = terminal_status(status)
         s = self.settings
         backstop_ms = (s.run_retention_s + BACKSTOP_MARGIN_S) * 1000
         return Call(
@@ -113,6 +122,8 @@ class RunIndex:
 
     def replay(self, run_id: str, after: str, count: int) -> Call[list[Frame]]:
         _, events = self._run_keys(run_id)
+        after = after if after == '-' else validate.stream_id('after', after)
+        count = validate.count('count', count, MAX_REPLAY)
         return Call(
             lambda reply: [Frame(entry_id, json.loads(fields['f'])) for entry_id, fields in reply],
             command=('XRANGE', events, f'({after}' if after != '-' else '-', '+', 'COUNT', count),
@@ -149,7 +160,7 @@ class Runs:
 
     def finish(self, run_id: str, status: RunStatus | str) -> bool:
         """End the run; True on its first terminal transition (the finish time is stamped only then)."""
-        first, dropped = self.lc.run(self.index.finish(run_id, RunStatus(status), self.lc.now_ms()))
+        first, dropped = self.lc.run(self.index.finish(run_id, terminal_status(status), self.lc.now_ms()))
         self._drop(dropped)
         return first == 1
 
@@ -197,7 +208,7 @@ class AsyncRuns:
         return await self.lc.run(self.index.append(run_id, frame))
 
     async def finish(self, run_id: str, status: RunStatus | str) -> bool:
-        first, dropped = await self.lc.run(self.index.finish(run_id, RunStatus(status), await self.lc.now_ms()))
+        first, dropped = await self.lc.run(self.index.finish(run_id, terminal_status(status), await self.lc.now_ms()))
         if dropped:
             await self.lc.run(self.index.drop(dropped))
         return first == 1

@@ -209,7 +209,7 @@ class SessionIndex:
         Returns how many sessions' activity moved forward. `XX` never adds a session that is not
         live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
         """
-        ids = [validate.identifier('session_id', session_id) for session_id in session_ids]
+        ids = validate.identifiers('session_id', session_ids)
         members: list[Arg] = []
         for session_id in ids:
             members += [now_ms, session_id]
@@ -326,6 +326,7 @@ class SessionIndex:
     def read_notices(self, owner: str, after: str, count: int, block_ms: int | None) -> Call[list[Notice]]:
         """Notices in `owner`'s inbox after stream id `after`, waiting up to `block_ms` for the first."""
         owner = validate.identifier('owner', owner)
+        after = validate.stream_id('after', after)
         block: tuple[Arg, ...] = ('BLOCK', block_ms) if block_ms is not None else ()
         return Call(
             _parse_notices,

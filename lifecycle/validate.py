@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 
 from lifecycle.errors import InvalidArgument
 
@@ -10,6 +11,8 @@ from lifecycle.errors import InvalidArgument
 # no braces (they would break the hash tag), no whitespace.
 _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 MAX_ID_LENGTH = 128
+_STREAM_ID = re.compile(r'[0-9]{1,20}(-[0-9]{1,20})?')
+MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)
 
 
 def identifier(kind: str, value: object) -> str:
@@ -24,6 +27,13 @@ def identifier(kind: str, value: object) -> str:
     return value
 
 
+def identifiers(kind: str, values: object) -> list[str]:
+    """Return `values` as a list if it is a collection (not a string) of valid ids of the given kind."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise InvalidArgument(f'{kind}s must be a list of ids, got {type(values).__name__} {values!r:.80}')
+    return [identifier(kind, value) for value in values]
+
+
 def optional_identifier(kind: str, value: object) -> str | None:
     """Like `identifier`, but None passes through."""
     return None if value is None else identifier(kind, value)
@@ -32,3 +42,26 @@ def optional_identifier(kind: str, value: object) -> str | None:
 def is_identifier(value: str) -> bool:
     """Whether `value` would pass `identifier`."""
     return bool(_ID.fullmatch(value))
+
+
+def stream_id(kind: str, value: object) -> str:
+    """Return `value` if it is a Redis stream id ('0', '1700000000000-0') to read after."""
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        raise InvalidArgument(f'{kind} must be a stream id such as "0" or "1700000000000-0", got {value!r:.80}')
+    return value
+
+
+def wait_ms(kind: str, seconds: object) -> int | None:
+    """`seconds` (None: no wait) as whole milliseconds, if it is a number of seconds in (0, MAX_WAIT_S]."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_WAIT_S:
+        raise InvalidArgument(f'{kind} must be a number of seconds in (0, {MAX_WAIT_S}], got {seconds!r:.80}')
+    return max(1, int(seconds * 1000))
+
+
+def count(kind: str, value: object, maximum: int) -> int:
+    """Return `value` if it is a whole number in 1..maximum."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidArgument(f'{kind} must be a whole number in 1..{maximum}, got {value!r:.80}')
+    return value

@@ -446,7 +446,9 @@ def registration(session_id: str, path: str | os.PathLike[str], root: str | None
         raise ConfigurationError('register_worktree needs LIFECYCLE_WORKTREE_ROOT: worktrees are recorded under a root')
     base = checked_root(root)
     session_id = validate.identifier('session_id', session_id)
-    raw = os.fspath(path)
+    raw = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(raw, str):
+        raise InvalidArgument(f'worktree path must be a str or a str path, got {type(path).__name__} {path!r:.80}')
     unsafe = _why_unsafe(raw, base)
     if unsafe is not None:
         raise InvalidArgument(f'worktree path {raw!r} {unsafe}')

@@ -27,8 +27,13 @@ local function tenant_member(tenant, id)
   return tenant .. '|' .. id
 end
 
+-- A session whose tenant outside damage erased (its record and the index lost together) is filed under
+-- UNKNOWN_TENANT, which no valid id can be, and counts against every capped tenant until it ends.
+local UNKNOWN_TENANT = '?'
+
 local function tenant_count(tenants_key, tenant)
-  return redis.call('ZLEXCOUNT', tenants_key, '[' .. tenant .. '|', '(' .. tenant .. '}')
+  local function count(t) return redis.call('ZLEXCOUNT', tenants_key, '[' .. t .. '|', '(' .. t .. '}') end
+  return count(tenant) + count(UNKNOWN_TENANT)
 end
 
 -- What the sets say the pool holds: live sessions plus held (not yet purged) reservations.

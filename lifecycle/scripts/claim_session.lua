@@ -1,6 +1,6 @@
 -- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
--- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET
+-- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET  KEYS[9] turns HASH
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
@@ -29,6 +29,8 @@ else
   if expired then return {0, 'expired'} end
   local busy = redis.call('ZSCORE', KEYS[3], session_id)
   if busy and tonumber(busy) > now then return {0, 'busy'} end
+  -- The turns' own leases too: a busy entry lost to outside damage must not expose a turn in flight.
+  if next(read_leases(KEYS[9], session_id, now)) ~= nil then return {0, 'busy'} end
   if reason == 'idle' or reason == 'make_room' then
     if tonumber(last_active) > tonumber(ARGV[5]) then return {0, 'not_due'} end
   elseif reason == 'lru' then

@@ -200,3 +200,37 @@ def test_one_unreadable_sandbox_record_never_stops_the_expiry_sweep(
     skipped = [m for m in caplog.messages if 'sandbox record' in m and 'skipped' in m]
     assert len(skipped) == 2
     assert 'a-broken.json' in skipped[0]
+
+
+def test_a_session_whose_record_was_lost_still_counts_against_its_tenants_cap(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    """Found by the model: the stand-in record reconcile wrote had no tenant, so the tenant index dropped
+    the session and its tenant was admitted past its cap."""
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'globex'), 'g1')
+    real_redis.hdel(lc.index.keys.meta_of('g1'), 'g1')
+    reaper.sweep(SweepKind.RECONCILE)
+    assert lc.status('g1').tenant == 'globex'  # type: ignore[union-attr]
+    lc.reserve('api-1', 'globex')
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-1', 'globex')
+
+
+def test_a_session_whose_record_and_tenant_index_were_both_lost_counts_against_every_capped_tenant(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    """Found by the model: with nothing left that knows the session's tenant, its stand-in record had none,
+    and its tenant was admitted past its cap. Not knowing, the pool now counts it against every tenant."""
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'globex'), 'g1')
+    real_redis.hdel(lc.index.keys.meta_of('g1'), 'g1')
+    delete_keys(real_redis, lc, 'tenant')
+    reaper.sweep(SweepKind.EXPIRED)  # notices the lost index and reconciles
+    assert lc.status('g1').tenant == '?'  # type: ignore[union-attr]
+    for tenant in ('globex', 'acme'):
+        lc.reserve('api-1', tenant)
+        with pytest.raises(CapacityExceeded):
+            lc.reserve('api-1', tenant)
+    lc.close('g1')
+    lc.reserve('api-1', 'acme')  # once it ends, the tenants have their room back

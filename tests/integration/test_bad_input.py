@@ -1,0 +1,226 @@
+"""Bad input on every public call, on the real server: a LifecycleError naming the bad value, never a raw
+driver or Python error, and nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lifecycle import AsyncLifecycle, FixedClock, Lifecycle, LifecycleError
+from lifecycle.embedded import owned_env
+from lifecycle.stores.mongo import MongoSnapshotStore
+from tests.conftest import REDIS_URL, SettingsFactory
+
+# Anything a caller might hand over by mistake, and a few near misses of valid values.
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
+    st.binary(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.sampled_from(['', ' ', 'a b', 'a|b', '{lc}', 'x' * 129, 'é', 'ok\n', '../x', '-1', '0-0', '$', 'chat-1']),
+)
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def lc(make_reaper_settings: SettingsFactory, real_redis: redis.Redis, tmp_path: Path) -> Iterator[Lifecycle]:
+    settings = make_reaper_settings(max_sessions=5, worktree_root=str(tmp_path / 'worktrees'))
+    client = Lifecycle(settings, clock=FixedClock())
+    yield client
+    if isinstance(client.store, MongoSnapshotStore):
+        client.store.client.drop_database(settings.mongo_database)
+    client.disconnect()
+
+
+def snapshot(lc: Lifecycle) -> dict[str, Any]:
+    """Every key of the pool, dumped (what a call must not change when it refuses)."""
+    return {str(key): lc.redis.dump(key) for key in lc.redis.scan_iter(match=lc.index.keys.prefix + '*')}
+
+
+def refuses_cleanly(lc: Lifecycle, call: Callable[[], Any]) -> None:
+    """The call either works, or raises a LifecycleError with nothing of the pool (nor MongoDB) changed."""
+    before = snapshot(lc)
+    store = lc.store
+    assert isinstance(store, MongoSnapshotStore)
+    documents_before = store.sessions.count_documents({})
+    error: LifecycleError | None = None
+    try:
+        call()
+    except LifecycleError as raised:
+        error = raised
+    if error is not None:
+        assert str(error), 'an error must say what was wrong'
+        assert snapshot(lc) == before, f'{error!r} was raised after writing to Redis'
+        assert store.sessions.count_documents({}) == documents_before, f'{error!r} was raised after writing to MongoDB'
+
+
+def reset(lc: Lifecycle) -> None:
+    """An empty pool for the next example (Hypothesis runs many in one test)."""
+    for key in lc.redis.scan_iter(match=lc.index.keys.prefix + '*'):
+        lc.redis.delete(key)
+
+
+def live_session(lc: Lifecycle) -> str:
+    reset(lc)
+    lc.activate(lc.reserve('api-1'), 'live-1')
+    return 'live-1'
+
+
+@FUZZ
+@given(owner=junk, tenant=junk, token=junk)
+def test_reserve(lc: Lifecycle, owner: Any, tenant: Any, token: Any) -> None:
+    reset(lc)
+    refuses_cleanly(lc, lambda: lc.reserve(owner, tenant, token=token))
+
+
+@FUZZ
+@given(session_id=junk, ttl=junk, profile=junk, reservation=st.one_of(junk, st.just('valid')))
+def test_activate(lc: Lifecycle, session_id: Any, ttl: Any, profile: Any, reservation: Any) -> None:
+    reset(lc)
+    if reservation == 'valid':
+        reservation = lc.reserve('api-1')
+    refuses_cleanly(lc, lambda: lc.activate(reservation, session_id, ttl, profile))
+
+
+@FUZZ
+@given(reservation=junk)
+def test_release(lc: Lifecycle, reservation: Any) -> None:
+    refuses_cleanly(lc, lambda: lc.release(reservation))
+
+
+@FUZZ
+@given(session_id=junk, many=junk)
+def test_touch_close_status_and_turn(lc: Lifecycle, session_id: Any, many: Any) -> None:
+    live_session(lc)
+    refuses_cleanly(lc, lambda: lc.touch(session_id))
+    refuses_cleanly(lc, lambda: lc.touch_many(many))
+    refuses_cleanly(lc, lambda: lc.status(session_id))
+
+    def turn() -> None:
+        with lc.turn(session_id):
+            pass
+
+    refuses_cleanly(lc, turn)
+    refuses_cleanly(lc, lambda: lc.close(session_id))
+
+
+@FUZZ
+@given(snapshot_=junk, messages=junk, session_id=st.one_of(junk, st.just('live-1')))
+def test_checkpoint(lc: Lifecycle, snapshot_: Any, messages: Any, session_id: Any) -> None:
+    live_session(lc)
+    refuses_cleanly(lc, lambda: lc.checkpoint(session_id, snapshot_, messages))
+
+
+@FUZZ
+@given(session_id=junk, owner=junk)
+def test_restore(lc: Lifecycle, session_id: Any, owner: Any) -> None:
+    refuses_cleanly(lc, lambda: lc.restore(session_id, owner))
+
+
+@FUZZ
+@given(owner=junk, after=junk, block_s=junk)
+def test_notices_and_heartbeat(lc: Lifecycle, owner: Any, after: Any, block_s: Any) -> None:
+    refuses_cleanly(lc, lambda: list(lc.notices(owner, after=after)))
+    refuses_cleanly(lc, lambda: lc.heartbeat(owner))
+    if block_s is None or (isinstance(block_s, int | float) and not isinstance(block_s, bool) and 0 < block_s <= 3600):
+        return  # valid: no wait, or a wait for notices that never come
+    with pytest.raises(LifecycleError, match='block_s'):
+        next(iter(lc.notices('api-1', block_s=block_s)))
+
+
+@FUZZ
+@given(run_id=junk, session_id=junk, frame=junk, status=junk, after=junk, count=junk)
+def test_runs(lc: Lifecycle, run_id: Any, session_id: Any, frame: Any, status: Any, after: Any, count: Any) -> None:
+    refuses_cleanly(lc, lambda: lc.runs.start(run_id, session_id))
+    refuses_cleanly(lc, lambda: lc.runs.append(run_id, frame))
+    refuses_cleanly(lc, lambda: lc.runs.replay(run_id, after, count))
+    refuses_cleanly(lc, lambda: lc.runs.info(run_id))
+    refuses_cleanly(lc, lambda: lc.runs.finish(run_id, status))
+    reset(lc)
+    lc.runs.start('r-ok')
+    refuses_cleanly(lc, lambda: lc.runs.append('r-ok', frame))
+    refuses_cleanly(lc, lambda: lc.runs.finish('r-ok', status))
+
+
+@FUZZ
+@given(session_id=junk, path=st.one_of(junk, st.sampled_from(['/', '/etc/passwd', 'rel/path', '/tmp/x\x00y'])))
+def test_register_worktree(lc: Lifecycle, session_id: Any, path: Any) -> None:
+    refuses_cleanly(lc, lambda: lc.register_worktree(session_id, path))
+
+
+@FUZZ
+@given(owner=junk, session_id=junk, ttl=junk, after=junk)
+def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, session_id: Any, ttl: Any,
+                          after: Any) -> None:  # fmt: skip
+    sync = Lifecycle(make_reaper_settings(max_sessions=5))
+
+    async def calls() -> None:
+        client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        async with AsyncLifecycle(sync.settings, redis_client=client, clock=FixedClock()) as lc:
+            for call in (
+                lambda: lc.reserve(owner),
+                lambda: lc.touch(session_id),
+                lambda: lc.touch_many(session_id),
+                lambda: lc.status(session_id),
+                lambda: lc.close(session_id),
+                lambda: lc.activate(session_id, 'x', ttl),
+                lambda: lc.heartbeat(owner),
+                lambda: lc.runs.start(session_id),
+                lambda: lc.runs.replay('r', after),
+                lambda: collect(lc.notices(owner, after=after)),
+            ):
+                before = snapshot(sync)
+                try:
+                    await call()
+                except LifecycleError:
+                    assert snapshot(sync) == before
+
+    async def collect(notices: Any) -> list[Any]:
+        return [notice async for notice in notices]
+
+    try:
+        asyncio.run(calls())
+    finally:
+        for key in sync.redis.scan_iter(match=sync.index.keys.prefix + '*'):
+            sync.redis.delete(key)
+        sync.disconnect()
+
+
+@pytest.mark.parametrize(
+    ('args', 'code', 'says'),
+    [
+        (['inspect', 'bad id'], 2, "session_id 'bad id' is invalid"),
+        (['inspect', 'x' * 200], 2, 'is invalid'),
+        (['sweep', 'nope'], 2, 'invalid choice'),
+        (['status', '--top', 'many'], 2, 'invalid int value'),
+    ],
+)
+def test_the_cli_refuses_bad_input_with_its_usage_code(
+    make_reaper_settings: SettingsFactory, real_redis: redis.Redis, args: list[str], code: int, says: str
+) -> None:
+    done = subprocess.run([sys.executable, '-m', 'lifecycle.cli', *args], env=owned_env(make_reaper_settings()),
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert says in done.stderr
+    assert 'Traceback' not in done.stderr
+
+
+def test_nan_frames_are_refused(lc: Lifecycle) -> None:
+    lc.runs.start('r1')
+    with pytest.raises(LifecycleError, match='JSON'):
+        lc.runs.append('r1', {'x': math.nan})

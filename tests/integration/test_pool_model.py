@@ -1,0 +1,453 @@
+"""The whole pool against a reference model: Hypothesis drives the real Lua scripts on the real Redis, the
+MongoDB-wire server and a FixedClock through random sequences of client calls, sweeps, interrupted
+evictions, clock jumps and outside damage, and checks DESIGN.md's invariants after every step.
+
+Run longer with LIFECYCLE_MODEL_EXAMPLES (default 25) and LIFECYCLE_MODEL_STEPS (default 50). A failure
+prints the shrunk sequence of steps; keep what it finds as a named regression test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from lifecycle import (
+    CapacityExceeded,
+    FixedClock,
+    Reservation,
+    ReservationLost,
+    SessionNotLive,
+    SessionReaping,
+    Settings,
+)
+from lifecycle.claims import Claim, Step
+from lifecycle.errors import PoolRecovering, SessionDamaged
+from lifecycle.models import ReapReason
+from lifecycle.sweeps import SweepKind
+from tests.conftest import REDIS_URL
+from tests.integration.reaper import Reaper, build_reaper
+
+CAP, TENANT_CAP, MAX_LIVE = 4, 2, 3
+OWNERS = ('api-1', 'api-2')
+TENANTS = (None, 'acme', 'globex')
+EXAMPLES = int(os.environ.get('LIFECYCLE_MODEL_EXAMPLES', '25'))
+STEPS = int(os.environ.get('LIFECYCLE_MODEL_STEPS', '50'))
+
+
+@dataclass
+class Session:
+    """A session as its app knows it (the reference model's truth; Redis and MongoDB must agree with it)."""
+
+    session_id: str
+    owner: str
+    tenant: str | None
+    deadline_ms: int
+    state: str = 'live'  # live | resumable | closed | expired
+    turns: int = 0  # turns finished, as the app knows them
+    saved: int = -1  # turns the last acknowledged checkpoint holds (its snapshot says so)
+    open_turns: dict[str, int] = field(default_factory=dict)  # turn token -> busy lease as last renewed
+    deadline_damaged: bool = False
+
+
+@dataclass
+class Held:
+    reservation: Reservation
+    lease_ms: int
+
+
+class PoolModel(RuleBasedStateMachine):
+    """One pool, one app's view of it, and every check of DESIGN.md section 3 after every step."""
+
+    mongo_url: str  # set by the test before the machine runs
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: dict[str, Session] = {}
+        self.held: list[Held] = []
+        self.damage: set[str] = set()  # outside damage since the last reconcile
+        self.next_id = 0
+        self.reaper: Reaper | None = None
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    @initialize()
+    def start(self) -> None:
+        prefix = f'lcmodel-{uuid.uuid4().hex[:10]}'
+        self.database = prefix.replace('-', '_')
+        self.settings = Settings(
+            redis_url=REDIS_URL, key_prefix=prefix, mongo_url=self.mongo_url, mongo_database=self.database,
+            max_sessions=CAP, tenant_max_sessions=TENANT_CAP, max_live=MAX_LIVE, idle_ttl_s=60, busy_lease_s=30,
+            claim_lease_s=20, reservation_lease_s=30, replica_ttl_s=20, default_ttl_s=300, max_ttl_s=600,
+            warn_before_s=30, min_idle_s=30, mongo_timeout_ms=5_000,
+        )  # fmt: skip
+        self.clock = FixedClock()
+        self.reaper = build_reaper(self.settings, self.clock)
+        self.redis: redis.Redis = self.reaper.lc.redis
+        self.keys = self.reaper.lc.index.keys
+
+    def teardown(self) -> None:
+        if self.reaper is None:
+            return
+        for key in self.redis.scan_iter(match=self.keys.prefix + '*', count=1000):
+            self.redis.delete(key)
+        assert self.reaper.store is not None
+        self.reaper.store.client.drop_database(self.database)
+        self.reaper.store.close()
+        self.reaper.lc.disconnect()
+
+    @property
+    def r(self) -> Reaper:
+        assert self.reaper is not None
+        return self.reaper
+
+    @property
+    def now(self) -> int:
+        return self.clock.now_ms()
+
+    def live(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.state == 'live']
+
+    def pick(self, options: list[Any], index: int) -> Any:
+        return options[index % len(options)]
+
+    # -- the web tier -----------------------------------------------------------------------------
+
+    @rule(owner=st.sampled_from(OWNERS), tenant=st.sampled_from(TENANTS))
+    def reserve(self, owner: str, tenant: str | None) -> None:
+        try:
+            reservation = self.r.lc.reserve(owner, tenant)
+        except CapacityExceeded as full:
+            self.assert_refusal_is_due(full)
+            return
+        except PoolRecovering:
+            assert tenant is not None
+            assert 'tenants' in self.damage, 'refused for a tenant index that was not lost'
+            return
+        self.held.append(Held(reservation, reservation.expires_at_ms))
+
+    def assert_refusal_is_due(self, full: CapacityExceeded) -> None:
+        """A refusal with room left would be a leaked slot."""
+        if full.tenant is None:
+            counter = int(self.redis.get(self.keys.slots) or 0)
+            assert max(self.pool_truth(), counter) >= CAP, f'refused with room left: {full}'
+        else:
+            # A session whose tenant outside damage erased counts against every capped tenant.
+            used = self.tenant_truth().get(full.tenant, 0) + self.unknown_tenants()
+            assert used >= TENANT_CAP, f'tenant refused with room left: {full}'
+
+    @precondition(lambda self: self.held)
+    @rule(index=st.integers(0, 20), ttl=st.sampled_from([60, 300]))
+    def activate(self, index: int, ttl: int) -> None:
+        held = self.pick(self.held, index)
+        self.held.remove(held)
+        session_id = f's{self.next_id}'
+        self.next_id += 1
+        try:
+            info = self.r.lc.activate(held.reservation, session_id, ttl_seconds=ttl)
+        except ReservationLost:
+            assert held.lease_ms <= self.now, 'a reservation within its lease was lost'
+            return
+        assert held.lease_ms > self.now, 'a reservation past its lease was activated'
+        r = held.reservation
+        self.sessions[session_id] = Session(session_id, r.owner, r.tenant, info.expires_at_ms)
+
+    @precondition(lambda self: self.held)
+    @rule(index=st.integers(0, 20))
+    def release(self, index: int) -> None:
+        held = self.pick(self.held, index)
+        self.held.remove(held)
+        self.r.lc.release(held.reservation)
+
+    @precondition(lambda self: self.sessions)
+    @rule(index=st.integers(0, 50))
+    def touch(self, index: int) -> None:
+        session = self.pick(list(self.sessions.values()), index)
+        stamped = self.r.lc.touch(session.session_id)
+        assert not stamped or session.state == 'live', f'{session.session_id} stamped while {session.state}'
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50))
+    def begin_turn(self, index: int) -> None:
+        session = self.pick(self.live(), index)
+        token = secrets.token_hex(6)
+        try:
+            self.r.lc.run(self.r.lc.index.begin_turn(session.session_id, token, self.now))
+        except SessionReaping:
+            assert self.redis.zscore(self.keys.reaping, session.session_id) is not None
+            return
+        except SessionNotLive:
+            assert session.deadline_ms <= self.now or session.deadline_damaged, 'a live session refused a turn'
+            return
+        except SessionDamaged:
+            assert self.damage & {'record', 'deadline'}, 'a session is damaged with no damage done'
+            return
+        session.open_turns[token] = self.now + self.settings.busy_lease_s * 1000
+
+    def open_turns(self) -> list[tuple[Session, str]]:
+        return [(s, token) for s in self.sessions.values() for token in s.open_turns]
+
+    @precondition(lambda self: self.open_turns())
+    @rule(index=st.integers(0, 50))
+    def renew_turn(self, index: int) -> None:
+        session, token = self.pick(self.open_turns(), index)
+        code = self.r.lc.run(self.r.lc.index.renew_turn(session.session_id, token, self.now))
+        if code in (1, 2):
+            session.open_turns[token] = self.now + self.settings.busy_lease_s * 1000
+
+    @precondition(lambda self: self.open_turns())
+    @rule(index=st.integers(0, 50))
+    def end_turn(self, index: int) -> None:
+        session, token = self.pick(self.open_turns(), index)
+        del session.open_turns[token]
+        finished = self.r.lc.run(self.r.lc.index.end_turn(session.session_id, token, self.now))
+        if session.state == 'live':
+            session.turns += 1  # the app finished it, whatever Redis could record of it
+        else:
+            assert finished is None, f'a turn ended on {session.session_id} after it left the pool'
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50))
+    def checkpoint(self, index: int) -> None:
+        session = self.pick(self.live(), index)
+        try:
+            self.r.lc.checkpoint(session.session_id, {'turns': session.turns})
+        except SessionDamaged:
+            assert self.damage & {'record', 'deadline'}
+            return
+        session.saved = session.turns
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50))
+    def close(self, index: int) -> None:
+        session = self.pick(self.live(), index)
+        try:
+            closed = self.r.lc.close(session.session_id)
+        except SessionReaping:
+            return
+        except SessionDamaged:
+            assert self.damage & {'record', 'deadline'}
+            return
+        assert closed, f'close() of live {session.session_id} said it was not live'
+        session.state = 'closed'
+        session.open_turns.clear()
+
+    @precondition(lambda self: any(s.state == 'resumable' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), owner=st.sampled_from(OWNERS))
+    def restore(self, index: int, owner: str) -> None:
+        session = self.pick([s for s in self.sessions.values() if s.state == 'resumable'], index)
+        try:
+            restored = self.r.lc.restore(session.session_id, owner)
+        except CapacityExceeded as full:
+            self.assert_refusal_is_due(full)
+            return
+        except PoolRecovering:
+            assert 'tenants' in self.damage
+            return
+        except SessionNotLive:
+            assert session.deadline_ms - self.now < 1000, 'a resumable session within its deadline was not restored'
+            return
+        assert restored.snapshot == {'turns': session.saved}, 'restore did not return the last checkpoint'
+        session.state, session.owner, session.turns = 'live', owner, session.saved
+        session.deadline_ms = restored.session.expires_at_ms
+        session.open_turns.clear()
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def heartbeat(self, owner: str) -> None:
+        self.r.lc.heartbeat(owner)
+
+    @rule(seconds=st.sampled_from([1, 5, 12, 25, 35, 61, 200]))
+    def advance_clock(self, seconds: int) -> None:
+        self.clock.advance(seconds=seconds)
+
+    # -- the reaper -------------------------------------------------------------------------------
+
+    @rule(kind=st.sampled_from([SweepKind.IDLE, SweepKind.LRU, SweepKind.EXPIRED, SweepKind.OWNER_LOST]))
+    def sweep(self, kind: SweepKind) -> None:
+        self.r.sweep(kind)
+        if kind in (SweepKind.IDLE, SweepKind.EXPIRED):  # both recover every claim whose lease ran out
+            stuck = self.redis.zrangebyscore(self.keys.reaping, '-inf', self.now)
+            assert not stuck, f'claims past their lease after a sweep: {stuck}'
+
+    @rule()
+    def reconcile(self) -> None:
+        report = self.r.sweep(SweepKind.RECONCILE)
+        assert report.drift is not None
+        if not self.damage:
+            assert not report.drift.found, f'reconcile found damage nobody did: {report.drift}'
+        self.damage.clear()
+        for session in self.sessions.values():
+            session.deadline_damaged = False
+        self.assert_counters_equal_the_sets()
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), stop_after=st.sampled_from(['claim', 'persist', 'release']))
+    def interrupted_eviction(self, index: int, stop_after: str) -> None:
+        """A worker that dies after one step of an eviction (its claim then waits for recovery)."""
+        session = self.pick(self.live(), index)
+        evictor, lc = self.r.evictor, self.r.lc
+        bound = self.now - self.settings.idle_ttl_s * 1000
+        [claim] = lc.run_each([evictor.claims.claim(session.session_id, ReapReason.IDLE, self.now, bound)])
+        if not isinstance(claim, Claim) or stop_after == 'claim':
+            return
+        refused = evictor._persist({0: claim})
+        if refused or stop_after == 'persist':
+            return
+        if lc.run(evictor.claims.extend(claim, self.now)) is Step.DONE:
+            evictor.driver.release(claim.session_id, claim.reason.value)
+
+    # -- outside damage ---------------------------------------------------------------------------
+
+    @rule(value=st.sampled_from([None, 0, 1, 9]))
+    def damage_slot_counter(self, value: int | None) -> None:
+        if value is None:
+            self.redis.delete(self.keys.slots)
+        else:
+            self.redis.set(self.keys.slots, value)
+        self.damage.add('slots')
+
+    @rule()
+    def damage_tenant_index(self) -> None:
+        self.redis.delete(self.keys.tenants)
+        self.damage.add('tenants')
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), entry=st.sampled_from(['deadline', 'busy', 'record']))
+    def damage_session(self, index: int, entry: str) -> None:
+        session = self.pick(self.live(), index)
+        if entry == 'deadline':
+            self.redis.zrem(self.keys.deadline, session.session_id)
+            session.deadline_damaged = True
+        elif entry == 'busy':
+            self.redis.zrem(self.keys.busy, session.session_id)
+        else:
+            self.redis.hdel(self.keys.meta_of(session.session_id), session.session_id)
+        self.damage.add(entry)
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50))
+    def damage_leave_a_claim_behind(self, index: int) -> None:
+        """A REAPING mark with no claim behind it (a hand edit, or a claim hash lost)."""
+        session = self.pick(self.live(), index)
+        self.redis.zadd(self.keys.reaping, {session.session_id: self.now}, nx=True)
+        self.damage.add('claim')
+
+    # -- the oracle -------------------------------------------------------------------------------
+
+    def pool_truth(self) -> int:
+        return int(self.redis.zcard(self.keys.live)) + int(self.redis.zcard(self.keys.reservations))
+
+    def tenant_truth(self) -> dict[str, int]:
+        """Each tenant's live sessions and reservations, read from the sets; which tenant a live session
+        belongs to is the app's truth (the model's), whatever Redis lost of its record."""
+        tenants = [str(member).rsplit('|', 1)[1] for member in self.redis.zrange(self.keys.reservations, 0, -1)]
+        for session_id in map(str, self.redis.zrange(self.keys.live, 0, -1)):
+            model = self.sessions.get(session_id)
+            record = self.redis.hget(self.keys.meta_of(session_id), session_id)
+            tenants.append((model.tenant or '') if model is not None else str(record).split('|')[1])
+        counts: dict[str, int] = {}
+        for tenant in filter(None, tenants):
+            counts[tenant] = counts.get(tenant, 0) + 1
+        return counts
+
+    def unknown_tenants(self) -> int:
+        """Live sessions whose stand-in record could not say their tenant (filed under '?')."""
+        return sum(
+            str(self.redis.hget(self.keys.meta_of(str(s)), str(s))).split('|')[1:2] == ['?']
+            for s in self.redis.zrange(self.keys.live, 0, -1)
+        )
+
+    @invariant()
+    def cap_holds(self) -> None:
+        if self.reaper is None:
+            return
+        assert self.pool_truth() <= CAP, f'{self.pool_truth()} live + reserved over the cap of {CAP}'
+        over = {t: n for t, n in self.tenant_truth().items() if n > TENANT_CAP}
+        assert not over, f'tenants over their cap of {TENANT_CAP}: {over}'
+
+    @invariant()
+    def counters_equal_the_sets_unless_damaged(self) -> None:
+        if self.reaper is None or self.damage:
+            return
+        self.assert_counters_equal_the_sets()
+
+    def assert_counters_equal_the_sets(self) -> None:
+        counter = self.redis.get(self.keys.slots)
+        if counter is not None or self.pool_truth():
+            assert int(counter or -1) == self.pool_truth(), f'slot counter {counter!r} != {self.pool_truth()}'
+        members = {str(m) for m in self.redis.zrange(self.keys.tenants, 0, -1)} - {'#'}
+        expected = set()
+        for member in map(str, self.redis.zrange(self.keys.reservations, 0, -1)):
+            if tenant := member.rsplit('|', 1)[1]:
+                expected.add(f'{tenant}|{member}')
+        for session_id in map(str, self.redis.zrange(self.keys.live, 0, -1)):
+            record = self.redis.hget(self.keys.meta_of(session_id), session_id)
+            if record is not None and (tenant := str(record).split('|')[1]):
+                expected.add(f'{tenant}|{session_id}')
+        assert members == expected, f'tenant index {members} != {expected}'
+
+    @invariant()
+    def sessions_leave_only_durably_and_never_busy(self) -> None:
+        """Whoever took a session out of the live pool (a sweep, a recovery) left it as the invariants say."""
+        if self.reaper is None:
+            return
+        for session in self.live():
+            if self.redis.zscore(self.keys.live, session.session_id) is not None:
+                continue
+            document = self.r.document(session.session_id)
+            state = document.get('state') if document is not None else None
+            assert state in ('resumable', 'expired'), f'{session.session_id} left the pool as {state}'
+            if state == 'expired':
+                assert session.deadline_ms <= self.now or session.deadline_damaged, 'expired before its deadline'
+                session.state = 'expired'
+            else:
+                assert document is not None
+                busy = {t: lease for t, lease in session.open_turns.items() if lease > self.now}
+                assert not busy, f'{session.session_id} evicted ({document.get("reason")}) with a turn in flight'
+                snapshot = document.get('snapshot') or {}
+                assert snapshot.get('turns', -1) >= session.turns, (
+                    f'{session.session_id} evicted with {session.turns} turns, its checkpoint holds {snapshot}'
+                )
+                session.state = 'resumable'
+            session.open_turns.clear()
+
+    @invariant()
+    def ended_sessions_stay_out_of_the_pool(self) -> None:
+        if self.reaper is None:
+            return
+        for session in self.sessions.values():
+            if session.state != 'live':
+                assert self.redis.zscore(self.keys.live, session.session_id) is None, (
+                    f'{session.session_id} is {session.state} but back in the live pool'
+                )
+
+
+@pytest.mark.timeout(3600)
+def test_the_pool_keeps_every_invariant_under_random_steps_and_outside_damage(
+    mongo_server_url: str, real_redis: redis.Redis
+) -> None:
+    PoolModel.mongo_url = mongo_server_url
+    runner = settings(
+        max_examples=EXAMPLES,
+        stateful_step_count=STEPS,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        database=None,
+        print_blob=True,
+    )
+    run_state_machine_as_test(PoolModel, settings=runner)
