@@ -22,7 +22,14 @@ from rich.table import Table
 
 from lifecycle import checks
 from lifecycle.client import Lifecycle
-from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgument, PersistenceError
+from lifecycle.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    LifecycleError,
+    PersistenceError,
+    SessionDamaged,
+)
 from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.logs import use_json
 from lifecycle.policy import Order
@@ -94,15 +101,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    damaged: dict[str, Any] | None = None
     with client() as lc:
-        info = lc.status(args.session)
+        try:
+            info = lc.status(args.session)
+        except SessionDamaged as exc:
+            info, damaged = None, {'damage': str(exc), **raw_state(lc, args.session)}
         document = dict(lc.store.load(args.session) or {}) if lc.store is not None else {}
         claim = lc.redis.hget(lc.index.keys.claims, args.session)
-    if info is None and not document:
+    if info is None and not document and damaged is None:
         print(f'lifecycle: unknown session {args.session!r}', file=sys.stderr)
         return EXIT_PROBLEMS
     document.pop('snapshot', None)  # the app's own data: not ours to print
-    data: dict[str, Any] = {'session': asdict(info) if info else None, 'document': document, 'claim': claim}
+    data: dict[str, Any] = {'session': asdict(info) if info else damaged, 'document': document, 'claim': claim}
 
     def render() -> None:
         table = Table(title=f'session {args.session}', show_header=False)
@@ -116,6 +127,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     emit(args, data, render)
     return EXIT_OK
+
+
+def raw_state(lc: Lifecycle, session_id: str) -> dict[str, Any]:
+    """What Redis holds of a damaged session, entry by entry (None where an entry is missing)."""
+    k = lc.index.keys
+    pipe = lc.redis.pipeline(transaction=False)
+    pipe.hget(k.meta_of(session_id), session_id)
+    for key in (k.live, k.deadline, k.busy, k.reaping):
+        pipe.zscore(key, session_id)
+    record, last_active, deadline, busy, reaping = pipe.execute()
+    return {'record': record, 'last_active_ms': last_active, 'expires_at_ms': deadline, 'busy_until_ms': busy,
+            'reaping_until_ms': reaping, 'repair': 'lifecycle sweep reconcile'}  # fmt: skip
 
 
 # -- sweep ------------------------------------------------------------------------------------------
@@ -332,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidArgument as exc:
         print(f'lifecycle: {exc}', file=sys.stderr)
         return EXIT_USAGE
+    except LifecycleError as exc:  # a damaged session, a script Redis refused: a problem, not a traceback
+        print(f'lifecycle: {exc}', file=sys.stderr)
+        return EXIT_PROBLEMS
     return code
 
 

@@ -109,6 +109,23 @@ def test_a_dry_run_answers_what_the_sweep_would_do_checkpoint_gate_included(sett
     assert outcomes == {'saved': ('evicted', ''), 'unsaved': ('aborted', 'not_checkpointed')}
 
 
+def test_an_operator_sees_outside_damage_and_reconcile_repairs_it(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1', 'acme'), 's1')
+    lc.redis.zrem(lc.index.keys.deadline, 's1')  # a hand edit
+    lc.redis.delete(lc.index.keys.slots)
+    inspected = cli(settings, 'inspect', 's1', '--json')
+    assert inspected.returncode == 0, inspected.stderr
+    session = json.loads(inspected.stdout)['session']
+    assert 'deadline is missing' in session['damage']
+    assert (session['expires_at_ms'], session['repair']) == (None, 'lifecycle sweep reconcile')
+    repaired = cli(settings, 'sweep', 'reconcile')
+    assert repaired.returncode == 0, repaired.stderr
+    assert 'damage repaired: pool counter -1 (missing), deadlines restored 1' in repaired.stdout
+    assert lc.status('s1') is not None
+    clean = cli(settings, 'sweep', 'reconcile', '--json')
+    assert json.loads(clean.stdout)['details'] == ['damage repaired: none']
+
+
 def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:
     failing = cli(settings, 'check', '--json')
     assert failing.returncode == 1

@@ -2,7 +2,7 @@
 MongoDB-wire server and a FixedClock through random sequences of client calls, sweeps, interrupted
 evictions, clock jumps and outside damage, and checks DESIGN.md's invariants after every step.
 
-Run longer with LIFECYCLE_MODEL_EXAMPLES (default 25) and LIFECYCLE_MODEL_STEPS (default 50). A failure
+Run longer with LIFECYCLE_MODEL_EXAMPLES (default 150, about 45 s) and LIFECYCLE_MODEL_STEPS (default 50). A failure
 prints the shrunk sequence of steps; keep what it finds as a named regression test.
 """
 
@@ -46,7 +46,7 @@ from tests.integration.reaper import Reaper, build_reaper
 CAP, TENANT_CAP, MAX_LIVE = 4, 2, 3
 OWNERS = ('api-1', 'api-2')
 TENANTS = (None, 'acme', 'globex')
-EXAMPLES = int(os.environ.get('LIFECYCLE_MODEL_EXAMPLES', '25'))
+EXAMPLES = int(os.environ.get('LIFECYCLE_MODEL_EXAMPLES', '150'))
 STEPS = int(os.environ.get('LIFECYCLE_MODEL_STEPS', '50'))
 
 
@@ -277,7 +277,11 @@ class PoolModel(RuleBasedStateMachine):
 
     # -- the reaper -------------------------------------------------------------------------------
 
-    @rule(kind=st.sampled_from([SweepKind.IDLE, SweepKind.LRU, SweepKind.EXPIRED, SweepKind.OWNER_LOST]))
+    @rule(
+        kind=st.sampled_from(
+            [SweepKind.IDLE, SweepKind.LRU, SweepKind.EXPIRED, SweepKind.OWNER_LOST, SweepKind.WARNINGS]
+        )
+    )
     def sweep(self, kind: SweepKind) -> None:
         self.r.sweep(kind)
         if kind in (SweepKind.IDLE, SweepKind.EXPIRED):  # both recover every claim whose lease ran out
@@ -286,10 +290,13 @@ class PoolModel(RuleBasedStateMachine):
 
     @rule()
     def reconcile(self) -> None:
+        counter = self.redis.get(self.keys.slots)
         report = self.r.sweep(SweepKind.RECONCILE)
         assert report.drift is not None
         if not self.damage:
             assert not report.drift.found, f'reconcile found damage nobody did: {report.drift}'
+        elif counter is None and self.pool_truth() > 0:
+            assert report.drift.counter_missing, 'a lost slot counter was not reported'
         self.damage.clear()
         for session in self.sessions.values():
             session.deadline_damaged = False
