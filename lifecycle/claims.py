@@ -70,6 +70,19 @@ class Drift:
             or self.relinked or self.deadlines_restored or self.records_rebuilt or self.malformed_records
         )  # fmt: skip
 
+    def counts(self) -> dict[str, int]:
+        """The damage found, by kind (for the shared counters the exporter serves); zeros left out."""
+        found = {
+            'pool_counter': int(bool(self.pool_drift or self.counter_missing)),
+            'tenant_index_members': self.tenant_drift,
+            'tenant_index_lost': int(self.tenant_index_rebuilt),
+            'records_relinked': self.relinked,
+            'deadlines_restored': self.deadlines_restored,
+            'records_rebuilt': self.records_rebuilt,
+            'malformed_records': self.malformed_records,
+        }
+        return {kind: n for kind, n in found.items() if n}
+
     def describe(self) -> str:
         """One line for logs and the CLI: every figure that is not zero."""
         figures = {

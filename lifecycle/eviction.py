@@ -94,7 +94,7 @@ class Evictor:
                 name = f'{result.outcome}:{result.reason}'
                 counts[f'{name}:{result.detail}' if result.outcome is Outcome.ABORTED else name] += 1
             elif result.detail == 'damaged':
-                counts[f'kept:{result.reason}:damaged'] += 1
+                counts['damage:sessions_skipped'] += 1
         if counts:
             pipe = self.lc.redis.pipeline(transaction=False)
             for name, count in counts.items():

@@ -71,20 +71,24 @@ class PoolCollector(Collector):
         sweeps = CounterMetricFamily('lifecycle_sweeps', 'Sweeps run, by kind.', labels=['kind'])
         skipped = CounterMetricFamily('lifecycle_sweeps_skipped', 'Sweeps skipped (locked or duplicate).',
                                       labels=['kind'])  # fmt: skip
+        damage = CounterMetricFamily('lifecycle_damage', 'Outside damage (a lost or edited key) met or repaired.',
+                                     labels=['kind'])  # fmt: skip
         for name, value in sorted(counters.items()):
             head, _, rest = name.partition(':')
             if head == 'aborted':
                 reason, _, cause = rest.partition(':')
                 aborts.add_metric([reason, cause], value)
-            elif head in ('evicted', 'expired', 'rolled_back'):
+            elif head in ('evicted', 'expired', 'rolled_back', 'skipped'):
                 evictions.add_metric([rest, head], value)
+            elif head == 'damage':
+                damage.add_metric([rest], value)
             elif head == 'refused':
                 refusals.add_metric([rest], value)
             elif head == 'sweep':
                 sweeps.add_metric([rest], value)
             elif head == 'sweep_skipped':
                 skipped.add_metric([rest], value)
-        yield from (evictions, aborts, refusals, sweeps, skipped)
+        yield from (evictions, aborts, refusals, sweeps, skipped, damage)
 
     @staticmethod
     def _sweeps(stats: dict[str, int], now_ms: int) -> Iterator[Metric]:

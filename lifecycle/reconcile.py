@@ -70,6 +70,10 @@ class Reconciler:
         )
         if drift.found:
             log.warning('reconcile repaired outside damage: %s', drift.describe())
+            pipe = self.lc.redis.pipeline(transaction=False)
+            for kind, n in drift.counts().items():
+                pipe.hincrby(self.keys.counters, f'damage:{kind}', n)
+            pipe.execute()
         return drift
 
     def _live_pages(self) -> Iterator[list[str]]:

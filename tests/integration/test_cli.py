@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from lifecycle import FixedClock, Lifecycle, Settings
 from lifecycle.embedded import free_port
 from lifecycle.embedded import owned_env as environment
+from lifecycle.metrics import registry_for
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory
 
@@ -124,6 +126,9 @@ def test_an_operator_sees_outside_damage_and_reconcile_repairs_it(settings: Sett
     assert lc.status('s1') is not None
     clean = cli(settings, 'sweep', 'reconcile', '--json')
     assert json.loads(clean.stdout)['details'] == ['damage repaired: none']
+    served = generate_latest(registry_for(lc)).decode()
+    assert 'lifecycle_damage_total{kind="deadlines_restored"} 1.0' in served
+    assert 'lifecycle_damage_total{kind="pool_counter"} 1.0' in served
 
 
 def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:
