@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 from lifecycle import validate, worktrees
 from lifecycle.background import AsyncRepeater
 from lifecycle.client import (
+    ENCODING_ERRORS,
     NOTICE_BATCH,
     Lifecycle,
     Turn,
@@ -48,7 +49,9 @@ class AsyncLifecycle:
         self, settings: Settings | None = None, *, redis_client: aredis.Redis | None = None, clock: Clock | None = None
     ) -> None:
         self.settings = settings or Settings()
-        self.redis = redis_client or aredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.redis = redis_client or aredis.Redis.from_url(
+            self.settings.redis_url, decode_responses=True, encoding_errors=ENCODING_ERRORS
+        )
         self.index = SessionIndex(self.settings)
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
@@ -125,7 +128,8 @@ class AsyncLifecycle:
         self, owner: str, tenant: str | None = None, *, token: str | None = None, make_room: bool = False
     ) -> Reservation:
         """See `Lifecycle.reserve`."""
-        token = token or new_token()
+        token = new_token() if token is None else token
+        make_room = validate.flag('make_room', make_room)
         if make_room:
             return await asyncio.to_thread(self.durable.reserve, owner, tenant, token=token, make_room=True)
         try:

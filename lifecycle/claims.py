@@ -60,7 +60,9 @@ class Drift:
     relinked: int = 0  # records whose live entry was gone, put back in the pool
     deadlines_restored: int = 0
     records_rebuilt: int = 0  # live sessions whose record was gone, given a stand-in
-    malformed_records: int = 0  # records no script can read (left as they are: an operator's to look at)
+    malformed_records: int = 0  # records (or buckets) no script can read: left as they are, for an operator
+    unrepaired_pages: int = 0  # pages Redis refused to repair (see the log); the next reconcile tries again
+    foreign_entries: int = 0  # live entries whose id no session can have (a hand edit): removed
 
     @property
     def found(self) -> bool:
@@ -68,6 +70,7 @@ class Drift:
         return bool(
             self.pool_drift or self.counter_missing or self.tenant_drift or self.tenant_index_rebuilt
             or self.relinked or self.deadlines_restored or self.records_rebuilt or self.malformed_records
+            or self.unrepaired_pages or self.foreign_entries
         )  # fmt: skip
 
     def counts(self) -> dict[str, int]:
@@ -80,6 +83,8 @@ class Drift:
             'deadlines_restored': self.deadlines_restored,
             'records_rebuilt': self.records_rebuilt,
             'malformed_records': self.malformed_records,
+            'unrepaired_pages': self.unrepaired_pages,
+            'foreign_entries': self.foreign_entries,
         }
         return {kind: n for kind, n in found.items() if n}
 
@@ -92,6 +97,8 @@ class Drift:
             'deadlines restored': self.deadlines_restored,
             'records rebuilt': self.records_rebuilt,
             'malformed records': self.malformed_records,
+            'unrepaired pages': self.unrepaired_pages,
+            'foreign entries removed': self.foreign_entries,
         }
         shown = [f'{name} {value}' for name, value in figures.items() if value not in (0, '+0', '0 members')]
         return ', '.join(shown) or 'none'
@@ -194,15 +201,15 @@ class ClaimIndex:
             ),
         )  # fmt: skip
 
-    def reconcile_counters(self, now_ms: int, index_complete: bool) -> Call[list[int]]:
+    def reconcile_counters(self, now_ms: int, rebuild_marker: str) -> Call[list[int]]:
         """Purge expired reservations, index their tenants, repair the slot counter; mark the tenant index
-        complete when the paged passes before this call rebuilt it. Returns the script's figures."""
+        complete if `rebuild_marker` (put in when the paged passes started) is still in it."""
         k = self.keys
         return Call(
             lambda reply: [_int(n) for n in reply],
             'reconcile_counters',
             (k.live, k.reservations, k.slots, k.tenants),
-            (now_ms, '1' if index_complete else '0'),
+            (now_ms, rebuild_marker),
         )
 
     def repair_records(self, buckets: Sequence[int], now_ms: int) -> Call[list[int]]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -57,6 +58,14 @@ def client() -> Lifecycle:
 # -- status / inspect ---------------------------------------------------------------------------------
 
 
+def readable(record: str | None) -> Meta | None:
+    """The record's fields, or None when it is missing or unreadable (outside damage: status lists it anyway)."""
+    try:
+        return Meta.unpack(record) if record is not None else None
+    except SessionDamaged:
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with client() as lc:
         stats = lc.stats()
@@ -71,10 +80,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         busy = lc.redis.zmscore(k.busy, ids) if ids else []
         sessions = []
         for (session_id, last_active), record, deadline, lease in zip(idlest, records, deadlines, busy, strict=True):
-            meta = Meta.unpack(str(record)) if record else None
+            meta = readable(record)
             sessions.append({
                 'session_id': session_id,
-                'owner': meta.owner if meta else None,
+                'owner': meta.owner if meta else '(damaged: see inspect)',
                 'tenant': meta.tenant if meta else None,
                 'idle_s': round((now - int(last_active)) / 1000, 1),
                 'expires_in_s': round((int(deadline or 0) - now) / 1000, 1),
@@ -293,9 +302,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK if all(f.ok is not False for f in figures) else EXIT_PROBLEMS
 
 
+def bounded(low: int, high: int) -> Any:
+    """An argparse type: a whole number in low..high (argparse then exits 2 naming the bad value)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f'whole number in {low}..{high}'  # what argparse names in its error
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='lifecycle', description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument('--log-level', default='WARNING', help='logging level (default WARNING)')
+    parser.add_argument('--log-level', default='WARNING', type=str.upper, help='logging level (default WARNING)',
+                        choices=['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'])  # fmt: skip
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     demo = commands.add_parser('demo', help='run the whole system on embedded defaults and verify it')
@@ -304,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     status = commands.add_parser('status', help='the pool, and its most idle sessions')
-    status.add_argument('--top', type=int, default=10, help='how many idle sessions to list')
+    status.add_argument('--top', type=bounded(1, 10_000), default=10, help='how many idle sessions to list (1..10000)')
     status.add_argument('--json', action='store_true')
     status.set_defaults(handler=cmd_status)
 
@@ -324,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     exporter = commands.add_parser('exporter', help='serve Prometheus metrics of the pool')
-    exporter.add_argument('--port', type=int, default=9464)
+    exporter.add_argument('--port', type=bounded(1, 65_535), default=9464)
     exporter.add_argument('--addr', default='0.0.0.0')
     exporter.set_defaults(handler=cmd_exporter)
 
@@ -349,13 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f'lifecycle: {exc}', file=sys.stderr)
         return EXIT_CONFIG
-    except (BackendUnavailable, PersistenceError) as exc:
+    except (BackendUnavailable, PersistenceError, redis.ConnectionError, redis.TimeoutError) as exc:
         print(f'lifecycle: {exc}', file=sys.stderr)
         return EXIT_UNAVAILABLE
     except InvalidArgument as exc:
         print(f'lifecycle: {exc}', file=sys.stderr)
         return EXIT_USAGE
-    except LifecycleError as exc:  # a damaged session, a script Redis refused: a problem, not a traceback
+    except (LifecycleError, redis.RedisError) as exc:  # damage, a command Redis refused: a problem, no traceback
         print(f'lifecycle: {exc}', file=sys.stderr)
         return EXIT_PROBLEMS
     return code

@@ -27,6 +27,7 @@ from lifecycle.errors import (
     LifecycleError,
     PersistenceError,
     ScriptFailed,
+    SessionDamaged,
     SessionNotLive,
 )
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
@@ -42,6 +43,9 @@ T = TypeVar('T')
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
 MAKE_ROOM_CANDIDATES = 20
 NOTICE_BATCH = 100
+# A member no valid id could be (a hand edit, a foreign writer) decodes without raising, and encodes back to
+# the same bytes: one bad entry never stops a sweep, and reconcile can still name and remove it.
+ENCODING_ERRORS = 'surrogateescape'
 
 
 def refusal_counter(full: CapacityExceeded) -> str:
@@ -68,7 +72,7 @@ def new_token() -> str:
 
 def redacted(url: str) -> str:
     """`url` without its password, for error messages and logs."""
-    return re.sub(r'//([^:/@]*):[^@/]*@', r'//\1:***@', url)
+    return re.sub(r'//([^:/@]*):[^/]*@', r'//\1:***@', url)  # up to the last '@' before the path
 
 
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:
@@ -113,16 +117,33 @@ def unavailable_as_error(url: str) -> Iterator[None]:
         raise unavailable(url, exc) from exc
 
 
-def durable_turn_seq(document: Mapping[str, Any]) -> int:
-    """The turn sequence a restored session goes on from: the highest MongoDB knows of, so no checkpoint
-    taken before the restore can cover a turn finished after it."""
-    return max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0)))
+@dataclass(frozen=True)
+class Resumable:
+    """What restore() needs of a resumable session's document, checked."""
+
+    tenant: str | None
+    profile: str | None
+    expires_at_ms: int
+    created_ms: int | None
+    # The turn sequence a restored session goes on from: the highest MongoDB knows of, so no checkpoint
+    # taken before the restore can cover a turn finished after it.
+    turn_seq: int
 
 
-def created_ms(document: Mapping[str, Any]) -> int | None:
-    """When the session was first created, if its document says."""
-    created = document.get('created_at')
-    return to_epoch_ms(created) if created is not None else None
+def resumable_of(document: Mapping[str, Any]) -> Resumable:
+    """The document's fields restore() acts on; SessionDamaged, naming the field, if one is unusable."""
+    session_id = document.get('_id')
+    try:
+        expires_at, created = document['expires_at'], document.get('created_at')
+        return Resumable(
+            tenant=validate.optional_identifier('tenant', document.get('tenant')),
+            profile=validate.optional_identifier('profile', document.get('profile')),
+            expires_at_ms=to_epoch_ms(expires_at),
+            created_ms=to_epoch_ms(created) if created is not None else None,
+            turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0))),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise SessionDamaged(f'the MongoDB document of session {session_id!r} is unusable: {exc!r}') from exc
 
 
 class Lifecycle:
@@ -141,7 +162,9 @@ class Lifecycle:
         driver: SandboxDriver | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.redis = redis_client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.redis = redis_client or redis.Redis.from_url(
+            self.settings.redis_url, decode_responses=True, encoding_errors=ENCODING_ERRORS
+        )
         self.index = SessionIndex(self.settings)
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
@@ -279,7 +302,8 @@ class Lifecycle:
         reservation and never takes a second slot. With `make_room`, a full pool first evicts its least
         recently active session idle for at least `min_idle_s` (durably, as a worker would) and retries.
         """
-        token = token or new_token()
+        token = new_token() if token is None else token
+        make_room = validate.flag('make_room', make_room)
         for _ in range(MAKE_ROOM_ATTEMPTS):
             try:
                 return self.run(self.index.reserve(owner, tenant, token, self.now_ms()))
@@ -422,20 +446,22 @@ class Lifecycle:
         another replica restored it first, CapacityExceeded when the pool is full.
         """
         store = self._require_store('restore()')
+        owner = validate.identifier('owner', owner)
         document = store.load(validate.identifier('session_id', session_id))
         state = document.get('state') if document is not None else None
         if document is None or state != SessionState.RESUMABLE:
             raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
-        ttl_s = (to_epoch_ms(document['expires_at']) - self.now_ms()) // 1000
+        resumable = resumable_of(document)
+        ttl_s = (resumable.expires_at_ms - self.now_ms()) // 1000
         if ttl_s < 1:
             raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
-        reservation = self.reserve(owner, document.get('tenant'), make_room=make_room)
+        reservation = self.reserve(owner, resumable.tenant, make_room=make_room)
         try:
-            ttl_s = min(ttl_s, self.settings.limits(document.get('profile')).max_ttl_s)
+            ttl_s = min(ttl_s, self.settings.limits(resumable.profile).max_ttl_s)
             info = self.run(
                 self.index.activate(
-                    reservation, session_id, ttl_s, document.get('profile'), self.now_ms(),
-                    turn_seq=durable_turn_seq(document), created_ms=created_ms(document),
+                    reservation, session_id, ttl_s, resumable.profile, self.now_ms(),
+                    turn_seq=resumable.turn_seq, created_ms=resumable.created_ms,
                 )
             )  # fmt: skip
         except LifecycleError:

@@ -65,6 +65,11 @@ class PoolRecovering(LifecycleError):
         super().__init__(f'{message}; retry in {retry_after_s} s')
 
 
+class Fenced(LifecycleError):
+    """A newer write already holds the session (another replica's later checkpoint, say): this one was
+    refused and changed nothing."""
+
+
 class ScriptFailed(LifecycleError):
     """Redis answered a call with an error (a server fault or a state no script expects); the call changed
     nothing after the point it failed, and the rest of its batch went on."""

@@ -217,7 +217,7 @@ class Evictor:
             window, later = {}, {}
             for (i, claim), step in zip(pending.items(), confirmed, strict=True):
                 if step is not Step.DONE:
-                    results[i] = self._stopped(claim, step, 'before its sandbox release')
+                    results[i] = self._stopped(claim, step, released=False)
                 elif time.monotonic() > window_ends:
                     later[i] = claim  # confirmed again, in the next window
                 else:
@@ -239,14 +239,15 @@ class Evictor:
         results = {}
         for (i, claim), step in zip(claims.items(), finished, strict=True):
             if step is not Step.DONE:
-                results[i] = self._stopped(claim, step, 'after its sandbox release')
+                results[i] = self._stopped(claim, step, released=True)
             else:
                 outcome = Outcome.EXPIRED if claim.reason is ReapReason.EXPIRED else Outcome.EVICTED
                 results[i] = EvictionResult(claim.session_id, claim.reason, outcome)
         return results
 
-    def _stopped(self, claim: Claim, step: Step | LifecycleError, when: str) -> EvictionResult:
+    def _stopped(self, claim: Claim, step: Step | LifecycleError, *, released: bool) -> EvictionResult:
         """The result of a claim whose fenced step did not go through."""
+        when = 'after its sandbox release' if released else 'before its sandbox release'
         if isinstance(step, LifecycleError):
             # The claim stays: once its lease runs out, the next sweep's recovery resolves it.
             log.warning('eviction of %s stopped %s: %s', claim.session_id, when, step)
@@ -256,18 +257,26 @@ class Evictor:
             return EvictionResult(claim.session_id, claim.reason, Outcome.KEPT, 'fenced')
         log.warning('eviction of %s undone %s: a turn finished since the claim, its durable write no longer covers '
                     'the session', claim.session_id, when)  # fmt: skip
-        return self._undo(claim, Outcome.ABORTED)
+        return self._undo(claim, Outcome.ABORTED, sandbox_released=released)
 
-    def _undo(self, claim: Claim, outcome: Outcome) -> EvictionResult:
+    def _undo(self, claim: Claim, outcome: Outcome, *, sandbox_released: bool) -> EvictionResult:
         """A turn finished after the durable write: put MongoDB back to live (under the claim's own token),
-        then give the claim up. If MongoDB fails, the claim stays for recovery, which retries the undo."""
+        then give the claim up. If MongoDB fails, the claim stays for recovery, which retries the undo.
+
+        The session stays live with its turns; if its sandbox was already released, its owner is told
+        (`sandbox_reset`), as after a restore: losing a sandbox is recoverable, losing a finished turn is not.
+        """
         assert self.store is not None  # only evictions with a durable write have a sequence to check
         try:
             self.store.revert([Mark(claim_record(claim), claim.token, claim.reason)])
         except PersistenceError as exc:
             log.warning('undo of the eviction of %s postponed to recovery: %s', claim.session_id, exc)
             return EvictionResult(claim.session_id, claim.reason, Outcome.SKIPPED, 'persistence_error')
-        self.lc.run_each([self.claims.abort(claim)])
+        calls: list[Call[Any]] = [self.claims.abort(claim)]
+        if sandbox_released and claim.meta is not None:
+            calls.append(self.claims.notice(claim.meta.owner, NoticeKind.SANDBOX_RESET, claim.session_id,
+                                            'turn_finished', self.lc.now_ms()))  # fmt: skip
+        self.lc.run_each(calls)
         return EvictionResult(claim.session_id, claim.reason, outcome, 'turn_finished')
 
     def _release(self, claim: Claim) -> None:
@@ -310,8 +319,10 @@ class Evictor:
             if before is not None and policy.covers(before, claim.meta.turn_seq):
                 log.info('recovery completes the eviction of %s (token %d)', session_id, takeover.old_token)
                 return self._complete({0: claim})[0]
+            # The crashed worker may have released the sandbox already: release it for certain, and say so.
             log.info('recovery rolls %s back to live: a turn finished after its eviction write', session_id)
-            return self._undo(claim, Outcome.ROLLED_BACK)
+            self._release(claim)
+            return self._undo(claim, Outcome.ROLLED_BACK, sandbox_released=True)
         self.lc.run(self.claims.abort(claim))
         log.info('recovery rolls %s back to live: its eviction write never landed', session_id)
         return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK)

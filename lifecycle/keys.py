@@ -45,7 +45,7 @@ class Keys:
 
     def meta_of(self, session_id: str) -> str:
         """HASH bucket `crc32(session_id) % META_BUCKETS` that holds this session's record (see `meta_bucket`)."""
-        return self.meta_bucket(zlib.crc32(session_id.encode()) % META_BUCKETS)
+        return self.meta_bucket(zlib.crc32(session_id.encode('utf-8', 'surrogateescape')) % META_BUCKETS)
 
     def meta_bucket(self, n: int) -> str:
         """HASH bucket n of META_BUCKETS: session_id -> packed record 'owner|tenant|profile|created_ms|turn_seq'."""
@@ -86,6 +86,16 @@ class Keys:
         """ZSET (every score 0) 'tenant|session_id' and 'tenant|reservation member': a tenant's slots are one
         ZLEXCOUNT; the member '#' marks the index as complete (absent: lost or never built)."""
         return f'{self.prefix}:tenants'
+
+    @property
+    def legacy_tenant_slots(self) -> str:
+        """HASH tenant -> slots: the tenant counters of the previous layout; reconcile deletes it."""
+        return f'{self.prefix}:tenant_slots'
+
+    @property
+    def migrations(self) -> str:
+        """HASH migration name -> when it ran (epoch ms): one-time upgrades of an older layout, done once."""
+        return f'{self.prefix}:migrations'
 
     @property
     def orphans(self) -> str:

@@ -103,6 +103,7 @@ class NoticeKind(StrEnum):
     EVICTED = 'evicted'
     EXPIRED = 'expired'
     CHECKPOINT_REQUESTED = 'checkpoint_requested'
+    SANDBOX_RESET = 'sandbox_reset'  # the session stays live, but its sandbox was released (an undone eviction)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ counter together. What a lost or edited key leaves behind, each page repairs ato
 - a record whose live entry is gone: put back in the pool (it still runs for its user; the pool may
   then sit over its cap, and admission refuses until it is under);
 - a live session without its deadline: the latest deadline its profile allows (`created + max_ttl_s`);
-- a live session without its record: a stand-in record whose turn sequence is one past anything MongoDB
-  holds for it, so it must checkpoint again before it can be evicted as resumable;
+- a live session without a record it can read (lost, or edited by hand): a stand-in record whose turn
+  sequence is one past anything MongoDB holds for it, so it must checkpoint again before it can be
+  evicted as resumable;
 - tenant index members missing (added) or backed by nothing (dropped), then the index marked complete;
 - the slot counter, recomputed from the sets.
 
@@ -18,13 +19,16 @@ own entries, so whatever it does between two pages is already right, and the pas
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from lifecycle import validate
 from lifecycle.claims import ClaimIndex, Drift
-from lifecycle.errors import PersistenceError
+from lifecycle.errors import PersistenceError, ScriptFailed, SessionDamaged
 from lifecycle.keys import META_BUCKETS
 from lifecycle.records import SCAN_BUCKETS, read_records
+from lifecycle.state import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
 
 if TYPE_CHECKING:
@@ -32,7 +36,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PAGE = 500  # live sessions or tenant index members per round trip
-UNKNOWN_TENANT = '?'  # no valid id: a session whose tenant nothing knows any more (see _lib.lua)
+
+
+def is_record(record: str | None) -> bool:
+    """Whether `record` is one the scripts can read (not missing, not a hand edit)."""
+    try:
+        return record is not None and Meta.unpack(record) is not None
+    except SessionDamaged:
+        return False
 
 
 class Reconciler:
@@ -43,30 +54,48 @@ class Reconciler:
         self.store = store
         self.keys = lc.index.keys
         self.claims = ClaimIndex(lc.settings, self.keys)
+        self.foreign = 0  # live entries no session could be (invalid ids) the last run removed
 
     def run(self, extend: Callable[[], None]) -> Drift:
         now = self.lc.now_ms()
+        upgrade = bool(self.lc.redis.exists(self.keys.legacy_tenant_slots))  # a pool the previous layout wrote
         lost_index = self.lc.redis.zscore(self.keys.tenants, '#') is None
-        totals = [0, 0, 0, 0]  # relinked, deadlines restored, tenant members added, malformed records
+        # Marks this run's start in the index: if the index is deleted while the passes run, it is gone, and
+        # the index is not marked complete (the next expiry sweep reconciles again).
+        rebuild_marker = f'#rebuild:{secrets.token_hex(6)}'
+        self.lc.redis.zadd(self.keys.tenants, {rebuild_marker: 0})
+        totals, failed = [0, 0, 0, 0], 0  # relinked, deadlines restored, tenant members added, malformed records
         for start in range(0, META_BUCKETS, SCAN_BUCKETS):
             buckets = range(start, min(start + SCAN_BUCKETS, META_BUCKETS))
-            page = self.lc.run(self.claims.repair_records(buckets, now))
+            try:
+                page = self.lc.run(self.claims.repair_records(buckets, now))
+            except ScriptFailed as exc:  # one bad page never stops the rest
+                log.warning('reconcile could not repair buckets %d..%d: %s', buckets[0], buckets[-1], exc)
+                failed += 1
+                continue
             totals = [total + n for total, n in zip(totals, page, strict=True)]
             extend()
         relinked, deadlines, members, malformed = totals
         rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
-        purged, counter, truth, reserved_members, _ = self.lc.run(self.claims.reconcile_counters(now, True))
+        if failed:
+            self.lc.redis.zrem(self.keys.tenants, rebuild_marker)  # some records were not indexed
+        purged, counter, truth, reserved_members, _ = self.lc.run(self.claims.reconcile_counters(now, rebuild_marker))
+        if upgrade:
+            self.lc.redis.delete(self.keys.legacy_tenant_slots)
+            log.info('the tenant index replaced the tenant counters of the previous layout')
         drift = Drift(
             purged_reservations=purged,
             pool_drift=max(counter, 0) - truth,
             counter_missing=counter < 0 and truth > 0,  # an empty pool that never held anything has none yet
-            tenant_drift=members + reserved_members + dropped,
-            tenant_index_rebuilt=lost_index and truth > 0,
+            tenant_drift=0 if upgrade else members + reserved_members + dropped,
+            tenant_index_rebuilt=lost_index and truth > 0 and not upgrade,
             relinked=relinked,
             deadlines_restored=deadlines,
             records_rebuilt=rebuilt,
             malformed_records=malformed,
+            unrepaired_pages=failed,
+            foreign_entries=self.foreign,
         )
         if drift.found:
             log.warning('reconcile repaired outside damage: %s', drift.describe())
@@ -77,21 +106,39 @@ class Reconciler:
         return drift
 
     def _live_pages(self) -> Iterator[list[str]]:
-        """Every live session id, a page at a time (ZSCAN: each one present throughout is seen)."""
+        """Every live session id, a page at a time (ZSCAN: each one present throughout is seen); entries no
+        session could be are removed on the way (counted in `foreign`)."""
         page: list[str] = []
-        for session_id, _ in self.lc.redis.zscan_iter(self.keys.live, count=PAGE):
-            page.append(str(session_id))
+        foreign: list[str] = []
+        for member, _ in self.lc.redis.zscan_iter(self.keys.live, count=PAGE):
+            (page if validate.is_identifier(str(member)) else foreign).append(str(member))
             if len(page) == PAGE:
                 yield page
                 page = []
         if page:
             yield page
+        self.foreign += self._remove(self.keys.live, foreign)
+
+    def _remove_foreign_entries(self, key: str) -> int:
+        """Remove the members of a session index that no session could be (activation checks every id)."""
+        return self._remove(key, [str(m) for m, _ in self.lc.redis.zscan_iter(key, count=PAGE)
+                                  if not validate.is_identifier(str(m))])  # fmt: skip
+
+    def _remove(self, key: str, members: list[str]) -> int:
+        if not members:
+            return 0
+        # As bytes: a member that was not UTF-8 came back with surrogates, which only this turns back into it.
+        raw = [member.encode('utf-8', 'surrogateescape') for member in members]
+        for index in (key, self.keys.busy, self.keys.reaping):
+            self.lc.redis.zrem(index, *raw)
+        return len(members)
 
     def _rebuild_missing_records(self, now_ms: int, index_lost: bool, extend: Callable[[], None]) -> int:
         missing: list[str] = []
+        self.foreign = self._remove_foreign_entries(self.keys.deadline)
         for page in self._live_pages():
             records = read_records(self.lc.redis, self.keys, page)
-            missing += [s for s, record in zip(page, records, strict=True) if record is None]
+            missing += [s for s, record in zip(page, records, strict=True) if not is_record(record)]
             extend()
         if not missing:
             return 0

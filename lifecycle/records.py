@@ -23,7 +23,8 @@ def queue_records(
     """Queue one HMGET per bucket of `ids` on `pipe`; returns what turns those replies into records.
 
     The returned function takes the replies of exactly the queued HMGETs, in the order they were
-    queued, and gives each id's record in the order of `ids` (None for a session no bucket holds).
+    queued (execute the pipeline with raise_on_error=False), and gives each id's record in the order of
+    `ids` (None for a session no bucket holds, or whose bucket is not a hash).
     """
     positions: dict[str, list[int]] = {}
     for i, session_id in enumerate(ids):
@@ -34,6 +35,8 @@ def queue_records(
     def gather(replies: Sequence[Any]) -> list[str | None]:
         records: list[str | None] = [None] * len(ids)
         for where, values in zip(positions.values(), replies, strict=True):
+            if isinstance(values, Exception):
+                continue  # a bucket some hand made another type (WRONGTYPE): its records read as missing
             for i, record in zip(where, values, strict=True):
                 records[i] = record
         return records
@@ -47,7 +50,7 @@ def read_records(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> list[st
         return []
     pipe = client.pipeline(transaction=False)
     gather = queue_records(pipe, keys, ids)
-    return gather(pipe.execute())
+    return gather(pipe.execute(raise_on_error=False))
 
 
 def scan_records(client: redis.Redis, keys: Keys, batch: int = SCAN_BUCKETS) -> Iterator[tuple[str, str]]:

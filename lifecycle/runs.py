@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 BACKSTOP_MARGIN_S = 60  # the keys' own expiry trails the retention window, so pruning normally wins
 MAX_REPLAY = 100_000  # frames one replay call returns at most
+MAX_FRAME_BYTES = 1024 * 1024  # one frame's JSON: a run holds up to max_events_per_run of them in Redis
 
 
 class RunStatus(StrEnum):
@@ -87,6 +88,10 @@ class RunIndex:
             encoded = json.dumps(frame, separators=(',', ':'), allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(f'frame of run {run_id!r} is not JSON-serializable: {exc}') from exc
+        if len(encoded) > MAX_FRAME_BYTES:
+            raise InvalidArgument(
+                f'frame of run {run_id!r} is {len(encoded):,} bytes of JSON; at most {MAX_FRAME_BYTES:,} is kept'
+            )
 
         def parse(reply: Any) -> str:
             if reply is None:

@@ -32,6 +32,7 @@ Arg = str | int
 
 # How many expired reservations one reserve call gives back at most; the sweep purges the rest.
 PURGE_LIMIT = 64
+UNKNOWN_TENANT = '?'  # in a record: its tenant was lost with the tenant index (see _lib.lua); never a valid id
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and a frozen init costs a few microseconds
@@ -62,7 +63,10 @@ class Meta:
         if len(parts) != 5 or not parts[3].isdigit() or not parts[4].isdigit():
             raise SessionDamaged(f'session record {record!r} is malformed; the reconcile sweep reports it')
         owner, tenant, profile, created, seq = parts
-        return cls(owner, tenant or None, profile or None, int(created), int(seq))
+        # '?': a stand-in record whose tenant outside damage erased. The scripts count it against every capped
+        # tenant; to the app (and in MongoDB, so a restore can admit it again) it has none.
+        return cls(owner, tenant if tenant not in ('', UNKNOWN_TENANT) else None, profile or None, int(created),
+                   int(seq))  # fmt: skip
 
 
 def _int(value: Any) -> int:
@@ -191,7 +195,7 @@ class SessionIndex:
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenants, k.cleaning),
+            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenants, k.cleaning, k.reaping),
             (
                 reserved,
                 session_id,

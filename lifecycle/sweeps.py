@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from lifecycle import policy
+from lifecycle import policy, validate
 from lifecycle.claims import ClaimIndex, Drift
 from lifecycle.client import Lifecycle
+from lifecycle.errors import LifecycleError, SessionDamaged
 from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.lock import SweepLock, sweep_lock
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
 from lifecycle.reconcile import Reconciler
 from lifecycle.records import queue_records, read_records, scan_records
+from lifecycle.runs import BACKSTOP_MARGIN_S
 from lifecycle.state import Meta
 from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
 
@@ -114,6 +116,14 @@ class Sweeper:
     # -- reading ------------------------------------------------------------------------------------
 
     def _pages(self, key: str, low: float | str, high: float | str, lock: SweepLock) -> Iterator[list[tuple[str, int]]]:
+        """(session_id, score) pages of a sorted set by score, oldest first (see `_scored_pages`); a member no
+        session could be (a hand edit, bytes that are not UTF-8) is left out here, and reconcile removes it."""
+        for page in self._scored_pages(key, low, high, lock):
+            yield [(member, score) for member, score in page if validate.is_identifier(member)]
+
+    def _scored_pages(
+        self, key: str, low: float | str, high: float | str, lock: SweepLock
+    ) -> Iterator[list[tuple[str, int]]]:
         """(member, score) pages of a sorted set by score, oldest first; O(log n + page) each.
 
         The cursor is the last score seen, exclusive, and each page carries every member tied at its
@@ -159,13 +169,17 @@ class Sweeper:
         pipe.zmscore(self.keys.busy, ids)
         pipe.zmscore(self.keys.reaping, ids)
         gather = queue_records(pipe, self.keys, ids)
-        busy, reaping, *replies = pipe.execute()
+        busy, reaping, *replies = pipe.execute(raise_on_error=False)
         records = gather(replies)
         candidates = []
         for (session_id, last_active), record, busy_until, claimed in zip(page, records, busy, reaping, strict=True):
             if record is None:
-                continue  # left the pool between the two reads
-            meta = Meta.unpack(record)
+                continue  # left the pool between the two reads (or lost: reconcile rebuilds it)
+            try:
+                meta = Meta.unpack(record)
+            except SessionDamaged:
+                log.warning('session %s skipped: its record %r is malformed', session_id, record)
+                continue
             busy_ms = int(busy_until) if busy_until is not None else None
             candidates.append(
                 Candidate(session_id, last_active, meta.owner, meta.profile, busy_ms, claimed is not None)
@@ -192,7 +206,11 @@ class Sweeper:
         documents = store.load_many([o.session_id for o in gated])
         refusals = {}
         for order, record in zip(gated, records, strict=True):
-            turn_seq = Meta.unpack(record).turn_seq if record is not None else 0
+            try:
+                turn_seq = Meta.unpack(record).turn_seq if record is not None else 0
+            except SessionDamaged:
+                refusals[order.session_id] = 'damaged'
+                continue
             why = policy.mark_refusal(documents.get(order.session_id), turn_seq, self.settings.require_checkpoint)
             if why is not None:
                 refusals[order.session_id] = why
@@ -250,7 +268,10 @@ class Sweeper:
         if not dry_run and self._tenant_index_lost():
             # Reservations of capped tenants are refused until the index is rebuilt: do it now, not in 5 min.
             log.warning('the tenant index was lost: reconciling now')
-            report.drift = self.run(SweepKind.RECONCILE, dedupe=False).drift
+            try:
+                report.drift = self.run(SweepKind.RECONCILE, dedupe=False).drift
+            except LifecycleError as exc:  # expiry goes on whatever reconciliation runs into
+                log.warning('reconcile from the expiry sweep failed: %s', exc)
         self._recover_claims(report, dry_run)
         now = self.lc.now_ms()
         for page in self._pages(self.keys.deadline, '-inf', now, lock):
@@ -293,6 +314,8 @@ class Sweeper:
         remaining = dict.fromkeys(lost, 0)
         orders: list[Order] = []
         for session_id, record in scan_records(self.lc.redis, self.keys):
+            if not validate.is_identifier(session_id):
+                continue  # no session has such an id: reconcile reports the record
             owner = record.split('|', 1)[0]
             if owner in remaining:
                 remaining[owner] += 1
@@ -328,6 +351,7 @@ class Sweeper:
         if dry_run:
             return
         self._migrate_legacy_records(lock)
+        self._expire_legacy_run_streams()
         report.drift = Reconciler(self.lc, self.evictor.store).run(lock.extend)
 
     def _migrate_legacy_records(self, lock: SweepLock) -> None:
@@ -345,6 +369,17 @@ class Sweeper:
                 break
         if moved:
             log.warning('moved %d session records from %s into their buckets', moved, self.keys.legacy_meta)
+
+    def _expire_legacy_run_streams(self) -> None:
+        """Give the event streams of runs that were running when the run key layout changed ('{lc}:run:<id>:events',
+        which nothing reads any more) the backstop expiry their finish would have: once per pool."""
+        if self.lc.redis.hget(self.keys.migrations, 'run_events'):
+            return
+        ttl_ms = (self.settings.run_retention_s + BACKSTOP_MARGIN_S) * 1000
+        pattern = self.keys.run('*') + ':events'
+        for key in self.lc.redis.scan_iter(match=pattern, count=1000, _type='stream'):
+            self.lc.redis.pexpire(key, ttl_ms, nx=True)
+        self.lc.redis.hset(self.keys.migrations, 'run_events', self.lc.now_ms())
 
     def _sweep_runs(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         report.dropped_runs = self.lc.runs.prunable() if dry_run else self.lc.runs.prune()

@@ -11,7 +11,7 @@ from lifecycle.errors import InvalidArgument
 # no braces (they would break the hash tag), no whitespace.
 _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 MAX_ID_LENGTH = 128
-_STREAM_ID = re.compile(r'[0-9]{1,20}(-[0-9]{1,20})?')
+_STREAM_ID = re.compile(r'([0-9]{1,20})(?:-([0-9]{1,20}))?')
 MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)
 
 
@@ -46,9 +46,10 @@ def is_identifier(value: str) -> bool:
 
 def stream_id(kind: str, value: object) -> str:
     """Return `value` if it is a Redis stream id ('0', '1700000000000-0') to read after."""
-    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+    parts = _STREAM_ID.fullmatch(value) if isinstance(value, str) else None
+    if parts is None or any(int(part) >= 2**64 for part in parts.groups() if part is not None):
         raise InvalidArgument(f'{kind} must be a stream id such as "0" or "1700000000000-0", got {value!r:.80}')
-    return value
+    return parts.group(0)
 
 
 def wait_ms(kind: str, seconds: object) -> int | None:
@@ -64,4 +65,11 @@ def count(kind: str, value: object, maximum: int) -> int:
     """Return `value` if it is a whole number in 1..maximum."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidArgument(f'{kind} must be a whole number in 1..{maximum}, got {value!r:.80}')
+    return value
+
+
+def flag(kind: str, value: object) -> bool:
+    """Return `value` if it is a bool (a string such as 'no' is not)."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f'{kind} must be True or False, got {value!r:.80}')
     return value

@@ -91,12 +91,18 @@ class Preflight:
     locked: bool = False
     uncommitted: bool = False
     untracked: bool = False
+    ignored: bool = False  # gitignored files (a .env, build output): `git worktree remove` would delete them
     unpushed: bool = False
     no_remote: bool = False
+    git_failed: str = ''  # a git command that could not answer: nothing about the worktree is known
 
     def blockers(self) -> tuple[str, ...]:
         """Why the worktree cannot simply be removed; () when it can."""
         reasons = []
+        if self.git_failed:
+            reasons.append(f'git could not check it: {self.git_failed}')
+        if self.ignored:
+            reasons.append('ignored files')
         if self.uncommitted:
             reasons.append('uncommitted changes')
         if self.untracked:
@@ -123,16 +129,24 @@ def preflight(path: Path) -> Preflight:
     mine = [lines for lines in blocks[1:] if lines and lines[0] == f'worktree {path}']
     if not mine or not blocks[0]:
         return Preflight(main_repository=None)  # the main checkout (git lists it first), or unknown to git
-    status = git('status', '--porcelain', '--untracked-files=all', cwd=path).stdout.splitlines()
-    remotes = git('remote', cwd=path).stdout.split()
-    unpushed = bool(remotes) and git('rev-list', '--max-count=1', 'HEAD', '--not', '--remotes', cwd=path).stdout.strip()
+    checks = {
+        'status': git('status', '--porcelain', '--untracked-files=all', '--ignored=matching', cwd=path),
+        'remote': git('remote', cwd=path),
+    }
+    remotes = checks['remote'].stdout.split()
+    if remotes:
+        checks['rev-list'] = git('rev-list', '--max-count=1', 'HEAD', '--not', '--remotes', cwd=path)
+    failed = [f'git {name}: {run.stderr.strip()[:200]}' for name, run in checks.items() if run.returncode != 0]
+    status = checks['status'].stdout.splitlines()
     return Preflight(
         main_repository=Path(blocks[0][0].removeprefix('worktree ')),
         locked=any(line == 'locked' or line.startswith('locked ') for line in mine[0][1:]),
-        uncommitted=any(not line.startswith('??') for line in status),
+        uncommitted=any(not line.startswith(('??', '!!')) for line in status),
         untracked=any(line.startswith('??') for line in status),
-        unpushed=bool(unpushed),
+        ignored=any(line.startswith('!!') for line in status),
+        unpushed=bool(remotes) and bool(checks['rev-list'].stdout.strip()),
         no_remote=not remotes,
+        git_failed='; '.join(failed),
     )
 
 
@@ -214,6 +228,8 @@ def checked_root(root: str | os.PathLike[str]) -> Path:
     path = Path(normal)
     if path.parent == path:
         raise ConfigurationError(f'worktree root {raw!r} is a filesystem root')
+    if path.parent.parent == path.parent:  # /home, /var, /opt, /tmp: where the system keeps its own things
+        raise ConfigurationError(f'worktree root {raw!r} is a top-level directory; use a folder of its own')
     for home in _home_folders():
         if path == home or path in home.parents:
             raise ConfigurationError(f'worktree root {raw!r} is the home folder {str(home)!r} or one of its ancestors')
@@ -225,12 +241,12 @@ def checked_root(root: str | os.PathLike[str]) -> Path:
 
 
 def _home_folders() -> set[Path]:
-    """This user's home folder as each source names it (HOME, Path.home(), the password database), real and as given."""
+    """Every home folder: this user's as each source names it (HOME, Path.home()) and every account's in the
+    password database, real and as given."""
     named = [os.environ.get('HOME')]  # read here, not in Settings: a safety net, not configuration
     with contextlib.suppress(RuntimeError):
         named.append(str(Path.home()))
-    with contextlib.suppress(KeyError):
-        named.append(pwd.getpwuid(os.getuid()).pw_dir)
+    named += [entry.pw_dir for entry in pwd.getpwall()]
     homes = set()
     for home in named:
         if home and os.path.isabs(home):
@@ -399,9 +415,9 @@ class WorktreeCleaner:
         emptied = []
         cutoff = time.time() - self.trash_retention_s
         for note in sorted(trash.glob('*.json')):
-            if note.is_symlink() or note.stat().st_mtime > cutoff:
-                continue
             entry = note.with_suffix('')
+            if entry == note or note.is_symlink() or note.stat().st_mtime > cutoff:
+                continue  # '.json' alone is nobody's note; a planted link is never followed
             try:
                 self._discard(entry, _noted_main_repository(note))
             except (OSError, subprocess.SubprocessError):
@@ -446,7 +462,12 @@ def registration(session_id: str, path: str | os.PathLike[str], root: str | None
         raise ConfigurationError('register_worktree needs LIFECYCLE_WORKTREE_ROOT: worktrees are recorded under a root')
     base = checked_root(root)
     session_id = validate.identifier('session_id', session_id)
-    raw = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    try:
+        raw = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+        if isinstance(raw, str):
+            raw.encode()  # a lone surrogate (an undecodable file name) cannot be stored
+    except Exception as exc:  # whatever a caller's __fspath__ raises is bad input
+        raise InvalidArgument(f'worktree path {path!r:.80} cannot be used: {exc}') from exc
     if not isinstance(raw, str):
         raise InvalidArgument(f'worktree path must be a str or a str path, got {type(path).__name__} {path!r:.80}')
     unsafe = _why_unsafe(raw, base)

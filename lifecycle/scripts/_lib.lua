@@ -50,15 +50,23 @@ local function pool_used(k)
   return truth
 end
 
+-- The counter as a whole number, or nil when it is missing or not one INCR could move (a hand edit such
+-- as '1.0'): then transitions leave it alone and reconcile rewrites it.
+local function counter_value(k)
+  local counter = redis.call('GET', k.slots)
+  if counter and string.match(counter, '^%-?%d+$') then return tonumber(counter) end
+  return nil
+end
+
 -- One slot was taken (a new reservation): count it, unless the counter is gone (reconcile recreates it).
 local function take_slot(k)
-  if redis.call('EXISTS', k.slots) == 1 then redis.call('INCR', k.slots) end
+  if counter_value(k) then redis.call('INCR', k.slots) end
 end
 
 -- One slot came back; the caller already removed the member from live or reservations. The counter never
 -- goes below what the sets hold, and a missing counter is never created here (reconcile does that).
 local function give_back(k, tenant, id)
-  local counter = tonumber(redis.call('GET', k.slots) or '')
+  local counter = counter_value(k)
   if counter and counter > pool_truth(k) then redis.call('DECR', k.slots) end
   if tenant ~= '' then redis.call('ZREM', k.tenants, tenant_member(tenant, id)) end
 end

@@ -1,6 +1,6 @@
 -- activate_session: turn a held reservation into a live session; its slot moves with it.
 -- KEYS[1] reservations ZSET  KEYS[2] live ZSET  KEYS[3] deadline ZSET  KEYS[4] meta bucket HASH
--- KEYS[5] slots STRING  KEYS[6] tenants ZSET  KEYS[7] cleaning ZSET
+-- KEYS[5] slots STRING  KEYS[6] tenants ZSET  KEYS[7] cleaning ZSET  KEYS[8] reaping ZSET
 -- ARGV[1] reservation member 'token|owner|tenant'  ARGV[2] session_id  ARGV[3] profile ('' none)
 -- ARGV[4] now_ms  ARGV[5] expires_at_ms  ARGV[6] turn_seq to start from (a restored session goes on from
 -- its durable sequence, so no checkpoint taken before the restore can cover a turn after it)
@@ -20,6 +20,10 @@ if current then
   if not lease and meta and meta.owner == owner then
     return {2, current, redis.call('ZSCORE', k.live, session_id), redis.call('ZSCORE', k.deadline, session_id)}
   end
+  return {-2}
+end
+-- Live or being evicted without a readable record (outside damage): still taken, never taken over.
+if redis.call('ZSCORE', k.live, session_id) or redis.call('ZSCORE', KEYS[8], session_id) then
   return {-2}
 end
 if not lease then

@@ -9,7 +9,7 @@ for i, member in ipairs(ARGV) do
   local tenant, rest = string.match(member, '^([^|]+)|(.+)$')
   local backed = true
   if not tenant then
-    backed = member == TENANTS_KNOWN
+    backed = string.sub(member, 1, 1) == '#'  -- the index's own markers
   elseif string.find(rest, '|', 1, true) then
     backed = redis.call('ZSCORE', KEYS[2], rest) ~= false and reservation_tenant(rest) == tenant
   elseif not redis.call('ZSCORE', KEYS[1], rest) then

@@ -1,16 +1,20 @@
--- rebuild_records: give live sessions whose record is gone a stand-in record: the tenant the tenant index
--- still files them under ('?' when that was lost too: it then counts against every capped tenant), no
--- owner or profile known, created now, and a turn sequence one past anything MongoDB holds for them, so
--- no checkpoint taken before the damage covers them: each must checkpoint again before it can be evicted.
+-- rebuild_records: give live sessions whose record is gone (or unreadable: a hand edit) a stand-in record:
+-- the tenant the tenant index still files them under ('?' when that was lost too: it then counts against
+-- every capped tenant), no owner or profile known, created now, and a turn sequence one past anything
+-- MongoDB holds for them, so no checkpoint taken before the damage covers them: each must checkpoint again
+-- before it can be evicted as resumable.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] tenants ZSET  KEYS[3 + i] the meta bucket of session i
 -- ARGV[1] now_ms  ARGV[2] default max TTL ms  then per session i: ARGV[3i] session_id, ARGV[3i + 1] its
 -- turn sequence, ARGV[3i + 2] its tenant ('' none)
--- Returns how many records were rebuilt (a session that left the pool or got a record meanwhile is skipped).
+-- Returns how many records were rebuilt (a session that left the pool or got a readable record meanwhile,
+-- or whose bucket is not a hash, is skipped).
 local now = tonumber(ARGV[1])
 local rebuilt = 0
 for i = 1, #KEYS - 3 do
   local session_id, seq, tenant = ARGV[3 * i], tonumber(ARGV[3 * i + 1]), ARGV[3 * i + 2]
-  if redis.call('ZSCORE', KEYS[1], session_id) and redis.call('HEXISTS', KEYS[3 + i], session_id) == 0 then
+  local bucket_ok = redis.call('EXISTS', KEYS[3 + i]) == 0 or redis.call('TYPE', KEYS[3 + i]).ok == 'hash'
+  if bucket_ok and redis.call('ZSCORE', KEYS[1], session_id)
+      and not unpack_meta(redis.call('HGET', KEYS[3 + i], session_id)) then
     local record = pack_meta({owner = '', tenant = tenant, profile = '', created = ARGV[1], seq = seq})
     redis.call('HSET', KEYS[3 + i], session_id, record)
     redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[2]), session_id)

@@ -13,10 +13,13 @@ if not lease or tonumber(lease) > tonumber(ARGV[2]) then
   return {0}
 end
 local claim = unpack_claim(packed) or {token = '0', reason = 'idle', seq = nil}
-local token = redis.call('INCR', KEYS[3])
-local seq = claim.seq and string.format('%d', claim.seq) or ''
-redis.call('ZADD', KEYS[1], ARGV[3], session_id)
-redis.call('HSET', KEYS[2], session_id, token .. '|' .. claim.reason .. (seq ~= '' and ('|' .. seq) or ''))
 local record = false
 if redis.call('ZSCORE', KEYS[5], session_id) then record = redis.call('HGET', KEYS[4], session_id) end
+-- A claim that kept no sequence (written before claims did, or unreadable) takes the session's sequence
+-- now: recovery checks the durable write covers it, and every later step sees a turn finished after it.
+local meta = unpack_meta(record)
+local seq = claim.seq or (meta and meta.seq)
+local token = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], ARGV[3], session_id)
+redis.call('HSET', KEYS[2], session_id, token .. '|' .. claim.reason .. (seq and ('|' .. string.format('%d', seq)) or ''))
 return {1, claim.token, token, claim.reason, record, redis.call('ZSCORE', KEYS[6], session_id), claim.seq or -1}

@@ -9,7 +9,13 @@ local max_ttl = {}
 for profile, ms in string.gmatch(ARGV[2], '([^,=]*)=(%d+)') do max_ttl[profile] = tonumber(ms) end
 local relinked, deadlines, members, malformed = 0, 0, 0, 0
 for i = 4, #KEYS do
-  local fields = redis.call('HGETALL', KEYS[i])
+  -- A bucket some hand turned into another type is reported (as malformed) and skipped, never fatal.
+  local fields = {}
+  if redis.call('TYPE', KEYS[i]).ok == 'hash' then
+    fields = redis.call('HGETALL', KEYS[i])
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    malformed = malformed + 1
+  end
   for j = 1, #fields, 2 do
     local session_id, meta = fields[j], unpack_meta(fields[j + 1])
     if not meta then

@@ -57,9 +57,10 @@ class SnapshotStore(Protocol):
         session_id: str,
         snapshot: Mapping[str, Any],
         messages: Sequence[Mapping[str, Any]] | None,
-        turn_seq: int | None,
+        turn_seq: int,
     ) -> None:
-        """Durably save the app's snapshot (messages first, ordered); raises PersistenceError."""
+        """Durably save the app's snapshot (messages first, ordered), only while the document is live and
+        holds no later checkpoint (SessionNotLive / Fenced, nothing written); raises PersistenceError."""
 
     def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
         """Durably mark sessions resumable, each under its token, in one batch; an outcome per mark.

@@ -17,7 +17,7 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from lifecycle.errors import InvalidArgument, PersistenceError
+from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionNotLive
 from lifecycle.models import SessionState
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
@@ -26,6 +26,7 @@ DUPLICATE_KEY = 11000
 # MongoDB's maxBsonObjectSize is 16 MiB; a checkpoint's document also carries its own fields (times, ids,
 # state), so what the app hands in must leave them room.
 MAX_STORED_BYTES = 16 * 1024 * 1024 - 64 * 1024
+MAX_NESTING = 90  # MongoDB refuses documents nested more than 100 deep; ours wrap the app's in a few levels
 MARK_INDEX = '_lifecycle_mark'  # scratch field of the eviction update pipeline, removed by its last stage
 
 
@@ -87,11 +88,23 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
     }
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply documents and arrays nest in `value`, counted up to `limit + 1` (no deeper: never recursion)."""
+    deepest, level = 0, [value]
+    while level and deepest <= limit:
+        level = [child for item in level if isinstance(item, Mapping | list | tuple)
+                 for child in (item.values() if isinstance(item, Mapping) else item)]  # fmt: skip
+        deepest += 1 if level else 0
+    return deepest
+
+
 def encoded_size(what: str, document: Mapping[str, Any]) -> int:
     """How many bytes of BSON `document` takes; InvalidArgument, naming `what`, if MongoDB could not store it."""
+    if nesting_depth(document, MAX_NESTING) > MAX_NESTING:
+        raise InvalidArgument(f'{what} nests deeper than the {MAX_NESTING} levels MongoDB stores')
     try:
         size = len(bson.encode(document))
-    except (InvalidDocument, TypeError, ValueError, OverflowError) as exc:
+    except (InvalidDocument, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise InvalidArgument(f'{what} cannot be stored in MongoDB: {exc}') from exc
     if size > MAX_STORED_BYTES:
         raise InvalidArgument(f'{what} is {size:,} bytes of BSON; one MongoDB document holds {MAX_STORED_BYTES:,}')
@@ -125,6 +138,18 @@ def checked_messages(session_id: str, messages: object) -> list[Mapping[str, Any
         seen.add(message_id)
         encoded_size(f'message {message_id!r} of session {session_id!r}', {'body': message})
     return list(messages)
+
+
+def refuse_checkpoint(session_id: str, document: Mapping[str, Any], turn_seq: int) -> None:
+    """Raise if a checkpoint at `turn_seq` must not be written over `document`."""
+    state = document.get('state')
+    if state != SessionState.LIVE.value:
+        raise SessionNotLive(f'session {session_id!r} is {state} in MongoDB (evicted or ended meanwhile); '
+                             'the checkpoint was not written')  # fmt: skip
+    held = document.get('checkpoint_seq')
+    if isinstance(held, int) and held > turn_seq:
+        raise Fenced(f'session {session_id!r} already holds a checkpoint of turn {held}; this one (turn '
+                     f'{turn_seq}) is older and was not written')  # fmt: skip
 
 
 def _fields(record: SessionRecord) -> dict[str, Any]:
@@ -187,10 +212,11 @@ class MongoSnapshotStore:
         session_id: str,
         snapshot: Mapping[str, Any],
         messages: Sequence[Mapping[str, Any]] | None,
-        turn_seq: int | None,
+        turn_seq: int,
     ) -> None:
         """Strict: everything is encoded and size-checked before the first write (InvalidArgument, nothing
-        written); then the messages (ordered, idempotent upserts) and the session document."""
+        written); refused (nothing written) unless the document is live and holds no later checkpoint; then
+        the messages (ordered, idempotent upserts) and the session document, conditional on the same."""
         now = datetime.now(UTC)
         batch_ns = time.time_ns()
         writes = [
@@ -202,17 +228,25 @@ class MongoSnapshotStore:
             for index, message in enumerate(checked_messages(session_id, messages))
         ]
         fields: dict[str, Any] = {'snapshot': dict(checked_snapshot(session_id, snapshot)), 'checkpointed_at': now,
-                                  'updated_at': now}  # fmt: skip
-        if turn_seq is not None:
-            fields['checkpoint_seq'] = turn_seq
+                                  'updated_at': now, 'checkpoint_seq': turn_seq}  # fmt: skip
+        # Only a live document, and never over a later checkpoint: a replica that paused across an eviction,
+        # or behind another replica's checkpoint, must not put an older snapshot in front of a newer one.
+        not_later = [{'checkpoint_seq': {'$lte': turn_seq}}, {'checkpoint_seq': {'$exists': False}}]
+        condition = {'state': SessionState.LIVE.value, '$or': not_later}
         with self._guard('checkpoint', session_id):
+            current = self.sessions.find_one({'_id': session_id}, {'state': 1, 'checkpoint_seq': 1})
+            if current is not None:
+                refuse_checkpoint(session_id, current, turn_seq)
             if writes:
                 self.message_docs.bulk_write(writes, ordered=True)
-            self.sessions.update_one(
-                {'_id': session_id},
-                {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
-                upsert=True,
-            )
+            try:
+                self.sessions.update_one(
+                    {'_id': session_id, **condition},
+                    {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:  # it changed between the read and the write
+                refuse_checkpoint(session_id, self.sessions.find_one({'_id': session_id}) or {}, turn_seq)
 
     def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
         """One multi-document conditional update for the whole batch (one journal commit, not one per session).

@@ -207,7 +207,11 @@ def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, ses
         (['inspect', 'bad id'], 2, "session_id 'bad id' is invalid"),
         (['inspect', 'x' * 200], 2, 'is invalid'),
         (['sweep', 'nope'], 2, 'invalid choice'),
-        (['status', '--top', 'many'], 2, 'invalid int value'),
+        (['status', '--top', 'many'], 2, "invalid whole number in 1..10000 value: 'many'"),
+        (['status', '--top', '0'], 2, "value: '0'"),
+        (['status', '--top', '99999999999999999999999'], 2, 'invalid whole number'),
+        (['--log-level', 'nope', 'status'], 2, "invalid choice: 'NOPE'"),
+        (['exporter', '--port', '-1'], 2, "value: '-1'"),
     ],
 )
 def test_the_cli_refuses_bad_input_with_its_usage_code(
@@ -224,3 +228,37 @@ def test_nan_frames_are_refused(lc: Lifecycle) -> None:
     lc.runs.start('r1')
     with pytest.raises(LifecycleError, match='JSON'):
         lc.runs.append('r1', {'x': math.nan})
+
+
+def test_values_found_by_review_are_refused_by_name(lc: Lifecycle) -> None:
+    """Each of these once slipped through (silently, or as a raw error)."""
+    from lifecycle.client import redacted
+
+    with pytest.raises(LifecycleError, match="reservation token ''"):
+        lc.reserve('api-1', token='')  # once: a fresh random token, so no idempotency, without a word
+    with pytest.raises(LifecycleError, match="make_room must be True or False, got 'no'"):
+        lc.reserve('api-1', make_room='no')  # type: ignore[arg-type]
+    with pytest.raises(LifecycleError, match='stream id'):
+        list(lc.notices('api-1', after=str(2**64)))
+    lc.runs.start('r1')
+    with pytest.raises(LifecycleError, match='bytes of JSON'):
+        lc.runs.append('r1', {'blob': 'x' * (2 * 1024 * 1024)})
+    live_session(lc)
+    deep: dict[str, Any] = {}
+    level = deep
+    for _ in range(5_000):
+        level['d'] = level = {}
+    with pytest.raises(LifecycleError, match='nests deeper'):
+        lc.checkpoint('live-1', deep)
+    with pytest.raises(LifecycleError, match='cannot be used'):
+        lc.register_worktree('live-1', str(Path(lc.settings.worktree_root or '/') / 'bad\udcffname'))
+    assert redacted('redis://user:p@ss@host:6379/0') == 'redis://user:***@host:6379/0'
+
+
+def test_a_resumable_document_missing_its_deadline_is_reported_not_a_raw_error(lc: Lifecycle) -> None:
+    store = lc.store
+    assert isinstance(store, MongoSnapshotStore)
+    store.sessions.insert_one({'_id': 'odd', 'state': 'resumable', 'fence': 1})  # a hand-made document
+    with pytest.raises(LifecycleError, match="document of session 'odd' is unusable"):
+        lc.restore('odd', 'api-1')
+    assert lc.stats().reserved == 0

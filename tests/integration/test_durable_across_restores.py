@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from lifecycle import SessionState
+from lifecycle import SessionNotLive, SessionState
 from lifecycle.eviction import Outcome
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
@@ -104,10 +106,94 @@ def test_recovery_does_not_complete_an_eviction_a_later_turn_outdated(reaper: Re
 
 
 def test_checkpointing_a_session_that_is_not_live_writes_nothing(reaper: Reaper) -> None:
-    from lifecycle import SessionNotLive
-
     with pytest.raises(SessionNotLive):
         reaper.lc.checkpoint('never-existed', {'v': 1}, [{'id': 'm1'}])
     assert reaper.document('never-existed') is None
     assert reaper.store is not None
     assert reaper.store.messages('never-existed') == []
+
+
+class TurnEndingDriver:
+    """A sandbox driver whose release lets a lapsed turn end right then (the worst moment for it)."""
+
+    def __init__(self) -> None:
+        self.end: list[tuple[Any, str, str]] = []
+        self.released: list[str] = []
+
+    def release(self, session_id: str, reason: str) -> None:
+        self.released.append(session_id)
+        for lc, sid, token in self.end:
+            lc.run(lc.index.end_turn(sid, token, lc.now_ms()))
+        self.end.clear()
+
+    def leases(self) -> list[Any]:
+        return []
+
+
+def lapsed_turn(r: Reaper, session_id: str) -> str:
+    """A turn that began, then lost its busy lease (its replica could not reach Redis to renew it)."""
+    r.lc.run(r.lc.index.begin_turn(session_id, 'slow-turn', r.lc.now_ms()))
+    r.clock.advance(seconds=600)
+    return 'slow-turn'
+
+
+def test_a_turn_that_ends_during_the_sandbox_release_keeps_the_session_and_its_owner_is_told(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = TurnEndingDriver()
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600, busy_lease_s=30), driver=driver)
+    r.lc.activate(r.lc.reserve('api-1'), 's1', ttl_seconds=3600)
+    r.lc.checkpoint('s1', {'turns': 0})
+    driver.end.append((r.lc, 's1', lapsed_turn(r, 's1')))
+    r.sweep(SweepKind.IDLE)
+    assert driver.released == ['s1']
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'turn_finished')
+    info = r.lc.status('s1')
+    assert info is not None
+    assert (info.state, info.turn_seq) == (SessionState.LIVE, 1)
+    assert r.document('s1')['state'] == 'live'  # type: ignore[index]
+    assert [(n.kind.value, n.session_id) for n in r.lc.notices('api-1')] == [('sandbox_reset', 's1')]
+
+
+def test_recovery_of_a_claim_written_before_claims_kept_the_turn_sequence_still_sees_a_later_turn(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = TurnEndingDriver()
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600, busy_lease_s=30, claim_lease_s=60), driver=driver)
+    lc, evictor = r.lc, r.evictor
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'turns': 0})
+    token = lapsed_turn(r, 's1')
+    claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
+    assert not isinstance(claim, str)
+    assert evictor._persist({0: claim}) == {}
+    lc.redis.hset(lc.index.keys.claims, 's1', f'{claim.token}|idle')  # the previous layout: no sequence
+    r.clock.advance(seconds=61)  # that worker died; its claim's lease ran out
+    driver.end.append((lc, 's1', token))  # the lapsed turn ends while recovery releases the sandbox
+    report = r.sweep(SweepKind.IDLE)
+    assert [(x.outcome, x.detail) for x in report.recovered] == [(Outcome.ABORTED, 'turn_finished')]
+    assert lc.status('s1').turn_seq == 1  # type: ignore[union-attr]
+    assert r.document('s1')['state'] == 'live'  # type: ignore[index]
+
+
+def test_a_checkpoint_older_than_what_mongodb_holds_is_refused_and_writes_nothing(reaper: Reaper) -> None:
+    from lifecycle.errors import Fenced
+    from lifecycle.stores.mongo import MongoSnapshotStore
+
+    lc, store = reaper.lc, reaper.store
+    assert isinstance(store, MongoSnapshotStore)
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
+    turns(reaper, 's1', 2)
+    assert lc.checkpoint('s1', {'turns': 2}, [{'id': 'm2', 'text': 'second'}]) == 2
+    # A replica that read turn 1 before pausing now writes: a newer checkpoint is already there.
+    with pytest.raises(Fenced, match='turn 2'):
+        store.checkpoint('s1', {'turns': 1}, [{'id': 'm2', 'text': 'stale'}], 1)
+    assert reaper.document('s1')['snapshot'] == {'turns': 2}  # type: ignore[index]
+    assert store.messages('s1') == [{'id': 'm2', 'text': 'second'}]
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)
+    assert reaper.document('s1')['state'] == 'resumable'  # type: ignore[index]
+    # ... or it arrives after the session was evicted: the evicted document keeps its checkpoint.
+    with pytest.raises(SessionNotLive, match='resumable'):
+        store.checkpoint('s1', {'turns': 2}, None, 2)
+    assert lc.restore('s1', 'api-2').snapshot == {'turns': 2}

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import redis
 
-from lifecycle import CapacityExceeded, Lifecycle, LifecycleError, SessionState
+from lifecycle import CapacityExceeded, Lifecycle, LifecycleError, SessionExists, SessionState
 from lifecycle.errors import PoolRecovering, SessionDamaged
 from lifecycle.eviction import Outcome
 from lifecycle.sandboxes import ProcessDriver
 from lifecycle.sweeps import SweepKind
-from tests.conftest import SettingsFactory, group_alive
+from tests.conftest import REDIS_URL, SettingsFactory, group_alive
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
 
@@ -227,10 +227,131 @@ def test_a_session_whose_record_and_tenant_index_were_both_lost_counts_against_e
     real_redis.hdel(lc.index.keys.meta_of('g1'), 'g1')
     delete_keys(real_redis, lc, 'tenant')
     reaper.sweep(SweepKind.EXPIRED)  # notices the lost index and reconciles
-    assert lc.status('g1').tenant == '?'  # type: ignore[union-attr]
+    assert str(real_redis.hget(lc.index.keys.meta_of('g1'), 'g1')).split('|')[1] == '?'
+    assert lc.status('g1').tenant is None  # type: ignore[union-attr]  # to the app: none known
+    held = []
     for tenant in ('globex', 'acme'):
-        lc.reserve('api-1', tenant)
+        held.append(lc.reserve('api-1', tenant))
         with pytest.raises(CapacityExceeded):
             lc.reserve('api-1', tenant)
-    lc.close('g1')
-    lc.reserve('api-1', 'acme')  # once it ends, the tenants have their room back
+    for reservation in held:
+        lc.release(reservation)
+    # It stays a session like any other: checkpointed, evicted, restored (with no tenant: none is known).
+    lc.checkpoint('g1', {'v': 1})
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)
+    assert lc.status('g1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    assert lc.restore('g1', 'api-2').session.tenant is None
+    lc.reserve('api-1', 'acme')  # no longer filed under '?': the tenants have their room back
+    lc.reserve('api-1', 'acme')
+
+
+def test_a_tenant_index_lost_while_reconcile_runs_is_not_marked_complete(
+    reaper: Reaper, real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 'a1')
+    lc.activate(lc.reserve('api-1', 'acme'), 'a2')
+    from lifecycle.reconcile import Reconciler
+
+    run = Reconciler.run
+
+    def run_while_the_index_is_deleted(self: Reconciler, extend: Any) -> Any:
+        def extend_and_delete() -> None:
+            real_redis.delete(lc.index.keys.tenants)  # a hand, in the middle of the passes
+            extend()
+
+        return run(self, extend_and_delete)
+
+    monkeypatch.setattr(Reconciler, 'run', run_while_the_index_is_deleted)
+    reaper.sweep(SweepKind.RECONCILE)
+    monkeypatch.undo()
+    with pytest.raises(PoolRecovering):
+        lc.reserve('api-1', 'acme')
+    reaper.sweep(SweepKind.EXPIRED)  # reconciles again, undisturbed
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-1', 'acme')
+
+
+def test_a_malformed_record_or_bucket_never_stops_a_sweep(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    for i in range(3):
+        lc.activate(lc.reserve('api-1'), f's{i}')
+        lc.checkpoint(f's{i}', {'n': i})
+    k = lc.index.keys
+    real_redis.hset(k.meta_of('s1'), 's1', 'junk')  # a hand edit
+    spare = next(n for n in range(100) if k.meta_bucket(n) not in {k.meta_of(f's{i}') for i in range(3)})
+    real_redis.set(k.meta_bucket(spare), 'not a hash')
+    real_redis.delete(k.tenants)
+    reaper.clock.advance(seconds=600)
+    expired = reaper.sweep(SweepKind.EXPIRED)
+    assert expired.drift is not None
+    assert expired.drift.malformed_records == 2  # the record and the bucket, reported
+    assert expired.drift.records_rebuilt == 1  # the unreadable record got a stand-in
+    reaper.sweep(SweepKind.IDLE)
+    outcomes = {r.session_id: (r.outcome, r.detail) for r in reaper.results}
+    assert outcomes['s0'] == outcomes['s2'] == (Outcome.EVICTED, '')
+    assert outcomes['s1'] == (Outcome.ABORTED, 'not_checkpointed')  # its stand-in needs a new checkpoint
+    lc.checkpoint('s1', {'n': 1})
+    reaper.sweep(SweepKind.IDLE)
+    assert reaper.results[-1].outcome is Outcome.EVICTED
+
+
+def test_activation_never_takes_over_a_live_session_that_lost_its_record(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 's1')
+    real_redis.hdel(lc.index.keys.meta_of('s1'), 's1')
+    second = lc.reserve('api-2', 'globex')
+    with pytest.raises(SessionExists):
+        lc.activate(second, 's1')
+    assert lc.release(second)
+    assert in_pool(real_redis, lc) == 1
+
+
+def test_a_counter_edited_into_a_non_integer_never_stops_admissions(reaper: Reaper, real_redis: redis.Redis) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    real_redis.set(lc.index.keys.slots, '1.0')
+    assert fill(lc) == 4
+    assert lc.close('s1')
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert lc.stats().slots == in_pool(real_redis, lc) == 4
+
+
+def test_upgrading_a_pool_with_tenant_counters_builds_the_index_without_calling_it_damage(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 'a1')
+    real_redis.delete(lc.index.keys.tenants)  # as the previous layout left it: counters, no index
+    real_redis.hset(lc.index.keys.legacy_tenant_slots, 'acme', 1)
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert not report.drift.found
+    assert not real_redis.exists(lc.index.keys.legacy_tenant_slots)
+    lc.reserve('api-1', 'acme')
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-1', 'acme')
+
+
+def test_an_entry_no_session_could_be_never_stops_a_sweep_and_reconcile_removes_it(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'v': 1})
+    raw = redis.Redis.from_url(REDIS_URL)  # bytes in, as a foreign writer would
+    raw.zadd(lc.index.keys.live, {b'\xff\xfe not utf-8': 0, b'bad id': 0})
+    raw.close()
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)  # neither entry can be claimed; the real session is evicted
+    assert [(r.session_id, r.outcome) for r in reaper.results if r.outcome is Outcome.EVICTED] == [
+        ('s1', Outcome.EVICTED)
+    ]
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.foreign_entries == 2
+    assert lc.stats().live == 0

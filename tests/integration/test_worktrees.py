@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import subprocess
 import time
@@ -92,6 +93,15 @@ def test_a_clean_orphan_is_removed_with_git_and_pruned(host: Host) -> None:
     assert host.lc.redis.hlen(host.lc.index.keys.worktrees) == 0
 
 
+def ignore_and_write_env(path: Path) -> None:
+    """A .env file that the repository ignores (through its info/exclude, shared by its worktrees)."""
+    exclude = Path(run_git('rev-parse', '--git-path', 'info/exclude', cwd=path).strip())
+    exclude = exclude if exclude.is_absolute() else path / exclude
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    exclude.write_text('.env\n')
+    (path / '.env').write_text('SECRET=1\n')
+
+
 @pytest.mark.parametrize(
     ('make_work', 'reason'),
     [
@@ -99,8 +109,10 @@ def test_a_clean_orphan_is_removed_with_git_and_pruned(host: Host) -> None:
         (lambda p: (p / 'notes.txt').write_text('new\n'), 'untracked files'),
         (lambda p: ((p / 'f').write_text('x'), run_git('add', 'f', cwd=p), run_git('commit', '-m', 'wip', cwd=p)),
          'commits not on any remote'),
+        # A gitignored .env is work too: `git worktree remove` would have deleted it for good.
+        (ignore_and_write_env, 'ignored files'),
     ],
-    ids=['dirty', 'untracked', 'unpushed'],
+    ids=['dirty', 'untracked', 'unpushed', 'ignored'],
 )  # fmt: skip
 def test_work_that_is_not_safe_elsewhere_goes_to_the_trash_with_a_note(host: Host, make_work: Any, reason: str) -> None:
     path = host.worktree('work')
@@ -358,6 +370,35 @@ def test_the_cleaner_refuses_the_filesystem_root(host: Host) -> None:
     # Construction alone must refuse: a cleaner that accepted '/' is never swept here, even by a broken build.
     with pytest.raises(ConfigurationError, match="'/'"):
         WorktreeCleaner(host.lc, '/')
+
+
+@pytest.mark.parametrize('root', ['/home', '/var', '/tmp', '/opt', '/usr', '/etc'])
+def test_the_cleaner_refuses_top_level_folders(host: Host, root: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(repr(root))):
+        WorktreeCleaner(host.lc, root)  # construction only: none of these is ever swept here
+
+
+@pytest.mark.parametrize('root', ['/srv/apps/app-home', '/srv/apps/app-home/.', '/srv/apps'])
+def test_the_cleaner_refuses_every_accounts_home_and_its_ancestors(
+    host: Host, root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = pwd.struct_passwd(('app', 'x', 1234, 1234, '', '/srv/apps/app-home', '/bin/sh'))
+    monkeypatch.setattr(pwd, 'getpwall', lambda: [account])  # another account than the one running this
+    with pytest.raises(ConfigurationError, match='home folder'):
+        WorktreeCleaner(host.lc, root)
+
+
+def test_a_stray_note_named_only_json_never_stops_the_trash_from_emptying(host: Host) -> None:
+    path = host.worktree('work')
+    (path / 'notes.txt').write_text('new\n')
+    host.age(path)
+    assert sweep(host)['work'][0] is Verdict.TRASHED
+    (host.root / '.trash' / '.json').write_text('{}')
+    for note in (host.root / '.trash').glob('*.json'):
+        os.utime(note, (0, 0))
+    report = WorktreeCleaner(host.lc, host.root).sweep()
+    assert len(report.trash_emptied) == 1
+    assert (host.root / '.trash' / '.json').exists()
 
 
 def test_the_cleaner_refuses_a_repository_top_as_root(host: Host) -> None:
