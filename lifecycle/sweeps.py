@@ -55,7 +55,8 @@ class SweepReport:
     skipped: str = ''
     ordered: int = 0  # every order dispatched (or, dry, due)
     orders: list[Order] = field(default_factory=list)  # the first REPORTED_ORDERS of them: memory stays flat
-    kept: list[tuple[Order, str]] = field(default_factory=list)  # dry run: due, but the write would be refused
+    refused: int = 0  # dry run: due, but the durable write would refuse them (the first few are in `kept`)
+    kept: list[tuple[Order, str]] = field(default_factory=list)
     recovered: list[EvictionResult] = field(default_factory=list)
     released_sandboxes: list[str] = field(default_factory=list)
     notices: int = 0
@@ -189,6 +190,7 @@ class Sweeper:
     def _order(self, report: SweepReport, orders: Sequence[Order], dry_run: bool) -> None:
         if dry_run:
             orders, kept = self._gate(orders)
+            report.refused += len(kept)
             report.kept.extend(kept[: max(0, REPORTED_ORDERS - len(report.kept))])
         report.ordered += len(orders)
         report.orders.extend(orders[: max(0, REPORTED_ORDERS - len(report.orders))])

@@ -58,11 +58,6 @@ local function counter_value(k)
   return nil
 end
 
--- One slot was taken (a new reservation): count it, unless the counter is gone (reconcile recreates it).
-local function take_slot(k)
-  if counter_value(k) then redis.call('INCR', k.slots) end
-end
-
 -- One slot came back; the caller already removed the member from live or reservations. The counter never
 -- goes below what the sets hold, and a missing counter is never created here (reconcile does that).
 local function give_back(k, tenant, id)

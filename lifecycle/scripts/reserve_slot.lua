@@ -14,13 +14,15 @@ if held then
   return {1, held}
 end
 
--- An empty pool is the one moment a missing counter or tenant index can be created without a recount:
--- nothing can be missing from them. Otherwise they are reconciliation's to rebuild (and report).
-if pool_truth(k) == 0 then
-  redis.call('SET', k.slots, 0, 'NX')
+-- An empty pool is the one moment a missing counter can be created without a recount, and the tenant index
+-- marked complete with it: nothing can be missing from either. Otherwise they are reconcile's to rebuild.
+local counter, truth = counter_value(k), pool_truth(k)
+if not counter and truth == 0 and not redis.call('GET', k.slots) then
+  redis.call('SET', k.slots, 0)
   redis.call('ZADD', k.tenants, 0, TENANTS_KNOWN)
+  counter = 0
 end
-local used = pool_used(k)
+local used = math.max(counter or 0, truth)
 -- Only a full pool needs the slots of expired reservations (a crashed creator's) back right now;
 -- otherwise reconciliation purges them. This keeps the common path short.
 if used >= cap and purge_reservations(k, now, limit) > 0 then
@@ -46,7 +48,7 @@ if tenant ~= '' and tenant_cap > 0 then
   end
 end
 
-take_slot(k)
+if counter then redis.call('INCR', k.slots) end
 redis.call('ZADD', k.reservations, ARGV[6], member)
 if tenant ~= '' then
   redis.call('ZADD', k.tenants, 0, tenant_member(tenant, member))
