@@ -29,6 +29,7 @@ from lifecycle.errors import (
     ScriptFailed,
     SessionDamaged,
     SessionNotLive,
+    SessionReaping,
 )
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
 from lifecycle.runs import Runs
@@ -434,7 +435,12 @@ class Lifecycle:
             # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
             # a checkpoint now would create a document for a session that is not live, so nothing is written.
             raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
-        store.checkpoint(session_id, snapshot, messages, info.turn_seq)
+        try:
+            store.checkpoint(session_id, snapshot, messages, info.turn_seq)
+        except SessionNotLive as refused:
+            if info.state is SessionState.REAPING:  # its eviction's durable write landed first
+                raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused
+            raise
         return info.turn_seq
 
     def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:

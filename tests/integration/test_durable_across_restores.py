@@ -197,3 +197,19 @@ def test_a_checkpoint_older_than_what_mongodb_holds_is_refused_and_writes_nothin
     with pytest.raises(SessionNotLive, match='resumable'):
         store.checkpoint('s1', {'turns': 2}, None, 2)
     assert lc.restore('s1', 'api-2').snapshot == {'turns': 2}
+
+
+def test_a_checkpoint_during_an_eviction_whose_write_landed_says_the_session_is_being_evicted(reaper: Reaper) -> None:
+    """Found by the model: the refusal read 'not live' for a session Redis still held (REAPING)."""
+    from lifecycle import SessionReaping
+
+    lc, evictor = reaper.lc, reaper.evictor
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'turns': 0})
+    reaper.clock.advance(seconds=600)
+    claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
+    assert not isinstance(claim, str)
+    assert evictor._persist({0: claim}) == {}  # the worker stops here: its claim stays in flight
+    with pytest.raises(SessionReaping, match='being evicted'):
+        lc.checkpoint('s1', {'turns': 0, 'late': True})
+    assert reaper.document('s1')['snapshot'] == {'turns': 0}  # type: ignore[index]

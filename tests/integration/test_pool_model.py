@@ -230,6 +230,9 @@ class PoolModel(RuleBasedStateMachine):
         except SessionDamaged:
             assert self.damage & {'record', 'deadline'}
             return
+        except SessionReaping:  # a claim whose durable write landed: the eviction keeps the last checkpoint
+            assert self.redis.zscore(self.keys.reaping, session.session_id) is not None
+            return
         session.saved = session.turns
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
