@@ -1,13 +1,46 @@
-"""Lua scripts of lifecycle: loaded once, with the shared `_lib.lua` prelude, and bound per client."""
+"""Lua scripts of lifecycle: loaded once, with the helpers of `_lib.lua` each one uses, and bound per client."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_PRELUDE = (_HERE / '_lib.lua').read_text()
+# A helper starts at a top-level `local function NAME` or `local NAME =`, with the comment lines above it.
+_DEFINITION = re.compile(r'^local (?:function )?([A-Za-z_]\w*)', re.MULTILINE)
 
-# name -> full source; the prelude is prepended so each script stays one self-contained EVALSHA.
+
+def _helpers(prelude: str) -> dict[str, str]:
+    """The prelude's definitions by name, in order, each with its leading comment."""
+    starts = [match for match in _DEFINITION.finditer(prelude)]
+    helpers = {}
+    for match, following in zip(starts, [*starts[1:], None], strict=True):
+        begin = prelude.rfind('\n\n', 0, match.start()) + 2  # the comment block above it
+        end = following.start() if following is not None else len(prelude)
+        end = prelude.rfind('\n\n', begin, end) if following is not None else end
+        helpers[match.group(1)] = prelude[begin:end].strip() + '\n'
+    return helpers
+
+
+def _uses(text: str, names: dict[str, str]) -> set[str]:
+    return {name for name in names if re.search(rf'\b{name}\b', text)}
+
+
+def _with_helpers(script: str, helpers: dict[str, str]) -> str:
+    """`script` preceded by the helpers it uses, and theirs: every EVALSHA runs its whole source, so one that
+    defined every helper would create closures it never calls on each call (about 5 µs of server time)."""
+    needed = _uses(script, helpers)
+    while True:
+        more = set().union(*(_uses(helpers[name], helpers) for name in needed)) - needed
+        if not more:
+            break
+        needed |= more
+    return ''.join(text for name, text in helpers.items() if name in needed) + '\n' + script
+
+
+_HELPERS = _helpers((_HERE / '_lib.lua').read_text())
+
+# name -> full source: each script stays one self-contained EVALSHA.
 SOURCES: dict[str, str] = {
-    path.stem: _PRELUDE + '\n' + path.read_text() for path in sorted(_HERE.glob('*.lua')) if path.stem != '_lib'
+    path.stem: _with_helpers(path.read_text(), _HELPERS) for path in sorted(_HERE.glob('*.lua')) if path.stem != '_lib'
 }
