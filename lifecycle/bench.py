@@ -183,7 +183,9 @@ def rss_while_sweeping(config: dict[str, Any], results: Any) -> None:
     report = sweeper.run(SweepKind.IDLE, dry_run=True, dedupe=False)
     stop.set()
     sampler.join()
-    results.put({'before_kb': before, 'peak_kb': max(peak), 'after_kb': rss_kb(), 'ordered': report.ordered + report.refused})
+    results.put(
+        {'before_kb': before, 'peak_kb': max(peak), 'after_kb': rss_kb(), 'ordered': report.ordered + report.refused}
+    )
 
 
 def rss_kb() -> int:
