@@ -191,6 +191,22 @@ class ClaimIndex:
             (session_id, now_ms, lease_ms),
         )
 
+    def request_checkpoints(self, session_ids: Sequence[str], now_ms: int) -> Call[int]:
+        """Remember when each session's owner was first asked for a checkpoint (kept until one comes)."""
+        members: list[Arg] = []
+        for session_id in session_ids:
+            members += [now_ms, session_id]
+        return Call(_int, command=('ZADD', self.keys.unsaved, 'NX', *members))
+
+    def checkpoint_requests(self, session_ids: Sequence[str]) -> Call[list[int | None]]:
+        """When each session's owner was first asked for a checkpoint it has not given; None: never asked."""
+        if not session_ids:
+            return Call(lambda reply: [], command=('PING',))
+        return Call(
+            lambda reply: [None if score is None else _int(score) for score in reply],
+            command=('ZMSCORE', self.keys.unsaved, *session_ids),
+        )
+
     def notice(self, owner: str, kind: NoticeKind, session_id: str, reason: str, now_ms: int) -> Call[str]:
         """Post one notice to `owner`'s capped inbox."""
         return Call(

@@ -441,6 +441,8 @@ class Lifecycle:
             if info.state is SessionState.REAPING:  # its eviction's durable write landed first
                 raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused
             raise
+        # Answered: the grace of on_missing_checkpoint starts again at the next request.
+        self.run(Call(lambda reply: None, command=('ZREM', self.index.keys.unsaved, session_id)))
         return info.turn_seq
 
     def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:

@@ -12,7 +12,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -139,20 +139,24 @@ class Evictor:
             return [results[i] for i in range(len(orders))]
         self._crash_point('after_claim')
         self._end_expired([c for c in claimed.values() if c.reason is ReapReason.EXPIRED])
-        refused = self._persist({i: c for i, c in claimed.items() if c.reason is not ReapReason.EXPIRED})
+        refused, waived = self._persist({i: c for i, c in claimed.items() if c.reason is not ReapReason.EXPIRED})
         results.update(refused)
         self._crash_point('after_persist')
-        results.update(self._complete({i: c for i, c in claimed.items() if i not in refused}))
+        for i, result in self._complete({i: c for i, c in claimed.items() if i not in refused}).items():
+            # Evicted without the checkpoint its last turns needed: its owner was asked and did not answer.
+            results[i] = replace(result, detail='checkpoint_waived') if i in waived and not result.detail else result
         return [results[i] for i in range(len(orders))]
 
-    def _persist(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
-        """The durable writes, in one batch; aborts the claim of every session not written, and says why."""
+    def _persist(self, claims: Mapping[int, Claim]) -> tuple[dict[int, EvictionResult], set[int]]:
+        """The durable writes, in one batch; aborts the claim of every session not written, and says why.
+        Also returns the claims written without the checkpoint they would need (waived after the grace)."""
         if not claims:
-            return {}
+            return {}, set()
         assert self.store is not None
-        marks = [Mark(claim_record(c), c.token, c.reason) for c in claims.values()]
+        marks = self._marks(claims)
+        waived = {i for i, mark in zip(claims, marks, strict=True) if mark.waived}
         try:
-            outcomes = self.store.mark_resumable(marks, self.settings.require_checkpoint)
+            outcomes = self.store.mark_resumable(marks)
         except PersistenceError as exc:
             self.lc.run_each([self.claims.abort(c) for c in claims.values()])
             try:
@@ -161,20 +165,34 @@ class Evictor:
                 log.warning('could not revert %d sessions after a failed eviction write', len(marks))
             log.warning('eviction write of %d sessions failed: %s', len(claims), exc)
             return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, 'persistence_error')
-                    for i, c in claims.items()}  # fmt: skip
+                    for i, c in claims.items()}, set()  # fmt: skip
         refused = {i: (c, outcome) for (i, c), outcome in zip(claims.items(), outcomes, strict=True)
                    if outcome is not MarkOutcome.DONE}  # fmt: skip
         now = self.lc.now_ms()
         calls: list[Call[Any]] = [self.claims.abort(c) for c, _ in refused.values()]
+        unsaved = [c for c, outcome in refused.values() if outcome is MarkOutcome.NOT_CHECKPOINTED]
         calls += [self.claims.notice(c.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, c.session_id, c.reason.value, now)
-                  for c, outcome in refused.values()
-                  if outcome is MarkOutcome.NOT_CHECKPOINTED and c.meta is not None]  # fmt: skip
+                  for c in unsaved if c.meta is not None]  # fmt: skip
+        if unsaved:  # when its owner was first asked: the grace of on_missing_checkpoint counts from then
+            calls.append(self.claims.request_checkpoints([c.session_id for c in unsaved], now))
         if calls:
             self.lc.run_each(calls)
         # FENCED: a newer token (recovery, a restore) owns the session now; this eviction merely lost the race.
         return {i: EvictionResult(c.session_id, c.reason,
                                   Outcome.KEPT if outcome is MarkOutcome.FENCED else Outcome.ABORTED, outcome.value)
-                for i, (c, outcome) in refused.items()}  # fmt: skip
+                for i, (c, outcome) in refused.items()}, waived - set(refused)  # fmt: skip
+
+    def _marks(self, claims: Mapping[int, Claim]) -> list[Mark]:
+        """Each claim's eviction write, with whether it needs a checkpoint (see `policy.needs_checkpoint`)."""
+        required, waive_after_s, now = self.settings.require_checkpoint, self.settings.waive_after_s, self.lc.now_ms()
+        requested = self.lc.run(self.claims.checkpoint_requests([c.session_id for c in claims.values()]))
+        marks = []
+        for claim, asked in zip(claims.values(), requested, strict=True):
+            seq = claim.meta.turn_seq if claim.meta is not None else 0
+            needs = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=waive_after_s)
+            strict = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=None)
+            marks.append(Mark(claim_record(claim), claim.token, claim.reason, needs, waived=strict and not needs))
+        return marks
 
     def _end_expired(self, claims: Sequence[Claim]) -> None:
         """Best effort, with a short timeout: the hard deadline is hard, whatever MongoDB says.

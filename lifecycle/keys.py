@@ -98,6 +98,11 @@ class Keys:
         return f'{self.prefix}:migrations'
 
     @property
+    def unsaved(self) -> str:
+        """ZSET session_id -> when its owner was first asked for a checkpoint (epoch ms), until one comes."""
+        return f'{self.prefix}:unsaved'
+
+    @property
     def orphans(self) -> str:
         """ZSET session_id -> when its sandbox release failed (epoch ms); retried by the expiry sweep."""
         return f'{self.prefix}:orphans'

@@ -87,14 +87,30 @@ def covers(document: Mapping[str, object], turn_seq: int) -> bool:
     return isinstance(marked, int) and marked >= turn_seq
 
 
-def mark_refusal(document: Mapping[str, object] | None, turn_seq: int, require_checkpoint: bool) -> str | None:
+def needs_checkpoint(
+    turn_seq: int, requested_ms: int | None, now_ms: int, *, required: bool, waive_after_s: int | None
+) -> bool:
+    """Whether evicting a session as resumable needs a checkpoint covering `turn_seq`.
+
+    Not when the app persists elsewhere (`required` off), nor for a session that finished no turn (it has
+    nothing to lose), nor, with `waive_after_s` (on_missing_checkpoint=evict), once its owner was asked for
+    one (`requested_ms`) that long ago without answering: the pool must not fill with sessions nobody saves.
+    """
+    if not required or turn_seq == 0:
+        return False
+    if waive_after_s is None or requested_ms is None:
+        return True
+    return now_ms - requested_ms < waive_after_s * 1000
+
+
+def mark_refusal(document: Mapping[str, object] | None, turn_seq: int, needs: bool) -> str | None:
     """Why the eviction write would be refused for a session at `turn_seq` (the MarkOutcome value), or None
     when it would land: what a dry run asks, the same conditions as the store's conditional write."""
     if document is None:
-        return 'not_checkpointed' if require_checkpoint else None
+        return 'not_checkpointed' if needs else None
     if document.get('state') in ('expired', 'closed'):
         return 'ended'
     covered = document.get('checkpoint_seq')
-    if require_checkpoint and not (isinstance(covered, int) and covered >= turn_seq):
+    if needs and not (isinstance(covered, int) and covered >= turn_seq):
         return 'not_checkpointed'
     return None

@@ -78,6 +78,7 @@ class Reconciler:
         relinked, deadlines, members, malformed = totals
         rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
+        self._forget_requests_of_gone_sessions()
         if failed:
             self.lc.redis.zrem(self.keys.tenants, rebuild_marker)  # some records were not indexed
         purged, counter, truth, reserved_members, _ = self.lc.run(self.claims.reconcile_counters(now, rebuild_marker))
@@ -169,6 +170,17 @@ class Reconciler:
         if document is None:
             return 1
         return max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0))) + 1
+
+    def _forget_requests_of_gone_sessions(self) -> None:
+        """Checkpoint requests of sessions that left the pool (closed, evicted, expired): nobody answers them."""
+        asked = [str(m) for m, _ in self.lc.redis.zscan_iter(self.keys.unsaved, count=PAGE)]
+        for start in range(0, len(asked), PAGE):
+            page = asked[start : start + PAGE]
+            gone = [
+                s for s, score in zip(page, self.lc.redis.zmscore(self.keys.live, page), strict=True) if score is None
+            ]
+            if gone:
+                self.lc.redis.zrem(self.keys.unsaved, *gone)
 
     def _drop_stray_tenants(self, extend: Callable[[], None]) -> int:
         dropped, low = 0, '-'

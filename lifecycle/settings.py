@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_live: PositiveInt | None = None  # soft cap for the LRU sweep (<= max_sessions); None: no LRU sweep
     min_idle_s: PositiveInt = 60  # reserve(make_room=True) evicts only sessions idle at least this long
     require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
+    # A session with unsaved turns whose owner was asked (checkpoint_requested) and gave none within the
+    # grace: 'evict' it with its last durable checkpoint (recorded and counted), or 'keep' it live.
+    on_missing_checkpoint: Literal['keep', 'evict'] = 'evict'
+    checkpoint_grace_s: PositiveInt = 600
     warn_before_s: PositiveInt = 300  # owners get a `warning` notice this long before the idle deadline
     claim_lease_s: PositiveInt = 60  # an eviction claim not finished by then is resolved by the next sweep
     sweep_batch_size: PositiveInt = 500
@@ -177,6 +181,11 @@ class Settings(BaseSettings):
     def idle_ttls_s(self) -> set[int]:
         """Every idle timeout in force (the global one and each profile's)."""
         return {self.limits(name).idle_ttl_s for name in (None, *self.profiles)}
+
+    @property
+    def waive_after_s(self) -> int | None:
+        """How long after asking for a checkpoint an eviction goes on without it; None: never."""
+        return self.checkpoint_grace_s if self.on_missing_checkpoint == 'evict' else None
 
     def interval_s(self, sweep: str) -> int:
         """The beat interval of one sweep kind ('idle', 'owner-lost', ...)."""

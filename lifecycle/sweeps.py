@@ -206,14 +206,18 @@ class Sweeper:
             return list(orders), []
         records = read_records(self.lc.redis, self.keys, [o.session_id for o in gated])
         documents = store.load_many([o.session_id for o in gated])
+        requested = self.lc.run(self.claims.checkpoint_requests([o.session_id for o in gated]))
+        s, now = self.settings, self.lc.now_ms()
         refusals = {}
-        for order, record in zip(gated, records, strict=True):
+        for order, record, asked in zip(gated, records, requested, strict=True):
             try:
                 turn_seq = Meta.unpack(record).turn_seq if record is not None else 0
             except SessionDamaged:
                 refusals[order.session_id] = 'damaged'
                 continue
-            why = policy.mark_refusal(documents.get(order.session_id), turn_seq, self.settings.require_checkpoint)
+            needs = policy.needs_checkpoint(turn_seq, asked, now, required=s.require_checkpoint,
+                                            waive_after_s=s.waive_after_s)  # fmt: skip
+            why = policy.mark_refusal(documents.get(order.session_id), turn_seq, needs)
             if why is not None:
                 refusals[order.session_id] = why
         return ([o for o in orders if o.session_id not in refusals],

@@ -15,12 +15,14 @@ if held then
 end
 
 -- An empty pool is the one moment a missing counter can be created without a recount, and the tenant index
--- marked complete with it: nothing can be missing from either. Otherwise they are reconcile's to rebuild.
+-- marked complete: nothing can be missing from either. Otherwise they are reconcile's to rebuild.
 local counter, truth = counter_value(k), pool_truth(k)
-if not counter and truth == 0 and not redis.call('GET', k.slots) then
-  redis.call('SET', k.slots, 0)
-  redis.call('ZADD', k.tenants, 0, TENANTS_KNOWN)
-  counter = 0
+if truth == 0 then
+  if not counter and not redis.call('GET', k.slots) then
+    redis.call('SET', k.slots, 0)
+    counter = 0
+  end
+  redis.call('ZADD', k.tenants, 'NX', 0, TENANTS_KNOWN)
 end
 local used = math.max(counter or 0, truth)
 -- Only a full pool needs the slots of expired reservations (a crashed creator's) back right now;

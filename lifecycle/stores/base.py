@@ -36,11 +36,17 @@ class SessionRecord:
 
 @dataclass(frozen=True)
 class Mark:
-    """One eviction write: mark `record`'s session resumable under fencing `token`."""
+    """One eviction write: mark `record`'s session resumable under fencing `token`.
+
+    `needs_checkpoint`: only if a checkpoint covers its last finished turn (see `policy.needs_checkpoint`);
+    `waived`: it would need one, but its owner was asked and the grace ran out (recorded in the document).
+    """
 
     record: SessionRecord
     token: int
     reason: ReapReason
+    needs_checkpoint: bool = True
+    waived: bool = False
 
 
 class SnapshotStore(Protocol):
@@ -62,8 +68,9 @@ class SnapshotStore(Protocol):
         """Durably save the app's snapshot (messages first, ordered), only while the document is live and
         holds no later checkpoint (SessionNotLive / Fenced, nothing written); raises PersistenceError."""
 
-    def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
-        """Durably mark sessions resumable, each under its token, in one batch; an outcome per mark.
+    def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
+        """Durably mark sessions resumable, each under its token and its own checkpoint condition, in one
+        batch; an outcome per mark. Sessions with no document that need no checkpoint get one.
 
         Raises PersistenceError when the batch's durability is unknown (any failure but a refusal):
         then none of it counts, and the caller reverts each mark.

@@ -42,13 +42,13 @@ def _subject(session_ids: str | Sequence[str]) -> str:
     return f'{len(session_ids)} sessions ({session_ids[0]!r}, ...)'
 
 
-def _marks_filter(marks: Sequence[Mark], require_checkpoint: bool) -> dict[str, Any]:
+def _marks_filter(marks: Sequence[Mark]) -> dict[str, Any]:
     """The eviction write's condition, per session: still live (or resumable), a fence older than its
-    token and, if required, a checkpoint covering its last finished turn."""
+    token and, if it needs one, a checkpoint covering its last finished turn."""
     branches = []
     for mark in marks:
         branch = {'_id': mark.record.session_id, **_below(mark.token)}
-        if require_checkpoint:
+        if mark.needs_checkpoint:
             branch['checkpoint_seq'] = {'$gte': mark.record.turn_seq}
         branches.append(branch)
     return {
@@ -61,7 +61,8 @@ def _marks_filter(marks: Sequence[Mark], require_checkpoint: bool) -> dict[str, 
 def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
     """An update pipeline giving each matched document its own mark's values, looked up by `_id`."""
     ids = [mark.record.session_id for mark in marks]
-    values = [{**_fields(m.record), 'fence': m.token, 'reason': m.reason.value} for m in marks]
+    values = [{**_fields(m.record), 'fence': m.token, 'reason': m.reason.value, 'checkpoint_waived': m.waived}
+              for m in marks]  # fmt: skip
     own = {name: {'$arrayElemAt': [{'$literal': [v[name] for v in values]}, f'${MARK_INDEX}']} for name in values[0]}
     return [
         {'$set': {MARK_INDEX: {'$indexOfArray': [{'$literal': ids}, '$_id']}}},
@@ -83,6 +84,7 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
         'state': SessionState.RESUMABLE.value,
         'fence': mark.token,
         'reason': mark.reason.value,
+        'checkpoint_waived': mark.waived,
         'evicted_at': now,
         'updated_at': now,
     }
@@ -248,11 +250,11 @@ class MongoSnapshotStore:
             except DuplicateKeyError:  # it changed between the read and the write
                 refuse_checkpoint(session_id, self.sessions.find_one({'_id': session_id}) or {}, turn_seq)
 
-    def mark_resumable(self, marks: Sequence[Mark], require_checkpoint: bool) -> list[MarkOutcome]:
+    def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         """One multi-document conditional update for the whole batch (one journal commit, not one per session).
 
-        Outcomes are read back only when some mark did not land; without `require_checkpoint`, sessions
-        that have no document yet get one inserted.
+        Outcomes are read back only when some mark did not land; sessions that need no checkpoint and have
+        no document yet get one inserted.
         """
         if not marks:
             return []
@@ -261,12 +263,12 @@ class MongoSnapshotStore:
         if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
         with self._guard('eviction write', ids):
-            landed = self.sessions.update_many(_marks_filter(marks, require_checkpoint), _marks_update(marks, now))
+            landed = self.sessions.update_many(_marks_filter(marks), _marks_update(marks, now))
             if landed.matched_count == len(marks):
                 return [MarkOutcome.DONE] * len(marks)
             found = self._fences(ids)
-            missing = [mark for mark in marks if mark.record.session_id not in found]
-            if missing and not require_checkpoint:
+            missing = [mark for mark in marks if mark.record.session_id not in found and not mark.needs_checkpoint]
+            if missing:
                 self._insert_new([_marked_document(mark, now) for mark in missing])
                 found = self._fences(ids)
             return [self._outcome(found.get(mark.record.session_id), mark.token) for mark in marks]

@@ -72,7 +72,7 @@ def test_a_turn_that_ends_while_its_session_is_claimed_stops_the_eviction(reaper
         claims = lc.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])
         claim = claims[0]
         assert not isinstance(claim, str)
-        assert evictor._persist({0: claim}) == {}  # the durable write landed (covers turn 0)
+        assert evictor._persist({0: claim})[0] == {}  # the durable write landed (covers turn 0)
     assert turn.finished_seq == 1  # the turn's end is recorded even under the claim ...
     completed = evictor._complete({0: claim})
     assert (completed[0].outcome, completed[0].detail) == (Outcome.ABORTED, 'turn_finished')  # ... which it undoes
@@ -94,7 +94,7 @@ def test_recovery_does_not_complete_an_eviction_a_later_turn_outdated(reaper: Re
         evictor = reaper.evictor
         claim = lc.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])[0]
         assert not isinstance(claim, str)
-        assert evictor._persist({0: claim}) == {}
+        assert evictor._persist({0: claim})[0] == {}
     # The worker dies here; its claim's lease runs out and the next sweep recovers it.
     reaper.clock.advance(seconds=61)
     report = reaper.sweep(SweepKind.IDLE)
@@ -166,7 +166,7 @@ def test_recovery_of_a_claim_written_before_claims_kept_the_turn_sequence_still_
     token = lapsed_turn(r, 's1')
     claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
     assert not isinstance(claim, str)
-    assert evictor._persist({0: claim}) == {}
+    assert evictor._persist({0: claim})[0] == {}
     lc.redis.hset(lc.index.keys.claims, 's1', f'{claim.token}|idle')  # the previous layout: no sequence
     r.clock.advance(seconds=61)  # that worker died; its claim's lease ran out
     driver.end.append((lc, 's1', token))  # the lapsed turn ends while recovery releases the sandbox
@@ -209,7 +209,7 @@ def test_a_checkpoint_during_an_eviction_whose_write_landed_says_the_session_is_
     reaper.clock.advance(seconds=600)
     claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
     assert not isinstance(claim, str)
-    assert evictor._persist({0: claim}) == {}  # the worker stops here: its claim stays in flight
+    assert evictor._persist({0: claim})[0] == {}  # the worker stops here: its claim stays in flight
     with pytest.raises(SessionReaping, match='being evicted'):
         lc.checkpoint('s1', {'turns': 0, 'late': True})
     assert reaper.document('s1')['snapshot'] == {'turns': 0}  # type: ignore[index]

@@ -277,7 +277,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
         taken[session_id] = claimed
     assert reaper.store is not None
     durable = taken['durable']
-    reaper.store.mark_resumable([Mark(claim_record(durable), durable.token, ReapReason.IDLE)], True)
+    reaper.store.mark_resumable([Mark(claim_record(durable), durable.token, ReapReason.IDLE)])
     # ... and both workers die here.
     with pytest.raises(SessionReaping), reaper.lc.turn('unwritten'):
         pass
@@ -292,7 +292,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
     assert reaper.lc.status('durable').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     assert reaper.lc.status('unwritten').state is SessionState.LIVE  # type: ignore[union-attr]
     stale = taken['unwritten']
-    assert reaper.store.mark_resumable([Mark(claim_record(stale), stale.token, ReapReason.IDLE)], True) == ['fenced']
+    assert reaper.store.mark_resumable([Mark(claim_record(stale), stale.token, ReapReason.IDLE)]) == ['fenced']
 
 
 def test_one_sweep_evicts_every_due_session_even_when_their_scores_tie(
@@ -312,6 +312,8 @@ def test_one_batch_gives_every_session_its_own_outcome(reaper: Reaper) -> None:
     for session_id in ('due', 'also-due', 'busy', 'touched', 'closed'):
         open_session(reaper, session_id)
     open_session(reaper, 'unsaved', checkpoint=False)
+    with reaper.lc.turn('unsaved'):  # a finished turn and no checkpoint covering it
+        pass
     reaper.clock.advance(seconds=600)
     bound = reaper.clock.now_ms() - 600_000
     turn = reaper.lc.turn('busy')

@@ -34,7 +34,7 @@ def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:
 def mark_one(
     store: MongoSnapshotStore, rec: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
 ) -> MarkOutcome:
-    [outcome] = store.mark_resumable([Mark(rec, token, reason)], require_checkpoint)
+    [outcome] = store.mark_resumable([Mark(rec, token, reason, needs_checkpoint=require_checkpoint)])
     return outcome
 
 
@@ -122,7 +122,7 @@ def test_one_batch_gives_each_mark_its_own_outcome(store: MongoSnapshotStore) ->
     assert mark_one(store, record('fenced'), 70, ReapReason.IDLE, True) is MarkOutcome.DONE
     store.end(record('ended'), SessionState.CLOSED, 5, 1_000)
     names = ['saved', 'stale', 'never', 'fenced', 'ended']
-    outcomes = store.mark_resumable([Mark(record(name), 60 + i, ReapReason.LRU) for i, name in enumerate(names)], True)
+    outcomes = store.mark_resumable([Mark(record(name), 60 + i, ReapReason.LRU) for i, name in enumerate(names)])
     assert dict(zip(names, outcomes, strict=True)) == {
         'saved': MarkOutcome.DONE,
         'stale': MarkOutcome.NOT_CHECKPOINTED,
@@ -148,7 +148,7 @@ def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fe
     assert mark_one(store, record('newer'), 90, ReapReason.IDLE, False) is MarkOutcome.DONE
     store.end(record('ended'), SessionState.EXPIRED, 5, 1_000)
     names = ['fresh', 'newer', 'ended']
-    outcomes = store.mark_resumable([Mark(record(name), 80, ReapReason.OWNER_LOST) for name in names], False)
+    outcomes = store.mark_resumable([Mark(record(name), 80, ReapReason.OWNER_LOST, False) for name in names])
     assert outcomes == [MarkOutcome.DONE, MarkOutcome.FENCED, MarkOutcome.ENDED]
     assert store.load('fresh')['fence'] == 80  # type: ignore[index]
 
@@ -158,7 +158,7 @@ def test_a_failed_batch_raises_naming_its_size(store: MongoSnapshotStore, mongo_
         store.checkpoint(name, {'v': 1}, None, 2)
     fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
     with pytest.raises(PersistenceError, match=r"eviction write of 2 sessions \('a', \.\.\.\) failed.*replication"):
-        store.mark_resumable([Mark(record(name), 9, ReapReason.IDLE) for name in ('a', 'b')], True)
+        store.mark_resumable([Mark(record(name), 9, ReapReason.IDLE) for name in ('a', 'b')])
 
 
 def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_written(

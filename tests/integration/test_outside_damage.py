@@ -355,3 +355,12 @@ def test_an_entry_no_session_could_be_never_stops_a_sweep_and_reconcile_removes_
     assert report.drift is not None
     assert report.drift.foreign_entries == 2
     assert lc.stats().live == 0
+
+
+def test_an_empty_pool_whose_counter_was_set_by_hand_still_admits_capped_tenants(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    """Found by the model: the tenant index was marked complete only along with a counter created on an empty
+    pool, so a counter written first by hand left capped tenants refused (PoolRecovering) until a sweep."""
+    real_redis.set(reaper.lc.index.keys.slots, 0)
+    assert reaper.lc.reserve('api-1', 'acme').tenant == 'acme'

@@ -1,0 +1,108 @@
+"""Reaping works with every app: sessions with nothing to lose go without a checkpoint, and a session whose
+owner never answers a checkpoint request goes after a grace, as on_missing_checkpoint says."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle import SessionState
+from lifecycle.eviction import Outcome
+from lifecycle.sweeps import SweepKind
+from tests.conftest import SettingsFactory
+from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
+
+
+def reaper_with(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, **overrides: object) -> Reaper:
+    return make_reaper(make_reaper_settings(idle_ttl_s=600, checkpoint_grace_s=300, **overrides))
+
+
+def one_turn(r: Reaper, session_id: str) -> None:
+    with r.lc.turn(session_id):
+        pass
+
+
+def test_a_session_that_finished_no_turn_is_evicted_without_a_checkpoint(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    r.lc.activate(r.lc.reserve('api-1'), 'fresh')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, '')
+    document = r.document('fresh')
+    assert document is not None
+    assert (document['state'], document['turn_seq'], document['checkpoint_waived']) == ('resumable', 0, False)
+    restored = r.lc.restore('fresh', 'api-2')
+    assert (restored.snapshot, restored.session.turn_seq) == (None, 0)
+
+
+def test_unsaved_turns_are_evicted_after_the_grace_when_the_owner_never_answers(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    lc.checkpoint('s1', {'turns': 0})
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    assert [(n.kind.value, n.session_id) for n in lc.notices('api-1')] == [('checkpoint_requested', 's1')]
+    r.clock.advance(seconds=299)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    r.clock.advance(seconds=1)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
+    document = r.document('s1')
+    assert document is not None
+    assert (document['state'], document['checkpoint_waived'], document['snapshot']) == ('resumable', True, {'turns': 0})
+    assert lc.redis.hget(lc.index.keys.counters, 'evicted:idle') == '1'
+    assert lc.restore('s1', 'api-1').snapshot == {'turns': 0}  # its last durable checkpoint
+
+
+def test_a_checkpoint_answers_the_request_and_the_grace_starts_again_at_the_next(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asked
+    r.clock.advance(seconds=200)
+    lc.checkpoint('s1', {'turns': 1})  # answered
+    one_turn(r, 's1')  # and a new unsaved turn
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asked again: the grace counts from now
+    r.clock.advance(seconds=200)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+
+
+@pytest.mark.parametrize('policy', ['keep'])
+def test_with_keep_a_session_with_unsaved_turns_stays_live_however_long(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, policy: str
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper, on_missing_checkpoint=policy)
+    r.lc.activate(r.lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    for _ in range(4):
+        r.clock.advance(seconds=600)
+        r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    assert r.lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+
+
+def test_a_dry_run_says_a_waived_eviction_would_go_through(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    r.lc.activate(r.lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    assert r.sweep(SweepKind.IDLE, dry_run=True).kept[0][1] == 'not_checkpointed'
+    r.sweep(SweepKind.IDLE)
+    r.clock.advance(seconds=300)
+    assert [o.session_id for o in r.sweep(SweepKind.IDLE, dry_run=True).orders] == ['s1']
