@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import Any, TypeVar
@@ -21,18 +22,21 @@ from lifecycle.background import AsyncRepeater
 from lifecycle.client import (
     ENCODING_ERRORS,
     NOTICE_BATCH,
+    SERVE_WAIT_MS,
     Lifecycle,
     Turn,
+    checkpoint_args,
     failed,
     new_token,
     parse_reply,
+    read_block_ms,
     refusal_counter,
     unavailable,
     unavailable_as_error,
 )
 from lifecycle.clock import Clock, RedisClock
-from lifecycle.errors import BackendUnavailable, CapacityExceeded
-from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
+from lifecycle.errors import BackendUnavailable, CapacityExceeded, LifecycleError
+from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.runs import AsyncRuns
 from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings
@@ -40,6 +44,11 @@ from lifecycle.state import Call, SessionIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
+
+
+async def maybe_awaited(value: object) -> object:
+    """`value`, awaited if the app's callback was a coroutine function."""
+    return await value if inspect.isawaitable(value) else value
 
 
 class AsyncLifecycle:
@@ -221,7 +230,7 @@ class AsyncLifecycle:
         self, owner: str, *, after: str = '0', block_s: float | None = None
     ) -> AsyncGenerator[Notice, None]:
         """See `Lifecycle.notices`; an async iterator."""
-        block_ms = validate.wait_ms('block_s', block_s)
+        block_ms = read_block_ms(self.redis, validate.wait_ms('block_s', block_s))
         while True:
             batch = await self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             for notice in batch:
@@ -230,6 +239,46 @@ class AsyncLifecycle:
                 after = batch[-1].id
             elif block_ms is None:
                 return
+
+    async def serve_notices(
+        self,
+        owner: str,
+        *,
+        snapshot: Callable[[str], object],
+        on_notice: Callable[[Notice], object] | None = None,
+    ) -> AsyncRepeater:
+        """See `Lifecycle.serve_notices`: an asyncio task; `snapshot` and `on_notice` may be coroutines."""
+        owner = validate.identifier('owner', owner)
+        position = [await self.run(self.index.last_notice_id(owner))]
+
+        async def serve() -> None:
+            try:
+                wait_ms = read_block_ms(self.redis, SERVE_WAIT_MS)
+                batch = await self.run(self.index.read_notices(owner, position[0], NOTICE_BATCH, wait_ms))
+            except BackendUnavailable as exc:
+                log.warning('notices of %s: %s; retrying in 1 s', owner, exc)
+                await asyncio.sleep(1)
+                return
+            for notice in batch:
+                position[0] = notice.id
+                await self._answer(notice, snapshot, on_notice)
+
+        return AsyncRepeater(f'notices-{owner}', 0, serve).start()
+
+    async def _answer(
+        self, notice: Notice, snapshot: Callable[[str], object], on_notice: Callable[[Notice], object] | None
+    ) -> None:
+        try:
+            if notice.kind is NoticeKind.CHECKPOINT_REQUESTED:
+                args = checkpoint_args(notice.session_id, await maybe_awaited(snapshot(notice.session_id)))
+                if args is not None:
+                    await self.checkpoint(notice.session_id, *args)
+            if on_notice is not None:
+                await maybe_awaited(on_notice(notice))
+        except LifecycleError as exc:
+            log.info('notice %s of %s not answered: %s', notice.kind, notice.session_id, exc)
+        except Exception:
+            log.exception("notice %s of %s: the app's callback failed", notice.kind, notice.session_id)
 
     async def stats(self) -> PoolStats:
         """See `Lifecycle.stats`."""

@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +24,7 @@ from lifecycle.errors import (
     BackendUnavailable,
     CapacityExceeded,
     ConfigurationError,
+    InvalidArgument,
     LifecycleError,
     PersistenceError,
     ScriptFailed,
@@ -31,7 +32,7 @@ from lifecycle.errors import (
     SessionNotLive,
     SessionReaping,
 )
-from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.models import Notice, NoticeKind, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
 from lifecycle.runs import Runs
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.scripts import SOURCES
@@ -47,6 +48,8 @@ NOTICE_BATCH = 100
 # A member no valid id could be (a hand edit, a foreign writer) decodes without raising, and encodes back to
 # the same bytes: one bad entry never stops a sweep, and reconcile can still name and remove it.
 ENCODING_ERRORS = 'surrogateescape'
+DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
+SERVE_WAIT_MS = 1000  # serve_notices' blocking read: how soon stop() is noticed
 
 
 def refusal_counter(full: CapacityExceeded) -> str:
@@ -79,6 +82,30 @@ def redacted(url: str) -> str:
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:
     """The error for a Redis that could not be reached, naming the server (never its password)."""
     return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
+
+
+def read_block_ms(client: Any, block_ms: int | None) -> int | None:
+    """How long one blocking read may wait: `block_ms`, but less than the connections' socket timeout (5 s
+    by default in redis-py 8), which would otherwise end a quiet wait as an error."""
+    if block_ms is None:
+        return None
+    timeout_s = client.connection_pool.connection_kwargs.get('socket_timeout', DEFAULT_SOCKET_TIMEOUT_S)
+    return block_ms if timeout_s is None else max(1, min(block_ms, int(timeout_s * 800)))
+
+
+def checkpoint_args(
+    session_id: str, saved: object
+) -> tuple[Mapping[str, Any], Sequence[Mapping[str, Any]] | None] | None:
+    """What an app's snapshot function returned, as checkpoint() arguments: None (nothing to save), a
+    snapshot mapping, or (snapshot, messages)."""
+    if saved is None:
+        return None
+    if isinstance(saved, tuple) and len(saved) == 2:
+        return saved[0], saved[1]
+    if isinstance(saved, Mapping):
+        return saved, None
+    raise InvalidArgument(f'the snapshot function returned {saved!r:.80} for {session_id!r}: want a mapping, '
+                          '(mapping, messages) or None')  # fmt: skip
 
 
 def failed(call: Call[Any], exc: Exception) -> ScriptFailed:
@@ -489,7 +516,7 @@ class Lifecycle:
 
     def notices(self, owner: str, *, after: str = '0', block_s: float | None = None) -> Iterator[Notice]:
         """Notices to replica `owner` after stream id `after`; with `block_s`, waits for more, forever."""
-        block_ms = validate.wait_ms('block_s', block_s)
+        block_ms = read_block_ms(self.redis, validate.wait_ms('block_s', block_s))
         while True:
             batch = self.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             yield from batch
@@ -497,6 +524,50 @@ class Lifecycle:
                 after = batch[-1].id
             elif block_ms is None:
                 return
+
+    def serve_notices(
+        self,
+        owner: str,
+        *,
+        snapshot: Callable[[str], object],
+        on_notice: Callable[[Notice], None] | None = None,
+    ) -> Repeater:
+        """Answer this replica's notices from a daemon thread, starting with the ones that arrive from now on:
+        each `checkpoint_requested` calls `snapshot(session_id)` and checkpoints what it returns (a mapping,
+        `(mapping, messages)`, or None for nothing to save); every notice then goes to `on_notice` (drop a
+        runtime on `evicted`, say). `stop()` it on shutdown. Failures are logged; the thread goes on."""
+        owner = validate.identifier('owner', owner)
+        position = [self.run(self.index.last_notice_id(owner))]
+
+        def serve() -> None:
+            try:
+                batch = self.run(
+                    self.index.read_notices(owner, position[0], NOTICE_BATCH, read_block_ms(self.redis, 1000))
+                )
+            except BackendUnavailable as exc:
+                log.warning('notices of %s: %s; retrying in 1 s', owner, exc)
+                time.sleep(1)
+                return
+            for notice in batch:
+                position[0] = notice.id
+                self._answer(notice, snapshot, on_notice)
+
+        return Repeater(f'notices-{owner}', 0, serve).start()
+
+    def _answer(
+        self, notice: Notice, snapshot: Callable[[str], object], on_notice: Callable[[Notice], None] | None
+    ) -> None:
+        try:
+            if notice.kind is NoticeKind.CHECKPOINT_REQUESTED:
+                args = checkpoint_args(notice.session_id, snapshot(notice.session_id))
+                if args is not None:
+                    self.checkpoint(notice.session_id, *args)
+            if on_notice is not None:
+                on_notice(notice)
+        except LifecycleError as exc:  # the session left meanwhile, say: the next request will come
+            log.info('notice %s of %s not answered: %s', notice.kind, notice.session_id, exc)
+        except Exception:
+            log.exception("notice %s of %s: the app's callback failed", notice.kind, notice.session_id)
 
     def stats(self) -> PoolStats:
         """Live, reserved, busy and reaping counts against the cap, read atomically."""

@@ -337,6 +337,14 @@ class SessionIndex:
             command=('XREAD', 'COUNT', count, *block, 'STREAMS', self.keys.inbox(owner), after),
         )
 
+    def last_notice_id(self, owner: str) -> Call[str]:
+        """The id of the newest notice in `owner`'s inbox ('0' when empty): where a consumer starting now begins."""
+        owner = validate.identifier('owner', owner)
+        return Call(
+            lambda reply: str(reply[0][0]) if reply else '0',
+            command=('XREVRANGE', self.keys.inbox(owner), '+', '-', 'COUNT', 1),
+        )
+
     def heartbeat(self, owner: str, now_ms: int) -> Call[None]:
         """Announce that replica `owner` is alive for another `replica_ttl_s`."""
         owner = validate.identifier('owner', owner)

@@ -3,10 +3,17 @@ owner never answers a checkpoint request goes after a grace, as on_missing_check
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
 import pytest
 
-from lifecycle import SessionState
+from lifecycle import AsyncLifecycle, Lifecycle, SessionState
+from lifecycle.claims import ClaimIndex
 from lifecycle.eviction import Outcome
+from lifecycle.models import Notice, NoticeKind
 from lifecycle.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
@@ -106,3 +113,87 @@ def test_a_dry_run_says_a_waived_eviction_would_go_through(
     r.sweep(SweepKind.IDLE)
     r.clock.advance(seconds=300)
     assert [o.session_id for o in r.sweep(SweepKind.IDLE, dry_run=True).orders] == ['s1']
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.05)
+
+
+def test_serve_notices_answers_checkpoint_requests_from_the_apps_snapshot(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    seen: list[Notice] = []
+    server = lc.serve_notices('api-1', snapshot=lambda sid: ({'agent': sid}, [{'id': 'm1', 'text': 'hi'}]),
+                              on_notice=seen.append)  # fmt: skip
+    try:
+        r.clock.advance(seconds=600)
+        r.sweep(SweepKind.IDLE)  # asks; the server answers
+        wait_until(lambda: (r.document('s1') or {}).get('checkpoint_seq') == 1)
+        r.sweep(SweepKind.IDLE)
+        assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, '')
+        wait_until(lambda: [n.kind.value for n in seen] == ['checkpoint_requested', 'evicted'])
+    finally:
+        server.stop()
+    restored = lc.restore('s1', 'api-1')
+    assert (restored.snapshot, restored.messages) == ({'agent': 's1'}, [{'id': 'm1', 'text': 'hi'}])
+
+
+def test_the_async_client_serves_notices_with_a_coroutine(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = reaper_with(make_reaper_settings, make_reaper)
+    r.lc.activate(r.lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+
+    async def snapshot(session_id: str) -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {'agent': session_id}
+
+    async def scenario() -> None:
+        async with AsyncLifecycle(r.lc.settings, clock=r.clock) as alc:
+            server = await alc.serve_notices('api-1', snapshot=snapshot)
+            try:
+                r.clock.advance(seconds=600)
+                await asyncio.to_thread(r.sweep, SweepKind.IDLE)
+                for _ in range(200):
+                    if (r.document('s1') or {}).get('checkpoint_seq') == 1:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await server.stop()
+
+    asyncio.run(scenario())
+    assert r.document('s1')['snapshot'] == {'agent': 's1'}  # type: ignore[index]
+
+
+@pytest.mark.parametrize('client', ['sync', 'async'])
+def test_notices_wait_longer_than_the_socket_timeout(make_reaper_settings: SettingsFactory, client: str) -> None:
+    """A wait of 7 s once ended after 5 s as BackendUnavailable (redis-py 8's socket timeout)."""
+    settings = make_reaper_settings()
+    poster = Lifecycle(settings)
+    post_later = threading.Timer(6, lambda: poster.run(ClaimIndex(settings, poster.index.keys).notice(
+        'api-1', NoticeKind.WARNING, 's1', 'idle', 0)))  # fmt: skip
+    post_later.start()
+    try:
+        if client == 'sync':
+            first = next(iter(poster.notices('api-1', block_s=7)))
+        else:
+
+            async def wait() -> Notice:
+                async with AsyncLifecycle(settings) as alc:
+                    return await anext(alc.notices('api-1', block_s=7))
+
+            first = asyncio.run(wait())
+    finally:
+        post_later.join()
+        for key in poster.redis.scan_iter(match=poster.index.keys.prefix + '*'):
+            poster.redis.delete(key)
+        poster.disconnect()
+    assert (first.kind, first.session_id) == (NoticeKind.WARNING, 's1')
