@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from typing import Literal, Self
 
@@ -20,6 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.models import Limits
 
+ENV_PREFIX = 'LIFECYCLE_'
+TEST_PREFIX = 'LIFECYCLE_TEST_'  # the test suite's own variables (LIFECYCLE_TEST_REDIS_URL, ...), not settings
 HARD_MAX_TTL_S = 86_400  # 24 h: a "hard" deadline further out than a day is a configuration mistake.
 _PREFIX = re.compile(r'[A-Za-z0-9_.:-]{1,64}')
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
@@ -38,7 +42,7 @@ class ProfilePolicy(BaseModel):
 class Settings(BaseSettings):
     """Everything lifecycle can be told, read from LIFECYCLE_* variables (dicts as JSON)."""
 
-    model_config = SettingsConfigDict(env_prefix='LIFECYCLE_', frozen=True, extra='forbid')
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra='forbid')
 
     redis_url: str = 'redis://127.0.0.1:6379/0'
     mongo_url: str | None = None  # None: persistence off, so idle and LRU reaping are skipped
@@ -49,9 +53,11 @@ class Settings(BaseSettings):
     tenant_max_sessions: PositiveInt | None = None  # default cap of every tenant; None: tenants uncapped
     tenant_limits: dict[str, PositiveInt] = Field(default_factory=dict)  # per-tenant overrides
 
-    default_ttl_s: PositiveInt = 900
+    # An interactive session goes idle long before its hard deadline: idle reaping frees what nobody uses
+    # (resumable, cheap to restore), the hard TTL only bounds what a runaway or forgotten client keeps.
+    default_ttl_s: PositiveInt = 8 * 3_600
     max_ttl_s: PositiveInt = HARD_MAX_TTL_S
-    idle_ttl_s: PositiveInt = 7_200
+    idle_ttl_s: PositiveInt = 1_800
     profiles: dict[str, ProfilePolicy] = Field(default_factory=dict)
 
     reservation_lease_s: PositiveInt = 120
@@ -144,12 +150,7 @@ class Settings(BaseSettings):
         if self.max_ttl_s > HARD_MAX_TTL_S:
             raise ValueError(f'max_ttl_s={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
         for name in (None, *self.profiles):
-            limits = self.limits(name)
-            where = 'settings' if name is None else f'profiles[{name!r}]'
-            if limits.max_ttl_s > HARD_MAX_TTL_S:
-                raise ValueError(f'{where}: max_ttl_s={limits.max_ttl_s} exceeds {HARD_MAX_TTL_S} s')
-            if limits.default_ttl_s > limits.max_ttl_s:
-                raise ValueError(f'{where}: default_ttl_s={limits.default_ttl_s} exceeds max_ttl_s={limits.max_ttl_s}')
+            self._check_limits(name)
         caps = dict(self.tenant_limits)
         if self.tenant_max_sessions is not None:
             caps['tenant_max_sessions'] = self.tenant_max_sessions
@@ -164,6 +165,36 @@ class Settings(BaseSettings):
             raise ValueError('sandbox_driver=webhook needs sandbox_webhook_url and sandbox_webhook_secret')
         if self.busy_lease_s < 3:
             raise ValueError(f'busy_lease_s={self.busy_lease_s} must be at least 3 (renewed every third)')
+        return self
+
+    def _check_limits(self, profile: str | None) -> None:
+        limits = self.limits(profile)
+        where = 'settings' if profile is None else f'profiles[{profile!r}]'
+        if limits.max_ttl_s > HARD_MAX_TTL_S:
+            raise ValueError(f'{where}: max_ttl_s={limits.max_ttl_s} exceeds {HARD_MAX_TTL_S} s')
+        if limits.default_ttl_s > limits.max_ttl_s:
+            raise ValueError(f'{where}: default_ttl_s={limits.default_ttl_s} exceeds max_ttl_s={limits.max_ttl_s}')
+        # It would switch idle reaping off without saying so.
+        if limits.idle_ttl_s >= limits.default_ttl_s:
+            raise ValueError(
+                f'{where}: idle_ttl_s={limits.idle_ttl_s} is not below default_ttl_s='
+                f'{limits.default_ttl_s}: the hard deadline would end sessions before they could idle'
+            )
+
+    @model_validator(mode='after')
+    def _no_unknown_variables(self) -> Self:
+        """A LIFECYCLE_* variable that names no setting is a typo (LIFECYCLE_IDLE_TTL): say so, never ignore it."""
+        known = {name.upper() for name in type(self).model_fields}
+        for variable in os.environ:
+            name = variable.upper()
+            if (
+                name.startswith(ENV_PREFIX)
+                and not name.startswith(TEST_PREFIX)
+                and name[len(ENV_PREFIX) :] not in known
+            ):
+                close = difflib.get_close_matches(name[len(ENV_PREFIX) :], known, n=1)
+                hint = f'; did you mean {ENV_PREFIX}{close[0]}?' if close else ''
+                raise ValueError(f'{variable} is not a lifecycle setting{hint}')
         return self
 
     def limits(self, profile: str | None) -> Limits:

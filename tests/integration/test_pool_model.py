@@ -2,8 +2,8 @@
 MongoDB-wire server and a FixedClock through random sequences of client calls, sweeps, interrupted
 evictions, clock jumps and outside damage, and checks DESIGN.md's invariants after every step.
 
-Run longer with LIFECYCLE_MODEL_EXAMPLES (default 150, about 45 s) and LIFECYCLE_MODEL_STEPS (default 50). A failure
-prints the shrunk sequence of steps; keep what it finds as a named regression test.
+Run longer with LIFECYCLE_TEST_MODEL_EXAMPLES (default 150, about a minute) and LIFECYCLE_TEST_MODEL_STEPS
+(default 50). A failure prints the shrunk sequence of steps; keep what it finds as a named regression test.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from tests.integration.reaper import Reaper, build_reaper
 CAP, TENANT_CAP, MAX_LIVE = 4, 2, 3
 OWNERS = ('api-1', 'api-2')
 TENANTS = (None, 'acme', 'globex')
-EXAMPLES = int(os.environ.get('LIFECYCLE_MODEL_EXAMPLES', '150'))
-STEPS = int(os.environ.get('LIFECYCLE_MODEL_STEPS', '50'))
+EXAMPLES = int(os.environ.get('LIFECYCLE_TEST_MODEL_EXAMPLES', '150'))
+STEPS = int(os.environ.get('LIFECYCLE_TEST_MODEL_STEPS', '50'))
 
 
 @dataclass

@@ -101,14 +101,14 @@ def test_activate_sets_the_hard_deadline_from_ttl_seconds(lc: Lifecycle, fixed_c
     assert (info.created_at_ms, info.last_active_ms, info.turn_seq, info.busy) == (now, now, 0, False)
     assert info.expires_at.tzinfo is not None
     default = lc.activate(lc.reserve('api-1'), 'chat-2')
-    assert default.expires_at_ms == now + 900_000
+    assert default.expires_at_ms == now + 8 * 3600 * 1000
     assert_counter_consistent(lc)
 
 
 def test_profiles_bound_the_ttl(
     make_settings: SettingsFactory, redis_client: redis.Redis, fixed_clock: FixedClock
 ) -> None:
-    settings = make_settings(profiles={'short': ProfilePolicy(default_ttl_s=30, max_ttl_s=60)})
+    settings = make_settings(profiles={'short': ProfilePolicy(idle_ttl_s=10, default_ttl_s=30, max_ttl_s=60)})
     lc = Lifecycle(settings, redis_client=redis_client, clock=fixed_clock)
     assert lc.activate(lc.reserve('a'), 's1', profile='short').expires_at_ms == fixed_clock.now_ms() + 30_000
     with pytest.raises(InvalidTTL, match=r'1\.\.60'):

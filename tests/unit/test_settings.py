@@ -9,8 +9,9 @@ from lifecycle.models import Limits
 
 def test_defaults_match_the_design() -> None:
     s = Settings()
-    assert (s.key_prefix, s.max_sessions, s.default_ttl_s, s.max_ttl_s) == ('lc', 200, 900, 86_400)
-    assert (s.idle_ttl_s, s.reservation_lease_s, s.busy_lease_s) == (7_200, 120, 60)
+    assert (s.key_prefix, s.max_sessions, s.default_ttl_s, s.max_ttl_s) == ('lc', 200, 8 * 3600, 86_400)
+    assert (s.idle_ttl_s, s.reservation_lease_s, s.busy_lease_s) == (1_800, 120, 60)
+    assert (s.require_checkpoint, s.on_missing_checkpoint, s.checkpoint_grace_s) == (True, 'evict', 600)
     assert s.mongo_url is None
     assert s.tenant_cap('anyone') is None
 
@@ -22,7 +23,22 @@ def test_settings_are_read_from_lifecycle_environment_variables(monkeypatch: pyt
     s = Settings()
     assert s.max_sessions == 40
     assert s.tenant_cap('acme') == 7
-    assert s.limits('sandbox') == Limits(idle_ttl_s=600, default_ttl_s=900, max_ttl_s=3600)
+    assert s.limits('sandbox') == Limits(idle_ttl_s=600, default_ttl_s=3600, max_ttl_s=3600)
+
+
+@pytest.mark.parametrize(('variable', 'hint'), [('LIFECYCLE_IDLE_TTL', 'LIFECYCLE_IDLE_TTL_S'),
+                                                ('LIFECYCLE_MAXSESSIONS', 'LIFECYCLE_MAX_SESSIONS'),
+                                                ('LIFECYCLE_ZZZ', None)])  # fmt: skip
+def test_a_lifecycle_variable_that_names_no_setting_is_reported(
+    monkeypatch: pytest.MonkeyPatch, variable: str, hint: str | None
+) -> None:
+    monkeypatch.setenv(variable, '60')
+    with pytest.raises(ValidationError, match=f'{variable} is not a lifecycle setting') as refused:
+        Settings()
+    assert (f'did you mean {hint}?' in str(refused.value)) if hint else 'did you mean' not in str(refused.value)
+    monkeypatch.setenv('LIFECYCLE_TEST_ANYTHING', '1')  # the test suite's own variables are not settings
+    monkeypatch.delenv(variable)
+    assert Settings().max_sessions == 200
 
 
 def test_profile_overrides_fall_back_to_global_values() -> None:
@@ -41,6 +57,8 @@ def test_tenant_overrides_take_precedence_over_the_default_tenant_cap() -> None:
     [
         ({'default_ttl_s': 100, 'max_ttl_s': 50}, 'default_ttl_s=100'),
         ({'max_ttl_s': 86_401}, 'max_ttl_s=86401'),
+        ({'idle_ttl_s': 900, 'default_ttl_s': 900}, 'idle_ttl_s=900 is not below default_ttl_s=900'),
+        ({'profiles': {'p': {'idle_ttl_s': 600, 'default_ttl_s': 300}}}, "profiles['p']: idle_ttl_s=600"),
         ({'profiles': {'p': {'max_ttl_s': 90_000}}}, "profiles['p']"),
         ({'profiles': {'p': {'default_ttl_s': 600, 'max_ttl_s': 60}}}, "profiles['p']"),
         ({'profiles': {'p': {'idle_ttl_s': 0}}}, 'idle_ttl_s'),
