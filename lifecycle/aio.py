@@ -20,7 +20,6 @@ from redis.exceptions import NoScriptError
 from lifecycle import validate, worktrees
 from lifecycle.background import AsyncRepeater
 from lifecycle.client import (
-    ENCODING_ERRORS,
     NOTICE_BATCH,
     SERVE_WAIT_MS,
     Lifecycle,
@@ -29,6 +28,7 @@ from lifecycle.client import (
     failed,
     new_token,
     parse_reply,
+    pool_options,
     read_block_ms,
     refusal_counter,
     unavailable,
@@ -58,8 +58,9 @@ class AsyncLifecycle:
         self, settings: Settings | None = None, *, redis_client: aredis.Redis | None = None, clock: Clock | None = None
     ) -> None:
         self.settings = settings or Settings()
-        self.redis = redis_client or aredis.Redis.from_url(
-            self.settings.redis_url, decode_responses=True, encoding_errors=ENCODING_ERRORS
+        # from_pool: the client owns the pool, so disconnect() closes its connections too.
+        self.redis = redis_client or aredis.Redis.from_pool(
+            aredis.BlockingConnectionPool.from_url(self.settings.redis_url, **pool_options(self.settings))
         )
         self.index = SessionIndex(self.settings)
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)

@@ -84,6 +84,17 @@ def unavailable(url: str, exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
 
 
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """The connection pool both clients build: calls beyond its size wait for a connection (bounded), never
+    fail at once as redis-py's default pool does ('Too many connections')."""
+    return {
+        'max_connections': settings.redis_max_connections,
+        'timeout': settings.redis_pool_timeout_s,
+        'decode_responses': True,
+        'encoding_errors': ENCODING_ERRORS,
+    }
+
+
 def read_block_ms(client: Any, block_ms: int | None) -> int | None:
     """How long one blocking read may wait: `block_ms`, but less than the connections' socket timeout (5 s
     by default in redis-py 8), which would otherwise end a quiet wait as an error."""
@@ -190,8 +201,9 @@ class Lifecycle:
         driver: SandboxDriver | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.redis = redis_client or redis.Redis.from_url(
-            self.settings.redis_url, decode_responses=True, encoding_errors=ENCODING_ERRORS
+        # from_pool: the client owns the pool, so disconnect() closes its connections too.
+        self.redis = redis_client or redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(self.settings.redis_url, **pool_options(self.settings))
         )
         self.index = SessionIndex(self.settings)
         self.clock = clock or RedisClock(self.settings.clock_refresh_s)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     busy_lease_s: PositiveInt = 60  # a turn's heartbeat renews it every third of this
     replica_ttl_s: PositiveInt = 30  # a replica whose heartbeat is older than this is lost
     clock_refresh_s: PositiveInt = 60  # how often a client re-learns Redis server time
+    # Each client's connections: calls beyond them wait this long for one (a web tier's bursts), then fail.
+    redis_max_connections: PositiveInt = 100
+    redis_pool_timeout_s: PositiveFloat = 10.0
 
     # The reaper.
     max_live: PositiveInt | None = None  # soft cap for the LRU sweep (<= max_sessions); None: no LRU sweep
