@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,8 +13,8 @@ from tests.conftest import SettingsFactory
 
 
 @pytest.fixture
-def pool_settings(make_settings: SettingsFactory, real_redis: redis.Redis) -> Iterator[SettingsFactory]:
-    yield make_settings
+def pool_settings(make_settings: SettingsFactory, real_redis: redis.Redis) -> SettingsFactory:
+    return make_settings  # real_redis: the test's keys are deleted afterwards
 
 
 def test_500_concurrent_async_calls_all_succeed_with_the_default_client(pool_settings: SettingsFactory) -> None:
