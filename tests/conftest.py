@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +53,65 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def start_private_redis(*config: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """A redis-server of the test's own on a free loopback port (stop it with `stop_private_redis`): for what
+    must never touch a shared server (SCRIPT FLUSH, FLUSHDB, an eviction policy, a restart)."""
+    from lifecycle.embedded import free_port, reachable
+
+    binary = shutil.which('redis-server')
+    if binary is None:
+        if os.environ.get('CI'):
+            raise RuntimeError('redis-server is not on PATH')
+        pytest.skip('no redis-server on PATH for a private server')
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, '--port', str(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', *config],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f'redis://127.0.0.1:{port}/0'
+    deadline = time.monotonic() + 10
+    while not reachable(url):
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop_private_redis(process)
+            raise RuntimeError(f'the private redis-server on port {port} did not start')
+        time.sleep(0.05)
+    return url, process
+
+
+def stop_private_redis(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope='session')
+def private_redis_url() -> Iterator[str]:
+    """One private redis-server for the whole test session (each user flushes only what it owns there)."""
+    url, process = start_private_redis()
+    yield url
+    stop_private_redis(process)
+
+
+@pytest.fixture
+def private_redis(private_redis_url: str) -> Iterator[redis.Redis]:
+    """A client of a private server's database 1, flushed before and after: scripts may be flushed too."""
+    client = redis.Redis.from_url(private_redis_url.rsplit('/', 1)[0] + '/1', decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(params=['fake', pytest.param('private', marks=pytest.mark.integration)])
+def flushable_redis(request: pytest.FixtureRequest) -> redis.Redis:
+    """Like `redis_client`, but on a server of the test's own: for tests that flush scripts."""
+    client: redis.Redis = request.getfixturevalue(f'{request.param}_redis')
+    return client
 
 
 @pytest.fixture

@@ -17,18 +17,20 @@ import redis
 from lifecycle import Lifecycle, SessionState, Settings
 from lifecycle.embedded import owned_env as environment
 from lifecycle.sweeps import SweepKind
-from tests.conftest import REDIS_URL, SettingsFactory, connect_real_redis
+from tests.conftest import SettingsFactory, connect_real_redis
 
 ROOT = Path(__file__).parents[2]
-BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL', REDIS_URL.rsplit('/', 1)[0] + '/13')
+BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL')  # default: a database of a private redis-server
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def broker(real_redis: redis.Redis) -> Iterator[str]:
-    client = connect_real_redis(BROKER_URL)
+def broker(real_redis: redis.Redis, private_redis_url: str) -> Iterator[str]:
+    """The Celery broker: flushed before and after, so never a database of a shared server unless asked."""
+    url = BROKER_URL or private_redis_url.rsplit('/', 1)[0] + '/2'
+    client = connect_real_redis(url)
     client.flushdb()
-    yield BROKER_URL
+    yield url
     client.flushdb()
     client.close()
 

@@ -30,12 +30,15 @@ def settings(make_settings: SettingsFactory) -> Settings:
     return make_settings(max_sessions=5, worktree_root='/srv/worktrees')
 
 
-@pytest.fixture(params=['fake', pytest.param('real', marks=pytest.mark.integration)])
-def run_async(
+def async_runner(
     request: pytest.FixtureRequest, settings: Settings, fixed_clock: FixedClock
 ) -> Callable[[Scenario], None]:
+    url = REDIS_URL
     if request.param == 'real':
         request.getfixturevalue('real_redis')  # skips or fails when Redis is down, and cleans our keys up
+    elif request.param == 'private':
+        request.getfixturevalue('private_redis')  # database 1 of the private server, flushed around the test
+        url = request.getfixturevalue('private_redis_url').rsplit('/', 1)[0] + '/1'
 
     def run(scenario: Scenario) -> None:
         async def main() -> None:
@@ -43,13 +46,28 @@ def run_async(
             if request.param == 'fake':
                 client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
             else:
-                client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+                client = aredis.Redis.from_url(url, decode_responses=True)
             async with AsyncLifecycle(settings, redis_client=client, clock=fixed_clock) as lc:
                 await scenario(lc, fixed_clock)
 
         asyncio.run(main())
 
     return run
+
+
+@pytest.fixture(params=['fake', pytest.param('real', marks=pytest.mark.integration)])
+def run_async(
+    request: pytest.FixtureRequest, settings: Settings, fixed_clock: FixedClock
+) -> Callable[[Scenario], None]:
+    return async_runner(request, settings, fixed_clock)
+
+
+@pytest.fixture(params=['fake', pytest.param('private', marks=pytest.mark.integration)])
+def run_async_flushable(
+    request: pytest.FixtureRequest, settings: Settings, fixed_clock: FixedClock
+) -> Callable[[Scenario], None]:
+    """Like run_async, on a server of the test's own: the scenario may flush its scripts."""
+    return async_runner(request, settings, fixed_clock)
 
 
 def test_async_reserve_activate_and_the_cap(run_async: Callable[[Scenario], None]) -> None:
@@ -149,7 +167,9 @@ def test_async_runs_and_worktree_registration(run_async: Callable[[Scenario], No
     run_async(scenario)
 
 
-def test_async_calls_go_on_after_the_server_forgets_its_scripts(run_async: Callable[[Scenario], None]) -> None:
+def test_async_calls_go_on_after_the_server_forgets_its_scripts(
+    run_async_flushable: Callable[[Scenario], None],
+) -> None:
     async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
         held = await lc.reserve('api-1')
         await lc.redis.script_flush()
@@ -157,4 +177,4 @@ def test_async_calls_go_on_after_the_server_forgets_its_scripts(run_async: Calla
         await lc.activate(await lc.reserve('api-1'), 's1')
         assert (await lc.stats()).live == 1
 
-    run_async(scenario)
+    run_async_flushable(scenario)

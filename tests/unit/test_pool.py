@@ -17,6 +17,7 @@ from lifecycle import (
     SessionNotLive,
     SessionReaping,
     SessionState,
+    Settings,
 )
 from tests.conftest import SettingsFactory
 
@@ -309,7 +310,13 @@ def test_heartbeat_records_the_replica_until_its_ttl(lc: Lifecycle, fixed_clock:
         lc.heartbeat('bad owner')
 
 
-def test_calls_go_on_after_the_server_forgets_its_scripts(lc: Lifecycle) -> None:
+@pytest.fixture
+def flushable_lc(settings: Settings, flushable_redis: redis.Redis, fixed_clock: FixedClock) -> Lifecycle:
+    return Lifecycle(settings, redis_client=flushable_redis, clock=fixed_clock)
+
+
+def test_calls_go_on_after_the_server_forgets_its_scripts(flushable_lc: Lifecycle) -> None:
+    lc = flushable_lc
     held = lc.reserve('api-1')
     lc.redis.script_flush()  # a restarted or failed-over Redis: every EVALSHA answers NOSCRIPT once
     assert lc.release(held) is True
@@ -318,7 +325,10 @@ def test_calls_go_on_after_the_server_forgets_its_scripts(lc: Lifecycle) -> None
     assert_counter_consistent(lc)
 
 
-def test_a_batch_answered_noscript_midway_is_sent_again(lc: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_answered_noscript_midway_is_sent_again(
+    flushable_lc: Lifecycle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lc = flushable_lc
     held = [lc.reserve('api-1') for _ in range(3)]
     check_scripts = redis.client.Pipeline.load_scripts
     flushed: list[bool] = []
