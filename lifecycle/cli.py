@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import sys
@@ -35,7 +36,7 @@ from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.logs import use_json
 from lifecycle.policy import Order
 from lifecycle.records import read_records
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, describe_error
 from lifecycle.state import Meta
 from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
 
@@ -257,7 +258,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def public_settings(settings: Settings) -> dict[str, Any]:
     """Settings without secrets (passwords in URLs, the webhook secret)."""
-    from lifecycle.client import redacted
+    from lifecycle.settings import redacted
 
     data = settings.model_dump(mode='json')
     for key in ('redis_url', 'mongo_url', 'broker_url'):
@@ -302,6 +303,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK if all(f.ok is not False for f in figures) else EXIT_PROBLEMS
 
 
+def package_version() -> str:
+    try:
+        return importlib.metadata.version('lifecycle')
+    except importlib.metadata.PackageNotFoundError:
+        return 'unknown (not installed)'
+
+
 def bounded(low: int, high: int) -> Any:
     """An argparse type: a whole number in low..high (argparse then exits 2 naming the bad value)."""
 
@@ -317,6 +325,7 @@ def bounded(low: int, high: int) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='lifecycle', description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument('--version', action='version', version=f'lifecycle {package_version()}')
     parser.add_argument('--log-level', default='WARNING', type=str.upper, help='logging level (default WARNING)',
                         choices=['DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'])  # fmt: skip
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -348,7 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     exporter = commands.add_parser('exporter', help='serve Prometheus metrics of the pool')
     exporter.add_argument('--port', type=bounded(1, 65_535), default=9464)
-    exporter.add_argument('--addr', default='0.0.0.0')
+    exporter.add_argument(
+        '--addr',
+        default='127.0.0.1',
+        help='address to bind (default loopback only: its '
+        'metrics name sessions and workers; give 0.0.0.0 where a scraper must reach it)',
+    )
     exporter.set_defaults(handler=cmd_exporter)
 
     bench = commands.add_parser('bench', help='measure against the raw speed of the same Redis and MongoDB')
@@ -360,28 +374,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is its documented exit code and one line, never a traceback."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(level=args.log_level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
         if Settings().log_format == 'json':
             use_json()
         code: int = args.handler(args)
-    except ValidationError as exc:
-        print(f'lifecycle: invalid settings: {exc}', file=sys.stderr)
-        return EXIT_CONFIG
-    except ConfigurationError as exc:
-        print(f'lifecycle: {exc}', file=sys.stderr)
-        return EXIT_CONFIG
-    except (BackendUnavailable, PersistenceError, redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f'lifecycle: {exc}', file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except InvalidArgument as exc:
-        print(f'lifecycle: {exc}', file=sys.stderr)
-        return EXIT_USAGE
-    except (LifecycleError, redis.RedisError) as exc:  # damage, a command Redis refused: a problem, no traceback
-        print(f'lifecycle: {exc}', file=sys.stderr)
-        return EXIT_PROBLEMS
+    except BrokenPipeError:  # `lifecycle status | head`: the reader left; nothing to say
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception as exc:
+        code, message = failure(exc)
+        if getattr(args, 'json', False):
+            print(json.dumps({'error': message, 'exit_code': code}))
+        print(f'lifecycle: {message}', file=sys.stderr)
+        return code
     return code
+
+
+def failure(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one line for an error (unexpected ones are re-raised: those are bugs)."""
+    if isinstance(exc, ValidationError):
+        return EXIT_CONFIG, describe_error(exc)
+    if isinstance(exc, ConfigurationError):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, BackendUnavailable | PersistenceError):
+        return EXIT_UNAVAILABLE, str(exc)
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):  # from a raw call of a sweep
+        return EXIT_UNAVAILABLE, f'Redis is unavailable: {exc}'
+    if isinstance(exc, InvalidArgument):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, LifecycleError | redis.RedisError):  # damage, a command Redis refused: a problem
+        return EXIT_PROBLEMS, str(exc)
+    if isinstance(exc, OSError):  # the exporter's port is taken, say
+        return EXIT_USAGE, str(exc)
+    raise exc
 
 
 if __name__ == '__main__':

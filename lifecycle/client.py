@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,7 +35,7 @@ from lifecycle.models import Notice, NoticeKind, PoolStats, ReapReason, Reservat
 from lifecycle.runs import Runs
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.scripts import SOURCES
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, redacted
 from lifecycle.state import Call, SessionIndex
 from lifecycle.stores import SnapshotStore
 
@@ -72,11 +71,6 @@ class Turn:
 def new_token() -> str:
     """A fresh reservation or turn token."""
     return secrets.token_hex(12)
-
-
-def redacted(url: str) -> str:
-    """`url` without its password, for error messages and logs."""
-    return re.sub(r'//([^:/@]*):[^/]*@', r'//\1:***@', url)  # up to the last '@' before the path
 
 
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:

@@ -15,6 +15,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -27,6 +28,22 @@ TEST_PREFIX = 'LIFECYCLE_TEST_'  # the test suite's own variables (LIFECYCLE_TES
 HARD_MAX_TTL_S = 86_400  # 24 h: a "hard" deadline further out than a day is a configuration mistake.
 _PREFIX = re.compile(r'[A-Za-z0-9_.:-]{1,64}')
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, for error messages and logs."""
+    return re.sub(r'//([^:/@]*):[^/]*@', r'//\1:***@', url)  # up to the last '@' before the path
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming each bad LIFECYCLE_* variable and why, never echoing a value (it may be a secret)."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = '.'.join(str(part) for part in item['loc'])
+        name = f'{ENV_PREFIX}{field.split(".")[0].upper()}' + (field[len(field.split('.')[0]) :] if field else '')
+        message = str(item['msg']).removeprefix('Value error, ')
+        parts.append(f'{name}: {message}' if field else message)
+    return 'invalid settings: ' + '; '.join(parts)
 
 
 class ProfilePolicy(BaseModel):
@@ -123,14 +140,14 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(('redis://', 'rediss://', 'unix://')):
-            raise ValueError(f'redis_url {value!r} must start with redis://, rediss:// or unix://')
+            raise ValueError(f'redis_url {redacted(value)!r} must start with redis://, rediss:// or unix://')
         return value
 
     @field_validator('mongo_url')
     @classmethod
     def _mongo_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(('mongodb://', 'mongodb+srv://')):
-            raise ValueError(f'mongo_url {value!r} must start with mongodb:// or mongodb+srv://')
+            raise ValueError(f'mongo_url {redacted(value)!r} must start with mongodb:// or mongodb+srv://')
         return value
 
     @field_validator('key_prefix')

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery, signals
 from kombu import Exchange, Queue
 from kombu.common import Broadcast
+from pydantic import ValidationError
 
 from lifecycle import checks
+from lifecycle.errors import ConfigurationError
 from lifecycle.logs import use_json
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, describe_error
 from workers.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class LifecycleApp(Celery):
 
 def create_app(settings: Settings | None = None) -> LifecycleApp:
     """A Celery app configured from `settings` (LIFECYCLE_* variables when None)."""
-    settings = settings or Settings()
+    settings = settings or settings_from_environment()
     app = LifecycleApp('lifecycle', broker=settings.broker_url or settings.redis_url, include=['workers.tasks'])
     tag = '{' + settings.key_prefix + '}'
     app.conf.update(
@@ -67,6 +70,15 @@ def create_app(settings: Settings | None = None) -> LifecycleApp:
     return app
 
 
+def settings_from_environment() -> Settings:
+    """Settings from LIFECYCLE_* variables; a bad one stops the process with one line naming it (exit 4)."""
+    try:
+        return Settings()
+    except ValidationError as invalid:
+        print(f'lifecycle: {describe_error(invalid)}', file=sys.stderr)
+        raise SystemExit(4) from None
+
+
 def settings_of(app: Any) -> Settings:
     """The lifecycle Settings an app was created with (LIFECYCLE_* variables for a foreign app)."""
     settings: Settings | None = getattr(app, 'lifecycle_settings', None)
@@ -89,7 +101,12 @@ def _check_servers(sender: Any = None, **_: Any) -> None:
 
     settings = settings_of(sender.app)
     with Lifecycle(settings) as lc:
-        checks.check_redis(lc.redis)
+        try:
+            checks.check_redis(lc.redis)
+        except ConfigurationError as unfit:
+            # Celery logs and ignores an exception from a signal handler: only SystemExit stops the worker.
+            log.critical('lifecycle worker refuses to start: %s', unfit)
+            raise SystemExit(1) from unfit
         if lc.store is not None:
             lc.store.ensure_indexes()
             lc.store.close()

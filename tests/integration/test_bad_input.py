@@ -232,7 +232,7 @@ def test_nan_frames_are_refused(lc: Lifecycle) -> None:
 
 def test_values_found_by_review_are_refused_by_name(lc: Lifecycle) -> None:
     """Each of these once slipped through (silently, or as a raw error)."""
-    from lifecycle.client import redacted
+    from lifecycle.settings import redacted
 
     with pytest.raises(LifecycleError, match="reservation token ''"):
         lc.reserve('api-1', token='')  # once: a fresh random token, so no idempotency, without a word

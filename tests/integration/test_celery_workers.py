@@ -17,7 +17,7 @@ import redis
 from lifecycle import Lifecycle, SessionState, Settings
 from lifecycle.embedded import owned_env as environment
 from lifecycle.sweeps import SweepKind
-from tests.conftest import SettingsFactory, connect_real_redis
+from tests.conftest import SettingsFactory, connect_real_redis, start_private_redis, stop_private_redis
 
 ROOT = Path(__file__).parents[2]
 BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL')  # default: a database of a private redis-server
@@ -248,3 +248,17 @@ def test_the_worktree_sweep_reaches_every_host_through_the_broadcast_queue(
         [note] = list((root / '.trash').glob('*.json'))
         assert 'untracked files' in json.loads(note.read_text())['reasons']
     lc.disconnect()
+
+
+def test_a_worker_refuses_to_start_on_a_redis_that_could_evict_the_pool(
+    make_settings: SettingsFactory, spawn: Spawn, tmp_path: Path
+) -> None:
+    url, server = start_private_redis('--maxmemory-policy', 'allkeys-lru')
+    try:
+        settings = make_settings(redis_url=url, broker_url=url)
+        worker = spawn(settings, *worker_args('refused'))
+        assert worker.wait(60) != 0
+    finally:
+        stop_private_redis(server)
+    log = next(tmp_path.glob('worker-*.log')).read_text(errors='replace')
+    assert "maxmemory-policy is 'allkeys-lru'" in log, log[-2000:]

@@ -151,7 +151,7 @@ def test_exit_codes_for_bad_usage_bad_settings_and_an_unreachable_redis(settings
     bad = {**environment(settings), 'LIFECYCLE_MAX_SESSIONS': '-3'}
     done = cli(settings, 'status', env=bad)
     assert done.returncode == 4
-    assert 'max_sessions' in done.stderr
+    assert 'LIFECYCLE_MAX_SESSIONS' in done.stderr
     down = {**environment(settings), 'LIFECYCLE_REDIS_URL': f'redis://127.0.0.1:{free_port()}/0'}
     done = cli(settings, 'status', env=down)
     assert done.returncode == 3
@@ -222,3 +222,41 @@ def test_flower_runs_against_the_broker_behind_basic_auth(settings: Settings) ->
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_every_documented_exit_code_with_one_line_and_no_traceback(settings: Settings, lc: Lifecycle) -> None:
+    """0 fine, 1 problems, 2 bad usage, 3 Redis or MongoDB unavailable, 4 invalid settings."""
+    lc.activate(lc.reserve('api-1'), 's1')
+    down = f'redis://user:s3cret@127.0.0.1:{free_port()}/0'
+    mongo_down = f'mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=500'
+
+    def env(**overrides: str) -> dict[str, str]:
+        return {**environment(settings), **overrides}
+
+    walk: list[tuple[list[str], dict[str, str] | None, int, str]] = [
+        (['--version'], None, 0, ''),
+        (['status'], None, 0, ''),
+        (['inspect', 'ghost'], None, 1, "unknown session 'ghost'"),
+        (['inspect', 'bad id'], None, 2, "session_id 'bad id' is invalid"),
+        (['status', '--top', '-1'], None, 2, 'invalid whole number'),
+        (['status'], env(LIFECYCLE_REDIS_URL=down), 3, 'unavailable'),
+        (['sweep', 'idle', '--dry-run'], env(LIFECYCLE_REDIS_URL=down), 3, 'unavailable'),
+        (['inspect', 's1'], env(LIFECYCLE_MONGO_URL=mongo_down, LIFECYCLE_MONGO_TIMEOUT_MS='500'), 3, 'MongoDB'),
+        (['status'], env(LIFECYCLE_MAX_SESSIONS='0'), 4, 'LIFECYCLE_MAX_SESSIONS: Input should be greater than 0'),
+        (['status'], env(LIFECYCLE_IDLE_TTL='60'), 4, 'did you mean LIFECYCLE_IDLE_TTL_S?'),
+        (['status'], env(LIFECYCLE_REDIS_URL='http://user:s3cret@host'), 4, 'LIFECYCLE_REDIS_URL'),
+    ]
+    for args, environ, code, says in walk:
+        done = cli(settings, *args, env=environ)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert says in done.stdout + done.stderr, (args, done.stderr)
+        assert 'Traceback' not in done.stderr, (args, done.stderr)
+        assert 's3cret' not in done.stdout + done.stderr
+        if code:
+            usage = code == 2 and args[0] == 'status'  # argparse prints its usage line first
+            assert len(done.stderr.strip().splitlines()) == (2 if usage else 1), done.stderr
+    as_json = cli(settings, 'status', '--json', env=env(LIFECYCLE_REDIS_URL=down))
+    assert (as_json.returncode, json.loads(as_json.stdout)['exit_code']) == (3, 3)
+    piped = f'{sys.executable} -m lifecycle.cli status --top 5 | head -c 1'
+    quiet = subprocess.run(piped, shell=True, env=environment(settings), capture_output=True, text=True, timeout=60)
+    assert 'Traceback' not in quiet.stderr
