@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from lifecycle import checks
+from lifecycle import checks, policy
 from lifecycle.client import Lifecycle
 from lifecycle.errors import (
     BackendUnavailable,
@@ -34,6 +34,7 @@ from lifecycle.errors import (
 )
 from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.logs import use_json
+from lifecycle.models import SessionInfo, SessionState, to_datetime
 from lifecycle.policy import Order
 from lifecycle.records import read_records
 from lifecycle.settings import Settings, describe_error
@@ -119,16 +120,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             info, damaged = None, {'damage': str(exc), **raw_state(lc, args.session)}
         document = dict(lc.store.load(args.session) or {}) if lc.store is not None else {}
         claim = lc.redis.hget(lc.index.keys.claims, args.session)
+        why = explain(lc, info, document) if info is not None and info.state in ('live', 'reaping') else None
     if info is None and not document and damaged is None:
         print(f'lifecycle: unknown session {args.session!r}', file=sys.stderr)
         return EXIT_PROBLEMS
     document.pop('snapshot', None)  # the app's own data: not ours to print
-    data: dict[str, Any] = {'session': asdict(info) if info else damaged, 'document': document, 'claim': claim}
+    data: dict[str, Any] = {'session': asdict(info) if info else damaged, 'document': document, 'claim': claim,
+                            'due': why.due if why else None, 'why': list(why.reasons) if why else []}  # fmt: skip
 
     def render() -> None:
         table = Table(title=f'session {args.session}', show_header=False)
+        if why is not None:
+            table.add_row('verdict', f'due: {why.due}' if why.due else 'kept')
+            for reason in why.reasons:
+                table.add_row('', reason)
         for key, value in (data['session'] or {}).items():
-            table.add_row(key, str(value))
+            table.add_row(key, when(key, value))
         if claim:
             table.add_row('claim (token|reason)', str(claim))
         for key, value in document.items():
@@ -137,6 +144,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     emit(args, data, render)
     return EXIT_OK
+
+
+def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> policy.Verdict:
+    """What the sweeps make of this live session now, and why."""
+    s = lc.settings
+    requested = lc.redis.zscore(lc.index.keys.unsaved, info.session_id)
+    return policy.verdict(
+        now_ms=lc.now_ms(), last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
+        reaping=info.state is SessionState.REAPING, idle_ttl_s=s.limits(info.profile).idle_ttl_s,
+        turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
+        requested_ms=int(requested) if requested is not None else None, required=s.require_checkpoint,
+        waive_after_s=s.waive_after_s,
+    )  # fmt: skip
+
+
+def when(key: str, value: object) -> str:
+    """A field for people: epoch-ms times also as UTC dates."""
+    if key.endswith('_ms') and isinstance(value, int) and value > 10**12:
+        return f'{to_datetime(value):%Y-%m-%d %H:%M:%S} UTC ({value})'
+    return str(value)
 
 
 def raw_state(lc: Lifecycle, session_id: str) -> dict[str, Any]:
@@ -239,21 +266,42 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(str(exc))
         except Exception as exc:
             problems.append(f'redis: {exc}')
-        if lc.store is None:
-            notes.append('mongo: not configured: persistence is off, so idle and LRU reaping are skipped')
-        else:
+        if lc.store is not None:
             problems += checks.mongo_problems(lc.store)
-    data = {'ok': not problems, 'problems': problems, 'notes': notes, 'settings': public_settings(settings)}
+        warnings = reaping_warnings(lc) if not problems else []
+    data = {'ok': not problems, 'problems': problems, 'warnings': warnings, 'notes': notes,
+            'settings': public_settings(settings)}  # fmt: skip
 
     def render() -> None:
         for note in notes:
             console.print(f'[green]ok[/green]   {note}')
+        for warning in warnings:
+            console.print(f'[bold yellow]WARN[/bold yellow] {warning}')
         for problem in problems:
             console.print(f'[red]FAIL[/red] {problem}')
         console.print('all checks passed' if not problems else f'{len(problems)} problem(s)')
 
     emit(args, data, render)
     return EXIT_OK if not problems else EXIT_PROBLEMS
+
+
+def reaping_warnings(lc: Lifecycle) -> list[str]:
+    """Why idle reaping is not happening, or will not: what an operator must hear about before the pool fills."""
+    s, now, warnings = lc.settings, lc.now_ms(), []
+    if lc.store is None:
+        warnings.append('IDLE REAPING IS OFF: no LIFECYCLE_MONGO_URL, so idle, LRU and owner-lost sweeps skip '
+                        'everything and only the hard TTL ends sessions')  # fmt: skip
+    waiting = lc.redis.zcount(lc.index.keys.unsaved, '-inf', now - s.checkpoint_grace_s * 1000)
+    if waiting and s.on_missing_checkpoint == 'keep':
+        warnings.append(f'{waiting} idle session(s) kept for a checkpoint their owner was asked for over '
+                        f'{policy.human(s.checkpoint_grace_s)} ago (on_missing_checkpoint=keep): serve '
+                        'checkpoint_requested notices (serve_notices) or they hold their slots for good')  # fmt: skip
+    stats = lc.redis.hgetall(lc.index.keys.sweep_stats)
+    last = stats.get(f'{SweepKind.IDLE}:last_ms')
+    if lc.store is not None and (last is None or now - int(float(last)) > 3 * s.idle_interval_s * 1000):
+        ago = 'never ran' if last is None else f'last ran {policy.human((now - int(float(last))) / 1000)} ago'
+        warnings.append(f'the idle sweep {ago}: is a worker and a beat running?')
+    return warnings
 
 
 def public_settings(settings: Settings) -> dict[str, Any]:

@@ -87,6 +87,57 @@ def covers(document: Mapping[str, object], turn_seq: int) -> bool:
     return isinstance(marked, int) and marked >= turn_seq
 
 
+def human(seconds: float) -> str:
+    """A duration for people: '45 s', '12 min', '3.5 h', '2.0 d'."""
+    magnitude = abs(seconds)
+    if magnitude < 120:
+        return f'{seconds:.0f} s'
+    if magnitude < 7_200:
+        return f'{seconds / 60:.0f} min'
+    if magnitude < 172_800:
+        return f'{seconds / 3_600:.1f} h'
+    return f'{seconds / 86_400:.1f} d'
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a live session is kept, or what it is due for, as an operator reads it."""
+
+    due: str | None  # 'idle', 'expired': what the next sweep would order; None: kept
+    reasons: tuple[str, ...]
+
+
+def verdict(
+    *, now_ms: int, last_active_ms: int, expires_at_ms: int, busy: bool, reaping: bool, idle_ttl_s: int,
+    turn_seq: int, checkpoint_seq: int | None, requested_ms: int | None, required: bool, waive_after_s: int | None,
+) -> Verdict:  # fmt: skip
+    """What the sweeps make of a live session now, with why: its hard deadline, its profile's idle timeout,
+    its busy lease, and whether the durable write would find a checkpoint covering its last turn."""
+    if reaping:
+        return Verdict(None, ('being evicted right now (a claim is in flight)',))
+    if expires_at_ms <= now_ms:
+        return Verdict('expired', (f'past its hard deadline by {human((now_ms - expires_at_ms) / 1000)}',))
+    reasons = [f'hard deadline in {human((expires_at_ms - now_ms) / 1000)}']
+    idle_due_ms = last_active_ms + idle_ttl_s * 1000
+    if idle_due_ms > now_ms:
+        reasons.insert(0, f'idle for {human((now_ms - last_active_ms) / 1000)}, due at {human(idle_ttl_s)} of '
+                          f'idle (its profile): in {human((idle_due_ms - now_ms) / 1000)}')  # fmt: skip
+        return Verdict(None, tuple(reasons))
+    if busy:
+        return Verdict(None, ('idle past its timeout, but a turn holds a busy lease', *reasons))
+    needs = needs_checkpoint(turn_seq, requested_ms, now_ms, required=required, waive_after_s=waive_after_s)
+    covered = checkpoint_seq is not None and checkpoint_seq >= turn_seq
+    if needs and not covered:
+        unsaved = turn_seq - (checkpoint_seq or 0)
+        wait = 'its owner has not been asked yet' if requested_ms is None else (
+            f'asked {human((now_ms - requested_ms) / 1000)} ago'
+            + (f'; evicted anyway in {human((requested_ms + waive_after_s * 1000 - now_ms) / 1000)}'
+               if waive_after_s is not None else '; kept until it answers (on_missing_checkpoint=keep)'))  # fmt: skip
+        return Verdict(None, (f'idle, but {unsaved} finished turn(s) no checkpoint covers: {wait}', *reasons))
+    return Verdict('idle', (f'idle for {human((now_ms - last_active_ms) / 1000)}: the next idle sweep evicts it',
+                            *reasons))  # fmt: skip
+
+
 def needs_checkpoint(
     turn_seq: int, requested_ms: int | None, now_ms: int, *, required: bool, waive_after_s: int | None
 ) -> bool:

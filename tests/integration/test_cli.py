@@ -131,6 +131,33 @@ def test_an_operator_sees_outside_damage_and_reconcile_repairs_it(settings: Sett
     assert 'lifecycle_damage_total{kind="pool_counter"} 1.0' in served
 
 
+def test_inspect_says_why_a_session_is_kept_or_due(settings: Settings, lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    with lc.turn('s1'):  # two minutes ago (the fixture's clock), and never checkpointed
+        pass
+    data = json.loads(cli(settings, 'inspect', 's1', '--json').stdout)
+    assert data['due'] is None
+    assert any('1 finished turn(s) no checkpoint covers' in reason for reason in data['why']), data['why']
+    lc.checkpoint('s1', {'v': 1})
+    data = json.loads(cli(settings, 'inspect', 's1', '--json').stdout)
+    assert data['due'] == 'idle', data['why']
+    human = cli(settings, 'inspect', 's1').stdout
+    assert 'due: idle' in human
+    assert 'UTC' in human  # times for people, not only epoch milliseconds
+
+
+def test_check_warns_loudly_when_idle_reaping_cannot_happen(settings: Settings) -> None:
+    store = MongoSnapshotStore(settings.mongo_url or '', settings.mongo_database)
+    store.ensure_indexes()
+    store.close()
+    done = cli(settings, 'check', '--json')
+    assert done.returncode == 0, done.stdout
+    assert any('idle sweep never ran' in warning for warning in json.loads(done.stdout)['warnings'])
+    without_mongo = {k: v for k, v in environment(settings).items() if k != 'LIFECYCLE_MONGO_URL'}
+    done = cli(settings, 'check', env=without_mongo)
+    assert 'IDLE REAPING IS OFF' in done.stdout
+
+
 def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:
     failing = cli(settings, 'check', '--json')
     assert failing.returncode == 1

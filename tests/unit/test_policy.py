@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from lifecycle import policy
@@ -80,3 +82,36 @@ def test_warning_window(cursor: int | None, expected: tuple[int, int]) -> None:
 )
 def test_is_durably_evicted(document: dict[str, object] | None, token: int, durable: bool) -> None:
     assert policy.is_durably_evicted(document, token) is durable
+
+
+def verdict_of(**overrides: Any) -> policy.Verdict:
+    base: dict[str, Any] = {
+        'now_ms': NOW, 'last_active_ms': NOW - 100_000, 'expires_at_ms': NOW + 3_600_000, 'busy': False,
+        'reaping': False, 'idle_ttl_s': 1800, 'turn_seq': 2, 'checkpoint_seq': 2, 'requested_ms': None,
+        'required': True, 'waive_after_s': 600,
+    }  # fmt: skip
+    return policy.verdict(**{**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'due', 'says'),
+    [
+        ({}, None, 'idle for 100 s, due at 30 min of idle (its profile): in 28 min'),
+        ({'last_active_ms': NOW - 2_000_000}, 'idle', 'the next idle sweep evicts it'),
+        ({'last_active_ms': NOW - 2_000_000, 'busy': True}, None, 'a turn holds a busy lease'),
+        ({'last_active_ms': NOW - 2_000_000, 'checkpoint_seq': 1}, None, 'its owner has not been asked yet'),
+        ({'last_active_ms': NOW - 2_000_000, 'checkpoint_seq': 1, 'requested_ms': NOW - 60_000}, None,
+         'asked 60 s ago; evicted anyway in 9 min'),
+        ({'last_active_ms': NOW - 2_000_000, 'checkpoint_seq': 1, 'requested_ms': NOW - 60_000, 'waive_after_s': None},
+         None, 'kept until it answers'),
+        ({'last_active_ms': NOW - 2_000_000, 'checkpoint_seq': None, 'turn_seq': 0}, 'idle', 'evicts it'),
+        ({'expires_at_ms': NOW - 5_000}, 'expired', 'past its hard deadline by 5 s'),
+        ({'reaping': True}, None, 'being evicted right now'),
+    ],
+)  # fmt: skip
+def test_the_verdict_says_why_a_session_is_kept_or_what_it_is_due_for(
+    overrides: dict[str, Any], due: str | None, says: str
+) -> None:
+    found = verdict_of(**overrides)
+    assert found.due == due
+    assert any(says in reason for reason in found.reasons), found.reasons
