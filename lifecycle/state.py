@@ -316,6 +316,22 @@ class SessionIndex:
             (now_ms,),
         )
 
+    def retry_after(self, now_ms: int) -> Call[int]:
+        """Whole seconds until a slot will likely come back by itself (a reservation lease running out, the
+        least recently active session idling out and swept): a Retry-After for a refused reservation."""
+        s = self.settings
+        idle_ms = (min(s.idle_ttls_s) + s.idle_interval_s) * 1000
+
+        def parse(reply: list[Any]) -> int:
+            lease, oldest = reply
+            moments = [_int(lease)] if lease else []
+            if oldest:
+                moments.append(_int(oldest) + idle_ms)
+            wait_ms = min(moments, default=now_ms + idle_ms) - now_ms
+            return max(1, -(-wait_ms // 1000))
+
+        return Call(parse, 'read_next_free', (self.keys.reservations, self.keys.live), ())
+
     def next_token(self) -> Call[int]:
         """A fresh fencing token (the epoch counter), for a client-side MongoDB write."""
         return Call(_int, command=('INCR', self.keys.epoch))
