@@ -5,77 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
-import redis
 
-from lifecycle import Lifecycle, SessionState, Settings
-from lifecycle.embedded import owned_env as environment
+from lifecycle import Lifecycle, SessionState
 from lifecycle.sweeps import SweepKind
-from tests.conftest import SettingsFactory, connect_real_redis, start_private_redis, stop_private_redis
-
-ROOT = Path(__file__).parents[2]
-BROKER_URL = os.environ.get('LIFECYCLE_TEST_BROKER_URL')  # default: a database of a private redis-server
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def broker(real_redis: redis.Redis, private_redis_url: str) -> Iterator[str]:
-    """The Celery broker: flushed before and after, so never a database of a shared server unless asked."""
-    url = BROKER_URL or private_redis_url.rsplit('/', 1)[0] + '/2'
-    client = connect_real_redis(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    started: list[subprocess.Popen[bytes]] = []
-    logs: list[BinaryIO] = []
-
-    def start(settings: Settings, *args: str, crashes: bool = False) -> subprocess.Popen[bytes]:
-        suffix = 'crash' if crashes else 'log'  # a worker meant to crash logs its lost child's traceback
-        log = open(tmp_path / f'{args[0]}-{len(started)}.{suffix}', 'wb')  # noqa: SIM115 (closed after the process)
-        logs.append(log)
-        process = subprocess.Popen(
-            [sys.executable, '-m', 'celery', '-A', 'workers', *args, '--loglevel', 'INFO'],
-            cwd=ROOT, env=environment(settings), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
-    for process in started:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for handle in logs:
-        handle.close()
-    for log in tmp_path.glob('*.log'):
-        text = log.read_text(errors='replace')
-        assert 'Traceback' not in text, f'{log.name}:\n{text[-3000:]}'
-
-
-def worker_args(name: str) -> tuple[str, ...]:
-    return ('worker', '--concurrency', '2', '--hostname', f'{name}@%h', '--without-gossip', '--without-mingle')
-
-
-def wait_for(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.1)
+from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
+from tests.integration.conftest import Spawn, wait_for, worker_args
 
 
 def test_idle_sessions_are_evicted_by_a_real_worker_within_idle_ttl_plus_one_sweep(

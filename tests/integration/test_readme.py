@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import redis
-
-from tests.conftest import REDIS_URL
+from lifecycle import Lifecycle
+from lifecycle.embedded import owned_env as environment
+from tests.conftest import SettingsFactory
+from tests.integration.conftest import Spawn, worker_args
 
 README = Path(__file__).parents[2] / 'README.md'
 
 
-def test_the_readme_client_snippet_runs(real_redis: redis.Redis, key_prefix: str) -> None:
-    snippet = re.search(r'## Using the client\n\n```python\n(.*?)```', README.read_text(), re.S)
-    assert snippet is not None
-    env = {**os.environ, 'LIFECYCLE_REDIS_URL': REDIS_URL, 'LIFECYCLE_KEY_PREFIX': key_prefix}
-    done = subprocess.run([sys.executable, '-c', snippet.group(1)], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert 'ends hard at' in done.stdout
-    assert "session_id='chat-42'" in done.stdout
+def test_the_readme_client_example_runs_as_written_and_a_real_worker_reaps_its_idle_session(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+) -> None:
+    """The example never checkpoints by hand for the reaper: its serve_notices and its after-turn checkpoint
+    are what let a real worker, scheduled by a real beat, evict its idle session as resumable."""
+    example = re.search(r'## Using the client\n\n.*?```python\n(.*?)```', README.read_text(), re.S)
+    assert example is not None
+    settings = make_reaper_settings(broker_url=broker, idle_ttl_s=3, idle_interval_s=1, warn_before_s=1)
+    spawn(settings, *worker_args('reaper'))
+    spawn(settings, 'beat')
+    done = subprocess.run([sys.executable, '-c', example.group(1)], env=environment(settings), capture_output=True,
+                          text=True, timeout=90, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('ends hard at ')
+    assert lines[1:] == ['echo: hello', 'the session is now resumable', 'echo: back again']
+    lc = Lifecycle(settings)
+    assert lc.redis.hget(lc.index.keys.counters, 'evicted:idle') == '1'
+    lc.disconnect()
 
 
 def test_ci_runs_the_readme_commands_verbatim() -> None:
