@@ -63,6 +63,7 @@ class Session:
     saved: int = -1  # turns the last acknowledged checkpoint holds (its snapshot says so)
     open_turns: dict[str, int] = field(default_factory=dict)  # turn token -> busy lease as last renewed
     deadline_damaged: bool = False
+    tenant_lost: bool = False  # its record and the tenant index were lost together: filed under '?'
 
 
 @dataclass
@@ -268,6 +269,8 @@ class PoolModel(RuleBasedStateMachine):
         expected = {'turns': session.saved} if session.saved >= 0 else None
         assert restored.snapshot == expected, 'restore did not return the last checkpoint'
         session.state, session.owner, session.turns = 'live', owner, max(session.saved, 0)
+        if session.tenant_lost:  # nothing knew its tenant any more: it is restored without one (see README)
+            session.tenant = None
         session.deadline_ms = restored.session.expires_at_ms
         session.open_turns.clear()
 
@@ -370,6 +373,8 @@ class PoolModel(RuleBasedStateMachine):
         for session_id in map(str, self.redis.zrange(self.keys.live, 0, -1)):
             model = self.sessions.get(session_id)
             record = self.redis.hget(self.keys.meta_of(session_id), session_id)
+            if model is not None and str(record).split('|')[1:2] == ['?']:
+                model.tenant_lost = True
             tenants.append((model.tenant or '') if model is not None else str(record).split('|')[1])
         counts: dict[str, int] = {}
         for tenant in filter(None, tenants):
