@@ -100,6 +100,8 @@ def test_every_command_matches_the_real_cli(where: str, command: list[str]) -> N
         command = shlex.split(command[2].replace('$HOSTNAME', 'pod-0'))
     if command[0] == 'lifecycle':
         build_parser().parse_args(command[1:])
+    elif command[:2] == ['python', '-c']:  # a probe of a loopback-only server
+        compile(command[2], where, 'exec')
     else:
         assert command[:3] == ['celery', '-A', 'workers'], where
         parse_celery(command[1:])
@@ -116,10 +118,11 @@ def test_flower_is_never_open() -> None:
     [flower] = [c for name, c in containers() if name.startswith('flower.yaml')]
     [auth] = [e for e in flower['env'] if e['name'] == 'FLOWER_BASIC_AUTH']
     assert auth['valueFrom']['secretKeyRef']['name'] == 'lifecycle'
-    [service] = [d for name, d in documents() if name == 'flower.yaml' and d['kind'] == 'Service']
-    assert service['spec']['type'] == 'ClusterIP'
+    assert '--address=127.0.0.1' in flower['command']  # it serves /metrics and /healthcheck to anyone
+    assert not [d for name, d in documents() if name == 'flower.yaml' and d['kind'] == 'Service']
     compose = yaml.safe_load((DEPLOY / 'compose.yaml').read_text())
     assert compose['services']['flower']['environment']['FLOWER_BASIC_AUTH'].startswith('${FLOWER_BASIC_AUTH:?')
+    assert compose['services']['flower']['ports'] == ['127.0.0.1:5555:5555']
 
 
 def test_two_beats_run_under_redbeat() -> None:
