@@ -127,6 +127,11 @@ class Keys:
         return f'{self.prefix}:sweep_stats'
 
     @property
+    def sweep_durations(self) -> str:
+        """HASH '<kind>|le|<bucket s>' / '<kind>|count' / '<kind>|sum': a histogram of sweep durations."""
+        return f'{self.prefix}:sweep_durations'
+
+    @property
     def epoch(self) -> str:
         """STRING fencing counter; every eviction claim takes a fresh value with INCR."""
         return f'{self.prefix}:epoch'

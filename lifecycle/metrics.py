@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from lifecycle.errors import BackendUnavailable
+from lifecycle.sweeps import DURATION_BUCKETS_S
 
 if TYPE_CHECKING:
     from lifecycle.client import Lifecycle
@@ -43,23 +44,34 @@ class PoolCollector(Collector):
         lc, keys = self.lc, self.lc.index.keys
         stats = lc.stats()
         now_ms = lc.now_ms()
-        for name, value, text in (
-            ('live', stats.live, 'Live sessions.'),
-            ('busy', stats.busy, 'Live sessions with a turn in flight (a current busy lease).'),
-            ('reserved', stats.reserved, 'Slots held by reservations not yet activated.'),
-            ('reaping', stats.reaping, 'Sessions being evicted right now.'),
-            ('cap', stats.cap, 'The global session cap (max_sessions).'),
-            ('slots', stats.slots, 'The slot counter the cap is enforced on (live + reserved).'),
-        ):
-            yield GaugeMetricFamily(
-                f'lifecycle_{name}_sessions' if name != 'cap' else 'lifecycle_cap', text, value=value
-            )
+        sessions = GaugeMetricFamily('lifecycle_sessions', 'Sessions in the pool by state (busy: live with a turn '
+                                     'in flight; reserved: slots held for sessions being created).',
+                                     labels=['state'])  # fmt: skip
+        for state in ('live', 'busy', 'reserved', 'reaping'):
+            sessions.add_metric([state], getattr(stats, state))
+        yield sessions
+        yield GaugeMetricFamily(
+            'lifecycle_slots', 'The slot counter (live + reserved, by the sets).', value=stats.slots
+        )
+        yield GaugeMetricFamily('lifecycle_session_cap', 'The global session cap (max_sessions).', value=stats.cap)
         oldest = lc.redis.zrange(keys.live, 0, 0, withscores=True)
         idle_s = (now_ms - int(oldest[0][1])) / 1000 if oldest else 0.0
         yield GaugeMetricFamily('lifecycle_oldest_idle_seconds', 'Idle time of the least recently active session.',
                                 value=idle_s)  # fmt: skip
         yield from self._counters({str(k): int(v) for k, v in lc.redis.hgetall(keys.counters).items()})
         yield from self._sweeps({str(k): int(float(v)) for k, v in lc.redis.hgetall(keys.sweep_stats).items()}, now_ms)
+        yield self._durations({str(k): float(v) for k, v in lc.redis.hgetall(keys.sweep_durations).items()})
+
+    @staticmethod
+    def _durations(fields: dict[str, float]) -> Metric:
+        """The shared histogram of sweep durations, by kind (buckets are cumulative, as recorded)."""
+        histogram = HistogramMetricFamily('lifecycle_sweep_duration_seconds', 'How long sweeps take, by kind.',
+                                          labels=['kind'])  # fmt: skip
+        for kind in sorted({name.split('|', 1)[0] for name in fields}):
+            buckets = [(f'{bound}', fields.get(f'{kind}|le|{bound}', 0.0)) for bound in DURATION_BUCKETS_S]
+            count = fields.get(f'{kind}|count', 0.0)
+            histogram.add_metric([kind], [*buckets, ('+Inf', count)], sum_value=fields.get(f'{kind}|sum', 0.0))
+        return histogram
 
     @staticmethod
     def _counters(counters: dict[str, int]) -> Iterator[Metric]:
@@ -92,17 +104,13 @@ class PoolCollector(Collector):
 
     @staticmethod
     def _sweeps(stats: dict[str, int], now_ms: int) -> Iterator[Metric]:
-        duration = GaugeMetricFamily('lifecycle_sweep_duration_seconds', 'How long the last sweep of a kind took.',
-                                     labels=['kind'])  # fmt: skip
         lag = GaugeMetricFamily('lifecycle_sweep_lag_seconds', 'Time since a sweep of a kind last ran.',
                                 labels=['kind'])  # fmt: skip
         for name, value in sorted(stats.items()):
             kind, _, field = name.rpartition(':')
-            if field == 'duration_ms':
-                duration.add_metric([kind], value / 1000)
-            elif field == 'last_ms':
+            if field == 'last_ms':
                 lag.add_metric([kind], max(0, now_ms - value) / 1000)
-        yield from (duration, lag)
+        yield lag
 
 
 def registry_for(lc: Lifecycle) -> CollectorRegistry:

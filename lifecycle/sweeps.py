@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
 REPORTED_ORDERS = 1_000
 TIE_GROUP_LIMIT = 10_000  # sessions sharing one millisecond of activity, read whole up to this many
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
 
 
 class SweepKind(StrEnum):
@@ -100,15 +101,26 @@ class Sweeper:
             body(report, lock, dry_run)
         report.duration_ms = int((time.monotonic() - started) * 1000)
         if not dry_run:
-            self.lc.redis.hset(self.keys.sweep_stats, mapping={
-                f'{kind}:last_ms': self.lc.now_ms(), f'{kind}:duration_ms': report.duration_ms,
-            })  # fmt: skip
+            self._record_duration(kind, report.duration_ms)
         log.info(
             '%s sweep: %d ordered, %d recovered, %d notices%s (%d ms)',
             kind, report.ordered, len(report.recovered), report.notices,
             f', skipped: {report.skipped}' if report.skipped else '', report.duration_ms,
         )  # fmt: skip
         return report
+
+    def _record_duration(self, kind: SweepKind, duration_ms: int) -> None:
+        """When the sweep last ran, and its duration in the shared histogram the exporter serves."""
+        pipe = self.lc.redis.pipeline(transaction=False)
+        pipe.hset(
+            self.keys.sweep_stats, mapping={f'{kind}:last_ms': self.lc.now_ms(), f'{kind}:duration_ms': duration_ms}
+        )
+        for bound in DURATION_BUCKETS_S:
+            if duration_ms <= bound * 1000:
+                pipe.hincrby(self.keys.sweep_durations, f'{kind}|le|{bound}', 1)
+        pipe.hincrby(self.keys.sweep_durations, f'{kind}|count', 1)
+        pipe.hincrbyfloat(self.keys.sweep_durations, f'{kind}|sum', duration_ms / 1000)
+        pipe.execute()
 
     def _skipped(self, kind: SweepKind, why: str) -> SweepReport:
         self.lc.redis.hincrby(self.keys.counters, f'sweep_skipped:{kind}', 1)

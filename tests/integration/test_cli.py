@@ -223,8 +223,8 @@ def test_the_exporter_serves_the_pool_over_http(settings: Settings, lc: Lifecycl
     finally:
         process.terminate()
         process.wait(10)
-    assert 'lifecycle_live_sessions 1.0' in body
-    assert 'lifecycle_cap 200.0' in body
+    assert 'lifecycle_sessions{state="live"} 1.0' in body
+    assert 'lifecycle_session_cap 200.0' in body
     assert 'lifecycle_evictions_total{outcome="evicted",reason="idle"} 4.0' in body
     assert 'lifecycle_eviction_aborts_total{cause="persistence_error",reason="idle"} 2.0' in body
     assert 'lifecycle_oldest_idle_seconds' in body
