@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> LifecycleApp:
         timezone='UTC',
         enable_utc=True,
         beat_schedule=beat_schedule(settings),
-        beat_scheduler='redbeat.RedBeatScheduler',
+        beat_scheduler='workers.beat:LeaderScheduler',
         beat_max_loop_interval=5,
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=f'{tag}:redbeat',
@@ -110,6 +110,14 @@ def _check_servers(sender: Any = None, **_: Any) -> None:
         if lc.store is not None:
             lc.store.ensure_indexes()
             lc.store.close()
+
+
+@signals.beat_init.connect
+def _announce_standby(sender: Any = None, **_: Any) -> None:
+    """Say what a beat does before it leads: RedBeat's own handler (which runs after this one) waits for the
+    lock while another beat holds it, then logs 'beat: Acquired lock'."""
+    lock_key = getattr(getattr(sender, 'scheduler', None), 'lock_key', None)
+    log.info('beat: standing by for the RedBeat lock %s; it leads the schedule once it holds it', lock_key)
 
 
 @signals.worker_ready.connect

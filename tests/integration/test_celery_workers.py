@@ -61,7 +61,7 @@ def test_idle_sessions_are_evicted_by_a_real_worker_within_idle_ttl_plus_one_swe
 
 
 def test_two_workers_and_two_beats_run_each_sweep_once_per_period(
-    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     intervals = {f'{kind.value.replace("-", "_")}_interval_s': 1 for kind in SweepKind}
     settings = make_reaper_settings(broker_url=broker, **intervals)
@@ -93,6 +93,10 @@ def test_two_workers_and_two_beats_run_each_sweep_once_per_period(
         assert ran + skipped <= elapsed_s + 3, (kind, ran, skipped)
         assert ran >= elapsed_s / 2 - 1, (kind, ran, skipped)
     lc.disconnect()
+    # Each beat's log says what it is: both stood by for the lock, exactly one took the lead.
+    logs = [log.read_text(errors='replace') for log in sorted(tmp_path.glob('beat-*.log'))]
+    assert all('beat: standing by for the RedBeat lock' in log for log in logs), logs
+    assert sum('beat: Acquired lock' in log for log in logs) == 1, logs
 
 
 def test_a_worker_process_killed_mid_eviction_is_redelivered_and_recovered(

@@ -130,4 +130,4 @@ def test_two_beats_run_under_redbeat() -> None:
     assert beat['spec']['replicas'] == 2
     from workers.app import create_app
 
-    assert create_app(Settings()).conf.beat_scheduler == 'redbeat.RedBeatScheduler'
+    assert create_app(Settings()).conf.beat_scheduler == 'workers.beat:LeaderScheduler'
