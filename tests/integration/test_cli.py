@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -282,6 +283,12 @@ def test_every_documented_exit_code_with_one_line_and_no_traceback(settings: Set
         if code:
             usage = code == 2 and args[0] == 'status'  # argparse prints its usage line first
             assert len(done.stderr.strip().splitlines()) == (2 if usage else 1), done.stderr
+    with socket.socket() as taken:  # the exporter on a port something else holds
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        busy = cli(settings, 'exporter', '--port', str(taken.getsockname()[1]))
+    assert (busy.returncode, busy.stderr.count('\n')) == (2, 1), busy.stderr
+    assert 'Traceback' not in busy.stderr
     as_json = cli(settings, 'status', '--json', env=env(LIFECYCLE_REDIS_URL=down))
     assert (as_json.returncode, json.loads(as_json.stdout)['exit_code']) == (3, 3)
     piped = f'{sys.executable} -m lifecycle.cli status --top 5 | head -c 1'
