@@ -195,7 +195,17 @@ class SessionIndex:
         return Call(
             parse,
             'activate_session',
-            (k.reservations, k.live, k.deadline, k.meta_of(session_id), k.slots, k.tenants, k.cleaning, k.reaping),
+            (
+                k.reservations,
+                k.live,
+                k.deadline,
+                k.meta_of(session_id),
+                k.slots,
+                k.tenants,
+                k.cleaning,
+                k.reaping,
+                k.unsaved,
+            ),
             (
                 reserved,
                 session_id,

@@ -88,6 +88,30 @@ def test_a_checkpoint_answers_the_request_and_the_grace_starts_again_at_the_next
     assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
 
 
+def test_a_restored_session_gets_a_fresh_grace_for_its_new_unsaved_turns(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression: the request of the waived eviction outlived it, so after a restore the next unsaved turn
+    # was "asked" long ago and evicted without its owner ever getting the grace.
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asked
+    r.clock.advance(seconds=300)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
+    lc.restore('s1', 'api-2')
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asked anew: the grace counts from now
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    r.clock.advance(seconds=300)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
+
+
 @pytest.mark.parametrize('policy', ['keep'])
 def test_with_keep_a_session_with_unsaved_turns_stays_live_however_long(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, policy: str
