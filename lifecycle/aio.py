@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
-from lifecycle import validate, worktrees
+from lifecycle import validate
 from lifecycle.background import AsyncRepeater
 from lifecycle.client import (
     NOTICE_BATCH,
@@ -36,11 +36,12 @@ from lifecycle.client import (
 )
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, CapacityExceeded, LifecycleError
+from lifecycle.jobs import worktrees
+from lifecycle.jobs.runs import AsyncRuns
 from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, Restored, SessionInfo
-from lifecycle.runs import AsyncRuns
-from lifecycle.scripts import SOURCES
+from lifecycle.pool.scripts import SOURCES
+from lifecycle.pool.sessions import Call, SessionIndex
 from lifecycle.settings import Settings
-from lifecycle.state import Call, SessionIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')

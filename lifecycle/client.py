@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import NoScriptError
 
-from lifecycle import validate, worktrees
+from lifecycle import validate
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock, RedisClock
-from lifecycle.documents import info_from_document, record_of, to_epoch_ms
 from lifecycle.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -31,13 +30,15 @@ from lifecycle.errors import (
     SessionNotLive,
     SessionReaping,
 )
+from lifecycle.jobs import worktrees
+from lifecycle.jobs.runs import Runs
 from lifecycle.models import Notice, NoticeKind, PoolStats, ReapReason, Reservation, Restored, SessionInfo, SessionState
-from lifecycle.runs import Runs
+from lifecycle.pool.scripts import SOURCES
+from lifecycle.pool.sessions import Call, SessionIndex
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
-from lifecycle.scripts import SOURCES
 from lifecycle.settings import Settings, redacted
-from lifecycle.state import Call, SessionIndex
 from lifecycle.stores import SnapshotStore
+from lifecycle.stores.documents import info_from_document, record_of, to_epoch_ms
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -357,7 +358,7 @@ class Lifecycle:
         """Evict one idle session to free a slot; False when none can go (all busy, recent or unsaved)."""
         if self.store is None:
             return False
-        from lifecycle.eviction import Evictor, Outcome
+        from lifecycle.reaper.eviction import Evictor, Outcome
 
         evictor = Evictor(self, self.store, self.driver)
         now = self.now_ms()

@@ -58,7 +58,7 @@ def group_alive(pgid: int) -> bool:
 def start_private_redis(*config: str) -> tuple[str, subprocess.Popen[bytes]]:
     """A redis-server of the test's own on a free loopback port (stop it with `stop_private_redis`): for what
     must never touch a shared server (SCRIPT FLUSH, FLUSHDB, an eviction policy, a restart)."""
-    from lifecycle.embedded import free_port, reachable
+    from lifecycle.ops.embedded import free_port, reachable
 
     binary = shutil.which('redis-server')
     if binary is None:

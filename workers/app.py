@@ -11,9 +11,9 @@ from kombu import Exchange, Queue
 from kombu.common import Broadcast
 from pydantic import ValidationError
 
-from lifecycle import checks
 from lifecycle.errors import ConfigurationError
 from lifecycle.logs import use_json
+from lifecycle.ops import checks
 from lifecycle.settings import Settings, describe_error
 from workers.schedule import beat_schedule
 

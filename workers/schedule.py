@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.settings import Settings
-from lifecycle.sweeps import SweepKind
 
 SWEEP_TASKS = {
     SweepKind.IDLE: 'lifecycle.sweep_idle',

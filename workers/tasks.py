@@ -11,10 +11,10 @@ from typing import Any
 from celery import current_app, shared_task
 
 from lifecycle.client import Lifecycle
-from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
-from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
+from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.reaper.sweeps import Sweeper, SweepKind, SweepReport
 from workers.app import settings_of
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from lifecycle import FixedClock, Settings
-from lifecycle.embedded import owned_env as environment
+from lifecycle.ops.embedded import owned_env as environment
 from lifecycle.sandboxes import SandboxDriver
 from tests.conftest import connect_real_redis
 from tests.integration.reaper import Reaper, build_reaper

@@ -63,8 +63,8 @@ def hold_turn(settings: dict[str, Any], session_id: str, ready: Connection) -> N
 
 def evict_once(settings: dict[str, Any], session_id: str, results: Connection) -> None:
     """One worker's eviction of one session (its settings may carry a crash_at point)."""
-    from lifecycle.eviction import Evictor
     from lifecycle.models import ReapReason
+    from lifecycle.reaper.eviction import Evictor
 
     lc = Lifecycle(Settings(**settings))
     evictor = Evictor(lc, lc.store, lc.driver)

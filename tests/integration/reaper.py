@@ -9,11 +9,11 @@ from typing import Any
 import pymongo
 
 from lifecycle import FixedClock, Lifecycle, Settings
-from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.policy import Order
+from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.reaper.sweeps import Sweeper, SweepKind, SweepReport
 from lifecycle.sandboxes import NoopDriver, SandboxDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
-from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
 
 
 @dataclass

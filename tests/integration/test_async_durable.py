@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 from lifecycle import AsyncLifecycle, SessionState
-from lifecycle.eviction import Evictor, Outcome
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.reaper.eviction import Evictor, Outcome
 from tests.conftest import SettingsFactory
 
 

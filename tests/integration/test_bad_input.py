@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lifecycle import AsyncLifecycle, FixedClock, Lifecycle, LifecycleError
-from lifecycle.embedded import owned_env
+from lifecycle.ops.embedded import owned_env
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import REDIS_URL, SettingsFactory
 
@@ -217,7 +217,7 @@ def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, ses
 def test_the_cli_refuses_bad_input_with_its_usage_code(
     make_reaper_settings: SettingsFactory, real_redis: redis.Redis, args: list[str], code: int, says: str
 ) -> None:
-    done = subprocess.run([sys.executable, '-m', 'lifecycle.cli', *args], env=owned_env(make_reaper_settings()),
+    done = subprocess.run([sys.executable, '-m', 'lifecycle.ops.cli', *args], env=owned_env(make_reaper_settings()),
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == code, done.stderr
     assert says in done.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle import Lifecycle, SessionState
-from lifecycle.sweeps import SweepKind
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
 from tests.integration.conftest import Spawn, wait_for, worker_args
 

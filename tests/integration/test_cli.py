@@ -18,13 +18,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from lifecycle import FixedClock, Lifecycle, Settings
-from lifecycle.embedded import free_port
-from lifecycle.embedded import owned_env as environment
-from lifecycle.metrics import registry_for
+from lifecycle.ops.embedded import free_port
+from lifecycle.ops.embedded import owned_env as environment
+from lifecycle.ops.metrics import registry_for
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory
 
-LIFECYCLE = [sys.executable, '-m', 'lifecycle.cli']
+LIFECYCLE = [sys.executable, '-m', 'lifecycle.ops.cli']
 
 
 @pytest.fixture
@@ -291,6 +291,6 @@ def test_every_documented_exit_code_with_one_line_and_no_traceback(settings: Set
     assert 'Traceback' not in busy.stderr
     as_json = cli(settings, 'status', '--json', env=env(LIFECYCLE_REDIS_URL=down))
     assert (as_json.returncode, json.loads(as_json.stdout)['exit_code']) == (3, 3)
-    piped = f'{sys.executable} -m lifecycle.cli status --top 5 | head -c 1'
+    piped = f'{sys.executable} -m lifecycle.ops.cli status --top 5 | head -c 1'
     quiet = subprocess.run(piped, shell=True, env=environment(settings), capture_output=True, text=True, timeout=60)
     assert 'Traceback' not in quiet.stderr

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from lifecycle import SessionNotLive, SessionState
-from lifecycle.eviction import Outcome
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
-from lifecycle.sweeps import SweepKind
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper

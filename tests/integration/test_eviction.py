@@ -9,13 +9,13 @@ import pymongo
 import pytest
 
 from lifecycle import CapacityExceeded, Lifecycle, SessionReaping, SessionState
-from lifecycle.claims import Claim, ClaimIndex, Step
-from lifecycle.eviction import Outcome, claim_record
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Order
+from lifecycle.pool.claims import Claim, ClaimIndex, Step
+from lifecycle.reaper.eviction import Outcome, claim_record
+from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.sandboxes import SandboxError
 from lifecycle.stores import Mark
-from lifecycle.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import FAILURES, Reaper, fail

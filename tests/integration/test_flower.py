@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lifecycle.embedded import free_port
-from lifecycle.embedded import owned_env as environment
+from lifecycle.ops.embedded import free_port
+from lifecycle.ops.embedded import owned_env as environment
 from tests.conftest import SettingsFactory
 
 README = Path(__file__).parents[2] / 'README.md'

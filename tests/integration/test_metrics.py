@@ -11,8 +11,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lifecycle import CapacityExceeded
-from lifecycle.metrics import registry_for
-from lifecycle.sweeps import SweepKind
+from lifecycle.ops.metrics import registry_for
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper

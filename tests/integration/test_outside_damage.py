@@ -13,9 +13,9 @@ import redis
 
 from lifecycle import CapacityExceeded, Lifecycle, LifecycleError, SessionExists, SessionState
 from lifecycle.errors import PoolRecovering, SessionDamaged
-from lifecycle.eviction import Outcome
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.sandboxes import ProcessDriver
-from lifecycle.sweeps import SweepKind
 from tests.conftest import REDIS_URL, SettingsFactory, group_alive
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
@@ -252,7 +252,7 @@ def test_a_tenant_index_lost_while_reconcile_runs_is_not_marked_complete(
     lc = reaper.lc
     lc.activate(lc.reserve('api-1', 'acme'), 'a1')
     lc.activate(lc.reserve('api-1', 'acme'), 'a2')
-    from lifecycle.reconcile import Reconciler
+    from lifecycle.reaper.reconcile import Reconciler
 
     run = Reconciler.run
 

@@ -36,10 +36,10 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
-from lifecycle.claims import Claim, Step
 from lifecycle.errors import PoolRecovering, SessionDamaged
 from lifecycle.models import ReapReason
-from lifecycle.sweeps import SweepKind
+from lifecycle.pool.claims import Claim, Step
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import REDIS_URL
 from tests.integration.reaper import Reaper, build_reaper
 

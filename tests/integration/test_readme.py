@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lifecycle import Lifecycle
-from lifecycle.embedded import owned_env as environment
+from lifecycle.ops.embedded import owned_env as environment
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import Spawn, worker_args
 

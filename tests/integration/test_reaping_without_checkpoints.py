@@ -11,10 +11,10 @@ from collections.abc import Callable
 import pytest
 
 from lifecycle import AsyncLifecycle, Lifecycle, SessionState
-from lifecycle.claims import ClaimIndex
-from lifecycle.eviction import Outcome
 from lifecycle.models import Notice, NoticeKind
-from lifecycle.sweeps import SweepKind
+from lifecycle.pool.claims import ClaimIndex
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper

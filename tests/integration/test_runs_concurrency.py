@@ -9,7 +9,7 @@ from typing import Any
 
 from lifecycle import Lifecycle
 from lifecycle.errors import RunStateError
-from lifecycle.runs import RunStatus
+from lifecycle.jobs.runs import RunStatus
 from tests.conftest import SettingsFactory
 
 RUNS = [f'run-{i}' for i in range(12)]

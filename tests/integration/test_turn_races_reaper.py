@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from lifecycle import Lifecycle, SessionNotLive, SessionReaping, SessionState
-from lifecycle.eviction import EvictionResult, Evictor, Outcome
 from lifecycle.models import ReapReason
+from lifecycle.reaper.eviction import EvictionResult, Evictor, Outcome
 from tests.conftest import SettingsFactory
 
 TRIALS = 60

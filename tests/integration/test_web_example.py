@@ -15,9 +15,9 @@ import uvicorn
 
 from examples.agent_service import SANDBOX_RESET_NOTE, create_app
 from lifecycle import FixedClock, Settings
-from lifecycle.embedded import free_port
-from lifecycle.eviction import Outcome
-from lifecycle.sweeps import SweepKind
+from lifecycle.ops.embedded import free_port
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.sweeps import SweepKind
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper

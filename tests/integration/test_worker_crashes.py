@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from lifecycle import Lifecycle, SessionState, Settings
-from lifecycle.eviction import Evictor, Outcome
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
+from lifecycle.reaper.eviction import Evictor, Outcome
+from lifecycle.reaper.sweeps import Sweeper, SweepKind
 from lifecycle.sandboxes import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
-from lifecycle.sweeps import Sweeper, SweepKind
 from tests.conftest import SettingsFactory, group_alive
 from tests.integration import procs
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from lifecycle import ConfigurationError, InvalidArgument, Lifecycle, SessionReaping
-from lifecycle import worktrees as worktrees_module
-from lifecycle.worktrees import Verdict, WorktreeCleaner
+from lifecycle.jobs import worktrees as worktrees_module
+from lifecycle.jobs.worktrees import Verdict, WorktreeCleaner
 from tests.conftest import SettingsFactory
 
 LONG_AGO = time.time() - 2 * 3600

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lifecycle import FixedClock, Lifecycle, SessionReaping
-from lifecycle.claims import Claim, ClaimIndex, Step
 from lifecycle.errors import SessionDamaged
 from lifecycle.models import ReapReason
+from lifecycle.pool.claims import Claim, ClaimIndex, Step
 
 FAR_FUTURE = 2**50
 
@@ -142,9 +142,9 @@ def test_a_lapsed_turn_cannot_sneak_back_under_a_claim(
 
 
 def test_reconcile_moves_records_of_the_first_layout_into_their_buckets(lc: Lifecycle) -> None:
-    from lifecycle.eviction import Evictor
+    from lifecycle.reaper.eviction import Evictor
+    from lifecycle.reaper.sweeps import Sweeper, SweepKind
     from lifecycle.sandboxes import NoopDriver
-    from lifecycle.sweeps import Sweeper, SweepKind
 
     k = lc.index.keys
     for i in range(5):

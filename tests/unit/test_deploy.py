@@ -16,7 +16,7 @@ import yaml
 from celery.bin.base import CLIContext
 from celery.bin.celery import celery as celery_command
 
-from lifecycle.cli import build_parser
+from lifecycle.ops.cli import build_parser
 from lifecycle.settings import Settings
 from workers import app as celery_app
 

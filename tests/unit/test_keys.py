@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lifecycle.keys import META_BUCKETS, Keys
+from lifecycle.pool.keys import META_BUCKETS, Keys
 from lifecycle.validate import MAX_ID_LENGTH
 
 # Every id the validator accepts (see lifecycle.validate), weighted towards the separators.

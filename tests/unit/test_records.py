@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from lifecycle import FixedClock, Lifecycle, Settings
-from lifecycle.records import read_records, scan_records
+from lifecycle.pool.records import read_records, scan_records
 
 
 def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | None = None) -> None:

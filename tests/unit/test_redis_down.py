@@ -8,7 +8,7 @@ import re
 import pytest
 
 from lifecycle import AsyncLifecycle, BackendUnavailable, Lifecycle, LifecycleError, Settings
-from lifecycle.embedded import free_port
+from lifecycle.ops.embedded import free_port
 
 
 @pytest.fixture

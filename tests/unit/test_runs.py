@@ -7,7 +7,7 @@ import redis
 
 from lifecycle import FixedClock, Lifecycle
 from lifecycle.errors import InvalidArgument, RunStateError
-from lifecycle.runs import RunStatus
+from lifecycle.jobs.runs import RunStatus
 from tests.conftest import SettingsFactory
 
 

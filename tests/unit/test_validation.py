@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from lifecycle import InvalidArgument, InvalidTTL
-from lifecycle.state import check_ttl
+from lifecycle.pool.sessions import check_ttl
 from lifecycle.validate import identifier
 
 

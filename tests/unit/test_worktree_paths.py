@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle import ConfigurationError, InvalidArgument
-from lifecycle.worktrees import registration
+from lifecycle.jobs.worktrees import registration
 
 
 @pytest.fixture

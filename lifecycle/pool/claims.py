@@ -8,10 +8,10 @@ from enum import IntEnum
 from typing import Any
 
 from lifecycle.errors import SessionDamaged
-from lifecycle.keys import Keys
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.pool.keys import Keys
+from lifecycle.pool.sessions import Arg, Call, Meta, _int
 from lifecycle.settings import Settings
-from lifecycle.state import Arg, Call, Meta, _int
 
 REASONS = {reason.value for reason in ReapReason}
 

@@ -26,12 +26,12 @@ from rich.table import Table
 
 from lifecycle.client import Lifecycle
 from lifecycle.clock import FixedClock
-from lifecycle.embedded import owned_env, start_mongo, start_redis, stop_process, wait_until
-from lifecycle.eviction import Evictor
-from lifecycle.keys import Keys
+from lifecycle.ops.embedded import owned_env, start_mongo, start_redis, stop_process, wait_until
+from lifecycle.pool.keys import Keys
+from lifecycle.reaper.eviction import Evictor
+from lifecycle.reaper.sweeps import Sweeper, SweepKind
 from lifecycle.settings import Settings
 from lifecycle.stores.mongo import MongoSnapshotStore
-from lifecycle.sweeps import Sweeper, SweepKind
 
 console = Console(stderr=True)
 SPAWN = multiprocessing.get_context('spawn')

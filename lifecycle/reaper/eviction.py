@@ -17,12 +17,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from lifecycle import policy
-from lifecycle.claims import Claim, ClaimIndex, Step
 from lifecycle.errors import LifecycleError, PersistenceError
 from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
 from lifecycle.policy import Order
+from lifecycle.pool.claims import Claim, ClaimIndex, Step
+from lifecycle.pool.sessions import Call
 from lifecycle.sandboxes import SandboxDriver, SandboxError
-from lifecycle.state import Call
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 
 if TYPE_CHECKING:

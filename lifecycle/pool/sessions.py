@@ -23,8 +23,8 @@ from lifecycle.errors import (
     SessionNotLive,
     SessionReaping,
 )
-from lifecycle.keys import Keys
 from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, SessionInfo, SessionState
+from lifecycle.pool.keys import Keys
 from lifecycle.settings import Settings
 
 T = TypeVar('T')

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from lifecycle import validate
 from lifecycle.errors import InvalidArgument, RunStateError
-from lifecycle.keys import Keys
+from lifecycle.pool.keys import Keys
+from lifecycle.pool.sessions import Call, _int
 from lifecycle.settings import Settings
-from lifecycle.state import Call, _int
 
 if TYPE_CHECKING:
     from lifecycle.aio import AsyncLifecycle

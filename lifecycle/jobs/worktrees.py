@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lifecycle import validate
 from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgument
-from lifecycle.state import Call, _int
+from lifecycle.pool.sessions import Call, _int
 
 if TYPE_CHECKING:
     from lifecycle.client import Lifecycle

@@ -7,7 +7,7 @@ import sys
 
 def main() -> int:
     try:
-        from lifecycle.cli import main as run
+        from lifecycle.ops.cli import main as run
     except ImportError as missing:
         print(f"lifecycle: the command needs the 'cli' extra: pip install 'lifecycle[cli]' ({missing})",
               file=sys.stderr)  # fmt: skip

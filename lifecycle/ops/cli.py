@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from lifecycle import checks, policy
+from lifecycle import policy
 from lifecycle.client import Lifecycle
 from lifecycle.errors import (
     BackendUnavailable,
@@ -32,14 +32,15 @@ from lifecycle.errors import (
     PersistenceError,
     SessionDamaged,
 )
-from lifecycle.eviction import EvictionResult, Evictor
 from lifecycle.logs import use_json
 from lifecycle.models import SessionInfo, SessionState, to_datetime
+from lifecycle.ops import checks
 from lifecycle.policy import Order
-from lifecycle.records import read_records
+from lifecycle.pool.records import read_records
+from lifecycle.pool.sessions import Meta
+from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.reaper.sweeps import Sweeper, SweepKind, SweepReport
 from lifecycle.settings import Settings, describe_error
-from lifecycle.state import Meta
-from lifecycle.sweeps import Sweeper, SweepKind, SweepReport
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 3, 4
 console = Console()
@@ -322,7 +323,7 @@ def public_settings(settings: Settings) -> dict[str, Any]:
 def cmd_exporter(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
-    from lifecycle.metrics import registry_for
+    from lifecycle.ops.metrics import registry_for
 
     lc = client()
     server, thread = start_http_server(args.port, addr=args.addr, registry=registry_for(lc))
@@ -339,13 +340,13 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lifecycle.demo import run_demo
+    from lifecycle.ops.demo import run_demo
 
     return EXIT_OK if run_demo(duration_s=args.duration, replicas=args.replicas) else EXIT_PROBLEMS
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lifecycle.bench import run_bench
+    from lifecycle.ops.bench import run_bench
 
     figures = run_bench(quick=args.quick, processes=args.processes, as_json=args.json)
     return EXIT_OK if all(f.ok is not False for f in figures) else EXIT_PROBLEMS

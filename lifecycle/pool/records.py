@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from lifecycle.keys import META_BUCKETS, Keys
+from lifecycle.pool.keys import META_BUCKETS, Keys
 
 SCAN_BUCKETS = 256  # buckets read per round trip by scan_records: ~15,000 records at 1,000,000 sessions
 

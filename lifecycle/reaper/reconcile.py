@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lifecycle import validate
-from lifecycle.claims import ClaimIndex, Drift
 from lifecycle.errors import PersistenceError, ScriptFailed, SessionDamaged
-from lifecycle.keys import META_BUCKETS
-from lifecycle.records import SCAN_BUCKETS, read_records
-from lifecycle.state import UNKNOWN_TENANT, Meta
+from lifecycle.pool.claims import ClaimIndex, Drift
+from lifecycle.pool.keys import META_BUCKETS
+from lifecycle.pool.records import SCAN_BUCKETS, read_records
+from lifecycle.pool.sessions import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
 
 if TYPE_CHECKING:

@@ -28,10 +28,10 @@ from rich.live import Live
 from rich.table import Table
 
 from lifecycle.client import Lifecycle
-from lifecycle.embedded import owned_env, start_mongo, start_redis, stop_child, stop_process
 from lifecycle.errors import CapacityExceeded, LifecycleError
 from lifecycle.models import NoticeKind, SessionState
-from lifecycle.records import read_records
+from lifecycle.ops.embedded import owned_env, start_mongo, start_redis, stop_child, stop_process
+from lifecycle.pool.records import read_records
 from lifecycle.settings import Settings
 from lifecycle.stores.mongo import MongoSnapshotStore
 

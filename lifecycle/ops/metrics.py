@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from lifecycle.errors import BackendUnavailable
-from lifecycle.sweeps import DURATION_BUCKETS_S
+from lifecycle.reaper.sweeps import DURATION_BUCKETS_S
 
 if TYPE_CHECKING:
     from lifecycle.client import Lifecycle

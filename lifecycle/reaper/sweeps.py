@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from lifecycle import policy, validate
-from lifecycle.claims import ClaimIndex, Drift
 from lifecycle.client import Lifecycle
 from lifecycle.errors import LifecycleError, SessionDamaged
-from lifecycle.eviction import EvictionResult, Evictor
-from lifecycle.lock import SweepLock, sweep_lock
+from lifecycle.jobs.runs import BACKSTOP_MARGIN_S
+from lifecycle.jobs.worktrees import WorktreeCleaner, WorktreeReport
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.policy import Candidate, Order
-from lifecycle.reconcile import Reconciler
-from lifecycle.records import queue_records, read_records, scan_records
-from lifecycle.runs import BACKSTOP_MARGIN_S
-from lifecycle.state import Meta
-from lifecycle.worktrees import WorktreeCleaner, WorktreeReport
+from lifecycle.pool.claims import ClaimIndex, Drift
+from lifecycle.pool.lock import SweepLock, sweep_lock
+from lifecycle.pool.records import queue_records, read_records, scan_records
+from lifecycle.pool.sessions import Meta
+from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.reaper.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]

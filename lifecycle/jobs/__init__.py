@@ -1,0 +1,1 @@
+"""Maintenance jobs beside the pool: finished-run retention and orphan-worktree cleanup."""
