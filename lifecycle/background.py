@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 class Repeater:
     """Call `beat` every `interval_s` on a daemon thread until `stop()`; a failing beat is logged, not fatal."""
 
-    def __init__(self, name: str, interval_s: float, beat: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval_s: float, beat: Callable[[], None], retry_s: float | None = None) -> None:
         self._interval_s = interval_s
+        self._retry_s = interval_s if retry_s is None else retry_s
         self._beat = beat
         self._stopped = threading.Event()
         # Daemon: a forgotten heartbeat must never keep the process alive.
@@ -30,19 +31,25 @@ class Repeater:
             self._thread.join()
 
     def _loop(self) -> None:
-        while not self._stopped.wait(self._interval_s):
+        wait_s = self._interval_s
+        while not self._stopped.wait(wait_s):
             try:
                 self._beat()
+                wait_s = self._interval_s
             except Exception:
-                log.warning('%s: beat failed; retrying in %.1f s', self._thread.name, self._interval_s, exc_info=True)
+                log.warning('%s: beat failed; retrying in %.1f s', self._thread.name, self._retry_s, exc_info=True)
+                wait_s = self._retry_s
 
 
 class AsyncRepeater:
     """Await `beat()` every `interval_s` in an asyncio task until `stop()`."""
 
-    def __init__(self, name: str, interval_s: float, beat: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, name: str, interval_s: float, beat: Callable[[], Awaitable[None]], retry_s: float | None = None
+    ) -> None:
         self._name = name
         self._interval_s = interval_s
+        self._retry_s = interval_s if retry_s is None else retry_s
         self._beat = beat
         self._task: asyncio.Task[None] | None = None
 
@@ -58,9 +65,12 @@ class AsyncRepeater:
             await asyncio.wait([self._task])
 
     async def _loop(self) -> None:
+        wait_s = self._interval_s
         while True:
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(wait_s)
             try:
                 await self._beat()
+                wait_s = self._interval_s
             except Exception:
-                log.warning('%s: beat failed; retrying in %.1f s', self._name, self._interval_s, exc_info=True)
+                log.warning('%s: beat failed; retrying in %.1f s', self._name, self._retry_s, exc_info=True)
+                wait_s = self._retry_s

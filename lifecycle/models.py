@@ -96,6 +96,19 @@ class ReapReason(StrEnum):
     EXPIRED = 'expired'
 
 
+class SweepKind(StrEnum):
+    """The sweeps beat schedules (one Celery task each); the value names its lock, counters and metrics."""
+
+    IDLE = 'idle'
+    LRU = 'lru'
+    EXPIRED = 'expired'
+    OWNER_LOST = 'owner-lost'
+    WARNINGS = 'warnings'
+    RECONCILE = 'reconcile'
+    RUNS = 'runs'
+    WORKTREES = 'worktrees'  # per host: every host with a worktree root sweeps its own
+
+
 class NoticeKind(StrEnum):
     """What a notice in an owner's inbox tells it."""
 

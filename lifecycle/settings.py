@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifecycle.models import Limits
+from lifecycle.models import Limits, SweepKind
 
 ENV_PREFIX = 'LIFECYCLE_'
 TEST_PREFIX = 'LIFECYCLE_TEST_'  # the test suite's own variables (LIFECYCLE_TEST_REDIS_URL, ...), not settings
@@ -238,10 +238,19 @@ class Settings(BaseSettings):
         """How long after asking for a checkpoint an eviction goes on without it; None: never."""
         return self.checkpoint_grace_s if self.on_missing_checkpoint == 'evict' else None
 
-    def interval_s(self, sweep: str) -> int:
-        """The beat interval of one sweep kind ('idle', 'owner-lost', ...)."""
-        value: int = getattr(self, f'{sweep.replace("-", "_")}_interval_s')
-        return value
+    def interval_s(self, kind: SweepKind) -> int:
+        """The beat interval of one sweep kind."""
+        intervals = {
+            SweepKind.IDLE: self.idle_interval_s,
+            SweepKind.LRU: self.lru_interval_s,
+            SweepKind.EXPIRED: self.expired_interval_s,
+            SweepKind.OWNER_LOST: self.owner_lost_interval_s,
+            SweepKind.WARNINGS: self.warnings_interval_s,
+            SweepKind.RECONCILE: self.reconcile_interval_s,
+            SweepKind.RUNS: self.runs_interval_s,
+            SweepKind.WORKTREES: self.worktrees_interval_s,
+        }
+        return intervals[kind]
 
     def tenant_cap(self, tenant: str | None) -> int | None:
         """The cap of one tenant, or None when it is uncapped."""

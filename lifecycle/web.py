@@ -117,7 +117,7 @@ def _refusal(status: int, error: str, detail: str, retry_after_s: int | None = N
 async def _capacity(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CapacityExceeded)
     lc = lifecycle_of(request)
-    wait_s = await lc.run(lc.index.retry_after(await lc.now_ms()))
+    wait_s = await lc.pool.run(lc.index.retry_after(await lc.now_ms()))
     return _refusal(429, 'capacity', str(exc), wait_s, live=exc.live, reserved=exc.reserved, cap=exc.cap,
                     tenant=exc.tenant)  # fmt: skip
 

@@ -26,8 +26,8 @@ class Runtime:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lc = Lifecycle(settings_of(current_app))
-        self.evictor = Evictor(self.lc, self.lc.store, self.lc.driver)
-        self.sweeper = Sweeper(self.lc, self.evictor, dispatch_evictions)
+        self.evictor = Evictor(self.lc.pool, self.lc.store, self.lc.driver)
+        self.sweeper = Sweeper(self.lc.pool, self.evictor, dispatch_evictions)
 
 
 _runtime: Runtime | None = None

@@ -11,17 +11,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lifecycle import validate
 from lifecycle.errors import InvalidArgument, RunStateError
+from lifecycle.pool import calls
+from lifecycle.pool.calls import NOW, Call, Steps, as_int
+from lifecycle.pool.executor import AsyncExecutor, Executor
 from lifecycle.pool.keys import Keys
-from lifecycle.pool.sessions import Call, _int
 from lifecycle.settings import Settings
-
-if TYPE_CHECKING:
-    from lifecycle.aio import AsyncLifecycle
-    from lifecycle.client import Lifecycle
 
 BACKSTOP_MARGIN_S = 60  # the keys' own expiry trails the retention window, so pruning normally wins
 MAX_REPLAY = 100_000  # frames one replay call returns at most
@@ -75,7 +73,7 @@ class RunIndex:
         session_id = validate.optional_identifier('session_id', session_id)
 
         def parse(reply: Any) -> None:
-            if _int(reply) != 1:
+            if as_int(reply) != 1:
                 raise RunStateError(f'run {run_id!r} is already running')
 
         return Call(
@@ -106,7 +104,7 @@ class RunIndex:
         s = self.settings
         backstop_ms = (s.run_retention_s + BACKSTOP_MARGIN_S) * 1000
         return Call(
-            lambda reply: (_int(reply[0]), [str(r) for r in reply[1:]]),
+            lambda reply: (as_int(reply[0]), [str(r) for r in reply[1:]]),
             'finish_run',
             (*self._run_keys(run_id), self.keys.runs_terminal),
             (run_id, status.value, now_ms, s.run_retention_s * 1000, s.max_finished_runs, backstop_ms),
@@ -123,7 +121,7 @@ class RunIndex:
 
     def drop(self, run_ids: Sequence[str]) -> Call[int]:
         keys = [key for run_id in run_ids for key in self._run_keys(run_id)]
-        return Call(_int, 'drop_runs', keys, ())
+        return Call(as_int, 'drop_runs', keys, ())
 
     def replay(self, run_id: str, after: str, count: int) -> Call[list[Frame]]:
         _, events = self._run_keys(run_id)
@@ -143,83 +141,91 @@ class RunIndex:
                 return None
             finished = fields.get('finished_ms')
             return RunInfo(run_id, RunStatus(fields['status']), fields.get('session_id') or None,
-                           _int(fields['started_ms']), _int(finished) if finished else None)  # fmt: skip
+                           as_int(fields['started_ms']), as_int(finished) if finished else None)  # fmt: skip
 
         return Call(parse, command=('HGETALL', run))
+
+    # -- operations of several round trips, as steps (see `pool.calls`) ------------------------------
+
+    def starting(self, run_id: str, session_id: str | None) -> Steps[None]:
+        yield self.start(run_id, session_id, (yield NOW))
+
+    def finishing(self, run_id: str, status: RunStatus | str) -> Steps[bool]:
+        first, dropped = yield self.finish(run_id, terminal_status(status), (yield NOW))
+        if dropped:
+            yield self.drop(dropped)
+        return bool(first == 1)
+
+    def pruning(self) -> Steps[list[str]]:
+        dropped: list[str] = yield self.prune((yield NOW))
+        if dropped:
+            yield self.drop(dropped)
+        return dropped
+
+    def prunable(self) -> Steps[list[str]]:
+        """The finished runs a prune would drop now (read only: for dry runs)."""
+        s, terminal = self.settings, self.keys.runs_terminal
+        expired: list[str] = yield calls.members_by_score(terminal, '-inf', (yield NOW) - s.run_retention_s * 1000)
+        over = (yield calls.cardinality(terminal)) - len(expired) - s.max_finished_runs
+        return expired + ((yield calls.by_rank(terminal, len(expired), len(expired) + over - 1)) if over > 0 else [])
 
 
 class Runs:
     """The runs of the pool, for the web tier: `lc.runs.start(...)`, `append`, `finish`, `replay`."""
 
-    def __init__(self, lc: Lifecycle) -> None:
-        self.lc = lc
-        self.index = RunIndex(lc.settings, lc.index.keys)
+    def __init__(self, pool: Executor) -> None:
+        self.pool = pool
+        self.index = RunIndex(pool.settings, pool.keys)
 
     def start(self, run_id: str, session_id: str | None = None) -> None:
         """Begin a run; a run whose old one finished or was dropped can start again. RunStateError if running."""
-        self.lc.run(self.index.start(run_id, session_id, self.lc.now_ms()))
+        self.pool.do(self.index.starting(run_id, session_id))
 
     def append(self, run_id: str, frame: Any) -> str:
         """Buffer one JSON frame; returns its stream id. RunStateError once the run finished or was dropped."""
-        return self.lc.run(self.index.append(run_id, frame))
+        return self.pool.run(self.index.append(run_id, frame))
 
     def finish(self, run_id: str, status: RunStatus | str) -> bool:
         """End the run; True on its first terminal transition (the finish time is stamped only then)."""
-        first, dropped = self.lc.run(self.index.finish(run_id, terminal_status(status), self.lc.now_ms()))
-        self._drop(dropped)
-        return first == 1
+        return self.pool.do(self.index.finishing(run_id, status))
 
     def replay(self, run_id: str, after: str = '-', count: int = 10_000) -> list[Frame]:
         """The buffered frames after stream id `after` (all of them by default), oldest first."""
-        return self.lc.run(self.index.replay(run_id, after, count))
+        return self.pool.run(self.index.replay(run_id, after, count))
 
     def info(self, run_id: str) -> RunInfo | None:
-        return self.lc.run(self.index.info(run_id))
+        return self.pool.run(self.index.info(run_id))
 
     def prune(self) -> list[str]:
         """Drop finished runs past retention or beyond the cap now; returns their ids."""
-        dropped = self.lc.run(self.index.prune(self.lc.now_ms()))
-        self._drop(dropped)
-        return dropped
+        return self.pool.do(self.index.pruning())
 
     def prunable(self) -> list[str]:
         """The finished runs a prune would drop now (read only: for dry runs)."""
-        s, terminal = self.lc.settings, self.index.keys.runs_terminal
-        expired = [
-            str(r) for r in self.lc.redis.zrangebyscore(terminal, '-inf', self.lc.now_ms() - s.run_retention_s * 1000)
-        ]
-        over = self.lc.redis.zcard(terminal) - len(expired) - s.max_finished_runs
-        extra = (
-            [str(r) for r in self.lc.redis.zrange(terminal, len(expired), len(expired) + over - 1)] if over > 0 else []
-        )
-        return expired + extra
-
-    def _drop(self, run_ids: list[str]) -> None:
-        if run_ids:
-            self.lc.run(self.index.drop(run_ids))
+        return self.pool.do(self.index.prunable())
 
 
 class AsyncRuns:
-    """`Runs` for asyncio: the same calls, awaited."""
+    """`Runs` for asyncio: the same steps, awaited."""
 
-    def __init__(self, lc: AsyncLifecycle) -> None:
-        self.lc = lc
-        self.index = RunIndex(lc.settings, lc.index.keys)
+    def __init__(self, pool: AsyncExecutor) -> None:
+        self.pool = pool
+        self.index = RunIndex(pool.settings, pool.keys)
 
     async def start(self, run_id: str, session_id: str | None = None) -> None:
-        await self.lc.run(self.index.start(run_id, session_id, await self.lc.now_ms()))
+        await self.pool.do(self.index.starting(run_id, session_id))
 
     async def append(self, run_id: str, frame: Any) -> str:
-        return await self.lc.run(self.index.append(run_id, frame))
+        return await self.pool.run(self.index.append(run_id, frame))
 
     async def finish(self, run_id: str, status: RunStatus | str) -> bool:
-        first, dropped = await self.lc.run(self.index.finish(run_id, terminal_status(status), await self.lc.now_ms()))
-        if dropped:
-            await self.lc.run(self.index.drop(dropped))
-        return first == 1
+        return await self.pool.do(self.index.finishing(run_id, status))
 
     async def replay(self, run_id: str, after: str = '-', count: int = 10_000) -> list[Frame]:
-        return await self.lc.run(self.index.replay(run_id, after, count))
+        return await self.pool.run(self.index.replay(run_id, after, count))
 
     async def info(self, run_id: str) -> RunInfo | None:
-        return await self.lc.run(self.index.info(run_id))
+        return await self.pool.run(self.index.info(run_id))
+
+    async def prune(self) -> list[str]:
+        return await self.pool.do(self.index.pruning())

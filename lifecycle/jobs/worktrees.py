@@ -27,17 +27,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any
 
 from lifecycle import validate
 from lifecycle.errors import BackendUnavailable, ConfigurationError, InvalidArgument
-from lifecycle.pool.sessions import Call, _int
-
-if TYPE_CHECKING:
-    from lifecycle.client import Lifecycle
+from lifecycle.pool import calls
+from lifecycle.pool.calls import Call, as_int
+from lifecycle.pool.executor import Executor
 
 log = logging.getLogger(__name__)
 TRASH = '.trash'
@@ -261,23 +257,23 @@ def restore_command(main: Path, trashed: Path, path: Path, note: Path) -> str:
 
 
 class WorktreeCleaner:
-    """Sweeps one host's worktree root; `lc` gives the registrations, liveness and the claims.
+    """Sweeps one host's worktree root; `pool` gives the registrations, liveness and the claims.
 
     ConfigurationError, before anything is touched, for a root it must never sweep (see `checked_root`).
     """
 
-    def __init__(self, lc: Lifecycle, root: str | os.PathLike[str]) -> None:
-        self.lc = lc
-        self.keys = lc.index.keys
+    def __init__(self, pool: Executor, root: str | os.PathLike[str]) -> None:
+        self.pool = pool
+        self.keys = pool.keys
         self.root = checked_root(root)
-        self.grace_s = lc.settings.worktree_grace_s
-        self.trash_retention_s = lc.settings.trash_retention_s
+        self.grace_s = pool.settings.worktree_grace_s
+        self.trash_retention_s = pool.settings.trash_retention_s
 
     def sweep(self, *, dry_run: bool = False) -> WorktreeReport:
         checked_root(self.root)  # again: the root may have changed (a `git init` in it, say) since construction
         report = WorktreeReport()
-        entries = self.lc.redis.hgetall(self.keys.worktrees).items()
-        registered = {Path(str(path)): str(session) for path, session in entries}
+        entries = self.pool.run(calls.hash_all(self.keys.worktrees)).items()
+        registered = {Path(path): session for path, session in entries}
         for path, session_id in self._candidates(registered):
             action = self._judge_safely(path, session_id, dry_run)
             report.actions.append(action)
@@ -307,7 +303,7 @@ class WorktreeCleaner:
         """`_judge`, with an error turned into a FAILED action: one bad worktree never ends the sweep."""
         try:
             return self._judge(path, session_id, dry_run)
-        except (BackendUnavailable, RedisConnectionError, RedisTimeoutError):
+        except BackendUnavailable:
             raise  # Redis gone is no bad record: every other worktree would fail the same way
         except Exception as exc:
             log.warning('worktree %r (session %s) failed', str(path), session_id, exc_info=True)
@@ -317,7 +313,7 @@ class WorktreeCleaner:
         screened = self._screen(path, session_id, dry_run)
         if screened is not None:
             return screened
-        if session_id is not None and self.lc.redis.zscore(self.keys.live, session_id) is not None:
+        if session_id is not None and self.pool.run(calls.score(self.keys.live, session_id)) is not None:
             return Action(str(path), session_id, Verdict.KEPT_LIVE)
         if time.time() - self._last_change(path) < self.grace_s:
             return Action(str(path), session_id, Verdict.KEPT_YOUNG)
@@ -337,7 +333,7 @@ class WorktreeCleaner:
             return self._act(path, session_id, main, blockers)
         finally:
             if session_id is not None:
-                self.lc.redis.zrem(self.keys.cleaning, session_id)
+                self.pool.run(calls.remove(self.keys.cleaning, [session_id]))
 
     def _screen(self, path: Path, session_id: str | None, dry_run: bool) -> Action | None:
         """The action for a path the cleaner must not judge any further (unsafe, gone, not a worktree), else None."""
@@ -345,7 +341,7 @@ class WorktreeCleaner:
             return Action(str(path), session_id, Verdict.SKIPPED_UNSAFE, ('symlink or outside the root',))
         if not path.exists():
             if not dry_run:
-                self.lc.redis.hdel(self.keys.worktrees, str(path))
+                self.pool.run(calls.hash_delete(self.keys.worktrees, [str(path)]))
             return Action(str(path), session_id, Verdict.GONE)
         if not path.is_dir():
             return Action(str(path), session_id, Verdict.SKIPPED_UNSAFE, ('not a directory',))
@@ -356,27 +352,27 @@ class WorktreeCleaner:
 
     def _claim(self, session_id: str) -> int:
         """Re-check liveness atomically and hold off activation while the cleaner acts; CLAIMED or why not."""
-        now = self.lc.now_ms()
+        now = self.pool.now_ms()
         call = Call(
-            _int,
+            as_int,
             'claim_cleaning',
             (self.keys.live, self.keys.cleaning),
             (session_id, now, now + CLAIM_LEASE_S * 1000),
         )
-        return self.lc.run(call)
+        return self.pool.run(call)
 
     def _act(self, path: Path, session_id: str | None, main: Path, blockers: tuple[str, ...]) -> Action:
         if not blockers:
             removed = git('worktree', 'remove', str(path), cwd=main)
             if removed.returncode == 0:
                 git('worktree', 'prune', cwd=main)
-                self.lc.redis.hdel(self.keys.worktrees, str(path))
+                self.pool.run(calls.hash_delete(self.keys.worktrees, [str(path)]))
                 return Action(str(path), session_id, Verdict.REMOVED)
             blockers = (f'git worktree remove failed: {removed.stderr.strip()}',)
         failure = self._move_to_trash(path, session_id, main, blockers)
         if failure is not None:
             return Action(str(path), session_id, Verdict.FAILED, (failure, *blockers))
-        self.lc.redis.hdel(self.keys.worktrees, str(path))
+        self.pool.run(calls.hash_delete(self.keys.worktrees, [str(path)]))
         return Action(str(path), session_id, Verdict.TRASHED, blockers)
 
     def _move_to_trash(self, path: Path, session_id: str | None, main: Path, reasons: tuple[str, ...]) -> str | None:

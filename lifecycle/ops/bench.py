@@ -170,7 +170,7 @@ def rss_while_sweeping(config: dict[str, Any], results: Any) -> None:
     """In a child: RSS before, at peak and after an idle sweep (dry) over the whole, all-due pool."""
     settings = Settings(**config)
     lc = Lifecycle(settings)
-    sweeper = Sweeper(lc, Evictor(lc, lc.store, lc.driver), lambda orders: None)
+    sweeper = Sweeper(lc.pool, Evictor(lc.pool, lc.store, lc.driver), lambda orders: None)
     peak, stop = [rss_kb()], threading.Event()
 
     def sample() -> None:
@@ -321,10 +321,10 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         stack.callback(small_lc.disconnect)
         stack.callback(large_lc.disconnect)
         small_ms = sweep_ms(
-            Sweeper(small_lc, Evictor(small_lc, small_lc.store, small_lc.driver), lambda o: None), 1_000
+            Sweeper(small_lc.pool, Evictor(small_lc.pool, small_lc.store, small_lc.driver), lambda o: None), 1_000
         )
         large_ms = sweep_ms(
-            Sweeper(large_lc, Evictor(large_lc, large_lc.store, large_lc.driver), lambda o: None), 1_000
+            Sweeper(large_lc.pool, Evictor(large_lc.pool, large_lc.store, large_lc.driver), lambda o: None), 1_000
         )
         add(Figure(f'sweep selection, pool {sizes.pool:,} vs 10,000', large_ms, small_ms, 'ms',
                    '<= 1.3 x (grows with due, not pool)', large_ms <= 1.3 * small_ms))  # fmt: skip

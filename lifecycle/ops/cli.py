@@ -78,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             k.live, 0, args.top - 1, withscores=True
         )
         ids = [str(member) for member, _ in idlest]
-        records = read_records(lc.redis, k, ids)
+        records = read_records(lc.pool, ids)
         deadlines = lc.redis.zmscore(k.deadline, ids) if ids else []
         busy = lc.redis.zmscore(k.busy, ids) if ids else []
         sessions = []
@@ -196,12 +196,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     kind = SweepKind(args.kind)
     results: list[EvictionResult] = []
     with client() as lc:
-        evictor = Evictor(lc, lc.store, lc.driver)
+        evictor = Evictor(lc.pool, lc.store, lc.driver)
 
         def evict_inline(orders: Sequence[Order]) -> None:
             results.extend(evictor.evict_many(orders))
 
-        report = Sweeper(lc, evictor, evict_inline).run(kind, dry_run=args.dry_run, dedupe=False)
+        report = Sweeper(lc.pool, evictor, evict_inline).run(kind, dry_run=args.dry_run, dedupe=False)
         now = lc.now_ms()
     data = sweep_data(report, results, now, args.dry_run)
 

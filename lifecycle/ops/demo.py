@@ -234,7 +234,7 @@ def owned_live(lc: Lifecycle, owner: str | None) -> int:
     if owner is None:
         return 0
     live = [str(session_id) for session_id in lc.redis.zrange(lc.index.keys.live, 0, -1)]
-    records = read_records(lc.redis, lc.index.keys, live)
+    records = read_records(lc.pool, live)
     return sum(1 for record in records if record is not None and record.startswith(f'{owner}|'))
 
 

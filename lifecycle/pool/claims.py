@@ -9,8 +9,9 @@ from typing import Any
 
 from lifecycle.errors import SessionDamaged
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.pool.calls import Arg, Call, as_int
 from lifecycle.pool.keys import Keys
-from lifecycle.pool.sessions import Arg, Call, Meta, _int
+from lifecycle.pool.sessions import Meta
 from lifecycle.settings import Settings
 
 REASONS = {reason.value for reason in ReapReason}
@@ -25,7 +26,7 @@ class Step(IntEnum):
 
     @classmethod
     def of(cls, reply: Any) -> Step:
-        return cls(_int(reply))
+        return cls(as_int(reply))
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,11 @@ class ClaimIndex:
         lease_ms = now_ms + self.settings.claim_lease_s * 1000
 
         def parse(reply: list[Any]) -> Claim | str:
-            if _int(reply[0]) != 1:
+            if as_int(reply[0]) != 1:
                 return str(reply[1])
-            return Claim(session_id, _int(reply[1]), reason, Meta.unpack(reply[2]), _int(reply[3]), _int(reply[4]))
+            return Claim(
+                session_id, as_int(reply[1]), reason, Meta.unpack(reply[2]), as_int(reply[3]), as_int(reply[4])
+            )
 
         return Call(
             parse,
@@ -164,7 +167,7 @@ class ClaimIndex:
         """Give up the eviction; the session stays live. A no-op for a claim that is no longer ours."""
         k = self.keys
         return Call(
-            lambda reply: _int(reply) == 1, 'abort_claim', (k.reaping, k.claims), (claim.session_id, claim.token)
+            lambda reply: as_int(reply) == 1, 'abort_claim', (k.reaping, k.claims), (claim.session_id, claim.token)
         )
 
     def reclaim(self, session_id: str, now_ms: int) -> Call[Takeover | None]:
@@ -173,16 +176,16 @@ class ClaimIndex:
         lease_ms = now_ms + self.settings.claim_lease_s * 1000
 
         def parse(reply: list[Any]) -> Takeover | None:
-            if _int(reply[0]) != 1:
+            if as_int(reply[0]) != 1:
                 return None
             try:
                 meta = Meta.unpack(reply[4]) if reply[4] else None
             except SessionDamaged:
                 meta = None  # recovery then gives the claim up: the session stays as it is for reconcile
-            expires_at = _int(reply[5]) if reply[5] is not None else 0
+            expires_at = as_int(reply[5]) if reply[5] is not None else 0
             reason = ReapReason(reply[3]) if reply[3] in REASONS else ReapReason.IDLE
-            claim = Claim(session_id, _int(reply[2]), reason, meta, 0, expires_at)
-            return Takeover(claim, _int(reply[1]))
+            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at)
+            return Takeover(claim, as_int(reply[1]))
 
         return Call(
             parse,
@@ -196,14 +199,14 @@ class ClaimIndex:
         members: list[Arg] = []
         for session_id in session_ids:
             members += [now_ms, session_id]
-        return Call(_int, command=('ZADD', self.keys.unsaved, 'NX', *members))
+        return Call(as_int, command=('ZADD', self.keys.unsaved, 'NX', *members))
 
     def checkpoint_requests(self, session_ids: Sequence[str]) -> Call[list[int | None]]:
         """When each session's owner was first asked for a checkpoint it has not given; None: never asked."""
         if not session_ids:
             return Call(lambda reply: [], command=('PING',))
         return Call(
-            lambda reply: [None if score is None else _int(score) for score in reply],
+            lambda reply: [None if score is None else as_int(score) for score in reply],
             command=('ZMSCORE', self.keys.unsaved, *session_ids),
         )
 
@@ -222,7 +225,7 @@ class ClaimIndex:
         complete if `rebuild_marker` (put in when the paged passes started) is still in it."""
         k = self.keys
         return Call(
-            lambda reply: [_int(n) for n in reply],
+            lambda reply: [as_int(n) for n in reply],
             'reconcile_counters',
             (k.live, k.reservations, k.slots, k.tenants),
             (now_ms, rebuild_marker),
@@ -234,7 +237,7 @@ class ClaimIndex:
         max_ttl = ','.join(f'{name or ""}={self.settings.limits(name).max_ttl_s * 1000}'
                            for name in (None, *self.settings.profiles))  # fmt: skip
         return Call(
-            lambda reply: [_int(n) for n in reply],
+            lambda reply: [as_int(n) for n in reply],
             'repair_records',
             (k.live, k.deadline, k.tenants, *(k.meta_bucket(n) for n in buckets)),
             (now_ms, max_ttl),
@@ -247,15 +250,17 @@ class ClaimIndex:
         for session_id, (seq, tenant) in stand_ins.items():
             args += [session_id, seq, tenant]
         buckets = (k.meta_of(s) for s in stand_ins)
-        return Call(_int, 'rebuild_records', (k.live, k.deadline, k.tenants, *buckets), tuple(args))
+        return Call(as_int, 'rebuild_records', (k.live, k.deadline, k.tenants, *buckets), tuple(args))
 
     def drop_stray_tenants(self, members: Sequence[str]) -> Call[int]:
         """Drop the tenant index members of this page that nothing backs any more."""
         k = self.keys
         buckets = [k.meta_of(m.split('|', 1)[1]) if '|' in m else k.tenants for m in members]
-        return Call(_int, 'drop_stray_tenants', (k.live, k.reservations, k.tenants, *buckets), tuple(members))
+        return Call(as_int, 'drop_stray_tenants', (k.live, k.reservations, k.tenants, *buckets), tuple(members))
 
     def migrate_records(self, session_ids: Sequence[str]) -> Call[int]:
         """Move these sessions' records from the first layout's single hash into their buckets."""
         k = self.keys
-        return Call(_int, 'migrate_records', (k.legacy_meta, *(k.meta_of(s) for s in session_ids)), tuple(session_ids))
+        return Call(
+            as_int, 'migrate_records', (k.legacy_meta, *(k.meta_of(s) for s in session_ids)), tuple(session_ids)
+        )

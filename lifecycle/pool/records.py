@@ -10,57 +10,54 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import redis
-
+from lifecycle.errors import LifecycleError
+from lifecycle.pool import calls
+from lifecycle.pool.calls import Call
+from lifecycle.pool.executor import Executor
 from lifecycle.pool.keys import META_BUCKETS, Keys
 
 SCAN_BUCKETS = 256  # buckets read per round trip by scan_records: ~15,000 records at 1,000,000 sessions
 
 
-def queue_records(
-    pipe: redis.client.Pipeline, keys: Keys, ids: Sequence[str]
-) -> Callable[[Sequence[Any]], list[str | None]]:
-    """Queue one HMGET per bucket of `ids` on `pipe`; returns what turns those replies into records.
+def record_calls(keys: Keys, ids: Sequence[str]) -> tuple[list[Call[Any]], Callable[[Sequence[Any]], list[str | None]]]:
+    """One HMGET per bucket of `ids`, and what turns their results (from `run_each`) into records.
 
-    The returned function takes the replies of exactly the queued HMGETs, in the order they were
-    queued (execute the pipeline with raise_on_error=False), and gives each id's record in the order of
-    `ids` (None for a session no bucket holds, or whose bucket is not a hash).
+    The returned function takes the results of exactly those calls, in order, and gives each id's record
+    in the order of `ids` (None for a session no bucket holds, or whose bucket is not a hash).
     """
     positions: dict[str, list[int]] = {}
     for i, session_id in enumerate(ids):
         positions.setdefault(keys.meta_of(session_id), []).append(i)
-    for bucket, where in positions.items():
-        pipe.hmget(bucket, [ids[i] for i in where])
+    reads: list[Call[Any]] = [
+        Call(list, command=('HMGET', bucket, *[ids[i] for i in where])) for bucket, where in positions.items()
+    ]
 
-    def gather(replies: Sequence[Any]) -> list[str | None]:
+    def gather(results: Sequence[Any]) -> list[str | None]:
         records: list[str | None] = [None] * len(ids)
-        for where, values in zip(positions.values(), replies, strict=True):
-            if isinstance(values, Exception):
+        for where, values in zip(positions.values(), results, strict=True):
+            if isinstance(values, LifecycleError):
                 continue  # a bucket some hand made another type (WRONGTYPE): its records read as missing
             for i, record in zip(where, values, strict=True):
                 records[i] = record
         return records
 
-    return gather
+    return reads, gather
 
 
-def read_records(client: redis.Redis, keys: Keys, ids: Sequence[str]) -> list[str | None]:
+def read_records(pool: Executor, ids: Sequence[str]) -> list[str | None]:
     """The packed record of each of `ids`, in their order (None where absent), in one round trip."""
     if not ids:
         return []
-    pipe = client.pipeline(transaction=False)
-    gather = queue_records(pipe, keys, ids)
-    return gather(pipe.execute(raise_on_error=False))
+    reads, gather = record_calls(pool.keys, ids)
+    return gather(pool.run_each(reads))
 
 
-def scan_records(client: redis.Redis, keys: Keys, batch: int = SCAN_BUCKETS) -> Iterator[tuple[str, str]]:
+def scan_records(pool: Executor, batch: int = SCAN_BUCKETS) -> Iterator[tuple[str, str]]:
     """Every (session_id, record) of the pool, `batch` buckets per round trip; not a snapshot.
 
     Like HSCAN, a session added or removed while the scan runs may or may not be seen.
     """
     for start in range(0, META_BUCKETS, batch):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(start + batch, META_BUCKETS)):
-            pipe.hgetall(keys.meta_bucket(n))
-        for bucket in pipe.execute():
+        buckets = [calls.hash_all(pool.keys.meta_bucket(n)) for n in range(start, min(start + batch, META_BUCKETS))]
+        for bucket in pool.run_many(buckets):
             yield from bucket.items()

@@ -7,9 +7,9 @@ clients share every argument and every reply rule, and tests can inspect a call 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from lifecycle import validate
 from lifecycle.errors import (
@@ -24,26 +24,13 @@ from lifecycle.errors import (
     SessionReaping,
 )
 from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, SessionInfo, SessionState
+from lifecycle.pool.calls import Arg, Call, as_int, scored
 from lifecycle.pool.keys import Keys
 from lifecycle.settings import Settings
-
-T = TypeVar('T')
-Arg = str | int
 
 # How many expired reservations one reserve call gives back at most; the sweep purges the rest.
 PURGE_LIMIT = 64
 UNKNOWN_TENANT = '?'  # in a record: its tenant was lost with the tenant index (see _lib.lua); never a valid id
-
-
-@dataclass(slots=True)  # not frozen: built on every call, and a frozen init costs a few microseconds
-class Call(Generic[T]):
-    """One Redis round trip: `script` with `keys`/`args`, or the raw `command`; `parse` reads the reply."""
-
-    parse: Callable[[Any], T]
-    script: str | None = None
-    keys: Sequence[str] = ()
-    args: Sequence[Arg] = ()
-    command: Sequence[Arg] = ()
 
 
 @dataclass(frozen=True)
@@ -69,23 +56,12 @@ class Meta:
                    int(seq))  # fmt: skip
 
 
-def _int(value: Any) -> int:
-    return int(float(value))
-
-
-def _scored_members(reply: list[Any]) -> list[tuple[str, int]]:
-    """A WITHSCORES reply, flat (RESP2 through execute_command) or already paired (RESP3, some clients)."""
-    if reply and isinstance(reply[0], list | tuple):
-        return [(str(member), _int(score)) for member, score in reply]
-    return [(str(member), _int(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)]
-
-
 def _parse_notices(reply: Any) -> list[Notice]:
     if not reply:
         return []
     entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
     return [
-        Notice(entry_id, NoticeKind(f['kind']), f['session_id'], f.get('reason', ''), _int(f.get('at_ms', 0)))
+        Notice(entry_id, NoticeKind(f['kind']), f['session_id'], f.get('reason', ''), as_int(f.get('at_ms', 0)))
         for entry_id, f in entries
     ]
 
@@ -129,15 +105,15 @@ class SessionIndex:
         k, s = self.keys, self.settings
 
         def parse(reply: list[Any]) -> Reservation:
-            if _int(reply[0]) == 1:
-                return Reservation(token, owner, tenant, _int(reply[1]))
+            if as_int(reply[0]) == 1:
+                return Reservation(token, owner, tenant, as_int(reply[1]))
             if reply[1] == 'tenants_unknown':
                 raise PoolRecovering(
                     f'the tenant index was lost, so tenant {tenant!r} cannot be counted against its cap until the '
                     'expiry sweep rebuilds it',
                     s.expired_interval_s,
                 )
-            scope, live, reserved, cap = reply[1], _int(reply[2]), _int(reply[3]), _int(reply[4])
+            scope, live, reserved, cap = reply[1], as_int(reply[2]), as_int(reply[3]), as_int(reply[4])
             raise CapacityExceeded(live, reserved, cap, tenant if scope == 'tenant' else None)
 
         lease_ms = now_ms + s.reservation_lease_s * 1000
@@ -153,7 +129,7 @@ class SessionIndex:
         """Give a reservation's slot back; False if it was already gone (expired or released)."""
         k = self.keys
         return Call(
-            lambda reply: _int(reply) == 1,
+            lambda reply: as_int(reply) == 1,
             'release_slot',
             (k.reservations, k.slots, k.tenants, k.live),
             (reservation_member(reservation),),
@@ -183,7 +159,7 @@ class SessionIndex:
         k = self.keys
 
         def parse(reply: list[Any]) -> SessionInfo:
-            code = _int(reply[0])
+            code = as_int(reply[0])
             if code == -1:
                 raise ReservationLost(f'reservation {token} expired or was released; reserve again')
             if code == -2:
@@ -229,7 +205,7 @@ class SessionIndex:
             members += [now_ms, session_id]
         if not members:
             return Call(lambda reply: 0, command=('PING',))
-        return Call(_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+        return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
 
     def begin_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
         """Mark the session busy for one turn; returns its turn_seq before this turn."""
@@ -237,7 +213,7 @@ class SessionIndex:
         k = self.keys
 
         def parse(reply: list[Any]) -> int:
-            code = _int(reply[0])
+            code = as_int(reply[0])
             if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; retry, then restore it')
             if code == -3:
@@ -246,7 +222,7 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is not live')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; nothing was changed')
-            return _int(reply[1])
+            return as_int(reply[1])
 
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
         return Call(
@@ -260,13 +236,13 @@ class SessionIndex:
         """Extend one turn's busy lease: 1 renewed, 2 renewed after a lapse, 0 no longer live."""
         k = self.keys
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
-        return Call(_int, 'renew_turn', (k.live, k.busy, k.turns, k.reaping), (session_id, token, now_ms, lease_ms))
+        return Call(as_int, 'renew_turn', (k.live, k.busy, k.turns, k.reaping), (session_id, token, now_ms, lease_ms))
 
     def end_turn(self, session_id: str, token: str, now_ms: int) -> Call[int | None]:
         """Finish one turn; returns the new turn_seq, or None if the session left the pool meanwhile."""
         k = self.keys
         return Call(
-            lambda reply: _int(reply[1]) if _int(reply[0]) == 1 else None,
+            lambda reply: as_int(reply[1]) if as_int(reply[0]) == 1 else None,
             'end_turn',
             (k.live, k.busy, k.turns, k.meta_of(session_id)),
             (session_id, token, now_ms),
@@ -278,7 +254,7 @@ class SessionIndex:
         k = self.keys
 
         def parse(reply: list[Any]) -> SessionInfo | None:
-            code = _int(reply[0])
+            code = as_int(reply[0])
             if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
             if code == -4:
@@ -308,7 +284,7 @@ class SessionIndex:
             if record is None or expires_at is None:
                 missing = 'record' if record is None else 'deadline'
                 raise SessionDamaged(f'session {session_id!r} is live but its {missing} is missing in Redis')
-            busy = busy_lease is not None and _int(busy_lease) > now_ms
+            busy = busy_lease is not None and as_int(busy_lease) > now_ms
             return self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
 
         return Call(
@@ -320,7 +296,7 @@ class SessionIndex:
         k = self.keys
         cap = self.settings.max_sessions
         return Call(
-            lambda r: PoolStats(_int(r[0]), _int(r[1]), _int(r[2]), _int(r[3]), cap, _int(r[4])),
+            lambda r: PoolStats(as_int(r[0]), as_int(r[1]), as_int(r[2]), as_int(r[3]), cap, as_int(r[4])),
             'read_stats',
             (k.live, k.reservations, k.busy, k.reaping, k.slots),
             (now_ms,),
@@ -334,9 +310,9 @@ class SessionIndex:
 
         def parse(reply: list[Any]) -> int:
             lease, oldest = reply
-            moments = [_int(lease)] if lease else []
+            moments = [as_int(lease)] if lease else []
             if oldest:
-                moments.append(_int(oldest) + idle_ms)
+                moments.append(as_int(oldest) + idle_ms)
             wait_ms = min(moments, default=now_ms + idle_ms) - now_ms
             return max(1, -(-wait_ms // 1000))
 
@@ -344,12 +320,12 @@ class SessionIndex:
 
     def next_token(self) -> Call[int]:
         """A fresh fencing token (the epoch counter), for a client-side MongoDB write."""
-        return Call(_int, command=('INCR', self.keys.epoch))
+        return Call(as_int, command=('INCR', self.keys.epoch))
 
     def live_below(self, last_active_ms: int, limit: int) -> Call[list[tuple[str, int]]]:
         """The least recently active live sessions with activity at or before `last_active_ms`."""
         return Call(
-            _scored_members,
+            scored,
             command=('ZRANGEBYSCORE', self.keys.live, '-inf', last_active_ms, 'WITHSCORES', 'LIMIT', 0, limit),
         )
 
@@ -389,8 +365,8 @@ class SessionIndex:
             tenant=meta.tenant,
             profile=meta.profile,
             created_at_ms=meta.created_ms,
-            last_active_ms=_int(last_active),
-            expires_at_ms=_int(expires_at),
+            last_active_ms=as_int(last_active),
+            expires_at_ms=as_int(expires_at),
             busy=busy,
             turn_seq=meta.turn_seq,
         )

@@ -14,19 +14,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lifecycle import policy
 from lifecycle.errors import LifecycleError, PersistenceError
 from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
 from lifecycle.policy import Order
+from lifecycle.pool import calls
+from lifecycle.pool.calls import Call
 from lifecycle.pool.claims import Claim, ClaimIndex, Step
-from lifecycle.pool.sessions import Call
+from lifecycle.pool.executor import Executor
 from lifecycle.sandboxes import SandboxDriver, SandboxError
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
-
-if TYPE_CHECKING:
-    from lifecycle.client import Lifecycle
 
 log = logging.getLogger(__name__)
 EXPIRY_FAILURES_IN_A_ROW = 3  # then a batch's remaining expiry writes are skipped (they are best effort)
@@ -68,10 +67,10 @@ def claim_record(claim: Claim) -> SessionRecord:
 class Evictor:
     """Runs evictions for one worker process (or for `reserve(make_room=True)` in an API replica)."""
 
-    def __init__(self, lc: Lifecycle, store: SnapshotStore | None, driver: SandboxDriver) -> None:
-        self.lc = lc
-        self.settings = lc.settings
-        self.claims = ClaimIndex(lc.settings, lc.index.keys)
+    def __init__(self, pool: Executor, store: SnapshotStore | None, driver: SandboxDriver) -> None:
+        self.pool = pool
+        self.settings = pool.settings
+        self.claims = ClaimIndex(pool.settings, pool.keys)
         self.store = store
         self.driver = driver
 
@@ -96,10 +95,9 @@ class Evictor:
             elif result.detail == 'damaged':
                 counts['damage:sessions_skipped'] += 1
         if counts:
-            pipe = self.lc.redis.pipeline(transaction=False)
-            for name, count in counts.items():
-                pipe.hincrby(self.lc.index.keys.counters, name, count)
-            pipe.execute()
+            self.pool.run_each(
+                [calls.increment(self.pool.keys.counters, name, count) for name, count in counts.items()]
+            )
         return list(results)
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:
@@ -123,8 +121,8 @@ class Evictor:
                 results[i] = EvictionResult(order.session_id, order.reason, Outcome.KEPT, 'persistence is off')
             else:
                 wanted[i] = order
-        now = self.lc.now_ms()
-        replies = self.lc.run_each(
+        now = self.pool.now_ms()
+        replies = self.pool.run_each(
             [self.claims.claim(o.session_id, o.reason, now, o.bound, o.observed_ms) for o in wanted.values()]
         )
         claimed: dict[int, Claim] = {}
@@ -158,7 +156,7 @@ class Evictor:
         try:
             outcomes = self.store.mark_resumable(marks)
         except PersistenceError as exc:
-            self.lc.run_each([self.claims.abort(c) for c in claims.values()])
+            self.pool.run_each([self.claims.abort(c) for c in claims.values()])
             try:
                 self.store.revert(marks)  # the writes may have landed (a write-concern error)
             except PersistenceError:
@@ -168,7 +166,7 @@ class Evictor:
                     for i, c in claims.items()}, set()  # fmt: skip
         refused = {i: (c, outcome) for (i, c), outcome in zip(claims.items(), outcomes, strict=True)
                    if outcome is not MarkOutcome.DONE}  # fmt: skip
-        now = self.lc.now_ms()
+        now = self.pool.now_ms()
         calls: list[Call[Any]] = [self.claims.abort(c) for c, _ in refused.values()]
         unsaved = [c for c, outcome in refused.values() if outcome is MarkOutcome.NOT_CHECKPOINTED]
         calls += [self.claims.notice(c.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, c.session_id, c.reason.value, now)
@@ -176,7 +174,7 @@ class Evictor:
         if unsaved:  # when its owner was first asked: the grace of on_missing_checkpoint counts from then
             calls.append(self.claims.request_checkpoints([c.session_id for c in unsaved], now))
         if calls:
-            self.lc.run_each(calls)
+            self.pool.run_each(calls)
         # FENCED: a newer token (recovery, a restore) owns the session now; this eviction merely lost the race.
         return {i: EvictionResult(c.session_id, c.reason,
                                   Outcome.KEPT if outcome is MarkOutcome.FENCED else Outcome.ABORTED, outcome.value)
@@ -184,8 +182,8 @@ class Evictor:
 
     def _marks(self, claims: Mapping[int, Claim]) -> list[Mark]:
         """Each claim's eviction write, with whether it needs a checkpoint (see `policy.needs_checkpoint`)."""
-        required, waive_after_s, now = self.settings.require_checkpoint, self.settings.waive_after_s, self.lc.now_ms()
-        requested = self.lc.run(self.claims.checkpoint_requests([c.session_id for c in claims.values()]))
+        required, waive_after_s, now = self.settings.require_checkpoint, self.settings.waive_after_s, self.pool.now_ms()
+        requested = self.pool.run(self.claims.checkpoint_requests([c.session_id for c in claims.values()]))
         marks = []
         for claim, asked in zip(claims.values(), requested, strict=True):
             seq = claim.meta.turn_seq if claim.meta is not None else 0
@@ -229,8 +227,8 @@ class Evictor:
         results: dict[int, EvictionResult] = {}
         pending, give_up_at = dict(claims), time.monotonic() + self.settings.task_time_limit_s / 2
         while pending:
-            now = self.lc.now_ms()
-            confirmed = self.lc.run_each([self.claims.extend(c, now) for c in pending.values()])
+            now = self.pool.now_ms()
+            confirmed = self.pool.run_each([self.claims.extend(c, now) for c in pending.values()])
             window_ends = time.monotonic() + self.settings.claim_lease_s / 3
             window, later = {}, {}
             for (i, claim), step in zip(pending.items(), confirmed, strict=True):
@@ -252,8 +250,8 @@ class Evictor:
 
     def _finish(self, claims: Mapping[int, Claim]) -> dict[int, EvictionResult]:
         """Take the claimed sessions out of the pool (one pipeline), each only under its own token."""
-        now = self.lc.now_ms()
-        finished = self.lc.run_each([self.claims.finish(c, now) for c in claims.values()])
+        now = self.pool.now_ms()
+        finished = self.pool.run_each([self.claims.finish(c, now) for c in claims.values()])
         results = {}
         for (i, claim), step in zip(claims.items(), finished, strict=True):
             if step is not Step.DONE:
@@ -293,8 +291,8 @@ class Evictor:
         calls: list[Call[Any]] = [self.claims.abort(claim)]
         if sandbox_released and claim.meta is not None:
             calls.append(self.claims.notice(claim.meta.owner, NoticeKind.SANDBOX_RESET, claim.session_id,
-                                            'turn_finished', self.lc.now_ms()))  # fmt: skip
-        self.lc.run_each(calls)
+                                            'turn_finished', self.pool.now_ms()))  # fmt: skip
+        self.pool.run_each(calls)
         return EvictionResult(claim.session_id, claim.reason, outcome, 'turn_finished')
 
     def _release(self, claim: Claim) -> None:
@@ -306,7 +304,7 @@ class Evictor:
     def _defer_release(self, claim: Claim, why: str) -> None:
         """The session's state is durable; its slot must come back now. The orphan list retries the release."""
         log.warning('sandbox of %s not released, will retry: %s', claim.session_id, why)
-        self.lc.redis.zadd(self.lc.index.keys.orphans, {claim.session_id: self.lc.now_ms()})
+        self.pool.run(calls.add(self.pool.keys.orphans, [(claim.session_id, self.pool.now_ms())]))
 
     def recover(self, session_id: str) -> EvictionResult | None:
         """Resolve a claim whose lease ran out: complete it if its durable write landed, else roll it back."""
@@ -314,18 +312,18 @@ class Evictor:
         return self._record([result])[0] if result is not None else None
 
     def _recover(self, session_id: str) -> EvictionResult | None:
-        takeover = self.lc.run(self.claims.reclaim(session_id, self.lc.now_ms()))
+        takeover = self.pool.run(self.claims.reclaim(session_id, self.pool.now_ms()))
         if takeover is None:
             return None
         claim = takeover.claim
         if claim.meta is None:
-            self.lc.run(self.claims.abort(claim))
+            self.pool.run(self.claims.abort(claim))
             return EvictionResult(session_id, claim.reason, Outcome.KEPT, 'gone')
         if claim.reason is ReapReason.EXPIRED:
             self._end_expired([claim])
             return self._complete({0: claim})[0]
         if self.store is None:
-            self.lc.run(self.claims.abort(claim))
+            self.pool.run(self.claims.abort(claim))
             return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK, 'persistence is off')
         try:
             # Raising the fence first shuts the stale worker's MongoDB write out, whatever it does next.
@@ -341,6 +339,6 @@ class Evictor:
             log.info('recovery rolls %s back to live: a turn finished after its eviction write', session_id)
             self._release(claim)
             return self._undo(claim, Outcome.ROLLED_BACK, sandbox_released=True)
-        self.lc.run(self.claims.abort(claim))
+        self.pool.run(self.claims.abort(claim))
         log.info('recovery rolls %s back to live: its eviction write never landed', session_id)
         return EvictionResult(session_id, claim.reason, Outcome.ROLLED_BACK)

@@ -21,18 +21,16 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from lifecycle import validate
 from lifecycle.errors import PersistenceError, ScriptFailed, SessionDamaged
+from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Drift
+from lifecycle.pool.executor import Executor
 from lifecycle.pool.keys import META_BUCKETS
 from lifecycle.pool.records import SCAN_BUCKETS, read_records
 from lifecycle.pool.sessions import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
-
-if TYPE_CHECKING:
-    from lifecycle.client import Lifecycle
 
 log = logging.getLogger(__name__)
 PAGE = 500  # live sessions or tenant index members per round trip
@@ -49,26 +47,26 @@ def is_record(record: str | None) -> bool:
 class Reconciler:
     """Runs one reconciliation of the pool; `extend` is called between pages (the sweep lock's)."""
 
-    def __init__(self, lc: Lifecycle, store: SnapshotStore | None) -> None:
-        self.lc = lc
+    def __init__(self, pool: Executor, store: SnapshotStore | None) -> None:
+        self.pool = pool
         self.store = store
-        self.keys = lc.index.keys
-        self.claims = ClaimIndex(lc.settings, self.keys)
+        self.keys = pool.keys
+        self.claims = ClaimIndex(pool.settings, self.keys)
         self.foreign = 0  # live entries no session could be (invalid ids) the last run removed
 
     def run(self, extend: Callable[[], None]) -> Drift:
-        now = self.lc.now_ms()
-        upgrade = bool(self.lc.redis.exists(self.keys.legacy_tenant_slots))  # a pool the previous layout wrote
-        lost_index = self.lc.redis.zscore(self.keys.tenants, '#') is None
+        now = self.pool.now_ms()
+        upgrade = self.pool.run(calls.exists(self.keys.legacy_tenant_slots))  # a pool the previous layout wrote
+        lost_index = self.pool.run(calls.score(self.keys.tenants, '#')) is None
         # Marks this run's start in the index: if the index is deleted while the passes run, it is gone, and
         # the index is not marked complete (the next expiry sweep reconciles again).
         rebuild_marker = f'#rebuild:{secrets.token_hex(6)}'
-        self.lc.redis.zadd(self.keys.tenants, {rebuild_marker: 0})
+        self.pool.run(calls.add(self.keys.tenants, [(rebuild_marker, 0)]))
         totals, failed = [0, 0, 0, 0], 0  # relinked, deadlines restored, tenant members added, malformed records
         for start in range(0, META_BUCKETS, SCAN_BUCKETS):
             buckets = range(start, min(start + SCAN_BUCKETS, META_BUCKETS))
             try:
-                page = self.lc.run(self.claims.repair_records(buckets, now))
+                page = self.pool.run(self.claims.repair_records(buckets, now))
             except ScriptFailed as exc:  # one bad page never stops the rest
                 log.warning('reconcile could not repair buckets %d..%d: %s', buckets[0], buckets[-1], exc)
                 failed += 1
@@ -80,10 +78,10 @@ class Reconciler:
         dropped = self._drop_stray_tenants(extend)
         self._forget_requests_of_gone_sessions()
         if failed:
-            self.lc.redis.zrem(self.keys.tenants, rebuild_marker)  # some records were not indexed
-        purged, counter, truth, reserved_members, _ = self.lc.run(self.claims.reconcile_counters(now, rebuild_marker))
+            self.pool.run(calls.remove(self.keys.tenants, [rebuild_marker]))  # some records were not indexed
+        purged, counter, truth, reserved_members, _ = self.pool.run(self.claims.reconcile_counters(now, rebuild_marker))
         if upgrade:
-            self.lc.redis.delete(self.keys.legacy_tenant_slots)
+            self.pool.run(calls.delete(self.keys.legacy_tenant_slots))
             log.info('the tenant index replaced the tenant counters of the previous layout')
         drift = Drift(
             purged_reservations=purged,
@@ -100,10 +98,8 @@ class Reconciler:
         )
         if drift.found:
             log.warning('reconcile repaired outside damage: %s', drift.describe())
-            pipe = self.lc.redis.pipeline(transaction=False)
-            for kind, n in drift.counts().items():
-                pipe.hincrby(self.keys.counters, f'damage:{kind}', n)
-            pipe.execute()
+            self.pool.run_many([calls.increment(self.keys.counters, f'damage:{kind}', n)
+                                for kind, n in drift.counts().items()])  # fmt: skip
         return drift
 
     def _live_pages(self) -> Iterator[list[str]]:
@@ -111,8 +107,8 @@ class Reconciler:
         session could be are removed on the way (counted in `foreign`)."""
         page: list[str] = []
         foreign: list[str] = []
-        for member, _ in self.lc.redis.zscan_iter(self.keys.live, count=PAGE):
-            (page if validate.is_identifier(str(member)) else foreign).append(str(member))
+        for member in self._scan(self.keys.live):
+            (page if validate.is_identifier(member) else foreign).append(member)
             if len(page) == PAGE:
                 yield page
                 page = []
@@ -122,23 +118,26 @@ class Reconciler:
 
     def _remove_foreign_entries(self, key: str) -> int:
         """Remove the members of a session index that no session could be (activation checks every id)."""
-        return self._remove(key, [str(m) for m, _ in self.lc.redis.zscan_iter(key, count=PAGE)
-                                  if not validate.is_identifier(str(m))])  # fmt: skip
+        return self._remove(key, [m for m in self._scan(key) if not validate.is_identifier(m)])
+
+    def _scan(self, key: str) -> Iterator[str]:
+        """Every member of sorted set `key` (ZSCAN: each one present throughout is seen)."""
+        for page in self.pool.pages(lambda cursor: calls.zscan(key, cursor, PAGE)):
+            yield from page
 
     def _remove(self, key: str, members: list[str]) -> int:
         if not members:
             return 0
         # As bytes: a member that was not UTF-8 came back with surrogates, which only this turns back into it.
         raw = [member.encode('utf-8', 'surrogateescape') for member in members]
-        for index in (key, self.keys.busy, self.keys.reaping):
-            self.lc.redis.zrem(index, *raw)
+        self.pool.run_many([calls.remove(index, raw) for index in (key, self.keys.busy, self.keys.reaping)])
         return len(members)
 
     def _rebuild_missing_records(self, now_ms: int, index_lost: bool, extend: Callable[[], None]) -> int:
         missing: list[str] = []
         self.foreign = self._remove_foreign_entries(self.keys.deadline)
         for page in self._live_pages():
-            records = read_records(self.lc.redis, self.keys, page)
+            records = read_records(self.pool, page)
             missing += [s for s, record in zip(page, records, strict=True) if not is_record(record)]
             extend()
         if not missing:
@@ -148,13 +147,13 @@ class Reconciler:
         tenants = self._tenants_of(set(missing))
         unknown = UNKNOWN_TENANT if index_lost else ''
         stand_ins = {s: (seq, tenants.get(s, unknown)) for s in missing if (seq := self._next_seq(s)) is not None}
-        return self.lc.run(self.claims.rebuild_records(stand_ins, now_ms)) if stand_ins else 0
+        return self.pool.run(self.claims.rebuild_records(stand_ins, now_ms)) if stand_ins else 0
 
     def _tenants_of(self, session_ids: set[str]) -> dict[str, str]:
         """The tenant the index still files each of these sessions under (one pass over the index: rare)."""
         found = {}
-        for member, _ in self.lc.redis.zscan_iter(self.keys.tenants, count=PAGE):
-            tenant, _, rest = str(member).partition('|')
+        for member in self._scan(self.keys.tenants):
+            tenant, _, rest = member.partition('|')
             if rest in session_ids:
                 found[rest] = tenant
         return found
@@ -173,21 +172,18 @@ class Reconciler:
 
     def _forget_requests_of_gone_sessions(self) -> None:
         """Checkpoint requests of sessions that left the pool (closed, evicted, expired): nobody answers them."""
-        asked = [str(m) for m, _ in self.lc.redis.zscan_iter(self.keys.unsaved, count=PAGE)]
+        asked = list(self._scan(self.keys.unsaved))
         for start in range(0, len(asked), PAGE):
             page = asked[start : start + PAGE]
-            gone = [
-                s for s, score in zip(page, self.lc.redis.zmscore(self.keys.live, page), strict=True) if score is None
-            ]
-            if gone:
-                self.lc.redis.zrem(self.keys.unsaved, *gone)
+            live = self.pool.run(calls.scores(self.keys.live, page))
+            self.pool.run(calls.remove(self.keys.unsaved, [s for s, at in zip(page, live, strict=True) if at is None]))
 
     def _drop_stray_tenants(self, extend: Callable[[], None]) -> int:
         dropped, low = 0, '-'
         while True:
-            members = [str(m) for m in self.lc.redis.zrangebylex(self.keys.tenants, low, '+', start=0, num=PAGE)]
+            members = self.pool.run(calls.by_lex(self.keys.tenants, low, '+', PAGE))
             if not members:
                 return dropped
-            dropped += self.lc.run(self.claims.drop_stray_tenants(members))
+            dropped += self.pool.run(self.claims.drop_stray_tenants(members))
             low = '(' + members[-1]
             extend()

@@ -13,38 +13,29 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any
 
 from lifecycle import policy, validate
-from lifecycle.client import Lifecycle
 from lifecycle.errors import LifecycleError, SessionDamaged
-from lifecycle.jobs.runs import BACKSTOP_MARGIN_S
+from lifecycle.jobs.runs import BACKSTOP_MARGIN_S, Runs
 from lifecycle.jobs.worktrees import WorktreeCleaner, WorktreeReport
-from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.models import NoticeKind, ReapReason, SweepKind
 from lifecycle.policy import Candidate, Order
+from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Drift
+from lifecycle.pool.executor import Executor, first_error
 from lifecycle.pool.lock import SweepLock, sweep_lock
-from lifecycle.pool.records import queue_records, read_records, scan_records
+from lifecycle.pool.records import read_records, record_calls, scan_records
 from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.reconcile import Reconciler
 
+__all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
 REPORTED_ORDERS = 1_000
 TIE_GROUP_LIMIT = 10_000  # sessions sharing one millisecond of activity, read whole up to this many
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
-
-
-class SweepKind(StrEnum):
-    IDLE = 'idle'
-    LRU = 'lru'
-    EXPIRED = 'expired'
-    OWNER_LOST = 'owner-lost'
-    WARNINGS = 'warnings'
-    RECONCILE = 'reconcile'
-    RUNS = 'runs'
-    WORKTREES = 'worktrees'  # per host: every host with a worktree root sweeps its own
 
 
 @dataclass
@@ -70,13 +61,24 @@ class SweepReport:
 class Sweeper:
     """Runs sweeps for one process; `dispatch` sends the orders (to Celery, or to an inline evictor)."""
 
-    def __init__(self, lc: Lifecycle, evictor: Evictor, dispatch: Dispatch) -> None:
-        self.lc = lc
-        self.settings = lc.settings
-        self.keys = lc.index.keys
+    def __init__(self, pool: Executor, evictor: Evictor, dispatch: Dispatch) -> None:
+        self.pool = pool
+        self.settings = pool.settings
+        self.keys = pool.keys
         self.evictor = evictor
         self.dispatch = dispatch
-        self.claims = ClaimIndex(lc.settings, self.keys)
+        self.claims = ClaimIndex(pool.settings, self.keys)
+        self.runs = Runs(pool)
+        self._sweeps: dict[SweepKind, Callable[[SweepReport, SweepLock, bool], None]] = {
+            SweepKind.IDLE: self._sweep_idle,
+            SweepKind.LRU: self._sweep_lru,
+            SweepKind.EXPIRED: self._sweep_expired,
+            SweepKind.OWNER_LOST: self._sweep_owner_lost,
+            SweepKind.WARNINGS: self._sweep_warnings,
+            SweepKind.RECONCILE: self._sweep_reconcile,
+            SweepKind.RUNS: self._sweep_runs,
+            SweepKind.WORKTREES: self._sweep_worktrees,
+        }
 
     def run(self, kind: SweepKind, *, dry_run: bool = False, dedupe: bool = True) -> SweepReport:
         """Run one sweep now unless one of its kind is running, or (with `dedupe`) ran within half an interval."""
@@ -87,18 +89,17 @@ class Sweeper:
             # Every host sweeps its own root: one sweep at a time per host and root, not per pool.
             root_tag = hashlib.sha1(str(self.settings.worktree_root).encode()).hexdigest()[:8]
             scope = f'{kind}:{socket.gethostname()}:{root_tag}'
-        with sweep_lock(self.lc.redis, self.keys.lock(scope), self.settings.sweep_lock_timeout_s) as lock:
+        with sweep_lock(self.pool, self.keys.lock(scope), self.settings.sweep_lock_timeout_s) as lock:
             if lock is None:
                 log.info('%s sweep skipped: another one holds the lock', kind)
                 return self._skipped(kind, 'locked')
             half_interval_ms = self.settings.interval_s(kind) * 500
-            if dedupe and not self.lc.redis.set(self.keys.swept(scope), 1, nx=True, px=half_interval_ms):
+            if dedupe and not self.pool.run(calls.set_once(self.keys.swept(scope), 1, half_interval_ms)):
                 log.info('%s sweep skipped: one ran moments ago (a duplicate delivery)', kind)
                 return self._skipped(kind, 'duplicate')
             if not dry_run:
-                self.lc.redis.hincrby(self.keys.counters, f'sweep:{kind}', 1)
-            body = getattr(self, f'_sweep_{kind.name.lower()}')
-            body(report, lock, dry_run)
+                self.pool.run(calls.increment(self.keys.counters, f'sweep:{kind}'))
+            self._sweeps[kind](report, lock, dry_run)
         report.duration_ms = int((time.monotonic() - started) * 1000)
         if not dry_run:
             self._record_duration(kind, report.duration_ms)
@@ -111,19 +112,18 @@ class Sweeper:
 
     def _record_duration(self, kind: SweepKind, duration_ms: int) -> None:
         """When the sweep last ran, and its duration in the shared histogram the exporter serves."""
-        pipe = self.lc.redis.pipeline(transaction=False)
-        pipe.hset(
-            self.keys.sweep_stats, mapping={f'{kind}:last_ms': self.lc.now_ms(), f'{kind}:duration_ms': duration_ms}
-        )
-        for bound in DURATION_BUCKETS_S:
-            if duration_ms <= bound * 1000:
-                pipe.hincrby(self.keys.sweep_durations, f'{kind}|le|{bound}', 1)
-        pipe.hincrby(self.keys.sweep_durations, f'{kind}|count', 1)
-        pipe.hincrbyfloat(self.keys.sweep_durations, f'{kind}|sum', duration_ms / 1000)
-        pipe.execute()
+        k = self.keys
+        writes: list[calls.Call[Any]] = [
+            calls.hash_set(k.sweep_stats, {f'{kind}:last_ms': self.pool.now_ms(), f'{kind}:duration_ms': duration_ms}),
+            *[calls.increment(k.sweep_durations, f'{kind}|le|{bound}')
+              for bound in DURATION_BUCKETS_S if duration_ms <= bound * 1000],
+            calls.increment(k.sweep_durations, f'{kind}|count'),
+            calls.increment_float(k.sweep_durations, f'{kind}|sum', duration_ms / 1000),
+        ]  # fmt: skip
+        self.pool.run_many(writes)
 
     def _skipped(self, kind: SweepKind, why: str) -> SweepReport:
-        self.lc.redis.hincrby(self.keys.counters, f'sweep_skipped:{kind}', 1)
+        self.pool.run(calls.increment(self.keys.counters, f'sweep_skipped:{kind}'))
         return SweepReport(kind, ran=False, skipped=why)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -145,20 +145,18 @@ class Sweeper:
         """
         batch = self.settings.sweep_batch_size
         while True:
-            reply: list[tuple[str, float]] = self.lc.redis.zrangebyscore(  # type: ignore[assignment]
-                key, low, high, start=0, num=batch, withscores=True
-            )
+            reply = self.pool.run(calls.by_score(key, low, high, batch))
             if not reply:
                 return
             page = [(member, int(score)) for member, score in reply]
             last = reply[-1][1]
-            if len(reply) < batch:
+            if len(page) < batch:
                 yield page
                 return
             seen = sum(1 for _, score in reply if score == last)
-            tied = self.lc.redis.zcount(key, last, last)
+            tied = self.pool.run(calls.count_by_score(key, repr(last), repr(last)))
             if tied <= TIE_GROUP_LIMIT:
-                members = set(self._members(key, last, last)) - {m for m, score in reply if score == last}
+                members = set(self._members(key, repr(last), repr(last))) - {m for m, score in reply if score == last}
                 yield page + [(member, int(last)) for member in sorted(members)]
             else:
                 # Only bulk-loaded data ties this much: page through it by offset to keep memory flat
@@ -166,23 +164,20 @@ class Sweeper:
                 yield page
                 for offset in range(seen, tied, batch):
                     lock.extend()
-                    yield [(m, int(last)) for m in self._members(key, last, last, offset, batch)]
+                    yield [(m, int(last)) for m in self._members(key, repr(last), repr(last), offset, batch)]
             low = f'({last!r}'
             lock.extend()
 
     def _members(self, key: str, low: float | str, high: float | str, start: int = 0, num: int = -1) -> list[str]:
         """Members with scores in [low, high] (from `start`, at most `num`): claims, replicas, a tie group."""
-        if num < 0:
-            return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high)]
-        return [str(member) for member in self.lc.redis.zrangebyscore(key, low, high, start=start, num=num)]
+        return self.pool.run(calls.members_by_score(key, low, high, num if num >= 0 else None, start))
 
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]
-        pipe = self.lc.redis.pipeline(transaction=False)
-        pipe.zmscore(self.keys.busy, ids)
-        pipe.zmscore(self.keys.reaping, ids)
-        gather = queue_records(pipe, self.keys, ids)
-        busy, reaping, *replies = pipe.execute(raise_on_error=False)
+        reads, gather = record_calls(self.keys, ids)
+        busy_at, claimed_at, *replies = self.pool.run_each([calls.scores(self.keys.busy, ids),
+                                                            calls.scores(self.keys.reaping, ids), *reads])  # fmt: skip
+        busy, reaping = first_error([busy_at, claimed_at])
         records = gather(replies)
         candidates = []
         for (session_id, last_active), record, busy_until, claimed in zip(page, records, busy, reaping, strict=True):
@@ -216,10 +211,10 @@ class Sweeper:
         gated = [o for o in orders if o.reason is not ReapReason.EXPIRED]
         if store is None or not gated:
             return list(orders), []
-        records = read_records(self.lc.redis, self.keys, [o.session_id for o in gated])
+        records = read_records(self.pool, [o.session_id for o in gated])
         documents = store.load_many([o.session_id for o in gated])
-        requested = self.lc.run(self.claims.checkpoint_requests([o.session_id for o in gated]))
-        s, now = self.settings, self.lc.now_ms()
+        requested = self.pool.run(self.claims.checkpoint_requests([o.session_id for o in gated]))
+        s, now = self.settings, self.pool.now_ms()
         refusals = {}
         for order, record, asked in zip(gated, records, requested, strict=True):
             try:
@@ -239,7 +234,7 @@ class Sweeper:
         """Resolve every eviction claim whose lease ran out (a crashed or paused worker's)."""
         if dry_run:
             return
-        for session_id in self._members(self.keys.reaping, '-inf', self.lc.now_ms()):
+        for session_id in self._members(self.keys.reaping, '-inf', self.pool.now_ms()):
             result = self.evictor.recover(session_id)
             if result is not None:
                 report.recovered.append(result)
@@ -257,7 +252,7 @@ class Sweeper:
         if not self._needs_persistence(report):
             return
         self._recover_claims(report, dry_run)
-        now = self.lc.now_ms()
+        now = self.pool.now_ms()
         # Profiles may idle longer than the shortest timeout: those are read and kept by the policy.
         cutoff = policy.idle_cutoff_ms(now, min(self.settings.idle_ttls_s))
         for page in self._pages(self.keys.live, '-inf', cutoff, lock):
@@ -271,10 +266,9 @@ class Sweeper:
         if not self._needs_persistence(report):
             return
         self._recover_claims(report, dry_run)
-        now = self.lc.now_ms()
-        wanted = policy.lru_excess(
-            self.lc.redis.zcard(self.keys.live), self.lc.redis.zcard(self.keys.reaping), max_live
-        )
+        now = self.pool.now_ms()
+        live, reaping = self.pool.run_many([calls.cardinality(self.keys.live), calls.cardinality(self.keys.reaping)])
+        wanted = policy.lru_excess(live, reaping, max_live)
         for page in self._pages(self.keys.live, '-inf', '+inf', lock):
             if wanted <= 0:
                 return
@@ -291,7 +285,7 @@ class Sweeper:
             except LifecycleError as exc:  # expiry goes on whatever reconciliation runs into
                 log.warning('reconcile from the expiry sweep failed: %s', exc)
         self._recover_claims(report, dry_run)
-        now = self.lc.now_ms()
+        now = self.pool.now_ms()
         for page in self._pages(self.keys.deadline, '-inf', now, lock):
             self._order(report, [Order(session_id, ReapReason.EXPIRED) for session_id, _ in page], dry_run)
         if not dry_run:
@@ -299,11 +293,9 @@ class Sweeper:
 
     def _tenant_index_lost(self) -> bool:
         """The tenant index has lost its marker while the pool holds something (see `Keys.tenants`)."""
-        pipe = self.lc.redis.pipeline(transaction=False)
-        pipe.zscore(self.keys.tenants, '#')
-        pipe.zcard(self.keys.live)
-        pipe.zcard(self.keys.reservations)
-        marker, live, reserved = pipe.execute()
+        marker = self.pool.run(calls.score(self.keys.tenants, '#'))
+        live, reserved = self.pool.run_many([calls.cardinality(self.keys.live),
+                                             calls.cardinality(self.keys.reservations)])  # fmt: skip
         return marker is None and live + reserved > 0
 
     def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
@@ -311,19 +303,19 @@ class Sweeper:
         due = self._members(self.keys.orphans, '-inf', '+inf')
         due += [lease.session_id for lease in self.evictor.driver.leases() if lease.expires_at_ms <= now_ms]
         for session_id in dict.fromkeys(due):
-            if self.lc.redis.zscore(self.keys.live, session_id) is not None:
-                self.lc.redis.zrem(self.keys.orphans, session_id)  # restored since: its sandbox is in use again
+            if self.pool.run(calls.score(self.keys.live, session_id)) is not None:
+                self.pool.run(calls.remove(self.keys.orphans, [session_id]))  # restored since: its sandbox is in use
                 continue
             try:
                 self.evictor.driver.release(session_id, ReapReason.EXPIRED.value)
             except Exception:
                 log.warning('sandbox of %s still not released', session_id, exc_info=True)
                 continue
-            self.lc.redis.zrem(self.keys.orphans, session_id)
+            self.pool.run(calls.remove(self.keys.orphans, [session_id]))
             report.released_sandboxes.append(session_id)
 
     def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
-        now = self.lc.now_ms()
+        now = self.pool.now_ms()
         lost = set(self._members(self.keys.replicas, '-inf', now))
         if not lost or not self._needs_persistence(report):
             return
@@ -331,7 +323,7 @@ class Sweeper:
         # Owners are not indexed (it would cost every session memory); a lost replica is rare, so scan.
         remaining = dict.fromkeys(lost, 0)
         orders: list[Order] = []
-        for session_id, record in scan_records(self.lc.redis, self.keys):
+        for session_id, record in scan_records(self.pool):
             if not validate.is_identifier(session_id):
                 continue  # no session has such an id: reconcile reports the record
             owner = record.split('|', 1)[0]
@@ -345,11 +337,11 @@ class Sweeper:
         self._order(report, orders, dry_run)
         gone = [owner for owner, count in remaining.items() if count == 0]
         if gone and not dry_run:
-            self.lc.redis.zrem(self.keys.replicas, *gone)  # nothing left to recover for them
+            self.pool.run(calls.remove(self.keys.replicas, gone))  # nothing left to recover for them
 
     def _sweep_warnings(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
-        now = self.lc.now_ms()
-        cursors = self.lc.redis.hgetall(self.keys.warn_cursor)
+        now = self.pool.now_ms()
+        cursors = self.pool.run(calls.hash_all(self.keys.warn_cursor))
         for idle_ttl_s in sorted(self.settings.idle_ttls_s):
             cursor = cursors.get(str(idle_ttl_s))
             low, high = policy.warning_window(
@@ -361,50 +353,47 @@ class Sweeper:
                         continue
                     report.notices += 1
                     if not dry_run:
-                        self.lc.run(self.claims.notice(c.owner, NoticeKind.WARNING, c.session_id, 'idle', now))
+                        self.pool.run(self.claims.notice(c.owner, NoticeKind.WARNING, c.session_id, 'idle', now))
             if not dry_run:
-                self.lc.redis.hset(self.keys.warn_cursor, str(idle_ttl_s), high)
+                self.pool.run(calls.hash_set(self.keys.warn_cursor, {str(idle_ttl_s): high}))
 
     def _sweep_reconcile(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         if dry_run:
             return
         self._migrate_legacy_records(lock)
         self._expire_legacy_run_streams()
-        report.drift = Reconciler(self.lc, self.evictor.store).run(lock.extend)
+        report.drift = Reconciler(self.pool, self.evictor.store).run(lock.extend)
 
     def _migrate_legacy_records(self, lock: SweepLock) -> None:
         """Move records left in the first layout's single hash (a pool upgraded in place) into their buckets.
 
         Until moved, their sessions look gone to every script: this gives them back to the sweeps.
         """
-        moved, cursor = 0, 0
-        while True:  # one HSCAN pass: records a stale writer adds meanwhile wait for the next reconcile
-            cursor, page = self.lc.redis.hscan(self.keys.legacy_meta, cursor, count=self.settings.sweep_batch_size)
-            if page:
-                moved += self.lc.run(self.claims.migrate_records([str(session_id) for session_id in page]))
-                lock.extend()
-            if cursor == 0:
-                break
+        moved, batch = 0, self.settings.sweep_batch_size
+        # One HSCAN pass: records a stale writer adds meanwhile wait for the next reconcile.
+        for page in self.pool.pages(lambda cursor: calls.hscan(self.keys.legacy_meta, cursor, batch)):
+            moved += self.pool.run(self.claims.migrate_records(page))
+            lock.extend()
         if moved:
             log.warning('moved %d session records from %s into their buckets', moved, self.keys.legacy_meta)
 
     def _expire_legacy_run_streams(self) -> None:
         """Give the event streams of runs that were running when the run key layout changed ('{lc}:run:<id>:events',
         which nothing reads any more) the backstop expiry their finish would have: once per pool."""
-        if self.lc.redis.hget(self.keys.migrations, 'run_events'):
+        if self.pool.run(calls.hash_get(self.keys.migrations, 'run_events')):
             return
         ttl_ms = (self.settings.run_retention_s + BACKSTOP_MARGIN_S) * 1000
         pattern = self.keys.run('*') + ':events'
-        for key in self.lc.redis.scan_iter(match=pattern, count=1000, _type='stream'):
-            self.lc.redis.pexpire(key, ttl_ms, nx=True)
-        self.lc.redis.hset(self.keys.migrations, 'run_events', self.lc.now_ms())
+        for page in self.pool.pages(lambda cursor: calls.scan(cursor, pattern, 1000, 'stream')):
+            self.pool.run_many([calls.expire_if_none(key, ttl_ms) for key in page])
+        self.pool.run(calls.hash_set(self.keys.migrations, {'run_events': self.pool.now_ms()}))
 
     def _sweep_runs(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
-        report.dropped_runs = self.lc.runs.prunable() if dry_run else self.lc.runs.prune()
+        report.dropped_runs = self.runs.prunable() if dry_run else self.runs.prune()
 
     def _sweep_worktrees(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         root = self.settings.worktree_root
         if root is None:
             report.skipped = 'no worktree_root on this host'
             return
-        report.worktrees = WorktreeCleaner(self.lc, root).sweep(dry_run=dry_run)
+        report.worktrees = WorktreeCleaner(self.pool, root).sweep(dry_run=dry_run)

@@ -67,6 +67,6 @@ def evict_once(settings: dict[str, Any], session_id: str, results: Connection) -
     from lifecycle.reaper.eviction import Evictor
 
     lc = Lifecycle(Settings(**settings))
-    evictor = Evictor(lc, lc.store, lc.driver)
+    evictor = Evictor(lc.pool, lc.store, lc.driver)
     result = evictor.evict(session_id, ReapReason.IDLE, 2**50, 0)
     results.send((result.outcome.value, result.detail))

@@ -42,14 +42,14 @@ def build_reaper(settings: Settings, clock: FixedClock | None = None, driver: Sa
         store = MongoSnapshotStore(settings.mongo_url, settings.mongo_database, timeout_ms=settings.mongo_timeout_ms)
         store.ensure_indexes()
     lc = Lifecycle(settings, clock=clock, store=store, driver=driver or NoopDriver())
-    evictor = Evictor(lc, store, lc.driver)
+    evictor = Evictor(lc.pool, store, lc.driver)
     results: list[EvictionResult] = []
 
     def dispatch(orders: Sequence[Order]) -> None:
         for start in range(0, len(orders), settings.evict_batch_size):  # the batches a worker's tasks get
             results.extend(evictor.evict_many(orders[start : start + settings.evict_batch_size]))
 
-    reaper = Reaper(lc, store, evictor, Sweeper(lc, evictor, dispatch), clock, results)
+    reaper = Reaper(lc, store, evictor, Sweeper(lc.pool, evictor, dispatch), clock, results)
     return reaper
 
 

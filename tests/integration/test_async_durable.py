@@ -1,27 +1,37 @@
-"""AsyncLifecycle's durable calls: checkpoint, restore, notices (async iterator), make_room."""
+"""AsyncLifecycle's durable calls: checkpoint, restore, notices (async iterator), make_room; on a FixedClock, with
+the injected Redis client, clock and store, and the evictor of a worker sharing them."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from lifecycle import AsyncLifecycle, SessionState
+import redis.asyncio as aredis
+
+from lifecycle import AsyncLifecycle, FixedClock, SessionState
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.pool.executor import Executor
 from lifecycle.reaper.eviction import Evictor, Outcome
+from lifecycle.stores import store_from_settings
 from tests.conftest import SettingsFactory
 
 
 def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: SettingsFactory, real_redis: Any) -> None:
-    settings = make_reaper_settings(max_sessions=2, min_idle_s=1)
+    settings = make_reaper_settings(max_sessions=2, min_idle_s=60)
+    clock = FixedClock()
+    store = store_from_settings(settings)
+    assert store is not None
+    worker = Executor(settings, clock=clock)
 
     async def main() -> None:
-        async with AsyncLifecycle(settings) as lc:
+        client = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        async with AsyncLifecycle(settings, redis_client=client, clock=clock, store=store) as lc:
+            assert lc.redis is client and lc.store is store
             await lc.activate(await lc.reserve('api-1'), 'a1')
             async with lc.turn('a1'):
                 pass
             assert await lc.checkpoint('a1', {'draft': 'v1'}, [{'id': 'm1', 'text': 'hi'}]) == 1
-            worker = lc.durable
-            result = Evictor(worker, worker.store, worker.driver).evict('a1', ReapReason.IDLE, 2**50)
+            result = Evictor(worker, store, lc.driver).evict('a1', ReapReason.IDLE, 2**50)
             assert result.outcome is Outcome.EVICTED
             assert (await lc.status('a1')).state is SessionState.RESUMABLE  # type: ignore[union-attr]
             notices = [n async for n in lc.notices('api-1')]
@@ -32,7 +42,7 @@ def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: Settin
             assert (await lc.status('a1')).state is SessionState.LIVE  # type: ignore[union-attr]
 
             await lc.activate(await lc.reserve('api-1'), 'a2')
-            await asyncio.sleep(1.1)  # both idle for min_idle_s; the pool (cap 2) is full
+            clock.advance(seconds=60)  # both idle for min_idle_s; the pool (cap 2) is full
             await lc.checkpoint('a1', {'draft': 'v2'})
             await lc.checkpoint('a2', {'draft': 'a2'})
             admitted = await lc.reserve('api-2', make_room=True)
@@ -44,4 +54,8 @@ def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: Settin
             assert (await anext(follow)).session_id == 'a1'  # make_room's eviction notice
             await follow.aclose()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+        store.close()

@@ -376,7 +376,7 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
         r.lc.activate(r.lc.reserve('api-1'), name)
     r.clock.advance(seconds=60)
     confirmed: dict[str, float] = {}
-    run_each = r.lc.run_each
+    run_each = r.lc.pool.run_each
 
     def watching(calls: Any) -> Any:
         replies = run_each(calls)
@@ -386,7 +386,7 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
                 confirmed[call.args[0]] = at
         return replies
 
-    r.lc.run_each = watching  # type: ignore[method-assign]
+    r.lc.pool.run_each = watching  # type: ignore[method-assign]
     results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
     assert [res.outcome for res in results] == [Outcome.EVICTED] * 5
     assert sorted(driver.started) == names

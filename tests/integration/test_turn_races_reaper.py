@@ -53,7 +53,7 @@ def test_a_turn_racing_the_reaper_never_loses_a_turn_or_evicts_a_busy_session(
 ) -> None:
     settings = make_reaper_settings(require_checkpoint=False)
     api, worker = Lifecycle(settings), Lifecycle(settings)
-    evictor = Evictor(worker, worker.store, worker.driver)
+    evictor = Evictor(worker.pool, worker.store, worker.driver)
     rng = random.Random(7)
     tally = {'turn_first': 0, 'reaper_first': 0, 'turn_then_evicted': 0}
     try:

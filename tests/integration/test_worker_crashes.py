@@ -61,13 +61,13 @@ def wait_stopped(pid: int) -> None:
 
 def sweep_after_claim_lease(lc: Lifecycle, kind: SweepKind = SweepKind.EXPIRED) -> Any:
     time.sleep(lc.settings.claim_lease_s + 0.1)
-    evictor = Evictor(lc, lc.store, lc.driver)
+    evictor = Evictor(lc.pool, lc.store, lc.driver)
 
     def evict_inline(orders: Sequence[Order]) -> None:
         for order in orders:
             evictor.evict(order.session_id, order.reason, order.bound)
 
-    return Sweeper(lc, evictor, evict_inline).run(kind, dedupe=False)
+    return Sweeper(lc.pool, evictor, evict_inline).run(kind, dedupe=False)
 
 
 def assert_converged(lc: Lifecycle) -> None:
@@ -109,7 +109,7 @@ def test_a_worker_killed_at_each_step_is_resolved_by_the_next_sweep(
             pass
         assert turn.finished_seq == 1
         lc.checkpoint('s1', {'v': 2})
-        result = Evictor(lc, lc.store, lc.driver).evict('s1', ReapReason.IDLE, 2**50)
+        result = Evictor(lc.pool, lc.store, lc.driver).evict('s1', ReapReason.IDLE, 2**50)
         assert result.outcome is Outcome.EVICTED
         assert_converged(lc)
 
@@ -125,7 +125,7 @@ def test_a_worker_paused_before_its_write_is_fenced_off_by_the_one_that_took_ove
 
     report = sweep_after_claim_lease(lc)  # recovery: no durable write, so back to live, fence raised
     assert [r.outcome for r in report.recovered] == [Outcome.ROLLED_BACK]
-    newer = Evictor(lc, lc.store, lc.driver).evict('s1', ReapReason.IDLE, 2**50)
+    newer = Evictor(lc.pool, lc.store, lc.driver).evict('s1', ReapReason.IDLE, 2**50)
     assert newer.outcome is Outcome.EVICTED
     assert lc.store is not None
     fence = lc.store.load('s1')['fence']  # type: ignore[index]

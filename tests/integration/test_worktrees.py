@@ -69,7 +69,7 @@ def host(make_settings: SettingsFactory, real_redis: Any, tmp_path: Path) -> Hos
 
 
 def sweep(host: Host, **kwargs: Any) -> dict[str, tuple[Verdict, tuple[str, ...]]]:
-    report = WorktreeCleaner(host.lc, host.root).sweep(**kwargs)
+    report = WorktreeCleaner(host.lc.pool, host.root).sweep(**kwargs)
     return {Path(a.path).name: (a.verdict, a.reasons) for a in report.actions}
 
 
@@ -327,10 +327,10 @@ def test_the_trash_is_emptied_after_its_retention(host: Host) -> None:
     host.age(dirty)
     sweep(host)
     [note] = list((host.root / '.trash').glob('*.json'))
-    report = WorktreeCleaner(host.lc, host.root).sweep()
+    report = WorktreeCleaner(host.lc.pool, host.root).sweep()
     assert report.trash_emptied == []
     os.utime(note, (time.time() - 86_401, time.time() - 86_401))
-    report = WorktreeCleaner(host.lc, host.root).sweep()
+    report = WorktreeCleaner(host.lc.pool, host.root).sweep()
     assert len(report.trash_emptied) == 1
     assert list((host.root / '.trash').iterdir()) == []
 
@@ -361,7 +361,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_cleaner_refuses_a_home_folder_or_an_ancestor_of_it_as_root(host: Host, home: Path, which: str) -> None:
     root = home if which == 'home' else home.parent
     with pytest.raises(ConfigurationError, match=re.escape(str(root))):
-        WorktreeCleaner(host.lc, root).sweep()
+        WorktreeCleaner(host.lc.pool, root).sweep()
     assert all((home / name).is_dir() for name in ('.cargo', '.m2', '.rustup'))
     assert not (home / '.trash').exists()
 
@@ -369,13 +369,13 @@ def test_the_cleaner_refuses_a_home_folder_or_an_ancestor_of_it_as_root(host: Ho
 def test_the_cleaner_refuses_the_filesystem_root(host: Host) -> None:
     # Construction alone must refuse: a cleaner that accepted '/' is never swept here, even by a broken build.
     with pytest.raises(ConfigurationError, match="'/'"):
-        WorktreeCleaner(host.lc, '/')
+        WorktreeCleaner(host.lc.pool, '/')
 
 
 @pytest.mark.parametrize('root', ['/home', '/var', '/tmp', '/opt', '/usr', '/etc'])
 def test_the_cleaner_refuses_top_level_folders(host: Host, root: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(repr(root))):
-        WorktreeCleaner(host.lc, root)  # construction only: none of these is ever swept here
+        WorktreeCleaner(host.lc.pool, root)  # construction only: none of these is ever swept here
 
 
 @pytest.mark.parametrize('root', ['/srv/apps/app-home', '/srv/apps/app-home/.', '/srv/apps'])
@@ -385,7 +385,7 @@ def test_the_cleaner_refuses_every_accounts_home_and_its_ancestors(
     account = pwd.struct_passwd(('app', 'x', 1234, 1234, '', '/srv/apps/app-home', '/bin/sh'))
     monkeypatch.setattr(pwd, 'getpwall', lambda: [account])  # another account than the one running this
     with pytest.raises(ConfigurationError, match='home folder'):
-        WorktreeCleaner(host.lc, root)
+        WorktreeCleaner(host.lc.pool, root)
 
 
 def test_a_stray_note_named_only_json_never_stops_the_trash_from_emptying(host: Host) -> None:
@@ -396,29 +396,29 @@ def test_a_stray_note_named_only_json_never_stops_the_trash_from_emptying(host: 
     (host.root / '.trash' / '.json').write_text('{}')
     for note in (host.root / '.trash').glob('*.json'):
         os.utime(note, (0, 0))
-    report = WorktreeCleaner(host.lc, host.root).sweep()
+    report = WorktreeCleaner(host.lc.pool, host.root).sweep()
     assert len(report.trash_emptied) == 1
     assert (host.root / '.trash' / '.json').exists()
 
 
 def test_the_cleaner_refuses_a_repository_top_as_root(host: Host) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(str(host.main))):
-        WorktreeCleaner(host.lc, host.main).sweep()
+        WorktreeCleaner(host.lc.pool, host.main).sweep()
     with pytest.raises(ConfigurationError, match=re.escape(str(host.main / '.git'))):
-        WorktreeCleaner(host.lc, host.main / '.git').sweep()
+        WorktreeCleaner(host.lc.pool, host.main / '.git').sweep()
 
 
 def test_the_cleaner_refuses_a_root_reached_through_a_symlink(host: Host, tmp_path: Path) -> None:
     host.worktree('clean')
     (tmp_path / 'link').symlink_to(host.root, target_is_directory=True)
     with pytest.raises(ConfigurationError, match='symlink'):
-        WorktreeCleaner(host.lc, tmp_path / 'link').sweep()
+        WorktreeCleaner(host.lc.pool, tmp_path / 'link').sweep()
     assert (host.root / 'clean').exists()
 
 
 def test_a_root_that_became_a_repository_is_refused_when_the_sweep_starts(host: Host) -> None:
     clean = host.worktree('clean')
-    cleaner = WorktreeCleaner(host.lc, host.root)
+    cleaner = WorktreeCleaner(host.lc.pool, host.root)
     run_git('init', '-q', str(host.root), cwd=host.root)
     with pytest.raises(ConfigurationError, match=re.escape(str(host.root))):
         cleaner.sweep()
@@ -449,7 +449,7 @@ def test_an_emptied_trash_entry_leaves_nothing_behind_in_the_main_repository(hos
     sweep(host)
     [note] = list((host.root / '.trash').glob('*.json'))
     os.utime(note, (time.time() - 86_401, time.time() - 86_401))
-    assert len(WorktreeCleaner(host.lc, host.root).sweep().trash_emptied) == 1
+    assert len(WorktreeCleaner(host.lc.pool, host.root).sweep().trash_emptied) == 1
     assert list((host.root / '.trash').iterdir()) == []
     assert worktree_branches(host) == {str(host.main): 'refs/heads/main'}
     admin = host.main / '.git' / 'worktrees'

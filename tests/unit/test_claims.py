@@ -158,7 +158,7 @@ def test_reconcile_moves_records_of_the_first_layout_into_their_buckets(lc: Life
     lc.redis.hset(k.meta_of('s0'), 's0', 'api-1|acme||0|9')  # the bucket's newer record wins
     with pytest.raises(SessionDamaged):  # to the scripts, s1 has no record until it moves
         lc.status('s1')
-    sweeper = Sweeper(lc, Evictor(lc, None, NoopDriver()), lambda orders: None)
+    sweeper = Sweeper(lc.pool, Evictor(lc.pool, None, NoopDriver()), lambda orders: None)
     assert sweeper.run(SweepKind.RECONCILE, dedupe=False).ran
     assert not lc.redis.exists(k.legacy_meta)
     assert lc.status('s1').tenant == 'acme'  # type: ignore[union-attr]

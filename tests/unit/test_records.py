@@ -29,18 +29,18 @@ def test_read_records_keeps_the_order_of_the_ids_across_buckets(lc: Lifecycle) -
     k = lc.index.keys
     assert len({k.meta_of(session_id) for session_id in ids}) > 1
     wanted = ['chat-3', 'gone', 'chat-0', 'chat-4', 'chat-3']
-    owners = [record.split('|', 1)[0] if record else None for record in read_records(lc.redis, k, wanted)]
+    owners = [record.split('|', 1)[0] if record else None for record in read_records(lc.pool, wanted)]
     assert owners == ['api-3', None, 'api-0', 'api-4', 'api-3']
-    assert read_records(lc.redis, k, []) == []
+    assert read_records(lc.pool, []) == []
 
 
 def test_scan_records_yields_every_record_once(lc: Lifecycle) -> None:
     for i in range(5):
         live(lc, f'chat-{i}', owner=f'api-{i % 2}')
-    seen = list(scan_records(lc.redis, lc.index.keys, batch=1_000))
+    seen = list(scan_records(lc.pool, batch=1_000))
     assert sorted(session_id for session_id, _ in seen) == [f'chat-{i}' for i in range(5)]
     assert sum(record.startswith('api-1|') for _, record in seen) == 2
-    assert sorted(scan_records(lc.redis, lc.index.keys, batch=4_096)) == sorted(seen)
+    assert sorted(scan_records(lc.pool, batch=4_096)) == sorted(seen)
 
 
 @pytest.mark.integration

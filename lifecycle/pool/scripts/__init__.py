@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal, get_args
 
 _HERE = Path(__file__).parent
 # A helper starts at a top-level `local function NAME` or `local NAME =`, with the comment lines above it.
@@ -40,7 +41,41 @@ def _with_helpers(script: str, helpers: dict[str, str]) -> str:
 
 _HELPERS = _helpers((_HERE / '_lib.lua').read_text())
 
+# Every script, by the name of its file: a call names one of these, and the files must match (checked below).
+ScriptName = Literal[
+    'abort_claim',
+    'activate_session',
+    'append_event',
+    'begin_turn',
+    'claim_cleaning',
+    'claim_session',
+    'close_session',
+    'drop_runs',
+    'drop_stray_tenants',
+    'end_turn',
+    'extend_claim',
+    'finish_eviction',
+    'finish_run',
+    'migrate_records',
+    'prune_runs',
+    'read_next_free',
+    'read_session',
+    'read_stats',
+    'rebuild_records',
+    'reclaim_session',
+    'reconcile_counters',
+    'release_slot',
+    'renew_turn',
+    'repair_records',
+    'reserve_slot',
+    'start_run',
+]
+
 # name -> full source: each script stays one self-contained EVALSHA.
-SOURCES: dict[str, str] = {
-    path.stem: _with_helpers(path.read_text(), _HELPERS) for path in sorted(_HERE.glob('*.lua')) if path.stem != '_lib'
+SOURCES: dict[ScriptName, str] = {
+    path.stem: _with_helpers(path.read_text(), _HELPERS)  # type: ignore[misc]  # checked just below
+    for path in sorted(_HERE.glob('*.lua'))
+    if path.stem != '_lib'
 }
+if set(SOURCES) != set(get_args(ScriptName)):  # a script file added, renamed or removed without its name here
+    raise ImportError(f'lifecycle scripts {sorted(SOURCES)} do not match ScriptName {sorted(get_args(ScriptName))}')

@@ -1,0 +1,270 @@
+"""What the web tier does, each operation written once as steps that the sync and the async client drive.
+
+A flow yields `Call`s (Redis), `NOW` (lifecycle time) and `Durable` steps (the store, the app's callbacks)
+and gets each one's result back, or its error thrown in (see `pool.calls`). `Lifecycle` runs a flow
+with `Executor.do`, `AsyncLifecycle` with `AsyncExecutor.do`: the rules live here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lifecycle import validate
+from lifecycle.errors import (
+    CapacityExceeded,
+    ConfigurationError,
+    InvalidArgument,
+    LifecycleError,
+    PersistenceError,
+    SessionDamaged,
+    SessionNotLive,
+    SessionReaping,
+)
+from lifecycle.jobs import worktrees
+from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.pool import calls
+from lifecycle.pool.calls import NOW, Durable, Steps
+from lifecycle.pool.sessions import SessionIndex
+from lifecycle.settings import Settings
+from lifecycle.stores import SnapshotStore
+from lifecycle.stores.documents import info_from_document, record_of, to_epoch_ms
+
+log = logging.getLogger(__name__)
+MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
+NOTICE_BATCH = 100
+SERVE_WAIT_MS = 1000  # serve_notices' blocking read: how soon stop() is noticed
+
+
+@dataclass
+class Turn:
+    """One turn in flight: `seq` is the turn sequence it started from; `lease_lapsed` is set if a
+    heartbeat found the busy lease gone (Redis unreachable for most of a lease), so the app knows the
+    session was briefly unprotected."""
+
+    session_id: str
+    seq: int
+    finished_seq: int | None = None
+    lease_lapsed: bool = False
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """What restore() needs of a resumable session's document, checked."""
+
+    tenant: str | None
+    profile: str | None
+    expires_at_ms: int
+    created_ms: int | None
+    # The turn sequence a restored session goes on from: the highest MongoDB knows of, so no checkpoint
+    # taken before the restore can cover a turn finished after it.
+    turn_seq: int
+
+
+def resumable_of(document: Mapping[str, Any]) -> Resumable:
+    """The document's fields restore() acts on; SessionDamaged, naming the field, if one is unusable."""
+    session_id = document.get('_id')
+    try:
+        expires_at, created = document['expires_at'], document.get('created_at')
+        return Resumable(
+            tenant=validate.optional_identifier('tenant', document.get('tenant')),
+            profile=validate.optional_identifier('profile', document.get('profile')),
+            expires_at_ms=to_epoch_ms(expires_at),
+            created_ms=to_epoch_ms(created) if created is not None else None,
+            turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0))),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise SessionDamaged(f'the MongoDB document of session {session_id!r} is unusable: {exc!r}') from exc
+
+
+def refusal_counter(full: CapacityExceeded) -> str:
+    """The shared counter a refusal adds to: 'refused:pool' or 'refused:tenant'."""
+    return 'refused:tenant' if full.tenant else 'refused:pool'
+
+
+def checkpoint_args(
+    session_id: str, saved: object
+) -> tuple[Mapping[str, Any], Sequence[Mapping[str, Any]] | None] | None:
+    """What an app's snapshot function returned, as checkpoint() arguments: None (nothing to save), a
+    snapshot mapping, or (snapshot, messages)."""
+    if saved is None:
+        return None
+    if isinstance(saved, tuple) and len(saved) == 2:
+        return saved[0], saved[1]
+    if isinstance(saved, Mapping):
+        return saved, None
+    raise InvalidArgument(f'the snapshot function returned {saved!r:.80} for {session_id!r}: want a mapping, '
+                          '(mapping, messages) or None')  # fmt: skip
+
+
+def new_token() -> str:
+    """A fresh reservation or turn token."""
+    return secrets.token_hex(12)
+
+
+def require(store: SnapshotStore | None, what: str) -> SnapshotStore:
+    if store is None:
+        raise ConfigurationError(f'{what} needs MongoDB: set LIFECYCLE_MONGO_URL')
+    return store
+
+
+class Flows:
+    """The web tier's operations over one pool index and (optional) store, as steps."""
+
+    def __init__(self, settings: Settings, index: SessionIndex) -> None:
+        self.settings = settings
+        self.index = index
+        self.keys = index.keys
+
+    def reserve(
+        self, owner: str, tenant: str | None, token: str, make_room: Callable[[], bool] | None
+    ) -> Steps[Reservation]:
+        """Hold a slot; with `make_room`, a full pool first evicts one idle session (up to 3 tries)."""
+        for attempt in range(MAKE_ROOM_ATTEMPTS + 1):
+            try:
+                reservation: Reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
+                return reservation
+            except CapacityExceeded as full:
+                last = attempt == MAKE_ROOM_ATTEMPTS
+                if last or make_room is None or full.tenant is not None or not (yield Durable(make_room)):
+                    if not last:  # the last try follows a room made: not a refusal of the app's request
+                        try:
+                            yield calls.increment(self.keys.counters, refusal_counter(full))
+                        except LifecycleError:
+                            log.debug('refusal not counted', exc_info=True)
+                    raise
+        raise AssertionError('unreachable')  # pragma: no cover
+
+    def activate(
+        self, reservation: Reservation, session_id: str, ttl_seconds: int | None, profile: str | None
+    ) -> Steps[SessionInfo]:
+        info: SessionInfo = yield self.index.activate(reservation, session_id, ttl_seconds, profile, (yield NOW))
+        return info
+
+    def touch(self, session_ids: Sequence[str]) -> Steps[int]:
+        stamped: int = yield self.index.touch(session_ids, (yield NOW))
+        return stamped
+
+    def begin_turn(self, session_id: str, token: str) -> Steps[Turn]:
+        return Turn(session_id, (yield self.index.begin_turn(session_id, token, (yield NOW))))
+
+    def renew_turn(self, turn: Turn, token: str) -> Steps[None]:
+        if (yield self.index.renew_turn(turn.session_id, token, (yield NOW))) != 1:
+            turn.lease_lapsed = True
+            log.warning('turn on %s: busy lease had lapsed or the session left the pool', turn.session_id)
+
+    def end_turn(self, session_id: str, token: str) -> Steps[int | None]:
+        finished: int | None = yield self.index.end_turn(session_id, token, (yield NOW))
+        return finished
+
+    def close(self, session_id: str, store: SnapshotStore | None) -> Steps[bool]:
+        """End a live session; with a store, mark its document closed (best effort)."""
+        closed = yield self.index.close(session_id)
+        if closed is None:
+            return False
+        if store is not None:
+            try:
+                token = yield self.index.next_token()
+                yield Durable(
+                    store.end, (record_of(closed), SessionState.CLOSED, token, self.settings.mongo_timeout_ms)
+                )
+            except PersistenceError as exc:
+                log.warning('closed %s, but MongoDB did not record it: %s', session_id, exc)
+        return True
+
+    def status(self, session_id: str, store: SnapshotStore | None) -> Steps[SessionInfo | None]:
+        info: SessionInfo | None = yield self.index.status(session_id, (yield NOW))
+        if info is not None or store is None:
+            return info
+        return info_from_document((yield Durable(store.load, (session_id,))))
+
+    def register_worktree(self, session_id: str, path: object) -> Steps[str]:
+        normal, session_id = worktrees.registration(session_id, path, self.settings.worktree_root)  # type: ignore[arg-type]
+        yield calls.hash_set(self.keys.worktrees, {normal: session_id})
+        return normal
+
+    def checkpoint(
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None,
+        store: SnapshotStore | None,
+    ) -> Steps[int]:
+        """See `Lifecycle.checkpoint`."""
+        store = require(store, 'checkpoint()')
+        info: SessionInfo | None = yield self.index.status(validate.identifier('session_id', session_id), (yield NOW))
+        if info is None:
+            # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
+            # a checkpoint now would create a document for a session that is not live, so nothing is written.
+            raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
+        try:
+            yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq))
+        except SessionNotLive as refused:
+            if info.state is SessionState.REAPING:  # its eviction's durable write landed first
+                raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused
+            raise
+        # Answered: the grace of on_missing_checkpoint starts again at the next request.
+        yield calls.remove(self.keys.unsaved, [session_id])
+        return info.turn_seq
+
+    def restore(
+        self, session_id: str, owner: str, store: SnapshotStore | None, make_room: Callable[[], bool] | None
+    ) -> Steps[Restored]:
+        """See `Lifecycle.restore`."""
+        store = require(store, 'restore()')
+        owner = validate.identifier('owner', owner)
+        document = yield Durable(store.load, (validate.identifier('session_id', session_id),))
+        state = document.get('state') if document is not None else None
+        if document is None or state != SessionState.RESUMABLE:
+            raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
+        resumable = resumable_of(document)
+        ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000
+        if ttl_s < 1:
+            raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
+        reservation = yield from self.reserve(owner, resumable.tenant, new_token(), make_room)
+        try:
+            ttl_s = min(ttl_s, self.settings.limits(resumable.profile).max_ttl_s)
+            info = yield self.index.activate(reservation, session_id, ttl_s, resumable.profile, (yield NOW),
+                                             turn_seq=resumable.turn_seq, created_ms=resumable.created_ms)  # fmt: skip
+        except LifecycleError:
+            yield self.index.release(reservation)
+            raise
+        try:
+            restored = yield Durable(store.restore, (session_id, (yield self.index.next_token()), owner))
+        except PersistenceError:
+            yield self.index.close(session_id)
+            raise
+        if restored is None:
+            yield self.index.close(session_id)
+            raise SessionNotLive(f'session {session_id!r} was restored, ended or evicted again meanwhile')
+        messages = yield Durable(store.messages, (session_id,))
+        return Restored(info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), messages)
+
+    def serve(
+        self,
+        owner: str,
+        position: list[str],
+        wait_ms: int | None,
+        snapshot: Callable[[str], object],
+        on_notice: Callable[[Notice], object] | None,
+        store: SnapshotStore | None,
+    ) -> Steps[None]:
+        """One round of serve_notices: read what arrived after `position[0]` (waiting up to `wait_ms`), and
+        answer each: a `checkpoint_requested` checkpoints what `snapshot(session_id)` returns; every notice then
+        goes to `on_notice`. The app's failures are logged; the next notice is served all the same."""
+        for notice in (yield self.index.read_notices(owner, position[0], NOTICE_BATCH, wait_ms)):
+            position[0] = notice.id
+            try:
+                if notice.kind is NoticeKind.CHECKPOINT_REQUESTED:
+                    args = checkpoint_args(notice.session_id, (yield Durable(snapshot, (notice.session_id,))))
+                    if args is not None:
+                        yield from self.checkpoint(notice.session_id, *args, store)
+                if on_notice is not None:
+                    yield Durable(on_notice, (notice,))
+            except LifecycleError as exc:  # the session left meanwhile, say: the next request will come
+                log.info('notice %s of %s not answered: %s', notice.kind, notice.session_id, exc)
+            except Exception:
+                log.exception("notice %s of %s: the app's callback failed", notice.kind, notice.session_id)

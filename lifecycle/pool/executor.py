@@ -1,0 +1,312 @@
+"""The executors: the one place that talks to Redis.
+
+An executor owns the connection pool, the scripts, pipelines and the clock, and sends the `Call`s the
+index modules build; it is also the single place where redis-py's errors become `LifecycleError`s
+(`BackendUnavailable`, `ScriptFailed`). `Executor` is the sync one, `AsyncExecutor` its asyncio twin:
+they differ only in how they wait, and both drive the same `Steps` (see `calls`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aredis
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import NoScriptError
+
+from lifecycle.clock import Clock, RedisClock
+from lifecycle.errors import BackendUnavailable, LifecycleError, ScriptFailed
+from lifecycle.pool.calls import NOW, Call, Done, Durable, Step, Steps, advance
+from lifecycle.pool.keys import Keys
+from lifecycle.pool.scripts import SOURCES
+from lifecycle.settings import Settings, redacted
+
+T = TypeVar('T')
+# A member no valid id could be (a hand edit, a foreign writer) decodes without raising, and encodes back to
+# the same bytes: one bad entry never stops a sweep, and reconcile can still name and remove it.
+ENCODING_ERRORS = 'surrogateescape'
+DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """The connection pool both executors build: calls beyond its size wait for a connection (bounded), never
+    fail at once as redis-py's default pool does ('Too many connections')."""
+    return {
+        'max_connections': settings.redis_max_connections,
+        'timeout': settings.redis_pool_timeout_s,
+        'decode_responses': True,
+        'encoding_errors': ENCODING_ERRORS,
+    }
+
+
+def unavailable(url: str, exc: Exception) -> BackendUnavailable:
+    """The error for a Redis that could not be reached, naming the server (never its password)."""
+    return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
+
+
+def translate(url: str, call: Call[Any] | None, exc: Exception) -> LifecycleError:
+    """redis-py's error as a LifecycleError: unreachable (BackendUnavailable), or refused (ScriptFailed)."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        return unavailable(url, exc)
+    return ScriptFailed(f'Redis refused {call.name if call is not None else "a command"}: {exc}')
+
+
+def parse_reply(call: Call[T], reply: Any) -> T:
+    """`call.parse(reply)`; a reply it cannot read (a state no script expects) becomes ScriptFailed."""
+    try:
+        return call.parse(reply)
+    except LifecycleError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ScriptFailed(f'unexpected reply of {call.name!r}: {reply!r} ({exc})') from exc
+
+
+def each_result(url: str, call: Call[T], reply: Any) -> T | LifecycleError:
+    """One call's result in a pipeline: its value, or the LifecycleError it ended with."""
+    if isinstance(reply, CONNECTION_ERRORS):
+        raise unavailable(url, reply) from reply
+    if isinstance(reply, Exception):
+        return translate(url, call, reply)
+    try:
+        return parse_reply(call, reply)
+    except LifecycleError as exc:
+        return exc
+
+
+def first_error(results: list[T | LifecycleError]) -> list[T]:
+    """`results` if none is an error; else raises the first."""
+    for result in results:
+        if isinstance(result, LifecycleError):
+            raise result
+    return results  # type: ignore[return-value]  # no LifecycleError is left in it
+
+
+def read_block_ms(client: Any, block_ms: int | None) -> int | None:
+    """How long one blocking read may wait: `block_ms`, but less than the connections' socket timeout (5 s
+    by default in redis-py 8), which would otherwise end a quiet wait as an error."""
+    if block_ms is None:
+        return None
+    timeout_s = client.connection_pool.connection_kwargs.get('socket_timeout', DEFAULT_SOCKET_TIMEOUT_S)
+    return block_ms if timeout_s is None else max(1, min(block_ms, int(timeout_s * 800)))
+
+
+class _Base:
+    """What both executors hold: settings, key names, the clock, the scripts' SHAs."""
+
+    redis: Any
+
+    def __init__(self, settings: Settings, clock: Clock | None) -> None:
+        self.settings = settings
+        self.keys = Keys.for_prefix(settings.key_prefix)
+        self.clock = clock or RedisClock(settings.clock_refresh_s)
+        self.url = settings.redis_url
+        self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
+
+    def _command(self, call: Call[Any]) -> Sequence[Any]:
+        if call.script is None:
+            return call.command
+        # EVALSHA straight through execute_command: redis-py's Script.__call__ costs ~5 µs more a call.
+        return ('EVALSHA', self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+
+    def _queue(self, pipe: Any, calls: Sequence[Call[Any]]) -> None:
+        for call in calls:
+            if call.script is not None:
+                self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            else:
+                pipe.execute_command(*call.command)
+
+    def _results(self, calls: Sequence[Call[T]], replies: Sequence[Any]) -> list[T | LifecycleError]:
+        results: list[T | LifecycleError] = []
+        for call, reply in zip(calls, replies, strict=True):
+            result: T | LifecycleError = each_result(self.url, call, reply)
+            results.append(result)
+        return results
+
+    def _needs_time(self) -> RedisClock | None:
+        clock = self.clock
+        return clock if isinstance(clock, RedisClock) and clock.needs_sync() else None
+
+    def read_block_ms(self, block_ms: int | None) -> int | None:
+        return read_block_ms(self.redis, block_ms)
+
+
+class Executor(_Base):
+    """Sends calls to Redis for one process; thread-safe (redis-py pools its connections)."""
+
+    redis: SyncRedis
+
+    def __init__(self, settings: Settings, redis_client: SyncRedis | None = None, clock: Clock | None = None) -> None:
+        # from_pool: the executor owns the pool, so close() closes its connections too.
+        self.redis = redis_client or redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings))
+        )
+        super().__init__(settings, clock)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    @contextmanager
+    def translating(self, call: Call[Any] | None = None) -> Iterator[None]:
+        """Turn redis-py errors raised in the block (a lock, a raw client) into LifecycleErrors."""
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise translate(self.url, call, exc) from exc
+
+    def now_ms(self) -> int:
+        """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""
+        clock = self._needs_time()
+        if clock is not None:
+            with self.translating():
+                sent_ns = time.monotonic_ns()
+                clock.observe(self.redis.time(), sent_ns, time.monotonic_ns())
+        return self.clock.now_ms()
+
+    def run(self, call: Call[T]) -> T:
+        """Send one call and read its reply."""
+        try:  # a plain try, not `translating`: this is every call's hot path
+            try:
+                reply = self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+            except NoScriptError:  # a restarted or flushed server: load the script once, then go on
+                self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
+                reply = self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise translate(self.url, call, exc) from exc
+        return parse_reply(call, reply)
+
+    def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        """Send many calls in one pipelined round trip (each script is atomic; the batch is not); the first
+        call that failed raises, after every reply was read (see `run_each`)."""
+        return first_error(self.run_each(calls))
+
+    def run_each(self, calls: Sequence[Call[T]]) -> list[T | LifecycleError]:
+        """Send many calls in one pipelined round trip; each call's result, or the LifecycleError it ended
+        with (a refusal, ScriptFailed), so one bad session never hides what the others did.
+
+        A call answered NOSCRIPT (the server lost its scripts after redis-py checked them) never ran: it
+        is sent again once. A Redis that cannot be reached raises BackendUnavailable for the whole batch.
+        """
+        replies = self._pipeline(calls)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        for i, reply in zip(lost, self._pipeline([calls[i] for i in lost]) if lost else [], strict=True):
+            replies[i] = reply
+        return self._results(calls, replies)
+
+    def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        if not calls:
+            return []
+        with self.translating():
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue(pipe, calls)
+            return pipe.execute(raise_on_error=False)
+
+    def do(self, steps: Steps[T]) -> T:
+        """Drive an operation written as steps: each Call is run, NOW answered, each Durable called."""
+        step: Step | Done[T] = advance(steps)
+        while not isinstance(step, Done):
+            try:
+                result = self.now_ms() if step is NOW else self._one(step)
+            except BaseException as exc:  # the operation's own handlers and cleanups see it first
+                step = advance(steps, error=exc)
+            else:
+                step = advance(steps, result)
+        return step.value
+
+    def _one(self, step: Step) -> Any:
+        return step.fn(*step.args) if isinstance(step, Durable) else self.run(step)  # type: ignore[arg-type]
+
+    def pages(self, page: Callable[[int], Call[tuple[int, list[str]]]]) -> Iterator[list[str]]:
+        """Every page of a cursor scan: `page(cursor)` builds one ZSCAN/HSCAN/SCAN call (see `calls`)."""
+        cursor = 0
+        while True:
+            cursor, items = self.run(page(cursor))
+            if items:
+                yield items
+            if cursor == 0:
+                return
+
+
+class AsyncExecutor(_Base):
+    """`Executor` for asyncio: the same calls, awaited."""
+
+    redis: AsyncRedis
+
+    def __init__(
+        self, settings: Settings, redis_client: aredis.Redis | None = None, clock: Clock | None = None
+    ) -> None:
+        self.redis = redis_client or aredis.Redis.from_pool(
+            aredis.BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings))
+        )
+        super().__init__(settings, clock)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def now_ms(self) -> int:
+        clock = self._needs_time()
+        if clock is not None:
+            try:
+                sent_ns = time.monotonic_ns()
+                clock.observe(await self.redis.time(), sent_ns, time.monotonic_ns())
+            except redis.RedisError as exc:
+                raise translate(self.url, None, exc) from exc
+        return self.clock.now_ms()
+
+    async def run(self, call: Call[T]) -> T:
+        try:
+            try:
+                reply = await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+            except NoScriptError:
+                await self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
+                reply = await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise translate(self.url, call, exc) from exc
+        return parse_reply(call, reply)
+
+    async def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        return first_error(await self.run_each(calls))
+
+    async def run_each(self, calls: Sequence[Call[T]]) -> list[T | LifecycleError]:
+        replies = await self._pipeline(calls)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        for i, reply in zip(lost, await self._pipeline([calls[i] for i in lost]) if lost else [], strict=True):
+            replies[i] = reply
+        return self._results(calls, replies)
+
+    async def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        if not calls:
+            return []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue(pipe, calls)
+            return await pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise translate(self.url, None, exc) from exc
+
+    async def do(self, steps: Steps[T]) -> T:
+        """See `Executor.do`; a Durable step runs in a worker thread unless it is a coroutine function."""
+        step: Step | Done[T] = advance(steps)
+        while not isinstance(step, Done):
+            try:
+                result = await self.now_ms() if step is NOW else await self._one(step)
+            except BaseException as exc:  # the operation's own handlers and cleanups see it first
+                step = advance(steps, error=exc)
+            else:
+                step = advance(steps, result)
+        return step.value
+
+    async def _one(self, step: Step) -> Any:
+        if not isinstance(step, Durable):
+            return await self.run(step)  # type: ignore[arg-type]
+        if inspect.iscoroutinefunction(step.fn):
+            return await step.fn(*step.args)
+        result = await asyncio.to_thread(step.fn, *step.args)
+        return await result if inspect.isawaitable(result) else result  # a plain function that returned one
