@@ -102,7 +102,7 @@ def _check_servers(sender: Any = None, **_: Any) -> None:
     settings = settings_of(sender.app)
     with Lifecycle(settings) as lc:
         try:
-            checks.check_redis(lc.redis)
+            checks.check_redis(lc.pool)
         except ConfigurationError as unfit:
             # Celery logs and ignores an exception from a signal handler: only SystemExit stops the worker.
             log.critical('lifecycle worker refuses to start: %s', unfit)

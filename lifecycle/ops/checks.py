@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from pymongo.errors import PyMongoError
 
 from lifecycle.errors import ConfigurationError
+from lifecycle.pool import calls
+from lifecycle.pool.executor import Executor
 
 
-def redis_problems(client: redis.Redis) -> list[str]:
+def redis_problems(pool: Executor) -> list[str]:
     """What is wrong with this Redis for lifecycle; [] when nothing is."""
     problems = []
-    policy = str(client.config_get('maxmemory-policy').get('maxmemory-policy', ''))
+    policy = pool.run(calls.config_value('maxmemory-policy'))
     if policy.startswith('allkeys-'):
         problems.append(
             f'maxmemory-policy is {policy!r}: Redis may evict the pool itself (sessions never reaped, slots '
             'lost); use noeviction or a volatile-* policy'
         )
-    version = str(client.info('server').get('redis_version', '0'))
+    version = str(pool.run(calls.server_info('server')).get('redis_version', '0'))
     if tuple(int(part) for part in version.split('.')[:2]) < (6, 2):
         problems.append(f'Redis {version} is too old: lifecycle needs 6.2+ (ZADD GT, ZMSCORE)')
     return problems
 
 
-def check_redis(client: redis.Redis) -> None:
+def check_redis(pool: Executor) -> None:
     """Raise ConfigurationError if this Redis could lose or mishandle lifecycle's keys."""
-    problems = redis_problems(client)
+    problems = redis_problems(pool)
     if problems:
         raise ConfigurationError('; '.join(problems))
 

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import redis
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +35,7 @@ from lifecycle.logs import use_json
 from lifecycle.models import SessionInfo, SessionState, to_datetime
 from lifecycle.ops import checks
 from lifecycle.policy import Order
+from lifecycle.pool import calls
 from lifecycle.pool.records import read_records
 from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
@@ -74,13 +74,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         stats = lc.stats()
         now = lc.now_ms()
         k = lc.index.keys
-        idlest: list[tuple[str, float]] = lc.redis.zrange(  # type: ignore[assignment]
-            k.live, 0, args.top - 1, withscores=True
-        )
-        ids = [str(member) for member, _ in idlest]
+        idlest = lc.pool.run(calls.by_score(k.live, '-inf', '+inf', args.top))
+        ids = [member for member, _ in idlest]
         records = read_records(lc.pool, ids)
-        deadlines = lc.redis.zmscore(k.deadline, ids) if ids else []
-        busy = lc.redis.zmscore(k.busy, ids) if ids else []
+        deadlines, busy = lc.pool.run_many([calls.scores(k.deadline, ids), calls.scores(k.busy, ids)])
         sessions = []
         for (session_id, last_active), record, deadline, lease in zip(idlest, records, deadlines, busy, strict=True):
             meta = readable(record)
@@ -120,7 +117,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except SessionDamaged as exc:
             info, damaged = None, {'damage': str(exc), **raw_state(lc, args.session)}
         document = dict(lc.store.load(args.session) or {}) if lc.store is not None else {}
-        claim = lc.redis.hget(lc.index.keys.claims, args.session)
+        claim = lc.pool.run(calls.hash_get(lc.index.keys.claims, args.session))
         why = explain(lc, info, document) if info is not None and info.state in ('live', 'reaping') else None
     if info is None and not document and damaged is None:
         print(f'lifecycle: unknown session {args.session!r}', file=sys.stderr)
@@ -150,12 +147,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> policy.Verdict:
     """What the sweeps make of this live session now, and why."""
     s = lc.settings
-    requested = lc.redis.zscore(lc.index.keys.unsaved, info.session_id)
+    requested = lc.pool.run(calls.score(lc.index.keys.unsaved, info.session_id))
     return policy.verdict(
         now_ms=lc.now_ms(), last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
         reaping=info.state is SessionState.REAPING, idle_ttl_s=s.limits(info.profile).idle_ttl_s,
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
-        requested_ms=int(requested) if requested is not None else None, required=s.require_checkpoint,
+        requested_ms=requested, required=s.require_checkpoint,
         waive_after_s=s.waive_after_s,
     )  # fmt: skip
 
@@ -170,11 +167,10 @@ def when(key: str, value: object) -> str:
 def raw_state(lc: Lifecycle, session_id: str) -> dict[str, Any]:
     """What Redis holds of a damaged session, entry by entry (None where an entry is missing)."""
     k = lc.index.keys
-    pipe = lc.redis.pipeline(transaction=False)
-    pipe.hget(k.meta_of(session_id), session_id)
-    for key in (k.live, k.deadline, k.busy, k.reaping):
-        pipe.zscore(key, session_id)
-    record, last_active, deadline, busy, reaping = pipe.execute()
+    record = lc.pool.run(calls.hash_get(k.meta_of(session_id), session_id))
+    last_active, deadline, busy, reaping = lc.pool.run_many(
+        [calls.score(key, session_id) for key in (k.live, k.deadline, k.busy, k.reaping)]
+    )
     return {'record': record, 'last_active_ms': last_active, 'expires_at_ms': deadline, 'busy_until_ms': busy,
             'reaping_until_ms': reaping, 'repair': 'lifecycle sweep reconcile'}  # fmt: skip
 
@@ -260,9 +256,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     notes: list[str] = []
     with Lifecycle(settings) as lc:
         try:
-            lc.redis.ping()
-            problems += checks.redis_problems(lc.redis)
-            notes.append(f'redis: {lc.redis.info("server")["redis_version"]} at {settings.redis_url.split("@")[-1]}')
+            problems += checks.redis_problems(lc.pool)
+            version = lc.pool.run(calls.server_info('server'))['redis_version']
+            notes.append(f'redis: {version} at {settings.redis_url.split("@")[-1]}')
         except BackendUnavailable as exc:
             problems.append(str(exc))
         except Exception as exc:
@@ -292,12 +288,12 @@ def reaping_warnings(lc: Lifecycle) -> list[str]:
     if lc.store is None:
         warnings.append('IDLE REAPING IS OFF: no LIFECYCLE_MONGO_URL, so idle, LRU and owner-lost sweeps skip '
                         'everything and only the hard TTL ends sessions')  # fmt: skip
-    waiting = lc.redis.zcount(lc.index.keys.unsaved, '-inf', now - s.checkpoint_grace_s * 1000)
+    waiting = lc.pool.run(calls.count_by_score(lc.index.keys.unsaved, '-inf', now - s.checkpoint_grace_s * 1000))
     if waiting and s.on_missing_checkpoint == 'keep':
         warnings.append(f'{waiting} idle session(s) kept for a checkpoint their owner was asked for over '
                         f'{policy.human(s.checkpoint_grace_s)} ago (on_missing_checkpoint=keep): serve '
                         'checkpoint_requested notices (serve_notices) or they hold their slots for good')  # fmt: skip
-    stats = lc.redis.hgetall(lc.index.keys.sweep_stats)
+    stats = lc.pool.run(calls.hash_all(lc.index.keys.sweep_stats))
     last = stats.get(f'{SweepKind.IDLE}:last_ms')
     if lc.store is not None and (last is None or now - int(float(last)) > 3 * s.idle_interval_s * 1000):
         ago = 'never ran' if last is None else f'last ran {policy.human((now - int(float(last))) / 1000)} ago'
@@ -450,11 +446,9 @@ def failure(exc: Exception) -> tuple[int, str]:
         return EXIT_CONFIG, str(exc)
     if isinstance(exc, BackendUnavailable | PersistenceError):
         return EXIT_UNAVAILABLE, str(exc)
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):  # from a raw call of a sweep
-        return EXIT_UNAVAILABLE, f'Redis is unavailable: {exc}'
     if isinstance(exc, InvalidArgument):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, LifecycleError | redis.RedisError):  # damage, a command Redis refused: a problem
+    if isinstance(exc, LifecycleError):  # damage, a command Redis refused: a problem
         return EXIT_PROBLEMS, str(exc)
     if isinstance(exc, OSError):  # the exporter's port is taken, say
         return EXIT_USAGE, str(exc)

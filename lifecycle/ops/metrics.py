@@ -10,11 +10,11 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from lifecycle.errors import BackendUnavailable
+from lifecycle.pool import calls
 from lifecycle.reaper.sweeps import DURATION_BUCKETS_S
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class PoolCollector(Collector):
         up = GaugeMetricFamily('lifecycle_redis_up', 'Whether the exporter could read the pool from Redis.')
         try:
             yield from self._pool()
-        except (BackendUnavailable, redis.RedisError) as exc:
+        except BackendUnavailable as exc:
             log.warning('scrape failed: %s', exc)
             up.add_metric([], 0)
         else:
@@ -54,13 +54,16 @@ class PoolCollector(Collector):
             'lifecycle_slots', 'The slot counter (live + reserved, by the sets).', value=stats.slots
         )
         yield GaugeMetricFamily('lifecycle_session_cap', 'The global session cap (max_sessions).', value=stats.cap)
-        oldest = lc.redis.zrange(keys.live, 0, 0, withscores=True)
+        oldest = lc.pool.run(calls.by_score(keys.live, '-inf', '+inf', 1))
         idle_s = (now_ms - int(oldest[0][1])) / 1000 if oldest else 0.0
         yield GaugeMetricFamily('lifecycle_oldest_idle_seconds', 'Idle time of the least recently active session.',
                                 value=idle_s)  # fmt: skip
-        yield from self._counters({str(k): int(v) for k, v in lc.redis.hgetall(keys.counters).items()})
-        yield from self._sweeps({str(k): int(float(v)) for k, v in lc.redis.hgetall(keys.sweep_stats).items()}, now_ms)
-        yield self._durations({str(k): float(v) for k, v in lc.redis.hgetall(keys.sweep_durations).items()})
+        counters, sweeps, durations = lc.pool.run_many(
+            [calls.hash_all(key) for key in (keys.counters, keys.sweep_stats, keys.sweep_durations)]
+        )
+        yield from self._counters({k: int(v) for k, v in counters.items()})
+        yield from self._sweeps({k: int(float(v)) for k, v in sweeps.items()}, now_ms)
+        yield self._durations({k: float(v) for k, v in durations.items()})
 
     @staticmethod
     def _durations(fields: dict[str, float]) -> Metric:

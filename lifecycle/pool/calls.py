@@ -224,6 +224,16 @@ def expire_if_none(key: str, ttl_ms: int) -> Call[int]:
     return Call(as_int, command=('PEXPIRE', key, ttl_ms, 'NX'))
 
 
+def config_value(name: str) -> Call[str]:
+    """One CONFIG GET value ('' when the server does not have it)."""
+
+    def parse(reply: Any) -> str:
+        pairs = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+        return str(pairs.get(name, ''))
+
+    return Call(parse, command=('CONFIG', 'GET', name))
+
+
 def server_info(section: str) -> Call[dict[str, Any]]:
     """INFO `section`, as redis-py's INFO callback parses it."""
     return Call(dict, command=('INFO', section))

@@ -26,7 +26,8 @@ def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: Settin
     async def main() -> None:
         client = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
         async with AsyncLifecycle(settings, redis_client=client, clock=clock, store=store) as lc:
-            assert lc.redis is client and lc.store is store
+            assert lc.redis is client
+            assert lc.store is store
             await lc.activate(await lc.reserve('api-1'), 'a1')
             async with lc.turn('a1'):
                 pass
