@@ -93,7 +93,10 @@ class AsyncLifecycle:
         await self.disconnect()
 
     async def disconnect(self) -> None:
-        """Close the Redis connections, and the MongoDB client if this client opened it."""
+        """Record the ends of turns still being recorded, then close the Redis connections, and the MongoDB
+        client if this client opened it."""
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=self.settings.busy_lease_s)
         await self.pool.close()
         if self._evicting is not None:
             self._evicting.close()
@@ -160,8 +163,9 @@ class AsyncLifecycle:
             body_failed = True
             raise
         finally:
-            await asyncio.shield(renew.stop())
-            end = asyncio.ensure_future(self.pool.do(self.flows.end_turn(session_id, token)))
+            # Scheduled before anything is awaited: a cancellation that keeps firing (anyio's cancel scopes, which
+            # Starlette uses when a client disconnects) cannot stop the end of the turn from being recorded.
+            end = asyncio.ensure_future(self._end_turn(renew, session_id, token))
             self._pending.add(end)
             end.add_done_callback(self._pending.discard)
             try:
@@ -170,6 +174,10 @@ class AsyncLifecycle:
                 if not body_failed:
                     raise
                 log.warning('turn on %s: could not record its end; the busy lease will lapse', session_id)
+
+    async def _end_turn(self, renew: AsyncRepeater, session_id: str, token: str) -> int | None:
+        await renew.stop()
+        return await self.pool.do(self.flows.end_turn(session_id, token))
 
     async def close(self, session_id: str) -> bool:
         """See `Lifecycle.close`."""
@@ -196,11 +204,11 @@ class AsyncLifecycle:
         """See `Lifecycle.notices`; an async iterator."""
         block_ms = self.pool.read_block_ms(validate.wait_ms('block_s', block_s))
         while True:
-            batch = await self.pool.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
+            batch, last = await self.pool.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             for notice in batch:
                 yield notice
-            if batch:
-                after = batch[-1].id
+            if last is not None:
+                after = last
             elif block_ms is None:
                 return
 

@@ -58,11 +58,13 @@ class AsyncRepeater:
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            # wait(), not await: the task's own CancelledError stays inside it, while a cancellation
-            # of the caller still propagates (teardown must never swallow a shutdown).
-            await asyncio.wait([self._task])
+        task = self._task
+        # wait(), not await: the task's own CancelledError stays inside it, while a cancellation of the caller
+        # still propagates (teardown must never swallow a shutdown). Cancelled again until it ends: a beat may
+        # swallow one cancellation (a library that catches it), and the loop must end all the same.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
 
     async def _loop(self) -> None:
         wait_s = self._interval_s

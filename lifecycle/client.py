@@ -229,10 +229,10 @@ class Lifecycle:
         """Notices to replica `owner` after stream id `after`; with `block_s`, waits for more, forever."""
         block_ms = self.pool.read_block_ms(validate.wait_ms('block_s', block_s))
         while True:
-            batch = self.pool.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
+            batch, last = self.pool.run(self.index.read_notices(owner, after, NOTICE_BATCH, block_ms))
             yield from batch
-            if batch:
-                after = batch[-1].id
+            if last is not None:
+                after = last
             elif block_ms is None:
                 return
 

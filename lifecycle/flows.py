@@ -255,8 +255,10 @@ class Flows:
         """One round of serve_notices: read what arrived after `position[0]` (waiting up to `wait_ms`), and
         answer each: a `checkpoint_requested` checkpoints what `snapshot(session_id)` returns; every notice then
         goes to `on_notice`. The app's failures are logged; the next notice is served all the same."""
-        for notice in (yield self.index.read_notices(owner, position[0], NOTICE_BATCH, wait_ms)):
-            position[0] = notice.id
+        batch, last = yield self.index.read_notices(owner, position[0], NOTICE_BATCH, wait_ms)
+        if last is not None:
+            position[0] = last  # past every entry read, the ones no notice could be included
+        for notice in batch:
             try:
                 if notice.kind is NoticeKind.CHECKPOINT_REQUESTED:
                     args = checkpoint_args(notice.session_id, (yield Durable(snapshot, (notice.session_id,))))

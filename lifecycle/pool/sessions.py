@@ -7,6 +7,7 @@ clients share every argument and every reply rule, and tests can inspect a call 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +28,8 @@ from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, Session
 from lifecycle.pool.calls import Arg, Call, as_int, scored
 from lifecycle.pool.keys import Keys
 from lifecycle.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # How many expired reservations one reserve call gives back at most; the sweep purges the rest.
 PURGE_LIMIT = 64
@@ -56,14 +59,23 @@ class Meta:
                    int(seq))  # fmt: skip
 
 
-def _parse_notices(reply: Any) -> list[Notice]:
+def _parse_notices(reply: Any) -> tuple[list[Notice], str | None]:
+    """The notices of an XREAD reply, and the id of the last entry read (None: nothing arrived).
+
+    An entry no notice could be (a kind from a newer version, a foreign writer, a hand edit) is logged and
+    passed over: the reader moves past it, never stuck re-reading it, and the notices behind it get through.
+    """
     if not reply:
-        return []
+        return [], None
     entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-    return [
-        Notice(entry_id, NoticeKind(f['kind']), f['session_id'], f.get('reason', ''), as_int(f.get('at_ms', 0)))
-        for entry_id, f in entries
-    ]
+    notices = []
+    for entry_id, f in entries:
+        try:
+            notices.append(Notice(entry_id, NoticeKind(f['kind']), str(f['session_id']), str(f.get('reason', '')),
+                                  as_int(f.get('at_ms', 0))))  # fmt: skip
+        except (KeyError, ValueError, TypeError):
+            log.warning('notice %s passed over: %r is no notice this version reads', entry_id, f)
+    return notices, (str(entries[-1][0]) if entries else None)
 
 
 def member(token: str, owner: str, tenant: str | None) -> str:
@@ -329,8 +341,11 @@ class SessionIndex:
             command=('ZRANGEBYSCORE', self.keys.live, '-inf', last_active_ms, 'WITHSCORES', 'LIMIT', 0, limit),
         )
 
-    def read_notices(self, owner: str, after: str, count: int, block_ms: int | None) -> Call[list[Notice]]:
-        """Notices in `owner`'s inbox after stream id `after`, waiting up to `block_ms` for the first."""
+    def read_notices(
+        self, owner: str, after: str, count: int, block_ms: int | None
+    ) -> Call[tuple[list[Notice], str | None]]:
+        """Notices in `owner`'s inbox after stream id `after`, waiting up to `block_ms` for the first; and where
+        the next read starts (the last entry read, readable or not; None when nothing arrived)."""
         owner = validate.identifier('owner', owner)
         after = validate.stream_id('after', after)
         block: tuple[Arg, ...] = ('BLOCK', block_ms) if block_ms is not None else ()

@@ -221,3 +221,53 @@ def test_notices_wait_longer_than_the_socket_timeout(make_reaper_settings: Setti
             poster.redis.delete(key)
         poster.disconnect()
     assert (first.kind, first.session_id) == (NoticeKind.WARNING, 's1')
+
+
+@pytest.mark.parametrize('client', ['sync', 'async'])
+def test_serve_notices_passes_over_an_entry_it_cannot_read_and_answers_the_rest(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: an entry of an unknown kind (a newer version's, a foreign writer's) failed the whole read, so the
+    # server re-read it forever, thousands of times a second, and never answered the requests behind it.
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    asked: list[str] = []
+
+    def snapshot(session_id: str) -> dict[str, str]:
+        asked.append(session_id)
+        return {'agent': session_id}
+
+    def poison_then_ask() -> None:
+        lc.redis.xadd(lc.index.keys.inbox('api-1'), {'kind': 'from_a_newer_version', 'session_id': 's1'})
+        lc.redis.xadd(lc.index.keys.inbox('api-1'), {'no': 'fields'})
+        r.clock.advance(seconds=600)
+        r.sweep(SweepKind.IDLE)  # asks for a checkpoint, behind the two entries
+
+    if client == 'sync':
+        server = lc.serve_notices('api-1', snapshot=snapshot)
+        try:
+            poison_then_ask()
+            wait_until(lambda: (r.document('s1') or {}).get('checkpoint_seq') == 1)
+        finally:
+            server.stop()
+    else:
+
+        async def scenario() -> None:
+            async with AsyncLifecycle(lc.settings, clock=r.clock) as alc:
+                server = await alc.serve_notices('api-1', snapshot=snapshot)
+                try:
+                    await asyncio.to_thread(poison_then_ask)
+                    for _ in range(200):
+                        if (r.document('s1') or {}).get('checkpoint_seq') == 1:
+                            break
+                        await asyncio.sleep(0.05)
+                finally:
+                    await server.stop()
+
+        asyncio.run(scenario())
+    assert asked == ['s1']
+    assert (r.document('s1') or {}).get('checkpoint_seq') == 1
+    passed_over = [rec for rec in caplog.records if 'passed over' in rec.getMessage()]
+    assert len(passed_over) == 2  # each logged once: read once, never again

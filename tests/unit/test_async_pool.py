@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import fakeredis
 import pytest
 import redis.asyncio as aredis
@@ -145,6 +146,30 @@ def test_cancelling_a_turn_still_records_its_end_and_propagates(run_async: Calla
         assert task.cancelled()
         info = await lc.status('chat-1')
         assert info is not None
+        assert (info.busy, info.turn_seq) == (False, 1)
+
+    run_async(scenario)
+
+
+def test_a_turn_cancelled_by_an_anyio_cancel_scope_still_records_its_end(
+    run_async: Callable[[Scenario], None],
+) -> None:
+    # Regression: Starlette cancels a disconnected client's handler through anyio, whose cancel scope cancels
+    # every await again; the turn's cleanup awaited before scheduling the end, so the end was never recorded
+    # (the user's message was no turn, and its busy lease lingered).
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.activate(await lc.reserve('api-1'), 'chat-1')
+        with anyio.CancelScope() as scope:
+            async with lc.turn('chat-1'):
+                scope.cancel()
+                await anyio.sleep(3600)
+        assert scope.cancelled_caught
+        for _ in range(200):  # the end is recorded in the background, the cancellation having propagated
+            info = await lc.status('chat-1')
+            assert info is not None
+            if not info.busy:
+                break
+            await asyncio.sleep(0.01)
         assert (info.busy, info.turn_seq) == (False, 1)
 
     run_async(scenario)
