@@ -256,7 +256,7 @@ class SessionIndex:
         return Call(
             lambda reply: as_int(reply[1]) if as_int(reply[0]) == 1 else None,
             'end_turn',
-            (k.live, k.busy, k.turns, k.meta_of(session_id)),
+            (k.live, k.busy, k.turns, k.meta_of(session_id), k.unsaved),
             (session_id, token, now_ms),
         )
 

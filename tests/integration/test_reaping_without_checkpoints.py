@@ -112,6 +112,30 @@ def test_a_restored_session_gets_a_fresh_grace_for_its_new_unsaved_turns(
     assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
 
 
+def test_turns_after_an_unanswered_request_get_a_request_and_a_grace_of_their_own(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression: the request's time outlived the turns it was for; a user who came back for longer than the
+    # grace and then went idle was evicted at the next sweep (waived), and its owner was never asked again.
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asked; the owner misses it
+    for _ in range(4):  # the user is back for 20 minutes
+        r.clock.advance(seconds=300)
+        one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    kinds = [n.kind.value for n in lc.notices('api-1')]
+    assert kinds == ['checkpoint_requested', 'checkpoint_requested']  # asked again, for the new turns
+    r.clock.advance(seconds=300)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
+
+
 @pytest.mark.parametrize('policy', ['keep'])
 def test_with_keep_a_session_with_unsaved_turns_stays_live_however_long(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, policy: str

@@ -170,6 +170,7 @@ def test_a_turn_cancelled_by_an_anyio_cancel_scope_still_records_its_end(
             if not info.busy:
                 break
             await asyncio.sleep(0.01)
+        assert info is not None
         assert (info.busy, info.turn_seq) == (False, 1)
 
     run_async(scenario)
