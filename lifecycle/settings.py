@@ -46,10 +46,27 @@ def describe_error(error: ValidationError) -> str:
     return 'invalid settings: ' + '; '.join(parts)
 
 
+def env(field: str) -> str:
+    """The environment variable of a setting: what an operator sets, so what an error names."""
+    return f'{ENV_PREFIX}{field.upper()}'
+
+
+# Kubernetes puts these into every pod of a namespace for each Service (enableServiceLinks, on by default): a
+# Service named `lifecycle-exporter` gives LIFECYCLE_EXPORTER_SERVICE_HOST, ..._PORT=tcp://10.0.0.7:9808 and more.
+_SERVICE_LINK = re.compile(r'.+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)')
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether a variable is one Kubernetes set for a Service, not a (mistyped) setting."""
+    return bool(_SERVICE_LINK.fullmatch(name)) or (
+        name.endswith('_PORT') and value.startswith(('tcp://', 'udp://', 'sctp://'))
+    )
+
+
 class ProfilePolicy(BaseModel):
     """Per-profile overrides; a field left out falls back to the global setting."""
 
-    model_config = ConfigDict(frozen=True, extra='forbid')
+    model_config = ConfigDict(frozen=True, extra='forbid', hide_input_in_errors=True)
 
     idle_ttl_s: PositiveInt | None = None
     default_ttl_s: PositiveInt | None = None
@@ -59,7 +76,8 @@ class ProfilePolicy(BaseModel):
 class Settings(BaseSettings):
     """Everything lifecycle can be told, read from LIFECYCLE_* variables (dicts as JSON)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra='forbid')
+    # hide_input_in_errors: an error must never print the settings it was given (a password, a webhook secret).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra='forbid', hide_input_in_errors=True)
 
     redis_url: str = 'redis://127.0.0.1:6379/0'
     mongo_url: str | None = None  # None: persistence off, so idle and LRU reaping are skipped
@@ -168,36 +186,41 @@ class Settings(BaseSettings):
     @model_validator(mode='after')
     def _consistent(self) -> Self:
         if self.max_ttl_s > HARD_MAX_TTL_S:
-            raise ValueError(f'max_ttl_s={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
+            raise ValueError(f'{env("max_ttl_s")}={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
         for name in (None, *self.profiles):
             self._check_limits(name)
-        caps = dict(self.tenant_limits)
+        caps = {f'{env("tenant_limits")}[{name!r}]': cap for name, cap in self.tenant_limits.items()}
         if self.tenant_max_sessions is not None:
-            caps['tenant_max_sessions'] = self.tenant_max_sessions
-        for name, cap in caps.items():
-            if cap > self.max_sessions:
-                raise ValueError(f'tenant cap {name}={cap} exceeds max_sessions={self.max_sessions}')
+            caps[env('tenant_max_sessions')] = self.tenant_max_sessions
+        cap = f'{env("max_sessions")}={self.max_sessions}'
+        for name, tenant_cap in caps.items():
+            if tenant_cap > self.max_sessions:
+                raise ValueError(f'tenant cap {name}={tenant_cap} exceeds {cap}')
         if self.max_live is not None and self.max_live > self.max_sessions:
-            raise ValueError(f'max_live={self.max_live} exceeds max_sessions={self.max_sessions}')
+            raise ValueError(f'{env("max_live")}={self.max_live} exceeds {cap}')
         if self.sandbox_driver == 'webhook' and (
             self.sandbox_webhook_url is None or self.sandbox_webhook_secret is None
         ):
-            raise ValueError('sandbox_driver=webhook needs sandbox_webhook_url and sandbox_webhook_secret')
+            raise ValueError(f'{env("sandbox_driver")}=webhook needs {env("sandbox_webhook_url")} and '
+                             f'{env("sandbox_webhook_secret")}')  # fmt: skip
         if self.busy_lease_s < 3:
-            raise ValueError(f'busy_lease_s={self.busy_lease_s} must be at least 3 (renewed every third)')
+            raise ValueError(f'{env("busy_lease_s")}={self.busy_lease_s} must be at least 3 (renewed every third)')
         return self
 
     def _check_limits(self, profile: str | None) -> None:
         limits = self.limits(profile)
-        where = 'settings' if profile is None else f'profiles[{profile!r}]'
+        def name(field: str) -> str:
+            return env(field) if profile is None else f'{env("profiles")}[{profile!r}].{field}'
+
         if limits.max_ttl_s > HARD_MAX_TTL_S:
-            raise ValueError(f'{where}: max_ttl_s={limits.max_ttl_s} exceeds {HARD_MAX_TTL_S} s')
+            raise ValueError(f'{name("max_ttl_s")}={limits.max_ttl_s} exceeds {HARD_MAX_TTL_S} s')
         if limits.default_ttl_s > limits.max_ttl_s:
-            raise ValueError(f'{where}: default_ttl_s={limits.default_ttl_s} exceeds max_ttl_s={limits.max_ttl_s}')
+            raise ValueError(f'{name("default_ttl_s")}={limits.default_ttl_s} exceeds '
+                             f'{name("max_ttl_s")}={limits.max_ttl_s}')  # fmt: skip
         # It would switch idle reaping off without saying so.
         if limits.idle_ttl_s >= limits.default_ttl_s:
             raise ValueError(
-                f'{where}: idle_ttl_s={limits.idle_ttl_s} is not below default_ttl_s='
+                f'{name("idle_ttl_s")}={limits.idle_ttl_s} is not below {name("default_ttl_s")}='
                 f'{limits.default_ttl_s}: the hard deadline would end sessions before they could idle'
             )
 
@@ -205,12 +228,13 @@ class Settings(BaseSettings):
     def _no_unknown_variables(self) -> Self:
         """A LIFECYCLE_* variable that names no setting is a typo (LIFECYCLE_IDLE_TTL): say so, never ignore it."""
         known = {name.upper() for name in type(self).model_fields}
-        for variable in os.environ:
+        for variable, value in os.environ.items():
             name = variable.upper()
             if (
                 name.startswith(ENV_PREFIX)
                 and not name.startswith(TEST_PREFIX)
                 and name[len(ENV_PREFIX) :] not in known
+                and not is_service_link(name, value)
             ):
                 close = difflib.get_close_matches(name[len(ENV_PREFIX) :], known, n=1)
                 hint = f'; did you mean {ENV_PREFIX}{close[0]}?' if close else ''

@@ -131,3 +131,10 @@ def test_two_beats_run_under_redbeat() -> None:
     from workers.app import create_app
 
     assert create_app(Settings()).conf.beat_scheduler == 'workers.beat:LeaderScheduler'
+
+
+def test_pods_get_no_service_link_variables() -> None:
+    """A Service named lifecycle-* would otherwise put LIFECYCLE_<SERVICE>_* variables into every pod."""
+    pods = [(name, d['spec']['template']['spec']) for name, d in documents() if d.get('kind') == 'Deployment']
+    assert pods
+    assert [name for name, pod in pods if pod.get('enableServiceLinks') is not False] == []

@@ -55,22 +55,25 @@ def test_tenant_overrides_take_precedence_over_the_default_tenant_cap() -> None:
 @pytest.mark.parametrize(
     ('overrides', 'named'),
     [
-        ({'default_ttl_s': 100, 'max_ttl_s': 50}, 'default_ttl_s=100'),
-        ({'max_ttl_s': 86_401}, 'max_ttl_s=86401'),
-        ({'idle_ttl_s': 900, 'default_ttl_s': 900}, 'idle_ttl_s=900 is not below default_ttl_s=900'),
-        ({'profiles': {'p': {'idle_ttl_s': 600, 'default_ttl_s': 300}}}, "profiles['p']: idle_ttl_s=600"),
-        ({'profiles': {'p': {'max_ttl_s': 90_000}}}, "profiles['p']"),
-        ({'profiles': {'p': {'default_ttl_s': 600, 'max_ttl_s': 60}}}, "profiles['p']"),
+        ({'default_ttl_s': 100, 'max_ttl_s': 50}, 'LIFECYCLE_DEFAULT_TTL_S=100'),
+        ({'max_ttl_s': 86_401}, 'LIFECYCLE_MAX_TTL_S=86401'),
+        (
+            {'idle_ttl_s': 900, 'default_ttl_s': 900},
+            'LIFECYCLE_IDLE_TTL_S=900 is not below LIFECYCLE_DEFAULT_TTL_S=900',
+        ),
+        ({'profiles': {'p': {'idle_ttl_s': 600, 'default_ttl_s': 300}}}, "LIFECYCLE_PROFILES['p'].idle_ttl_s=600"),
+        ({'profiles': {'p': {'max_ttl_s': 90_000}}}, "LIFECYCLE_PROFILES['p'].max_ttl_s"),
+        ({'profiles': {'p': {'default_ttl_s': 600, 'max_ttl_s': 60}}}, "LIFECYCLE_PROFILES['p'].default_ttl_s"),
         ({'profiles': {'p': {'idle_ttl_s': 0}}}, 'idle_ttl_s'),
         ({'profiles': {'p': {'unknown': 1}}}, 'unknown'),
         ({'max_sessions': 0}, 'max_sessions'),
-        ({'max_sessions': 10, 'tenant_max_sessions': 11}, 'tenant_max_sessions=11'),
-        ({'max_sessions': 10, 'tenant_limits': {'acme': 12}}, 'acme=12'),
+        ({'max_sessions': 10, 'tenant_max_sessions': 11}, 'LIFECYCLE_TENANT_MAX_SESSIONS=11'),
+        ({'max_sessions': 10, 'tenant_limits': {'acme': 12}}, "LIFECYCLE_TENANT_LIMITS['acme']=12"),
         ({'tenant_limits': {'bad tenant': 1}}, "'bad tenant'"),
         ({'key_prefix': '{lc}'}, "key_prefix '{lc}'"),
         ({'redis_url': 'http://x'}, "redis_url 'http://x'"),
         ({'mongo_url': 'postgres://x'}, "mongo_url 'postgres://x'"),
-        ({'busy_lease_s': 2}, 'busy_lease_s=2'),
+        ({'busy_lease_s': 2}, 'LIFECYCLE_BUSY_LEASE_S=2'),
         ({'reservation_lease_s': -5}, 'reservation_lease_s'),
         ({'not_a_setting': 1}, 'not_a_setting'),
     ],
@@ -78,6 +81,36 @@ def test_tenant_overrides_take_precedence_over_the_default_tenant_cap() -> None:
 def test_invalid_settings_fail_at_construction_naming_the_field(overrides: dict[str, object], named: str) -> None:
     with pytest.raises(ValidationError, match=named.replace('[', r'\[').replace(']', r'\]')):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_an_invalid_setting_never_prints_the_settings_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: pydantic's message quoted the start and the end of every setting, a secret among them.
+    monkeypatch.setenv('LIFECYCLE_REDIS_URL', 'redis://:Zsecret-password@127.0.0.1:6379/0')
+    monkeypatch.setenv('LIFECYCLE_SANDBOX_WEBHOOK_SECRET', 'ABCDEF0123456789abcdef')
+    monkeypatch.setenv('LIFECYCLE_IDLE_TTL', '60')  # a typo
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    message = str(raised.value)
+    assert 'LIFECYCLE_IDLE_TTL is not a lifecycle setting' in message
+    assert 'Zsecret' not in message
+    assert 'abcdef' not in message
+    assert 'input_value' not in message
+
+
+def test_kubernetes_service_links_are_not_taken_for_mistyped_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a Service named lifecycle-exporter put LIFECYCLE_EXPORTER_* into every pod, and every pod refused.
+    links = {
+        'LIFECYCLE_EXPORTER_SERVICE_HOST': '10.0.0.7', 'LIFECYCLE_EXPORTER_SERVICE_PORT': '9808',
+        'LIFECYCLE_EXPORTER_SERVICE_PORT_METRICS': '9808', 'LIFECYCLE_EXPORTER_PORT': 'tcp://10.0.0.7:9808',
+        'LIFECYCLE_EXPORTER_PORT_9808_TCP': 'tcp://10.0.0.7:9808', 'LIFECYCLE_EXPORTER_PORT_9808_TCP_PROTO': 'tcp',
+        'LIFECYCLE_EXPORTER_PORT_9808_TCP_PORT': '9808', 'LIFECYCLE_EXPORTER_PORT_9808_TCP_ADDR': '10.0.0.7',
+    }  # fmt: skip
+    for name, value in links.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().max_sessions == 200
+    monkeypatch.setenv('LIFECYCLE_EXPORTER_PORT', '9808')  # no link's value: a typo of a setting after all
+    with pytest.raises(ValidationError, match='LIFECYCLE_EXPORTER_PORT is not a lifecycle setting'):
+        Settings()
 
 
 def test_settings_are_frozen() -> None:
