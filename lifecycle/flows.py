@@ -21,6 +21,7 @@ from lifecycle.errors import (
     LifecycleError,
     PersistenceError,
     SessionDamaged,
+    SessionExists,
     SessionNotLive,
     SessionReaping,
 )
@@ -219,6 +220,11 @@ class Flows:
         document = yield Durable(store.load, (validate.identifier('session_id', session_id),))
         state = document.get('state') if document is not None else None
         if document is None or state != SessionState.RESUMABLE:
+            pooled: SessionInfo | None = yield self.index.status(session_id, (yield NOW))
+            if pooled is not None and pooled.state is SessionState.REAPING:  # its eviction is still under way
+                raise SessionReaping(f'session {session_id!r} is being evicted; restore it once it is resumable')
+            if pooled is not None:
+                raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
             raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
         resumable = resumable_of(document)
         ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000

@@ -209,6 +209,7 @@ class Settings(BaseSettings):
 
     def _check_limits(self, profile: str | None) -> None:
         limits = self.limits(profile)
+
         def name(field: str) -> str:
             return env(field) if profile is None else f'{env("profiles")}[{profile!r}].{field}'
 

@@ -22,8 +22,10 @@ from lifecycle.errors import (
     BackendUnavailable,
     CapacityExceeded,
     InvalidArgument,
+    PersistenceError,
     PoolRecovering,
     SessionDamaged,
+    SessionExists,
     SessionNotLive,
     SessionReaping,
 )
@@ -147,10 +149,19 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     return _refusal(422, 'invalid', str(exc))
 
 
+async def _exists(request: Request, exc: Exception) -> JSONResponse:
+    return _refusal(409, 'exists', str(exc))
+
+
+async def _persistence(request: Request, exc: Exception) -> JSONResponse:
+    return _refusal(503, 'persistence', str(exc), UNAVAILABLE_RETRY_S)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Lifecycle's errors as HTTP answers: 429 at capacity with a Retry-After computed from the pool (the
     nearest reservation lease or idle deadline), 503 + Retry-After while a session is being evicted, the
-    pool recovers or Redis is down, 410 for a session that is not live (restore it), 422 for bad input."""
+    pool recovers, Redis or MongoDB is down, 409 for a session that is already live (a restore raced
+    another), 410 for a session that is not live (restore it), 422 for bad input."""
     handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
         CapacityExceeded: _capacity,
         SessionReaping: _reaping,
@@ -158,6 +169,8 @@ def install_error_handlers(app: FastAPI) -> None:
         SessionNotLive: _not_live,
         SessionDamaged: _damaged,
         BackendUnavailable: _unavailable,
+        PersistenceError: _persistence,
+        SessionExists: _exists,
         InvalidArgument: _invalid,
     }
     for error, handler in handlers.items():

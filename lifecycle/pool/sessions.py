@@ -324,7 +324,8 @@ class SessionIndex:
             lease, oldest = reply
             moments = [as_int(lease)] if lease else []
             if oldest:
-                moments.append(as_int(oldest) + idle_ms)
+                # Overdue (busy, waiting for a checkpoint, persistence off): no sooner than the next idle sweep.
+                moments.append(max(as_int(oldest) + idle_ms, now_ms + s.idle_interval_s * 1000))
             wait_ms = min(moments, default=now_ms + idle_ms) - now_ms
             return max(1, -(-wait_ms // 1000))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lifecycle import SessionNotLive, SessionState
+from lifecycle import SessionExists, SessionNotLive, SessionReaping, SessionState
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
 from lifecycle.reaper.eviction import Outcome
@@ -213,3 +213,22 @@ def test_a_checkpoint_during_an_eviction_whose_write_landed_says_the_session_is_
     with pytest.raises(SessionReaping, match='being evicted'):
         lc.checkpoint('s1', {'turns': 0, 'late': True})
     assert reaper.document('s1')['snapshot'] == {'turns': 0}  # type: ignore[index]
+
+
+def test_a_restore_that_races_says_why_it_cannot_restore(reaper: Reaper) -> None:
+    # Regression: a restore while the eviction was claimed (its write not yet landed) said "not resumable (state:
+    # live)", and the loser of two racing restores the same, so the web tier answered 410 or 500.
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'at': 0})
+    reaper.clock.advance(seconds=600)
+    [claim] = lc.run_many([reaper.evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms())])
+    assert not isinstance(claim, str)
+    with pytest.raises(SessionReaping, match='being evicted'):
+        lc.restore('s1', 'api-2')
+    assert reaper.evictor._persist({0: claim})[0] == {}  # the eviction goes on: written, then finished
+    reaper.evictor._complete({0: claim})
+    assert lc.status('s1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    lc.restore('s1', 'api-2')
+    with pytest.raises(SessionExists, match='already live'):
+        lc.restore('s1', 'api-3')  # the loser of a race

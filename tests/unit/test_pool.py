@@ -344,3 +344,17 @@ def test_a_batch_answered_noscript_midway_is_sent_again(
     assert flushed
     assert lc.stats().reserved == 0
     assert_counter_consistent(lc)
+
+
+def test_the_retry_after_of_a_full_pool_whose_oldest_session_is_overdue_is_the_next_idle_sweep(
+    lc: Lifecycle, fixed_clock: FixedClock
+) -> None:
+    # Regression: a session past its idle timeout but kept (busy, waiting for a checkpoint) pinned Retry-After
+    # at 1 s, so refused clients retried every second while nothing could free a slot before the next sweep.
+    for n in range(5):
+        lc.activate(lc.reserve('api-1'), f's{n}')
+    fixed_clock.advance(seconds=3 * 3600)  # long past every idle timeout: overdue, yet live
+    assert lc.run(lc.index.retry_after(lc.now_ms())) == lc.settings.idle_interval_s
+    fixed_clock.advance(seconds=-3 * 3600 + 60)  # one minute in: the oldest idles out in idle_ttl_s - 60 (+ a sweep)
+    expected = lc.settings.idle_ttl_s - 60 + lc.settings.idle_interval_s
+    assert lc.run(lc.index.retry_after(lc.now_ms())) == expected
