@@ -110,21 +110,29 @@ class Verdict:
 def verdict(
     *, now_ms: int, last_active_ms: int, expires_at_ms: int, busy: bool, reaping: bool, idle_ttl_s: int,
     turn_seq: int, checkpoint_seq: int | None, requested_ms: int | None, required: bool, waive_after_s: int | None,
+    persistence: bool = True, owner_lost: bool = False,
 ) -> Verdict:  # fmt: skip
-    """What the sweeps make of a live session now, with why: its hard deadline, its profile's idle timeout,
-    its busy lease, and whether the durable write would find a checkpoint covering its last turn."""
+    """What the sweeps make of a live session now, with why: its hard deadline, whether persistence is on,
+    its owner's heartbeat, its profile's idle timeout, its busy lease, and whether the durable write would find
+    a checkpoint covering its last turn."""
     if reaping:
         return Verdict(None, ('being evicted right now (a claim is in flight)',))
     if expires_at_ms <= now_ms:
         return Verdict('expired', (f'past its hard deadline by {human((now_ms - expires_at_ms) / 1000)}',))
     reasons = [f'hard deadline in {human((expires_at_ms - now_ms) / 1000)}']
+    if not persistence:
+        return Verdict(None, ('persistence is off (no LIFECYCLE_MONGO_URL): only its hard deadline ends it', *reasons))
     idle_due_ms = last_active_ms + idle_ttl_s * 1000
-    if idle_due_ms > now_ms:
+    if owner_lost:
+        due, ready = 'owner_lost', 'its replica stopped heartbeating: the next owner-lost sweep evicts it'
+    elif idle_due_ms > now_ms:
         reasons.insert(0, f'idle for {human((now_ms - last_active_ms) / 1000)}, due at {human(idle_ttl_s)} of '
                           f'idle (its profile): in {human((idle_due_ms - now_ms) / 1000)}')  # fmt: skip
         return Verdict(None, tuple(reasons))
+    else:
+        due, ready = 'idle', f'idle for {human((now_ms - last_active_ms) / 1000)}: the next idle sweep evicts it'
     if busy:
-        return Verdict(None, ('idle past its timeout, but a turn holds a busy lease', *reasons))
+        return Verdict(None, (f'due ({due}), but a turn holds a busy lease', *reasons))
     needs = needs_checkpoint(turn_seq, requested_ms, now_ms, required=required, waive_after_s=waive_after_s)
     covered = checkpoint_seq is not None and checkpoint_seq >= turn_seq
     if needs and not covered:
@@ -133,9 +141,8 @@ def verdict(
             f'asked {human((now_ms - requested_ms) / 1000)} ago'
             + (f'; evicted anyway in {human((requested_ms + waive_after_s * 1000 - now_ms) / 1000)}'
                if waive_after_s is not None else '; kept until it answers (on_missing_checkpoint=keep)'))  # fmt: skip
-        return Verdict(None, (f'idle, but {unsaved} finished turn(s) no checkpoint covers: {wait}', *reasons))
-    return Verdict('idle', (f'idle for {human((now_ms - last_active_ms) / 1000)}: the next idle sweep evicts it',
-                            *reasons))  # fmt: skip
+        return Verdict(None, (f'due ({due}), but {unsaved} finished turn(s) no checkpoint covers: {wait}', *reasons))
+    return Verdict(due, (ready, *reasons))
 
 
 def needs_checkpoint(

@@ -147,13 +147,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> policy.Verdict:
     """What the sweeps make of this live session now, and why."""
     s = lc.settings
-    requested = lc.pool.run(calls.score(lc.index.keys.unsaved, info.session_id))
+    now = lc.now_ms()
+    requested, heartbeat = lc.pool.run_many([calls.score(lc.index.keys.unsaved, info.session_id),
+                                             calls.score(lc.index.keys.replicas, info.owner)])  # fmt: skip
     return policy.verdict(
-        now_ms=lc.now_ms(), last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
+        now_ms=now, last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
         reaping=info.state is SessionState.REAPING, idle_ttl_s=s.limits(info.profile).idle_ttl_s,
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
         requested_ms=requested, required=s.require_checkpoint,
-        waive_after_s=s.waive_after_s,
+        waive_after_s=s.waive_after_s, persistence=lc.store is not None,
+        owner_lost=heartbeat is not None and heartbeat <= now,
     )  # fmt: skip
 
 
@@ -254,6 +257,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = Settings()
     problems: list[str] = []
     notes: list[str] = []
+    unreachable = False
     with Lifecycle(settings) as lc:
         try:
             problems += checks.redis_problems(lc.pool)
@@ -261,10 +265,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             notes.append(f'redis: {version} at {settings.redis_url.split("@")[-1]}')
         except BackendUnavailable as exc:
             problems.append(str(exc))
+            unreachable = True
         except Exception as exc:
             problems.append(f'redis: {exc}')
         if lc.store is not None:
-            problems += checks.mongo_problems(lc.store)
+            found = checks.mongo_problems(lc.store)
+            unreachable |= any(problem.startswith('mongo: unreachable') for problem in found)
+            problems += found
         warnings = reaping_warnings(lc) if not problems else []
     data = {'ok': not problems, 'problems': problems, 'warnings': warnings, 'notes': notes,
             'settings': public_settings(settings)}  # fmt: skip
@@ -279,6 +286,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print('all checks passed' if not problems else f'{len(problems)} problem(s)')
 
     emit(args, data, render)
+    if unreachable:  # as every other command: 3 when Redis or MongoDB cannot be reached
+        return EXIT_UNAVAILABLE
     return EXIT_OK if not problems else EXIT_PROBLEMS
 
 

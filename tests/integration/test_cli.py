@@ -283,6 +283,11 @@ def test_every_documented_exit_code_with_one_line_and_no_traceback(settings: Set
         if code:
             usage = code == 2 and args[0] == 'status'  # argparse prints its usage line first
             assert len(done.stderr.strip().splitlines()) == (2 if usage else 1), done.stderr
+    # check reports on stdout, as a list of checks, but exits as the others do (regression: it exited 1).
+    for environ in (env(LIFECYCLE_REDIS_URL=down), env(LIFECYCLE_MONGO_URL=mongo_down)):
+        done = cli(settings, 'check', env=environ)
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        assert 'unreachable' in done.stdout or 'unavailable' in done.stdout, done.stdout
     with socket.socket() as taken:  # the exporter on a port something else holds
         taken.bind(('127.0.0.1', 0))
         taken.listen()

@@ -107,6 +107,11 @@ def verdict_of(**overrides: Any) -> policy.Verdict:
         ({'last_active_ms': NOW - 2_000_000, 'checkpoint_seq': None, 'turn_seq': 0}, 'idle', 'evicts it'),
         ({'expires_at_ms': NOW - 5_000}, 'expired', 'past its hard deadline by 5 s'),
         ({'reaping': True}, None, 'being evicted right now'),
+        # Regressions: inspect said "due: idle" with persistence off, and "kept" for a session whose owner was lost.
+        ({'last_active_ms': NOW - 2_000_000, 'persistence': False}, None, 'only its hard deadline ends it'),
+        ({'owner_lost': True}, 'owner_lost', 'the next owner-lost sweep evicts it'),
+        ({'owner_lost': True, 'busy': True}, None, 'due (owner_lost), but a turn holds a busy lease'),
+        ({'owner_lost': True, 'checkpoint_seq': 1}, None, 'due (owner_lost), but 1 finished turn(s)'),
     ],
 )  # fmt: skip
 def test_the_verdict_says_why_a_session_is_kept_or_what_it_is_due_for(
