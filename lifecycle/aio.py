@@ -17,19 +17,18 @@ from lifecycle.background import AsyncRepeater
 from lifecycle.client import make_room
 from lifecycle.clock import Clock
 from lifecycle.errors import BackendUnavailable
-from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Flows, Turn, new_token
+from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import AsyncRuns
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.pool.executor import AsyncExecutor, Executor
-from lifecycle.pool.sessions import SessionIndex
-from lifecycle.sandboxes import SandboxDriver, driver_from_settings
+from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
-from lifecycle.stores import SnapshotStore, store_from_settings
+from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 
-class AsyncLifecycle:
+class AsyncLifecycle(Wiring):
     """The session pool for asyncio API replicas; every method mirrors `Lifecycle`'s.
 
     The store's calls (pymongo) run in worker threads; a store whose methods are coroutine functions is
@@ -45,13 +44,9 @@ class AsyncLifecycle:
         store: SnapshotStore | None = None,
         driver: SandboxDriver | None = None,
     ) -> None:
-        self.settings = settings or Settings()
-        self.pool = AsyncExecutor(self.settings, redis_client, clock)
-        self.index = SessionIndex(self.settings, self.pool.keys)
-        self.flows = Flows(self.settings, self.index)
-        self._store = store
-        self._owns_store = store is None
-        self._driver = driver
+        settings = settings or Settings()
+        self.pool = AsyncExecutor(settings, redis_client, clock)
+        super().__init__(settings, self.pool.keys, self.pool.clock, store, driver)
         self._evicting: Executor | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -59,32 +54,15 @@ class AsyncLifecycle:
     def redis(self) -> aredis.Redis:
         return self.pool.redis
 
-    @property
-    def clock(self) -> Clock:
-        return self.pool.clock
-
-    @property
-    def store(self) -> SnapshotStore | None:
-        """See `Lifecycle.store`."""
-        if self._store is None:
-            self._store = store_from_settings(self.settings)
-        return self._store
-
-    @property
-    def driver(self) -> SandboxDriver:
-        if self._driver is None:
-            self._driver = driver_from_settings(self.settings)
-        return self._driver
+    @classmethod
+    def from_env(cls) -> AsyncLifecycle:
+        """A client configured from LIFECYCLE_* environment variables."""
+        return cls(Settings())
 
     @cached_property
     def runs(self) -> AsyncRuns:
         """See `Lifecycle.runs`."""
         return AsyncRuns(self.pool)
-
-    @classmethod
-    def from_env(cls) -> AsyncLifecycle:
-        """A client configured from LIFECYCLE_* environment variables."""
-        return cls(Settings())
 
     async def __aenter__(self) -> AsyncLifecycle:
         return self
@@ -100,9 +78,7 @@ class AsyncLifecycle:
         await self.pool.close()
         if self._evicting is not None:
             self._evicting.close()
-        if self._owns_store and self._store is not None:
-            self._store.close()
-            self._store = None
+        self._close_store()
 
     async def now_ms(self) -> int:
         """See `Lifecycle.now_ms`."""

@@ -15,16 +15,16 @@ from lifecycle import validate
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock
 from lifecycle.errors import BackendUnavailable, LifecycleError
-from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Flows, Turn, new_token
+from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import Runs
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo
 from lifecycle.pool.calls import Call
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
 from lifecycle.reaper.eviction import Evictor, Outcome
-from lifecycle.sandboxes import SandboxDriver, driver_from_settings
+from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
-from lifecycle.stores import SnapshotStore, store_from_settings
+from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -32,7 +32,7 @@ MAKE_ROOM_CANDIDATES = 20
 __all__ = ['Lifecycle', 'Turn']
 
 
-class Lifecycle:
+class Lifecycle(Wiring):
     """The session pool as an API replica sees it: reserve, activate, touch, turn, close, status.
 
     Thread-safe: one instance per process is enough (redis-py pools its connections). Every dependency
@@ -48,46 +48,24 @@ class Lifecycle:
         store: SnapshotStore | None = None,
         driver: SandboxDriver | None = None,
     ) -> None:
-        self.settings = settings or Settings()
-        self.pool = Executor(self.settings, redis_client, clock)
-        self.index = SessionIndex(self.settings, self.pool.keys)
-        self.flows = Flows(self.settings, self.index)
-        self._store = store
-        self._owns_store = store is None
-        self._driver = driver
+        settings = settings or Settings()
+        self.pool = Executor(settings, redis_client, clock)
+        super().__init__(settings, self.pool.keys, self.pool.clock, store, driver)
 
     @property
     def redis(self) -> redis.Redis:
         """The Redis client (for inspection and tests; every pool transition goes through a script)."""
         return self.pool.redis
 
-    @property
-    def clock(self) -> Clock:
-        return self.pool.clock
-
-    @property
-    def store(self) -> SnapshotStore | None:
-        """The MongoDB store when `mongo_url` is set (connected on first use), else None."""
-        if self._store is None:
-            self._store = store_from_settings(self.settings)
-        return self._store
+    @classmethod
+    def from_env(cls) -> Lifecycle:
+        """A client configured from LIFECYCLE_* environment variables."""
+        return cls(Settings())
 
     @cached_property
     def runs(self) -> Runs:
         """Finished-run retention: start, append, finish, replay runs of event frames."""
         return Runs(self.pool)
-
-    @property
-    def driver(self) -> SandboxDriver:
-        """The sandbox driver `settings.sandbox_driver` names."""
-        if self._driver is None:
-            self._driver = driver_from_settings(self.settings)
-        return self._driver
-
-    @classmethod
-    def from_env(cls) -> Lifecycle:
-        """A client configured from LIFECYCLE_* environment variables."""
-        return cls(Settings())
 
     def __enter__(self) -> Lifecycle:
         return self
@@ -98,9 +76,7 @@ class Lifecycle:
     def disconnect(self) -> None:
         """Close the Redis connections, and the MongoDB client if this client opened it."""
         self.pool.close()
-        if self._owns_store and self._store is not None:
-            self._store.close()
-            self._store = None
+        self._close_store()
 
     def now_ms(self) -> int:
         """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lifecycle import validate
+from lifecycle.clock import Clock
 from lifecycle.errors import (
     CapacityExceeded,
     ConfigurationError,
@@ -29,9 +30,11 @@ from lifecycle.jobs import worktrees
 from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionInfo, SessionState
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
+from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import SessionIndex
+from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.settings import Settings
-from lifecycle.stores import SnapshotStore
+from lifecycle.stores import SnapshotStore, store_from_settings
 from lifecycle.stores.documents import info_from_document, record_of, to_epoch_ms
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,42 @@ def require(store: SnapshotStore | None, what: str) -> SnapshotStore:
     if store is None:
         raise ConfigurationError(f'{what} needs MongoDB: set LIFECYCLE_MONGO_URL')
     return store
+
+
+class Wiring:
+    """What both clients hold beside their executor: settings, the index and the flows over it, and the store
+    and sandbox driver (built from settings on first use, unless injected)."""
+
+    def __init__(
+        self, settings: Settings, keys: Keys, clock: Clock, store: SnapshotStore | None, driver: SandboxDriver | None
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.index = SessionIndex(settings, keys)
+        self.flows = Flows(settings, self.index)
+        self._store = store
+        self._owns_store = store is None
+        self._driver = driver
+
+    @property
+    def store(self) -> SnapshotStore | None:
+        """The MongoDB store when `mongo_url` is set (connected on first use), else None."""
+        if self._store is None:
+            self._store = store_from_settings(self.settings)
+        return self._store
+
+    @property
+    def driver(self) -> SandboxDriver:
+        """The sandbox driver `settings.sandbox_driver` names."""
+        if self._driver is None:
+            self._driver = driver_from_settings(self.settings)
+        return self._driver
+
+    def _close_store(self) -> None:
+        """Close the MongoDB client if this client opened it."""
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 class Flows:

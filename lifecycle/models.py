@@ -102,7 +102,7 @@ class SweepKind(StrEnum):
     IDLE = 'idle'
     LRU = 'lru'
     EXPIRED = 'expired'
-    OWNER_LOST = 'owner-lost'
+    OWNER_LOST = 'owner_lost'  # as ReapReason's: one spelling (the CLI also takes owner-lost)
     WARNINGS = 'warnings'
     RECONCILE = 'reconcile'
     RUNS = 'runs'

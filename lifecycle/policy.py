@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from lifecycle.models import Limits, ReapReason
 
@@ -25,12 +25,38 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Order:
-    """Evict `session_id` for `reason` if, when claimed, it is still due by `bound` (see ClaimIndex.claim)."""
+    """Evict `session_id` for `reason` if, when claimed, it is still due (see ClaimIndex.claim): each reason has
+    its one condition, named; the claim script gets it as `bound`."""
 
     session_id: str
     reason: ReapReason
-    bound: int | str = 0
-    observed_ms: int = 0
+    _: KW_ONLY
+    idle_cutoff_ms: int | None = None  # IDLE, MAKE_ROOM: due while last active at or before this
+    max_live: int | None = None  # LRU: due while the pool holds more live sessions than this
+    owner: str | None = None  # OWNER_LOST: due while this lost replica still owns it
+    observed_ms: int = 0  # the activity the sweep saw; a touch since (a later stamp) keeps the session
+
+    @property
+    def bound(self) -> int | str:
+        """The claim script's argument: the reason's condition (0 for expiry: the deadline speaks for itself)."""
+        if self.reason is ReapReason.OWNER_LOST:
+            return self.owner or ''
+        if self.reason is ReapReason.LRU:
+            return self.max_live or 0
+        if self.reason in (ReapReason.IDLE, ReapReason.MAKE_ROOM):
+            return self.idle_cutoff_ms or 0
+        return 0
+
+    @classmethod
+    def of(cls, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> Order:
+        """An order from its wire form (a Celery message: session, reason, bound, observed)."""
+        if reason is ReapReason.OWNER_LOST:
+            return cls(session_id, reason, owner=str(bound), observed_ms=observed_ms)
+        if reason is ReapReason.LRU:
+            return cls(session_id, reason, max_live=int(bound), observed_ms=observed_ms)
+        if reason in (ReapReason.IDLE, ReapReason.MAKE_ROOM):
+            return cls(session_id, reason, idle_cutoff_ms=int(bound), observed_ms=observed_ms)
+        return cls(session_id, reason, observed_ms=observed_ms)
 
 
 def idle_cutoff_ms(now_ms: int, idle_ttl_s: int) -> int:
@@ -44,7 +70,7 @@ def idle_orders(candidates: Iterable[Candidate], limits: Callable[[str | None], 
     for c in candidates:
         cutoff = idle_cutoff_ms(now_ms, limits(c.profile).idle_ttl_s)
         if c.last_active_ms <= cutoff and not c.is_busy(now_ms) and not c.reaping:
-            orders.append(Order(c.session_id, ReapReason.IDLE, cutoff, c.last_active_ms))
+            orders.append(Order(c.session_id, ReapReason.IDLE, idle_cutoff_ms=cutoff, observed_ms=c.last_active_ms))
     return orders
 
 
@@ -60,7 +86,7 @@ def lru_orders(candidates: Iterable[Candidate], wanted: int, max_live: int, now_
         if len(orders) >= wanted:
             break
         if not c.is_busy(now_ms) and not c.reaping:
-            orders.append(Order(c.session_id, ReapReason.LRU, max_live, c.last_active_ms))
+            orders.append(Order(c.session_id, ReapReason.LRU, max_live=max_live, observed_ms=c.last_active_ms))
     return orders
 
 

@@ -87,7 +87,9 @@ def evict_batch(orders: list[list[Any]]) -> dict[str, int]:
 
     Idempotent, so a redelivery after a crash is safe; returns how many ended each way (for Flower).
     """
-    batch = [Order(session_id, ReapReason(reason), bound, observed) for session_id, reason, bound, observed in orders]
+    batch = [
+        Order.of(session_id, ReapReason(reason), bound, observed) for session_id, reason, bound, observed in orders
+    ]
     results = runtime().evictor.evict_many(batch)
     return dict(Counter(label(result) for result in results))
 

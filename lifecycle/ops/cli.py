@@ -186,13 +186,13 @@ def order_row(order: Order, now_ms: int) -> dict[str, Any]:
     why = {'reason': order.reason.value}
     if order.observed_ms:
         why['idle_s'] = str(round((now_ms - order.observed_ms) / 1000, 1))
-    if isinstance(order.bound, str):
-        why['owner'] = order.bound
+    if order.owner is not None:
+        why['owner'] = order.owner
     return {'session_id': order.session_id, **why}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    kind = SweepKind(args.kind)
+    kind = SweepKind(args.kind.replace('-', '_'))
     results: list[EvictionResult] = []
     with client() as lc:
         evictor = Evictor(lc.pool, lc.store, lc.driver)
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=cmd_inspect)
 
     sweep = commands.add_parser('sweep', help='run one sweep now, in this process')
-    sweep.add_argument('kind', choices=[kind.value for kind in SweepKind])
+    sweep.add_argument('kind', choices=[*(kind.value for kind in SweepKind), 'owner-lost'])
     sweep.add_argument('--dry-run', action='store_true', help='say what would be evicted and why; change nothing')
     sweep.add_argument('--json', action='store_true')
     sweep.set_defaults(handler=cmd_sweep)

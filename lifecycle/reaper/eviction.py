@@ -102,7 +102,7 @@ class Evictor:
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:
         """Evict one session if it is still due for `reason`; idempotent (a repeat finds nothing to claim)."""
-        return self.evict_many([Order(session_id, reason, bound, observed_ms)])[0]
+        return self.evict_many([Order.of(session_id, reason, bound, observed_ms)])[0]
 
     def evict_many(self, orders: Sequence[Order]) -> list[EvictionResult]:
         """Evict each ordered session that is still due, in batches: a round trip per step, not per session.

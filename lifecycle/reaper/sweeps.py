@@ -329,7 +329,7 @@ class Sweeper:
             owner = record.split('|', 1)[0]
             if owner in remaining:
                 remaining[owner] += 1
-                orders.append(Order(session_id, ReapReason.OWNER_LOST, owner))
+                orders.append(Order(session_id, ReapReason.OWNER_LOST, owner=owner))
             if len(orders) >= self.settings.sweep_batch_size:
                 self._order(report, orders, dry_run)
                 orders = []

@@ -61,7 +61,7 @@ def _marks_filter(marks: Sequence[Mark]) -> dict[str, Any]:
 def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
     """An update pipeline giving each matched document its own mark's values, looked up by `_id`."""
     ids = [mark.record.session_id for mark in marks]
-    values = [{**_fields(m.record), 'fence': m.token, 'reason': m.reason.value, 'checkpoint_waived': m.waived}
+    values = [{**record_fields(m.record), 'fence': m.token, 'reason': m.reason.value, 'checkpoint_waived': m.waived}
               for m in marks]  # fmt: skip
     own = {name: {'$arrayElemAt': [{'$literal': [v[name] for v in values]}, f'${MARK_INDEX}']} for name in values[0]}
     return [
@@ -80,7 +80,7 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
     """A session document created by its eviction (no checkpoint was required and none was written)."""
     return {
         '_id': mark.record.session_id,
-        **_fields(mark.record),
+        **record_fields(mark.record),
         'state': SessionState.RESUMABLE.value,
         'fence': mark.token,
         'reason': mark.reason.value,
@@ -154,7 +154,8 @@ def refuse_checkpoint(session_id: str, document: Mapping[str, Any], turn_seq: in
                      f'{turn_seq}) is older and was not written')  # fmt: skip
 
 
-def _fields(record: SessionRecord) -> dict[str, Any]:
+def record_fields(record: SessionRecord) -> dict[str, Any]:
+    """What a session document keeps of its record."""
     return {
         'owner': record.owner,
         'tenant': record.tenant,
@@ -164,6 +165,19 @@ def _fields(record: SessionRecord) -> dict[str, Any]:
         'expires_at': record.expires_at,
         'turn_seq': record.turn_seq,
     }
+
+
+def mark_outcome(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
+    """How one mark of a batch ended, from the document as it is now (`fence` is unique to each claim)."""
+    if document is None:
+        return MarkOutcome.NOT_CHECKPOINTED
+    if document.get('state') == SessionState.RESUMABLE and document.get('fence') == token:
+        return MarkOutcome.DONE
+    if document.get('state') in (SessionState.EXPIRED.value, SessionState.CLOSED.value):
+        return MarkOutcome.ENDED
+    if document.get('fence', 0) >= token:
+        return MarkOutcome.FENCED
+    return MarkOutcome.NOT_CHECKPOINTED
 
 
 class MongoSnapshotStore:
@@ -271,7 +285,7 @@ class MongoSnapshotStore:
             if missing:
                 self._insert_new([_marked_document(mark, now) for mark in missing])
                 found = self._fences(ids)
-            return [self._outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
+            return [mark_outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
 
     def _fences(self, ids: Sequence[str]) -> dict[str, Document]:
         return {doc['_id']: doc for doc in self.sessions.find({'_id': {'$in': list(ids)}}, {'state': 1, 'fence': 1})}
@@ -286,23 +300,6 @@ class MongoSnapshotStore:
                                                          for e in details.get('writeErrors', ())):  # fmt: skip
                 raise
 
-    @classmethod
-    def _outcome(cls, document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
-        """How one mark of a batch ended, from the document as it is now (`fence` is unique to each claim)."""
-        if document is not None and document.get('state') == SessionState.RESUMABLE and document.get('fence') == token:
-            return MarkOutcome.DONE
-        return cls._why_not(document, token)
-
-    @staticmethod
-    def _why_not(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
-        if document is None:
-            return MarkOutcome.NOT_CHECKPOINTED
-        if document.get('state') in (SessionState.EXPIRED.value, SessionState.CLOSED.value):
-            return MarkOutcome.ENDED
-        if document.get('fence', 0) >= token:
-            return MarkOutcome.FENCED
-        return MarkOutcome.NOT_CHECKPOINTED
-
     def revert(self, marks: Sequence[Mark]) -> None:
         if not marks:
             return
@@ -316,7 +313,9 @@ class MongoSnapshotStore:
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         now = datetime.now(UTC)
-        update = {'$set': {**_fields(record), 'state': state.value, 'fence': token, 'ended_at': now, 'updated_at': now}}
+        update = {
+            '$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now, 'updated_at': now}
+        }
         # A DuplicateKeyError means a newer token wrote the document already: nothing to do.
         with (
             self._guard(f'{state.value} write', record.session_id, timeout_ms / 1000),

@@ -25,11 +25,18 @@ ReaperFactory = Callable[..., Reaper]
 
 
 @pytest.fixture
-def make_reaper(real_redis: Any) -> Iterator[ReaperFactory]:
+def store_kind() -> str:
+    """The store reapers are built on: the MongoDB-wire server; the eviction and sweep suites run over both
+    it and its in-memory twin ('memory'), so the contract stays honest on each."""
+    return 'mongo'
+
+
+@pytest.fixture
+def make_reaper(real_redis: Any, store_kind: str) -> Iterator[ReaperFactory]:
     built: list[Reaper] = []
 
     def make(settings: Settings, clock: FixedClock | None = None, driver: SandboxDriver | None = None) -> Reaper:
-        reaper = build_reaper(settings, clock, driver)
+        reaper = build_reaper(settings, clock, driver, store_kind)
         built.append(reaper)
         return reaper
 

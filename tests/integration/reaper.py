@@ -1,4 +1,5 @@
-"""A reaper assembled in-process on real Redis and MongoDB: the evictor and sweeps a worker runs."""
+"""A reaper assembled in-process on real Redis and a store (the MongoDB-wire server, or its in-memory twin): the
+evictor and sweeps a worker runs."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from lifecycle.policy import Order
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.sweeps import Sweeper, SweepKind, SweepReport
 from lifecycle.sandboxes import NoopDriver, SandboxDriver
+from lifecycle.stores import SnapshotStore
+from lifecycle.stores.memory import InMemorySnapshotStore
 from lifecycle.stores.mongo import MongoSnapshotStore
 
 
 @dataclass
 class Reaper:
     lc: Lifecycle
-    store: MongoSnapshotStore | None
+    store: SnapshotStore | None
     evictor: Evictor
     sweeper: Sweeper
     clock: FixedClock
@@ -35,10 +38,14 @@ class Reaper:
         return dict(found) if found is not None else None
 
 
-def build_reaper(settings: Settings, clock: FixedClock | None = None, driver: SandboxDriver | None = None) -> Reaper:
+def build_reaper(
+    settings: Settings, clock: FixedClock | None = None, driver: SandboxDriver | None = None, store_kind: str = 'mongo'
+) -> Reaper:
     clock = clock or FixedClock()
-    store = None
-    if settings.mongo_url is not None:
+    store: SnapshotStore | None = None
+    if settings.mongo_url is not None and store_kind == 'memory':
+        store = InMemorySnapshotStore()
+    elif settings.mongo_url is not None:
         store = MongoSnapshotStore(settings.mongo_url, settings.mongo_database, timeout_ms=settings.mongo_timeout_ms)
         store.ensure_indexes()
     lc = Lifecycle(settings, clock=clock, store=store, driver=driver or NoopDriver())

@@ -16,6 +16,12 @@ from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
 
 
+@pytest.fixture(params=['mongo', 'memory'])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """This suite runs over the MongoDB-wire store and its in-memory twin (see conftest.store_kind)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def reaper(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> Reaper:
     return make_reaper(make_reaper_settings(idle_ttl_s=600, busy_lease_s=30, claim_lease_s=60, max_sessions=10))
@@ -101,7 +107,7 @@ def test_recovery_does_not_complete_an_eviction_a_later_turn_outdated(reaper: Re
     assert [(r.outcome, r.detail) for r in report.recovered] == [(Outcome.ROLLED_BACK, 'turn_finished')]
     assert lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
     assert reaper.document('s1')['state'] == 'live'  # type: ignore[index]
-    evicted = reaper.evictor.evict_many([Order('s1', ReapReason.IDLE, lc.now_ms())])
+    evicted = reaper.evictor.evict_many([Order('s1', ReapReason.IDLE, idle_cutoff_ms=lc.now_ms())])
     assert (evicted[0].outcome, evicted[0].detail) == (Outcome.ABORTED, 'not_checkpointed')
 
 
@@ -176,6 +182,7 @@ def test_recovery_of_a_claim_written_before_claims_kept_the_turn_sequence_still_
     assert r.document('s1')['state'] == 'live'  # type: ignore[index]
 
 
+@pytest.mark.parametrize('store_kind', ['mongo'])  # MongoDB's own fail points or collections
 def test_a_checkpoint_older_than_what_mongodb_holds_is_refused_and_writes_nothing(reaper: Reaper) -> None:
     from lifecycle.errors import Fenced
     from lifecycle.stores.mongo import MongoSnapshotStore

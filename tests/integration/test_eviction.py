@@ -21,6 +21,12 @@ from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import FAILURES, Reaper, fail
 
 
+@pytest.fixture(params=['mongo', 'memory'])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """This suite runs over the MongoDB-wire store and its in-memory twin (see conftest.store_kind)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def reaper(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> Reaper:
     return make_reaper(
@@ -72,6 +78,7 @@ def test_idle_sessions_become_resumable_and_restore_with_a_reset_sandbox(reaper:
 
 
 @pytest.mark.parametrize('failure', list(FAILURES))
+@pytest.mark.parametrize('store_kind', ['mongo'])  # MongoDB's own fail points or collections
 def test_a_failed_eviction_write_evicts_nothing_and_the_next_clean_sweep_does(
     reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]], failure: str
 ) -> None:
@@ -128,6 +135,7 @@ def test_without_persistence_idle_and_lru_reaping_are_skipped_but_expiry_is_not(
     assert r.lc.stats().live == 0
 
 
+@pytest.mark.parametrize('store_kind', ['mongo'])  # MongoDB's own fail points or collections
 def test_a_busy_session_expires_at_its_hard_deadline_even_when_mongodb_fails(
     reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]]
 ) -> None:
@@ -321,7 +329,7 @@ def test_one_batch_gives_every_session_its_own_outcome(reaper: Reaper) -> None:
     reaper.lc.touch('touched')
     reaper.lc.close('closed')
     names = ['due', 'busy', 'unsaved', 'touched', 'closed', 'also-due', 'due']  # 'due' twice: a duplicate order
-    results = reaper.evictor.evict_many([Order(name, ReapReason.IDLE, bound) for name in names])
+    results = reaper.evictor.evict_many([Order(name, ReapReason.IDLE, idle_cutoff_ms=bound) for name in names])
     turn.__exit__(None, None, None)
     assert [(r.session_id, r.outcome, r.detail) for r in results] == [
         ('due', Outcome.EVICTED, ''),
@@ -387,7 +395,7 @@ def test_slow_sandbox_releases_each_start_within_a_third_of_a_lease_of_confirmin
         return replies
 
     r.lc.pool.run_each = watching  # type: ignore[method-assign]
-    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
+    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, idle_cutoff_ms=r.clock.now_ms()) for name in names])
     assert [res.outcome for res in results] == [Outcome.EVICTED] * 5
     assert sorted(driver.started) == names
     # 5 releases of 0.2 s outlast a third of the 1 s lease: the rest were confirmed again before theirs.
@@ -411,7 +419,7 @@ def test_a_batch_whose_releases_run_long_defers_the_rest_to_the_orphan_list(
     for name in names:
         r.lc.activate(r.lc.reserve('api-1'), name)
     r.clock.advance(seconds=60)
-    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, r.clock.now_ms()) for name in names])
+    results = r.evictor.evict_many([Order(name, ReapReason.IDLE, idle_cutoff_ms=r.clock.now_ms()) for name in names])
     # Every session is durable and out of the pool, slot back, though not every sandbox was released yet.
     assert [res.outcome for res in results] == [Outcome.EVICTED] * 6
     assert r.lc.stats().slots == 0
@@ -426,6 +434,7 @@ def test_a_batch_whose_releases_run_long_defers_the_rest_to_the_orphan_list(
     assert set(driver.started) == set(names)
 
 
+@pytest.mark.parametrize('store_kind', ['mongo'])  # MongoDB's own fail points or collections
 def test_expiry_stops_trying_mongodb_after_three_failures_in_a_row(
     reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

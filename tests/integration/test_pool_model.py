@@ -40,6 +40,7 @@ from lifecycle.errors import PoolRecovering, SessionDamaged
 from lifecycle.models import ReapReason
 from lifecycle.pool.claims import Claim, Step
 from lifecycle.reaper.sweeps import SweepKind
+from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import REDIS_URL
 from tests.integration.reaper import Reaper, build_reaper
 
@@ -107,7 +108,7 @@ class PoolModel(RuleBasedStateMachine):
             return
         for key in self.redis.scan_iter(match=self.keys.prefix + '*', count=1000):
             self.redis.delete(key)
-        assert self.reaper.store is not None
+        assert isinstance(self.reaper.store, MongoSnapshotStore)
         self.reaper.store.client.drop_database(self.database)
         self.reaper.store.close()
         self.reaper.lc.disconnect()

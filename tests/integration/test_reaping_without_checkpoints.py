@@ -20,6 +20,12 @@ from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
 
 
+@pytest.fixture(params=['mongo', 'memory'])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """This suite runs over the MongoDB-wire store and its in-memory twin (see conftest.store_kind)."""
+    return str(request.param)
+
+
 def reaper_with(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, **overrides: object) -> Reaper:
     return make_reaper(make_reaper_settings(idle_ttl_s=600, checkpoint_grace_s=300, **overrides))
 
@@ -205,7 +211,7 @@ def test_the_async_client_serves_notices_with_a_coroutine(
         return {'agent': session_id}
 
     async def scenario() -> None:
-        async with AsyncLifecycle(r.lc.settings, clock=r.clock) as alc:
+        async with AsyncLifecycle(r.lc.settings, clock=r.clock, store=r.store) as alc:
             server = await alc.serve_notices('api-1', snapshot=snapshot)
             try:
                 r.clock.advance(seconds=600)
@@ -279,7 +285,7 @@ def test_serve_notices_passes_over_an_entry_it_cannot_read_and_answers_the_rest(
     else:
 
         async def scenario() -> None:
-            async with AsyncLifecycle(lc.settings, clock=r.clock) as alc:
+            async with AsyncLifecycle(lc.settings, clock=r.clock, store=r.store) as alc:
                 server = await alc.serve_notices('api-1', snapshot=snapshot)
                 try:
                     await asyncio.to_thread(poison_then_ask)

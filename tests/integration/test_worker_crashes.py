@@ -65,7 +65,7 @@ def sweep_after_claim_lease(lc: Lifecycle, kind: SweepKind = SweepKind.EXPIRED) 
 
     def evict_inline(orders: Sequence[Order]) -> None:
         for order in orders:
-            evictor.evict(order.session_id, order.reason, order.bound)
+            evictor.evict_many([order])
 
     return Sweeper(lc.pool, evictor, evict_inline).run(kind, dedupe=False)
 

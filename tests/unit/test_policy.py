@@ -38,7 +38,7 @@ def test_idle_orders(idle_s: int, profile: str | None, busy_s: int | None, reapi
     orders = policy.idle_orders([candidate('s', idle_s, profile=profile, busy_s=busy_s, reaping=reaping)], limits, NOW)
     if due:
         cutoff = NOW - limits(profile).idle_ttl_s * 1000
-        assert orders == [Order('s', ReapReason.IDLE, cutoff, NOW - idle_s * 1000)]
+        assert orders == [Order('s', ReapReason.IDLE, idle_cutoff_ms=cutoff, observed_ms=NOW - idle_s * 1000)]
     else:
         assert orders == []
 

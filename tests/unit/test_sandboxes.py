@@ -127,5 +127,5 @@ def test_drivers_are_chosen_by_settings(tmp_path: Path) -> None:
                       ProcessDriver)  # fmt: skip
     webhook = Settings(sandbox_driver='webhook', sandbox_webhook_url='http://x', sandbox_webhook_secret='s')
     assert isinstance(driver_from_settings(webhook), WebhookDriver)
-    with pytest.raises(ValueError, match='sandbox_webhook_url'):
+    with pytest.raises(ValueError, match='LIFECYCLE_SANDBOX_WEBHOOK_URL'):
         Settings(sandbox_driver='webhook')

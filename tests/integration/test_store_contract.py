@@ -1,4 +1,5 @@
-"""MongoSnapshotStore over the wire: strict checkpoints and fenced, conditional eviction writes."""
+"""The SnapshotStore contract: strict checkpoints and fenced, conditional eviction writes; proven on the
+MongoDB-wire server (failures through its fail points) and on the in-memory twin, which must obey the same."""
 
 from __future__ import annotations
 
@@ -11,19 +12,28 @@ import pytest
 
 from lifecycle import InvalidArgument, PersistenceError
 from lifecycle.models import ReapReason, SessionState
-from lifecycle.stores import Mark, MarkOutcome, SessionRecord
+from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
+from lifecycle.stores.memory import InMemorySnapshotStore
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.integration.reaper import fail
 
 Admin = pymongo.MongoClient[dict[str, Any]]
 
 
-@pytest.fixture
-def store(mongo_server_url: str, mongo_database: str) -> Iterator[MongoSnapshotStore]:
-    store = MongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000)
+@pytest.fixture(params=['mongo', 'memory'])
+def store(request: pytest.FixtureRequest) -> Iterator[SnapshotStore]:
+    store: SnapshotStore
+    if request.param == 'memory':
+        store = InMemorySnapshotStore()
+    else:
+        url, database = request.getfixturevalue('mongo_server_url'), request.getfixturevalue('mongo_database')
+        store = MongoSnapshotStore(url, database, timeout_ms=2_000)
     store.ensure_indexes()
     yield store
     store.close()
+
+
+MONGO_ONLY = pytest.mark.parametrize('store', ['mongo'], indirect=True)  # MongoDB's fail points
 
 
 def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:
@@ -32,13 +42,13 @@ def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:
 
 
 def mark_one(
-    store: MongoSnapshotStore, rec: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
+    store: SnapshotStore, rec: SessionRecord, token: int, reason: ReapReason, require_checkpoint: bool
 ) -> MarkOutcome:
     [outcome] = store.mark_resumable([Mark(rec, token, reason, needs_checkpoint=require_checkpoint)])
     return outcome
 
 
-def test_checkpoint_writes_messages_in_order_then_the_document(store: MongoSnapshotStore) -> None:
+def test_checkpoint_writes_messages_in_order_then_the_document(store: SnapshotStore) -> None:
     store.checkpoint('s1', {'agent': 'state-1'}, [{'id': 'm1', 'text': 'hi'}, {'id': 'm2', 'text': 'yo'}], 1)
     store.checkpoint('s1', {'agent': 'state-2'}, [{'id': 'm2', 'text': 'yo!'}, {'id': 'm3', 'text': 'ok'}], 2)
     assert [m['text'] for m in store.messages('s1')] == ['hi', 'yo!', 'ok']
@@ -47,7 +57,8 @@ def test_checkpoint_writes_messages_in_order_then_the_document(store: MongoSnaps
     assert (document['snapshot'], document['checkpoint_seq'], document['state']) == ({'agent': 'state-2'}, 2, 'live')
 
 
-def test_checkpoint_is_strict(store: MongoSnapshotStore, mongo_admin: Admin) -> None:
+@MONGO_ONLY
+def test_checkpoint_is_strict(store: SnapshotStore, mongo_admin: Admin) -> None:
     with pytest.raises(InvalidArgument, match='needs an "id"'):
         store.checkpoint('s1', {}, [{'text': 'no id'}], 1)
     fail(mongo_admin, 'update', errorCode=8)
@@ -58,7 +69,7 @@ def test_checkpoint_is_strict(store: MongoSnapshotStore, mongo_admin: Admin) -> 
         store.checkpoint('s1', {'v': 1}, None, 1)
 
 
-def test_mark_resumable_needs_a_covering_checkpoint(store: MongoSnapshotStore) -> None:
+def test_mark_resumable_needs_a_covering_checkpoint(store: SnapshotStore) -> None:
     assert mark_one(store, record(turn_seq=2), 10, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
     store.checkpoint('s1', {'v': 1}, None, 1)
     assert mark_one(store, record(turn_seq=2), 11, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
@@ -69,14 +80,14 @@ def test_mark_resumable_needs_a_covering_checkpoint(store: MongoSnapshotStore) -
     assert (document['state'], document['fence'], document['reason']) == ('resumable', 12, 'idle')
 
 
-def test_mark_resumable_without_required_checkpoint_creates_the_document(store: MongoSnapshotStore) -> None:
+def test_mark_resumable_without_required_checkpoint_creates_the_document(store: SnapshotStore) -> None:
     assert mark_one(store, record('fresh'), 5, ReapReason.OWNER_LOST, False) is MarkOutcome.DONE
     document = store.load('fresh')
     assert document is not None
     assert (document['state'], document['fence'], document['owner']) == ('resumable', 5, 'api-1')
 
 
-def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> None:
+def test_writes_of_an_older_token_are_fenced_off(store: SnapshotStore) -> None:
     assert mark_one(store, record(), 20, ReapReason.IDLE, False) is MarkOutcome.DONE
     assert mark_one(store, record(), 19, ReapReason.IDLE, False) is MarkOutcome.FENCED
     before = store.raise_fence('s1', 30)
@@ -89,7 +100,7 @@ def test_writes_of_an_older_token_are_fenced_off(store: MongoSnapshotStore) -> N
     assert (restored['state'], restored['fence'], restored['owner']) == ('live', 31, 'api-2')
 
 
-def test_ended_sessions_are_never_marked_resumable(store: MongoSnapshotStore) -> None:
+def test_ended_sessions_are_never_marked_resumable(store: SnapshotStore) -> None:
     store.end(record(), SessionState.EXPIRED, 40, 1_000)
     assert mark_one(store, record(), 41, ReapReason.IDLE, False) is MarkOutcome.ENDED
     store.revert([Mark(record(), 41, ReapReason.IDLE)])
@@ -106,8 +117,9 @@ def test_ended_sessions_are_never_marked_resumable(store: MongoSnapshotStore) ->
     ],
     ids=['error', 'write-concern', 'closed-connection', 'timeout'],
 )
+@MONGO_ONLY
 def test_every_failure_of_the_eviction_write_raises(
-    store: MongoSnapshotStore, mongo_admin: Admin, failure: dict[str, Any]
+    store: SnapshotStore, mongo_admin: Admin, failure: dict[str, Any]
 ) -> None:
     store.checkpoint('s1', {'v': 1}, None, 2)
     fail(mongo_admin, 'update', **failure)
@@ -115,7 +127,7 @@ def test_every_failure_of_the_eviction_write_raises(
         mark_one(store, record(turn_seq=2), 50, ReapReason.IDLE, True)
 
 
-def test_one_batch_gives_each_mark_its_own_outcome(store: MongoSnapshotStore) -> None:
+def test_one_batch_gives_each_mark_its_own_outcome(store: SnapshotStore) -> None:
     store.checkpoint('saved', {'v': 1}, None, 2)
     store.checkpoint('stale', {'v': 1}, None, 1)
     store.checkpoint('fenced', {'v': 1}, None, 2)
@@ -144,7 +156,7 @@ def test_one_batch_gives_each_mark_its_own_outcome(store: MongoSnapshotStore) ->
     assert documents['ended']['state'] == 'closed'  # type: ignore[index]
 
 
-def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fences(store: MongoSnapshotStore) -> None:
+def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fences(store: SnapshotStore) -> None:
     assert mark_one(store, record('newer'), 90, ReapReason.IDLE, False) is MarkOutcome.DONE
     store.end(record('ended'), SessionState.EXPIRED, 5, 1_000)
     names = ['fresh', 'newer', 'ended']
@@ -153,7 +165,8 @@ def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fe
     assert store.load('fresh')['fence'] == 80  # type: ignore[index]
 
 
-def test_a_failed_batch_raises_naming_its_size(store: MongoSnapshotStore, mongo_admin: Admin) -> None:
+@MONGO_ONLY
+def test_a_failed_batch_raises_naming_its_size(store: SnapshotStore, mongo_admin: Admin) -> None:
     for name in ('a', 'b'):
         store.checkpoint(name, {'v': 1}, None, 2)
     fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
@@ -162,7 +175,7 @@ def test_a_failed_batch_raises_naming_its_size(store: MongoSnapshotStore, mongo_
 
 
 def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_written(
-    store: MongoSnapshotStore,
+    store: SnapshotStore,
 ) -> None:
     store.checkpoint('s1', {'v': 1}, [{'id': 'm1', 'text': 'kept'}], 1)
     refused: list[tuple[Any, Any, str]] = [

@@ -1,0 +1,146 @@
+"""InMemorySnapshotStore: the SnapshotStore contract in one process's memory, for tests and local runs.
+
+It keeps MongoSnapshotStore's rules exactly (fences, conditional marks, checkpoint coverage, strict
+checkpoints), so the eviction and sweep suites run over both and the contract stays honest on each:
+the fast loop covers eviction logic without a server. Nothing here is durable; never use it in production.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from lifecycle.errors import InvalidArgument
+from lifecycle.models import SessionState
+from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
+from lifecycle.stores.mongo import checked_messages, checked_snapshot, mark_outcome, record_fields, refuse_checkpoint
+
+Document = dict[str, Any]
+EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
+
+
+def below(document: Mapping[str, Any], token: int) -> bool:
+    """The document's fence is older than `token` (or it has none yet)."""
+    return 'fence' not in document or document['fence'] < token
+
+
+class InMemorySnapshotStore:
+    """Session documents and messages in dictionaries, every operation atomic under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Document] = {}
+        self._messages: dict[str, dict[object, tuple[int, int, dict[str, Any]]]] = {}
+        self._batches = 0
+
+    def close(self) -> None:
+        """Nothing to disconnect."""
+
+    def ensure_indexes(self) -> None:
+        """No indexes to create."""
+
+    def checkpoint(
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None,
+        turn_seq: int,
+    ) -> None:
+        checked = checked_messages(session_id, messages)
+        snapshot = checked_snapshot(session_id, snapshot)
+        now = datetime.now(UTC)
+        with self._lock:
+            current = self._sessions.get(session_id)
+            if current is not None:
+                refuse_checkpoint(session_id, current, turn_seq)
+            self._batches += 1
+            stored = self._messages.setdefault(session_id, {})
+            for index, message in enumerate(checked):
+                order = stored[message['id']][:2] if message['id'] in stored else (self._batches, index)
+                stored[message['id']] = (*order, copy.deepcopy(dict(message)))
+            document = self._sessions.setdefault(session_id, {'_id': session_id, 'state': 'live', 'fence': 0})
+            document.update(snapshot=copy.deepcopy(dict(snapshot)), checkpointed_at=now, updated_at=now,
+                            checkpoint_seq=turn_seq)  # fmt: skip
+
+    def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
+        ids = [mark.record.session_id for mark in marks]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
+        now = datetime.now(UTC)
+        outcomes = []
+        with self._lock:
+            for mark in marks:
+                document = self._sessions.get(mark.record.session_id)
+                if document is None and not mark.needs_checkpoint:
+                    document = self._sessions[mark.record.session_id] = {'_id': mark.record.session_id}
+                elif document is None or not self._may_mark(document, mark):
+                    outcomes.append(mark_outcome(document, mark.token))
+                    continue
+                document.update(record_fields(mark.record), state=SessionState.RESUMABLE.value, fence=mark.token,
+                                reason=mark.reason.value, checkpoint_waived=mark.waived, evicted_at=now,
+                                updated_at=now)  # fmt: skip
+                outcomes.append(MarkOutcome.DONE)
+        return outcomes
+
+    @staticmethod
+    def _may_mark(document: Mapping[str, Any], mark: Mark) -> bool:
+        """MongoSnapshotStore's filter: still live (or resumable), an older fence, and a covering checkpoint."""
+        covered = not mark.needs_checkpoint or document.get('checkpoint_seq', -1) >= mark.record.turn_seq
+        return document.get('state') in EVICTABLE and below(document, mark.token) and covered
+
+    def revert(self, marks: Sequence[Mark]) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            for mark in marks:
+                document = self._sessions.get(mark.record.session_id)
+                if document and document.get('state') == SessionState.RESUMABLE and document['fence'] == mark.token:
+                    document.update(state=SessionState.LIVE.value, updated_at=now)
+
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
+            if below(document, token):
+                document.update(record_fields(record), state=state.value, fence=token, ended_at=now, updated_at=now)
+
+    def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
+        with self._lock:
+            document = self._sessions.get(session_id)
+            if document is None:
+                self._sessions[session_id] = {'_id': session_id, 'state': SessionState.LIVE.value, 'fence': token}
+                return None
+            before = copy.deepcopy(document)
+            if below(document, token):
+                document['fence'] = token
+            return before
+
+    def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
+        now = datetime.now(UTC)
+        with self._lock:
+            document = self._sessions.get(session_id)
+            if document is None or document.get('state') != SessionState.RESUMABLE or not below(document, token):
+                return None
+            document.update(state=SessionState.LIVE.value, fence=token, owner=owner, restored_at=now, updated_at=now)
+            return copy.deepcopy(document)
+
+    def load(self, session_id: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            document = self._sessions.get(session_id)
+            return copy.deepcopy(document) if document is not None else None
+
+    def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        with self._lock:
+            return {
+                session_id: {key: self._sessions[session_id].get(key) for key in ('_id', 'state', 'checkpoint_seq')
+                             if key in self._sessions[session_id]}
+                for session_id in session_ids
+                if session_id in self._sessions
+            }  # fmt: skip
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            stored = sorted(self._messages.get(session_id, {}).values(), key=lambda entry: entry[:2])
+            return [copy.deepcopy(body) for _, _, body in stored]
