@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionIn
 from lifecycle.pool.executor import AsyncExecutor, Executor
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
-from lifecycle.stores import SnapshotStore
+from lifecycle.stores import SnapshotStore, store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,12 @@ log = logging.getLogger(__name__)
 class AsyncLifecycle(Wiring):
     """The session pool for asyncio API replicas; every method mirrors `Lifecycle`'s.
 
-    The store's calls (pymongo) run in worker threads; a store whose methods are coroutine functions is
-    awaited instead. Every dependency passed in is the one used: client, clock, store and driver.
+    Its own store is native async (pymongo's AsyncMongoClient); a store passed in whose methods are plain
+    functions runs them in worker threads. Every dependency passed in is the one used: client, clock, store
+    and driver.
     """
+
+    asynchronous = True
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class AsyncLifecycle(Wiring):
         self.pool = AsyncExecutor(settings, redis_client, clock)
         super().__init__(settings, self.pool.keys, self.pool.clock, store, driver)
         self._evicting: Executor | None = None
+        self._evicting_store: SnapshotStore | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
     @property
@@ -78,7 +83,11 @@ class AsyncLifecycle(Wiring):
         await self.pool.close()
         if self._evicting is not None:
             self._evicting.close()
-        self._close_store()
+            if self._evicting_store is not None and self._evicting_store is not self._store:
+                self._evicting_store.close()
+        closing = self._close_store()
+        if inspect.isawaitable(closing):
+            await closing
 
     async def now_ms(self) -> int:
         """See `Lifecycle.now_ms`."""
@@ -86,10 +95,14 @@ class AsyncLifecycle(Wiring):
 
     def _make_room(self) -> bool:
         """See `Lifecycle.reserve`: evictions are sync (the worker's evictor), so this runs in a thread, on a
-        sync connection to the same Redis with this client's clock."""
+        sync connection to the same Redis with this client's clock, and a sync store (the one passed in if it
+        is sync)."""
         if self._evicting is None:
             self._evicting = Executor(self.settings, clock=self.clock)
-        return make_room(self._evicting, self.store, self.driver)
+            store = self.store
+            sync = store is not None and not inspect.iscoroutinefunction(store.mark_resumable)
+            self._evicting_store = store if sync else store_from_settings(self.settings)
+        return make_room(self._evicting, self._evicting_store, self.driver)
 
     async def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """See `Lifecycle.register_worktree`."""

@@ -119,6 +119,8 @@ class Wiring:
     """What both clients hold beside their executor: settings, the index and the flows over it, and the store
     and sandbox driver (built from settings on first use, unless injected)."""
 
+    asynchronous = False  # the async client's own store is the AsyncMongoClient one
+
     def __init__(
         self, settings: Settings, keys: Keys, clock: Clock, store: SnapshotStore | None, driver: SandboxDriver | None
     ) -> None:
@@ -134,7 +136,7 @@ class Wiring:
     def store(self) -> SnapshotStore | None:
         """The MongoDB store when `mongo_url` is set (connected on first use), else None."""
         if self._store is None:
-            self._store = store_from_settings(self.settings)
+            self._store = store_from_settings(self.settings, asynchronous=self.asynchronous)
         return self._store
 
     @property
@@ -144,11 +146,14 @@ class Wiring:
             self._driver = driver_from_settings(self.settings)
         return self._driver
 
-    def _close_store(self) -> None:
-        """Close the MongoDB client if this client opened it."""
-        if self._owns_store and self._store is not None:
-            self._store.close()
-            self._store = None
+    def _close_store(self) -> object:
+        """Close the MongoDB client if this client opened it; returns what close() returned (a coroutine for
+        an async store: await it)."""
+        if not self._owns_store or self._store is None:
+            return None
+        store: Any = self._store  # sync or async: its close() returns None or a coroutine
+        self._store = None
+        return store.close()
 
 
 class Flows:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from lifecycle.pool.scripts import ScriptName
+from lifecycle.steps import Done, advance
+
+__all__ = ['NOW', 'Arg', 'Call', 'Done', 'Durable', 'Now', 'Step', 'Steps', 'advance']
 
 T = TypeVar('T')
 Arg = str | int | float | bytes  # bytes: a member that is not UTF-8, given back as it came
@@ -55,19 +58,6 @@ class Durable(Generic[T]):
 
 Step = Call[Any] | Now | Durable[Any]
 Steps = Generator[Step, Any, T]
-
-
-@dataclass(frozen=True)
-class Done(Generic[T]):
-    value: T
-
-
-def advance(steps: Steps[T], sent: Any = None, error: BaseException | None = None) -> Step | Done[T]:
-    """Resume `steps` with the previous step's result (or its error), to its next step or its result."""
-    try:
-        return steps.throw(error) if error is not None else steps.send(sent)
-    except StopIteration as stop:
-        return Done(stop.value)
 
 
 def as_int(value: Any) -> int:

@@ -1,27 +1,34 @@
-"""MongoSnapshotStore: session documents and messages in MongoDB, every write `w: majority, j: true`."""
+"""MongoDB stores: session documents and messages, every write `w: majority, j: true`.
+
+Each operation is written once, as a plan (a generator of MongoDB operations, see `lifecycle.steps`), and
+run by `MongoSnapshotStore` on pymongo's `MongoClient` or by `AsyncMongoSnapshotStore` on its
+`AsyncMongoClient`: the same filters, fences and refusals, natively sync or async.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import bson
 import pymongo
 from bson.errors import InvalidDocument
-from pymongo import MongoClient, ReturnDocument, UpdateOne
-from pymongo.collection import Collection
+from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionNotLive
 from lifecycle.models import SessionState
+from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
 Document = dict[str, Any]
+T = TypeVar('T')
 DUPLICATE_KEY = 11000
 # MongoDB's maxBsonObjectSize is 16 MiB; a checkpoint's document also carries its own fields (times, ids,
 # state), so what the app hands in must leave them room.
@@ -180,56 +187,48 @@ def mark_outcome(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
     return MarkOutcome.NOT_CHECKPOINTED
 
 
-class MongoSnapshotStore:
-    """The durable source of truth for resumable sessions.
+@dataclass(frozen=True)
+class Op:
+    """One MongoDB operation of a plan: `collection.method(*args, **kwargs)`; with `listed`, the cursor it
+    returns read to a list (sorted by `sort`)."""
 
-    Collections: `sessions` (one document per session, `_id` = session id, fenced by `fence`) and
-    `messages` (one document per checkpointed message, unique by session and message id).
-    """
+    collection: str  # 'sessions' or 'messages'
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    listed: bool = False
+    sort: list[tuple[str, int]] | None = None
 
-    def __init__(
-        self,
-        url: str,
-        database: str = 'lifecycle',
-        *,
-        timeout_ms: int = 5_000,
-        write_concern: str = 'majority',
-        client: MongoClient[Document] | None = None,
-    ) -> None:
-        self.client: MongoClient[Document] = client or MongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
-        )
-        self.timeout_s = timeout_ms / 1000
-        w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
-        db = self.client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
-        self.sessions: Collection[Document] = db['sessions']
-        self.message_docs: Collection[Document] = db['messages']
 
-    def close(self) -> None:
-        self.client.close()
+Plan = Generator[Op, Any, T]
 
-    @contextmanager
-    def _guard(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None = None) -> Iterator[None]:
-        """Bound the operation by a deadline (write concern included) and translate driver errors."""
-        try:
-            with pymongo.timeout(timeout_s or self.timeout_s):
-                yield
-        except PyMongoError as exc:
-            raise PersistenceError(f'MongoDB {what} of {_subject(session_ids)} failed: {exc}') from exc
 
-    def ensure_indexes(self) -> None:
-        with self._guard('index creation', '*'):
-            self.sessions.create_index([('state', 1), ('updated_at', 1)], name='state_updated')
-            self.message_docs.create_index([('session_id', 1), ('message_id', 1)], unique=True, name='session_message')
-            self.message_docs.create_index([('session_id', 1), ('batch_ns', 1), ('index', 1)], name='session_order')
+def _find(collection: str, *args: Any, sort: list[tuple[str, int]] | None = None) -> Op:
+    return Op(collection, 'find', args, listed=True, sort=sort)
 
-    def checkpoint(
-        self,
-        session_id: str,
-        snapshot: Mapping[str, Any],
-        messages: Sequence[Mapping[str, Any]] | None,
-        turn_seq: int,
-    ) -> None:
+
+def _insert_failed(exc: BulkWriteError) -> bool:
+    """Whether an unordered insert failed for a reason other than documents that exist already."""
+    details = exc.details
+    return bool(details.get('writeConcernErrors')) or any(e.get('code') != DUPLICATE_KEY
+                                                          for e in details.get('writeErrors', ()))  # fmt: skip
+
+
+class Plans:
+    """Every store operation as a plan; the two stores below run them."""
+
+    @staticmethod
+    def ensure_indexes_plan() -> Plan[None]:
+        yield Op('sessions', 'create_index', ([('state', 1), ('updated_at', 1)],), {'name': 'state_updated'})
+        yield Op('messages', 'create_index', ([('session_id', 1), ('message_id', 1)],),
+                 {'unique': True, 'name': 'session_message'})  # fmt: skip
+        yield Op('messages', 'create_index', ([('session_id', 1), ('batch_ns', 1), ('index', 1)],),
+                 {'name': 'session_order'})  # fmt: skip
+
+    @staticmethod
+    def checkpoint_plan(
+        session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None, turn_seq: int
+    ) -> Plan[None]:
         """Strict: everything is encoded and size-checked before the first write (InvalidArgument, nothing
         written); refused (nothing written) unless the document is live and holds no later checkpoint; then
         the messages (ordered, idempotent upserts) and the session document, conditional on the same."""
@@ -249,22 +248,21 @@ class MongoSnapshotStore:
         # or behind another replica's checkpoint, must not put an older snapshot in front of a newer one.
         not_later = [{'checkpoint_seq': {'$lte': turn_seq}}, {'checkpoint_seq': {'$exists': False}}]
         condition = {'state': SessionState.LIVE.value, '$or': not_later}
-        with self._guard('checkpoint', session_id):
-            current = self.sessions.find_one({'_id': session_id}, {'state': 1, 'checkpoint_seq': 1})
-            if current is not None:
-                refuse_checkpoint(session_id, current, turn_seq)
-            if writes:
-                self.message_docs.bulk_write(writes, ordered=True)
-            try:
-                self.sessions.update_one(
-                    {'_id': session_id, **condition},
-                    {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
-                    upsert=True,
-                )
-            except DuplicateKeyError:  # it changed between the read and the write
-                refuse_checkpoint(session_id, self.sessions.find_one({'_id': session_id}) or {}, turn_seq)
+        current = yield Op('sessions', 'find_one', ({'_id': session_id}, {'state': 1, 'checkpoint_seq': 1}))
+        if current is not None:
+            refuse_checkpoint(session_id, current, turn_seq)
+        if writes:
+            yield Op('messages', 'bulk_write', (writes,), {'ordered': True})
+        try:
+            yield Op('sessions', 'update_one', (
+                {'_id': session_id, **condition},
+                {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
+            ), {'upsert': True})  # fmt: skip
+        except DuplicateKeyError:  # it changed between the read and the write
+            refuse_checkpoint(session_id, (yield Op('sessions', 'find_one', ({'_id': session_id},))) or {}, turn_seq)
 
-    def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
+    @staticmethod
+    def mark_plan(marks: Sequence[Mark]) -> Plan[list[MarkOutcome]]:
         """One multi-document conditional update for the whole batch (one journal commit, not one per session).
 
         Outcomes are read back only when some mark did not land; sessions that need no checkpoint and have
@@ -276,85 +274,251 @@ class MongoSnapshotStore:
         ids = [mark.record.session_id for mark in marks]
         if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
-        with self._guard('eviction write', ids):
-            landed = self.sessions.update_many(_marks_filter(marks), _marks_update(marks, now))
-            if landed.matched_count == len(marks):
-                return [MarkOutcome.DONE] * len(marks)
-            found = self._fences(ids)
-            missing = [mark for mark in marks if mark.record.session_id not in found and not mark.needs_checkpoint]
-            if missing:
-                self._insert_new([_marked_document(mark, now) for mark in missing])
-                found = self._fences(ids)
-            return [mark_outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
+        landed = yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
+        if landed.matched_count == len(marks):
+            return [MarkOutcome.DONE] * len(marks)
+        fences = _find('sessions', {'_id': {'$in': ids}}, {'state': 1, 'fence': 1})
+        found = {doc['_id']: doc for doc in (yield fences)}
+        missing = [mark for mark in marks if mark.record.session_id not in found and not mark.needs_checkpoint]
+        if missing:
+            try:  # one created meanwhile (a duplicate key) is left as it is
+                yield Op('sessions', 'insert_many', ([_marked_document(mark, now) for mark in missing],),
+                         {'ordered': False})  # fmt: skip
+            except BulkWriteError as exc:
+                if _insert_failed(exc):
+                    raise
+            found = {doc['_id']: doc for doc in (yield fences)}
+        return [mark_outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
 
-    def _fences(self, ids: Sequence[str]) -> dict[str, Document]:
-        return {doc['_id']: doc for doc in self.sessions.find({'_id': {'$in': list(ids)}}, {'state': 1, 'fence': 1})}
-
-    def _insert_new(self, documents: Sequence[Document]) -> None:
-        """Insert documents that did not exist; one created meanwhile (a duplicate key) is left as it is."""
-        try:
-            self.sessions.insert_many(documents, ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get('writeConcernErrors') or any(e.get('code') != DUPLICATE_KEY
-                                                         for e in details.get('writeErrors', ())):  # fmt: skip
-                raise
-
-    def revert(self, marks: Sequence[Mark]) -> None:
-        if not marks:
-            return
-        ids = [mark.record.session_id for mark in marks]
-        with self._guard('revert', ids):
-            self.sessions.update_many(
+    @staticmethod
+    def revert_plan(marks: Sequence[Mark]) -> Plan[None]:
+        if marks:
+            yield Op('sessions', 'update_many', (
                 {'state': SessionState.RESUMABLE.value,
                  '$or': [{'_id': mark.record.session_id, 'fence': mark.token} for mark in marks]},
                 {'$set': {'state': SessionState.LIVE.value, 'updated_at': datetime.now(UTC)}},
-            )  # fmt: skip
+            ))  # fmt: skip
+
+    @staticmethod
+    def end_plan(record: SessionRecord, state: SessionState, token: int) -> Plan[None]:
+        now = datetime.now(UTC)
+        update = {'$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now,
+                           'updated_at': now}}  # fmt: skip
+        with contextlib.suppress(DuplicateKeyError):  # a newer token wrote the document already: nothing to do
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_below(token)}, update), {'upsert': True})
+
+    @staticmethod
+    def fence_plan(session_id: str, token: int) -> Plan[Mapping[str, Any] | None]:
+        try:
+            before: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
+                {'_id': session_id, **_below(token)},
+                {'$max': {'fence': token}, '$setOnInsert': {'state': SessionState.LIVE.value}},
+            ), {'upsert': True, 'return_document': ReturnDocument.BEFORE})  # fmt: skip
+        except DuplicateKeyError:
+            before = yield Op('sessions', 'find_one', ({'_id': session_id},))
+        return before
+
+    @staticmethod
+    def restore_plan(session_id: str, token: int, owner: str) -> Plan[Mapping[str, Any] | None]:
+        now = datetime.now(UTC)
+        restored: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
+            {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
+            {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
+                      'updated_at': now}},
+        ), {'return_document': ReturnDocument.AFTER})  # fmt: skip
+        return restored
+
+    @staticmethod
+    def load_plan(session_id: str) -> Plan[Mapping[str, Any] | None]:
+        document: Mapping[str, Any] | None = yield Op('sessions', 'find_one', ({'_id': session_id},))
+        return document
+
+    @staticmethod
+    def load_many_plan(session_ids: Sequence[str]) -> Plan[dict[str, Mapping[str, Any]]]:
+        found = yield _find('sessions', {'_id': {'$in': list(session_ids)}}, {'state': 1, 'checkpoint_seq': 1})
+        return {document['_id']: document for document in found}
+
+    @staticmethod
+    def messages_plan(session_id: str) -> Plan[list[dict[str, Any]]]:
+        found = yield _find('messages', {'session_id': session_id}, sort=[('batch_ns', 1), ('index', 1)])
+        return [document['body'] for document in found]
+
+
+class _Connected:
+    """What both stores hold: the collections, their write concern, the deadline of each operation."""
+
+    def __init__(self, client: Any, database: str, timeout_ms: int, write_concern: str) -> None:
+        self.client = client
+        self.timeout_s = timeout_ms / 1000
+        w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+        db = client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
+        self.collections = {'sessions': db['sessions'], 'messages': db['messages']}
+        self.sessions, self.message_docs = self.collections['sessions'], self.collections['messages']
+
+    def _deadline(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None) -> Any:
+        """A deadline for the operation (write concern included), as pymongo's timeout context."""
+        return pymongo.timeout(timeout_s or self.timeout_s)
+
+    @staticmethod
+    def _failed(what: str, session_ids: str | Sequence[str], exc: PyMongoError) -> PersistenceError:
+        return PersistenceError(f'MongoDB {what} of {_subject(session_ids)} failed: {exc}')
+
+
+class MongoSnapshotStore(_Connected):
+    """The durable source of truth for resumable sessions, on pymongo's `MongoClient`.
+
+    Collections: `sessions` (one document per session, `_id` = session id, fenced by `fence`) and
+    `messages` (one document per checkpointed message, unique by session and message id).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        database: str = 'lifecycle',
+        *,
+        timeout_ms: int = 5_000,
+        write_concern: str = 'majority',
+        client: MongoClient[Document] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            'tz_aware': True,
+            'serverSelectionTimeoutMS': timeout_ms,
+            'connectTimeoutMS': timeout_ms,
+        }
+        super().__init__(client or MongoClient(url, **options), database, timeout_ms, write_concern)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @contextmanager
+    def _guard(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None = None) -> Iterator[None]:
+        """Bound the operation by a deadline and translate driver errors."""
+        try:
+            with self._deadline(what, session_ids, timeout_s):
+                yield
+        except PyMongoError as exc:
+            raise self._failed(what, session_ids, exc) from exc
+
+    def _run(self, plan: Plan[T], what: str, session_ids: str | Sequence[str], timeout_s: float | None = None) -> T:
+        with self._guard(what, session_ids, timeout_s):
+            step: Op | Done[T] = advance(plan)
+            while not isinstance(step, Done):
+                try:
+                    result = getattr(self.collections[step.collection], step.method)(*step.args, **step.kwargs)
+                    result = list(result.sort(step.sort) if step.sort else result) if step.listed else result
+                except PyMongoError as exc:
+                    step = advance(plan, error=exc)
+                else:
+                    step = advance(plan, result)
+            return step.value
+
+    def ensure_indexes(self) -> None:
+        self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
+
+    def checkpoint(self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None,
+                   turn_seq: int) -> None:  # fmt: skip
+        self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq), 'checkpoint', session_id)
+
+    def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
+        return self._run(Plans.mark_plan(marks), 'eviction write', [m.record.session_id for m in marks])
+
+    def revert(self, marks: Sequence[Mark]) -> None:
+        self._run(Plans.revert_plan(marks), 'revert', [m.record.session_id for m in marks])
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
-        now = datetime.now(UTC)
-        update = {
-            '$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now, 'updated_at': now}
-        }
-        # A DuplicateKeyError means a newer token wrote the document already: nothing to do.
-        with (
-            self._guard(f'{state.value} write', record.session_id, timeout_ms / 1000),
-            contextlib.suppress(DuplicateKeyError),
-        ):
-            self.sessions.update_one({'_id': record.session_id, **_below(token)}, update, upsert=True)
+        self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id, timeout_ms / 1000)
 
     def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
-        with self._guard('fence', session_id):
-            try:
-                return self.sessions.find_one_and_update(
-                    {'_id': session_id, **_below(token)},
-                    {'$max': {'fence': token}, '$setOnInsert': {'state': SessionState.LIVE.value}},
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                )
-            except DuplicateKeyError:
-                return self.sessions.find_one({'_id': session_id})
+        return self._run(Plans.fence_plan(session_id, token), 'fence', session_id)
 
     def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
-        now = datetime.now(UTC)
-        with self._guard('restore', session_id):
-            return self.sessions.find_one_and_update(
-                {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
-                {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
-                          'updated_at': now}},
-                return_document=ReturnDocument.AFTER,
-            )  # fmt: skip
+        return self._run(Plans.restore_plan(session_id, token, owner), 'restore', session_id)
 
     def load(self, session_id: str) -> Mapping[str, Any] | None:
-        with self._guard('read', session_id):
-            return self.sessions.find_one({'_id': session_id})
+        return self._run(Plans.load_plan(session_id), 'read', session_id)
 
     def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-        with self._guard('read', session_ids):
-            found = self.sessions.find({'_id': {'$in': list(session_ids)}}, {'state': 1, 'checkpoint_seq': 1})
-            return {document['_id']: document for document in found}
+        return self._run(Plans.load_many_plan(session_ids), 'read', session_ids)
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
-        with self._guard('message read', session_id):
-            cursor = self.message_docs.find({'session_id': session_id}).sort([('batch_ns', 1), ('index', 1)])
-            return [doc['body'] for doc in cursor]
+        return self._run(Plans.messages_plan(session_id), 'message read', session_id)
+
+
+class AsyncMongoSnapshotStore(_Connected):
+    """`MongoSnapshotStore` on pymongo's `AsyncMongoClient`: the same plans, awaited (no worker threads)."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str = 'lifecycle',
+        *,
+        timeout_ms: int = 5_000,
+        write_concern: str = 'majority',
+        client: AsyncMongoClient[Document] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            'tz_aware': True,
+            'serverSelectionTimeoutMS': timeout_ms,
+            'connectTimeoutMS': timeout_ms,
+        }
+        super().__init__(client or AsyncMongoClient(url, **options), database, timeout_ms, write_concern)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    @asynccontextmanager
+    async def _guard(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None = None
+                     ) -> AsyncIterator[None]:  # fmt: skip
+        try:
+            with self._deadline(what, session_ids, timeout_s):
+                yield
+        except PyMongoError as exc:
+            raise self._failed(what, session_ids, exc) from exc
+
+    async def _run(
+        self, plan: Plan[T], what: str, session_ids: str | Sequence[str], timeout_s: float | None = None
+    ) -> T:
+        async with self._guard(what, session_ids, timeout_s):
+            step: Op | Done[T] = advance(plan)
+            while not isinstance(step, Done):
+                try:
+                    target = getattr(self.collections[step.collection], step.method)(*step.args, **step.kwargs)
+                    cursor = target.sort(step.sort) if step.sort else target
+                    result = await cursor.to_list() if step.listed else await target
+                except PyMongoError as exc:
+                    step = advance(plan, error=exc)
+                else:
+                    step = advance(plan, result)
+            return step.value
+
+    async def ensure_indexes(self) -> None:
+        await self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
+
+    async def checkpoint(self, session_id: str, snapshot: Mapping[str, Any],
+                         messages: Sequence[Mapping[str, Any]] | None, turn_seq: int) -> None:  # fmt: skip
+        await self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq), 'checkpoint', session_id)
+
+    async def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
+        return await self._run(Plans.mark_plan(marks), 'eviction write', [m.record.session_id for m in marks])
+
+    async def revert(self, marks: Sequence[Mark]) -> None:
+        await self._run(Plans.revert_plan(marks), 'revert', [m.record.session_id for m in marks])
+
+    async def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
+        await self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,
+                        timeout_ms / 1000)  # fmt: skip
+
+    async def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
+        return await self._run(Plans.fence_plan(session_id, token), 'fence', session_id)
+
+    async def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
+        return await self._run(Plans.restore_plan(session_id, token, owner), 'restore', session_id)
+
+    async def load(self, session_id: str) -> Mapping[str, Any] | None:
+        return await self._run(Plans.load_plan(session_id), 'read', session_id)
+
+    async def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        return await self._run(Plans.load_many_plan(session_ids), 'read', session_ids)
+
+    async def messages(self, session_id: str) -> list[dict[str, Any]]:
+        return await self._run(Plans.messages_plan(session_id), 'message read', session_id)

@@ -13,6 +13,7 @@ from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.pool.executor import Executor
 from lifecycle.reaper.eviction import Evictor, Outcome
 from lifecycle.stores import store_from_settings
+from lifecycle.stores.mongo import AsyncMongoSnapshotStore
 from tests.conftest import SettingsFactory
 
 
@@ -60,3 +61,34 @@ def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: Settin
     finally:
         worker.close()
         store.close()
+
+
+def test_the_async_clients_own_store_is_native_async(make_reaper_settings: SettingsFactory, real_redis: Any) -> None:
+    """With no store passed in, the durable calls run on pymongo's AsyncMongoClient: awaited, no worker thread."""
+    settings = make_reaper_settings()
+    clock = FixedClock()
+    worker = Executor(settings, clock=clock)
+    sync_store = store_from_settings(settings)
+    assert sync_store is not None
+
+    async def main() -> None:
+        async with AsyncLifecycle(settings, clock=clock) as lc:
+            own: object = lc.store
+            assert isinstance(own, AsyncMongoSnapshotStore)
+            await lc.activate(await lc.reserve('api-1'), 'n1')
+            async with lc.turn('n1'):
+                pass
+            assert await lc.checkpoint('n1', {'draft': 'v1'}, [{'id': 'm1', 'text': 'hi'}]) == 1
+            result = Evictor(worker, sync_store, lc.driver).evict('n1', ReapReason.IDLE, 2**50)
+            assert result.outcome is Outcome.EVICTED
+            assert (await lc.status('n1')).state is SessionState.RESUMABLE  # type: ignore[union-attr]
+            restored = await lc.restore('n1', 'api-2')
+            assert (restored.snapshot, restored.messages) == ({'draft': 'v1'}, [{'id': 'm1', 'text': 'hi'}])
+            assert await lc.close('n1')
+            assert (await lc.status('n1')).state is SessionState.CLOSED  # type: ignore[union-attr]
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+        sync_store.close()

@@ -3,6 +3,8 @@ MongoDB-wire server (failures through its fail points) and on the in-memory twin
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,26 +16,46 @@ from lifecycle import InvalidArgument, PersistenceError
 from lifecycle.models import ReapReason, SessionState
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 from lifecycle.stores.memory import InMemorySnapshotStore
-from lifecycle.stores.mongo import MongoSnapshotStore
+from lifecycle.stores.mongo import AsyncMongoSnapshotStore, MongoSnapshotStore
 from tests.integration.reaper import fail
 
 Admin = pymongo.MongoClient[dict[str, Any]]
 
 
-@pytest.fixture(params=['mongo', 'memory'])
+class Awaited:
+    """The async store behind the sync protocol: each call runs to completion on one event loop of its own."""
+
+    def __init__(self, store: AsyncMongoSnapshotStore) -> None:
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+        assert inspect.iscoroutinefunction(method), name  # natively async: no thread behind it
+        return lambda *args: self.loop.run_until_complete(method(*args))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=['mongo', 'mongo-async', 'memory'])
 def store(request: pytest.FixtureRequest) -> Iterator[SnapshotStore]:
-    store: SnapshotStore
+    store: Any
     if request.param == 'memory':
         store = InMemorySnapshotStore()
     else:
         url, database = request.getfixturevalue('mongo_server_url'), request.getfixturevalue('mongo_database')
-        store = MongoSnapshotStore(url, database, timeout_ms=2_000)
+        if request.param == 'mongo-async':
+            store = Awaited(AsyncMongoSnapshotStore(url, database, timeout_ms=2_000))
+        else:
+            store = MongoSnapshotStore(url, database, timeout_ms=2_000)
     store.ensure_indexes()
     yield store
     store.close()
 
 
-MONGO_ONLY = pytest.mark.parametrize('store', ['mongo'], indirect=True)  # MongoDB's fail points
+MONGO_ONLY = pytest.mark.parametrize('store', ['mongo', 'mongo-async'], indirect=True)  # MongoDB's fail points
 
 
 def record(session_id: str = 's1', turn_seq: int = 2) -> SessionRecord:

@@ -15,7 +15,8 @@ PACKAGE = ROOT / 'lifecycle'
 # Lower layers never import higher ones. A module's layer is its package's (or, at the top, its own).
 LAYERS: dict[str, int] = {
     'lifecycle.errors': 0, 'lifecycle.models': 0, 'lifecycle.clock': 0, 'lifecycle.logs': 0,
-    'lifecycle.background': 0, 'lifecycle.validate': 0, 'lifecycle.settings': 0, 'lifecycle.policy': 0,
+    'lifecycle.background': 0, 'lifecycle.steps': 0, 'lifecycle.validate': 0, 'lifecycle.settings': 0,
+    'lifecycle.policy': 0,
     'lifecycle.pool': 1, 'lifecycle.stores': 1, 'lifecycle.sandboxes': 1,
     'lifecycle.jobs': 2,
     'lifecycle.reaper': 3,
