@@ -14,11 +14,10 @@ import redis
 from lifecycle import validate
 from lifecycle.background import Repeater
 from lifecycle.clock import Clock
-from lifecycle.errors import BackendUnavailable, LifecycleError
+from lifecycle.errors import BackendUnavailable
 from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import Runs
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo
-from lifecycle.pool.calls import Call
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
 from lifecycle.reaper.eviction import Evictor, Outcome
@@ -81,18 +80,6 @@ class Lifecycle(Wiring):
     def now_ms(self) -> int:
         """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""
         return self.pool.now_ms()
-
-    def run(self, call: Call[T]) -> T:
-        """Send one call to Redis (see `Executor.run`)."""
-        return self.pool.run(call)
-
-    def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
-        """Send many calls in one round trip (see `Executor.run_many`)."""
-        return self.pool.run_many(calls)
-
-    def run_each(self, calls: Sequence[Call[T]]) -> list[T | LifecycleError]:
-        """Send many calls in one round trip, each with its own result (see `Executor.run_each`)."""
-        return self.pool.run_each(calls)
 
     # -- the public surface ------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ def summary(report: SweepReport) -> dict[str, Any]:
 
 
 def sweep(kind: SweepKind) -> dict[str, Any]:
-    return summary(runtime().sweeper.run(kind))
+    return summary(runtime().sweeper.sweep(kind))
 
 
 @shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True)

@@ -152,7 +152,7 @@ def sweep_ms(sweeper: Sweeper, due: int, repeats: int = 5) -> float:
     includes the durable write's checkpoint gate, one MongoDB read per page)."""
     times = []
     for _ in range(repeats):
-        report = sweeper.run(SweepKind.IDLE, dry_run=True, dedupe=False)
+        report = sweeper.sweep(SweepKind.IDLE, dry_run=True, dedupe=False)
         assert report.ordered + report.refused == due, (report.ordered, report.refused, due)
         times.append(report.duration_ms)
     return float(statistics.median(times))
@@ -180,7 +180,7 @@ def rss_while_sweeping(config: dict[str, Any], results: Any) -> None:
     before = rss_kb()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    report = sweeper.run(SweepKind.IDLE, dry_run=True, dedupe=False)
+    report = sweeper.sweep(SweepKind.IDLE, dry_run=True, dedupe=False)
     stop.set()
     sampler.join()
     results.put(

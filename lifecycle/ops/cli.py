@@ -200,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         def evict_inline(orders: Sequence[Order]) -> None:
             results.extend(evictor.evict_many(orders))
 
-        report = Sweeper(lc.pool, evictor, evict_inline).run(kind, dry_run=args.dry_run, dedupe=False)
+        report = Sweeper(lc.pool, evictor, evict_inline).sweep(kind, dry_run=args.dry_run, dedupe=False)
         now = lc.now_ms()
     data = sweep_data(report, results, now, args.dry_run)
 

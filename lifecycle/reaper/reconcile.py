@@ -54,7 +54,7 @@ class Reconciler:
         self.claims = ClaimIndex(pool.settings, self.keys)
         self.foreign = 0  # live entries no session could be (invalid ids) the last run removed
 
-    def run(self, extend: Callable[[], None]) -> Drift:
+    def repair(self, extend: Callable[[], None]) -> Drift:
         now = self.pool.now_ms()
         upgrade = self.pool.run(calls.exists(self.keys.legacy_tenant_slots))  # a pool the previous layout wrote
         lost_index = self.pool.run(calls.score(self.keys.tenants, '#')) is None

@@ -80,7 +80,7 @@ class Sweeper:
             SweepKind.WORKTREES: self._sweep_worktrees,
         }
 
-    def run(self, kind: SweepKind, *, dry_run: bool = False, dedupe: bool = True) -> SweepReport:
+    def sweep(self, kind: SweepKind, *, dry_run: bool = False, dedupe: bool = True) -> SweepReport:
         """Run one sweep now unless one of its kind is running, or (with `dedupe`) ran within half an interval."""
         started = time.monotonic()
         report = SweepReport(kind)
@@ -281,7 +281,7 @@ class Sweeper:
             # Reservations of capped tenants are refused until the index is rebuilt: do it now, not in 5 min.
             log.warning('the tenant index was lost: reconciling now')
             try:
-                report.drift = self.run(SweepKind.RECONCILE, dedupe=False).drift
+                report.drift = self.sweep(SweepKind.RECONCILE, dedupe=False).drift
             except LifecycleError as exc:  # expiry goes on whatever reconciliation runs into
                 log.warning('reconcile from the expiry sweep failed: %s', exc)
         self._recover_claims(report, dry_run)
@@ -362,7 +362,7 @@ class Sweeper:
             return
         self._migrate_legacy_records(lock)
         self._expire_legacy_run_streams()
-        report.drift = Reconciler(self.pool, self.evictor.store).run(lock.extend)
+        report.drift = Reconciler(self.pool, self.evictor.store).repair(lock.extend)
 
     def _migrate_legacy_records(self, lock: SweepLock) -> None:
         """Move records left in the first layout's single hash (a pool upgraded in place) into their buckets.

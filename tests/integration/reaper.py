@@ -30,7 +30,7 @@ class Reaper:
 
     def sweep(self, kind: SweepKind, **kwargs: Any) -> SweepReport:
         """Run a sweep with its evictions inline (as a worker would run the tasks it fans out)."""
-        return self.sweeper.run(kind, dedupe=False, **kwargs)
+        return self.sweeper.sweep(kind, dedupe=False, **kwargs)
 
     def document(self, session_id: str) -> dict[str, Any] | None:
         assert self.store is not None

@@ -75,7 +75,7 @@ def test_a_turn_that_ends_while_its_session_is_claimed_stops_the_eviction(reaper
     with lc.turn('s1') as turn:
         reaper.clock.advance(seconds=600)  # idle, and the busy lease (30 s) long lapsed
         evictor = reaper.evictor
-        claims = lc.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])
+        claims = lc.pool.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])
         claim = claims[0]
         assert not isinstance(claim, str)
         assert evictor._persist({0: claim})[0] == {}  # the durable write landed (covers turn 0)
@@ -98,7 +98,7 @@ def test_recovery_does_not_complete_an_eviction_a_later_turn_outdated(reaper: Re
     with lc.turn('s1'):
         reaper.clock.advance(seconds=600)
         evictor = reaper.evictor
-        claim = lc.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])[0]
+        claim = lc.pool.run_many([evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms() - 600_000)])[0]
         assert not isinstance(claim, str)
         assert evictor._persist({0: claim})[0] == {}
     # The worker dies here; its claim's lease runs out and the next sweep recovers it.
@@ -129,7 +129,7 @@ class TurnEndingDriver:
     def release(self, session_id: str, reason: str) -> None:
         self.released.append(session_id)
         for lc, sid, token in self.end:
-            lc.run(lc.index.end_turn(sid, token, lc.now_ms()))
+            lc.pool.run(lc.index.end_turn(sid, token, lc.now_ms()))
         self.end.clear()
 
     def leases(self) -> list[Any]:
@@ -138,7 +138,7 @@ class TurnEndingDriver:
 
 def lapsed_turn(r: Reaper, session_id: str) -> str:
     """A turn that began, then lost its busy lease (its replica could not reach Redis to renew it)."""
-    r.lc.run(r.lc.index.begin_turn(session_id, 'slow-turn', r.lc.now_ms()))
+    r.lc.pool.run(r.lc.index.begin_turn(session_id, 'slow-turn', r.lc.now_ms()))
     r.clock.advance(seconds=600)
     return 'slow-turn'
 
@@ -170,7 +170,7 @@ def test_recovery_of_a_claim_written_before_claims_kept_the_turn_sequence_still_
     lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
     lc.checkpoint('s1', {'turns': 0})
     token = lapsed_turn(r, 's1')
-    claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
+    claim = lc.pool.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
     assert not isinstance(claim, str)
     assert evictor._persist({0: claim})[0] == {}
     lc.redis.hset(lc.index.keys.claims, 's1', f'{claim.token}|idle')  # the previous layout: no sequence
@@ -214,7 +214,7 @@ def test_a_checkpoint_during_an_eviction_whose_write_landed_says_the_session_is_
     lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
     lc.checkpoint('s1', {'turns': 0})
     reaper.clock.advance(seconds=600)
-    claim = lc.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
+    claim = lc.pool.run(evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms()))
     assert not isinstance(claim, str)
     assert evictor._persist({0: claim})[0] == {}  # the worker stops here: its claim stays in flight
     with pytest.raises(SessionReaping, match='being evicted'):
@@ -229,7 +229,7 @@ def test_a_restore_that_races_says_why_it_cannot_restore(reaper: Reaper) -> None
     lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=3600)
     lc.checkpoint('s1', {'at': 0})
     reaper.clock.advance(seconds=600)
-    [claim] = lc.run_many([reaper.evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms())])
+    [claim] = lc.pool.run_many([reaper.evictor.claims.claim('s1', ReapReason.IDLE, lc.now_ms(), lc.now_ms())])
     assert not isinstance(claim, str)
     with pytest.raises(SessionReaping, match='being evicted'):
         lc.restore('s1', 'api-2')

@@ -38,7 +38,7 @@ def doomed(make_reaper_settings: SettingsFactory, tmp_path: Path) -> Iterator[Li
 @pytest.mark.parametrize('kind', list(SweepKind))
 def test_every_sweep_meets_a_redis_that_is_gone_with_backend_unavailable(doomed: Lifecycle, kind: SweepKind) -> None:
     with pytest.raises(BackendUnavailable, match='unavailable'):
-        sweeper_of(doomed).run(kind, dedupe=False)
+        sweeper_of(doomed).sweep(kind, dedupe=False)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_a_key_of_the_wrong_type_is_a_script_failure_naming_the_command(
         lc.activate(lc.reserve('api-1'), 's1')
         lc.redis.set(getattr(lc.index.keys, key), 'a hand edit')
         with pytest.raises(LifecycleError) as raised:
-            sweeper_of(lc).run(kind, dedupe=False)
+            sweeper_of(lc).sweep(kind, dedupe=False)
         assert isinstance(raised.value, ScriptFailed), repr(raised.value)
         assert 'WRONGTYPE' in str(raised.value)
     finally:

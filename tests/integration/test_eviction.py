@@ -141,12 +141,12 @@ def test_a_busy_session_expires_at_its_hard_deadline_even_when_mongodb_fails(
 ) -> None:
     open_session(reaper, 'busy', ttl=60)
     open_session(reaper, 'unsaved', ttl=60)
-    reaper.lc.run(reaper.lc.index.begin_turn('busy', 'turn-1', reaper.clock.now_ms()))
+    reaper.lc.pool.run(reaper.lc.index.begin_turn('busy', 'turn-1', reaper.clock.now_ms()))
     reaper.clock.advance(seconds=59)
     reaper.sweep(SweepKind.EXPIRED)
     assert reaper.results == []
     reaper.clock.advance(seconds=1)
-    reaper.lc.run(reaper.lc.index.renew_turn('busy', 'turn-1', reaper.clock.now_ms()))
+    reaper.lc.pool.run(reaper.lc.index.renew_turn('busy', 'turn-1', reaper.clock.now_ms()))
     fail(mongo_admin, 'update', times=1, errorCode=8)  # the best-effort write of one of them fails
     reaper.sweep(SweepKind.EXPIRED)
     assert sorted((r.session_id, r.outcome) for r in reaper.results) == [
@@ -164,7 +164,7 @@ def test_sessions_of_a_lost_replica_are_evicted_once_their_busy_lease_is_out(rea
         reaper.lc.heartbeat(owner)
         open_session(reaper, f'{owner}-a', owner=owner)
         open_session(reaper, f'{owner}-b', owner=owner)
-    reaper.lc.run(reaper.lc.index.begin_turn('api-1-b', 'mid-turn', reaper.clock.now_ms()))
+    reaper.lc.pool.run(reaper.lc.index.begin_turn('api-1-b', 'mid-turn', reaper.clock.now_ms()))
     reaper.clock.advance(seconds=reaper.lc.settings.replica_ttl_s)
     reaper.lc.heartbeat('api-2')  # api-1 died
     reaper.sweep(SweepKind.OWNER_LOST)
@@ -192,7 +192,7 @@ def test_make_room_evicts_the_least_recent_idle_session_to_admit(
     open_session(r, 'older')
     r.clock.advance(seconds=100)
     open_session(r, 'recent')
-    r.lc.run(r.lc.index.begin_turn('oldest', 't', r.clock.now_ms()))  # busy: never taken for room
+    r.lc.pool.run(r.lc.index.begin_turn('oldest', 't', r.clock.now_ms()))  # busy: never taken for room
     with pytest.raises(CapacityExceeded):
         r.lc.reserve('api-9')
     admitted = r.lc.reserve('api-9', make_room=True)
@@ -212,7 +212,7 @@ def test_the_lru_sweep_evicts_the_least_recently_active_non_busy_sessions(
     for i in range(6):
         open_session(r, f's{i}')
         r.clock.advance(seconds=1)
-    r.lc.run(r.lc.index.begin_turn('s0', 't', r.clock.now_ms()))
+    r.lc.pool.run(r.lc.index.begin_turn('s0', 't', r.clock.now_ms()))
     r.lc.touch('s1')  # now the most recent
     r.sweep(SweepKind.LRU)
     assert [(res.session_id, res.outcome) for res in r.results] == [
@@ -280,7 +280,7 @@ def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wro
     claims = ClaimIndex(reaper.lc.settings, reaper.lc.index.keys)
     taken = {}
     for session_id in ('durable', 'unwritten'):
-        claimed = reaper.lc.run(claims.claim(session_id, ReapReason.IDLE, reaper.clock.now_ms(), 2**50))
+        claimed = reaper.lc.pool.run(claims.claim(session_id, ReapReason.IDLE, reaper.clock.now_ms(), 2**50))
         assert isinstance(claimed, Claim)
         taken[session_id] = claimed
     assert reaper.store is not None

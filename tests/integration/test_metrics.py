@@ -35,8 +35,8 @@ def busy_pool(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory)
     r.clock.advance(seconds=61)
     for kind in (SweepKind.IDLE, SweepKind.EXPIRED, SweepKind.RECONCILE):
         r.sweep(kind)
-    r.sweeper.run(SweepKind.RUNS)
-    assert r.sweeper.run(SweepKind.RUNS).skipped == 'duplicate'  # as a redelivered message would be
+    r.sweeper.sweep(SweepKind.RUNS)
+    assert r.sweeper.sweep(SweepKind.RUNS).skipped == 'duplicate'  # as a redelivered message would be
     return r
 
 

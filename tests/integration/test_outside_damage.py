@@ -254,7 +254,7 @@ def test_a_tenant_index_lost_while_reconcile_runs_is_not_marked_complete(
     lc.activate(lc.reserve('api-1', 'acme'), 'a2')
     from lifecycle.reaper.reconcile import Reconciler
 
-    run = Reconciler.run
+    run = Reconciler.repair
 
     def run_while_the_index_is_deleted(self: Reconciler, extend: Any) -> Any:
         def extend_and_delete() -> None:
@@ -263,7 +263,7 @@ def test_a_tenant_index_lost_while_reconcile_runs_is_not_marked_complete(
 
         return run(self, extend_and_delete)
 
-    monkeypatch.setattr(Reconciler, 'run', run_while_the_index_is_deleted)
+    monkeypatch.setattr(Reconciler, 'repair', run_while_the_index_is_deleted)
     reaper.sweep(SweepKind.RECONCILE)
     monkeypatch.undo()
     with pytest.raises(PoolRecovering):

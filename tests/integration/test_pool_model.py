@@ -189,7 +189,7 @@ class PoolModel(RuleBasedStateMachine):
         session = self.pick(self.live(), index)
         token = secrets.token_hex(6)
         try:
-            self.r.lc.run(self.r.lc.index.begin_turn(session.session_id, token, self.now))
+            self.r.lc.pool.run(self.r.lc.index.begin_turn(session.session_id, token, self.now))
         except SessionReaping:
             assert self.redis.zscore(self.keys.reaping, session.session_id) is not None
             return
@@ -208,7 +208,7 @@ class PoolModel(RuleBasedStateMachine):
     @rule(index=st.integers(0, 50))
     def renew_turn(self, index: int) -> None:
         session, token = self.pick(self.open_turns(), index)
-        code = self.r.lc.run(self.r.lc.index.renew_turn(session.session_id, token, self.now))
+        code = self.r.lc.pool.run(self.r.lc.index.renew_turn(session.session_id, token, self.now))
         if code in (1, 2):
             session.open_turns[token] = self.now + self.settings.busy_lease_s * 1000
 
@@ -217,7 +217,7 @@ class PoolModel(RuleBasedStateMachine):
     def end_turn(self, index: int) -> None:
         session, token = self.pick(self.open_turns(), index)
         del session.open_turns[token]
-        finished = self.r.lc.run(self.r.lc.index.end_turn(session.session_id, token, self.now))
+        finished = self.r.lc.pool.run(self.r.lc.index.end_turn(session.session_id, token, self.now))
         if session.state == 'live':
             session.turns += 1  # the app finished it, whatever Redis could record of it
         else:
@@ -317,13 +317,13 @@ class PoolModel(RuleBasedStateMachine):
         session = self.pick(self.live(), index)
         evictor, lc = self.r.evictor, self.r.lc
         bound = self.now - self.settings.idle_ttl_s * 1000
-        [claim] = lc.run_each([evictor.claims.claim(session.session_id, ReapReason.IDLE, self.now, bound)])
+        [claim] = lc.pool.run_each([evictor.claims.claim(session.session_id, ReapReason.IDLE, self.now, bound)])
         if not isinstance(claim, Claim) or stop_after == 'claim':
             return
         refused, _ = evictor._persist({0: claim})
         if refused or stop_after == 'persist':
             return
-        if lc.run(evictor.claims.extend(claim, self.now)) is Step.DONE:
+        if lc.pool.run(evictor.claims.extend(claim, self.now)) is Step.DONE:
             evictor.driver.release(claim.session_id, claim.reason.value)
 
     # -- outside damage ---------------------------------------------------------------------------

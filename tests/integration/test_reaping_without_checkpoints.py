@@ -232,7 +232,7 @@ def test_notices_wait_longer_than_the_socket_timeout(make_reaper_settings: Setti
     """A wait of 7 s once ended after 5 s as BackendUnavailable (redis-py 8's socket timeout)."""
     settings = make_reaper_settings()
     poster = Lifecycle(settings)
-    post_later = threading.Timer(6, lambda: poster.run(ClaimIndex(settings, poster.index.keys).notice(
+    post_later = threading.Timer(6, lambda: poster.pool.run(ClaimIndex(settings, poster.index.keys).notice(
         'api-1', NoticeKind.WARNING, 's1', 'idle', 0)))  # fmt: skip
     post_later.start()
     try:

@@ -67,7 +67,7 @@ def sweep_after_claim_lease(lc: Lifecycle, kind: SweepKind = SweepKind.EXPIRED) 
         for order in orders:
             evictor.evict_many([order])
 
-    return Sweeper(lc.pool, evictor, evict_inline).run(kind, dedupe=False)
+    return Sweeper(lc.pool, evictor, evict_inline).sweep(kind, dedupe=False)
 
 
 def assert_converged(lc: Lifecycle) -> None:

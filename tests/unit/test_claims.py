@@ -23,7 +23,7 @@ def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | Non
 
 def claim(lc: Lifecycle, claims: ClaimIndex, session_id: str, reason: ReapReason, bound: int | str = FAR_FUTURE,
           observed: int = 0) -> Claim | str:  # fmt: skip
-    return lc.run(claims.claim(session_id, reason, lc.now_ms(), bound, observed))
+    return lc.pool.run(claims.claim(session_id, reason, lc.now_ms(), bound, observed))
 
 
 def test_an_idle_claim_takes_a_fresh_token_and_blocks_turns(lc: Lifecycle, claims: ClaimIndex) -> None:
@@ -90,23 +90,23 @@ def test_finish_is_fenced_by_the_token_and_posts_a_notice(lc: Lifecycle, claims:
     taken = claim(lc, claims, 's1', ReapReason.IDLE)
     assert isinstance(taken, Claim)
     stale = Claim('s1', taken.token - 1, taken.reason, taken.meta, 0, 0)
-    assert lc.run(claims.finish(stale, lc.now_ms())) is Step.FENCED
-    assert lc.run(claims.abort(stale)) is False
+    assert lc.pool.run(claims.finish(stale, lc.now_ms())) is Step.FENCED
+    assert lc.pool.run(claims.abort(stale)) is False
     assert lc.status('s1') is not None
-    assert lc.run(claims.finish(taken, lc.now_ms())) is Step.DONE
+    assert lc.pool.run(claims.finish(taken, lc.now_ms())) is Step.DONE
     assert lc.status('s1') is None
     stats = lc.stats()
     assert (stats.live, stats.reaping, stats.slots) == (0, 0, 0)
     assert lc.redis.zcard(lc.index.keys.tenants) == 1  # only its marker
     assert [(n.kind, n.session_id, n.reason) for n in lc.notices('api-1')] == [('evicted', 's1', 'idle')]
-    assert lc.run(claims.finish(taken, lc.now_ms())) is Step.FENCED  # a repeat is a no-op
+    assert lc.pool.run(claims.finish(taken, lc.now_ms())) is Step.FENCED  # a repeat is a no-op
 
 
 def test_abort_leaves_the_session_live_and_turnable(lc: Lifecycle, claims: ClaimIndex) -> None:
     live(lc, 's1')
     taken = claim(lc, claims, 's1', ReapReason.IDLE)
     assert isinstance(taken, Claim)
-    assert lc.run(claims.abort(taken)) is True
+    assert lc.pool.run(claims.abort(taken)) is True
     with lc.turn('s1') as turn:
         pass
     assert turn.finished_seq == 1
@@ -119,25 +119,25 @@ def test_reclaim_takes_over_only_an_expired_claim_under_a_new_token(
     live(lc, 's1')
     taken = claim(lc, claims, 's1', ReapReason.IDLE)
     assert isinstance(taken, Claim)
-    assert lc.run(claims.reclaim('s1', lc.now_ms())) is None
+    assert lc.pool.run(claims.reclaim('s1', lc.now_ms())) is None
     fixed_clock.advance(seconds=lc.settings.claim_lease_s)
-    takeover = lc.run(claims.reclaim('s1', lc.now_ms()))
+    takeover = lc.pool.run(claims.reclaim('s1', lc.now_ms()))
     assert takeover is not None
     assert takeover.old_token == taken.token
     assert takeover.claim.token > taken.token
     assert takeover.claim.reason is ReapReason.IDLE
-    assert lc.run(claims.finish(taken, lc.now_ms())) is Step.FENCED  # the paused worker is fenced off
-    assert lc.run(claims.finish(takeover.claim, lc.now_ms())) is Step.DONE
+    assert lc.pool.run(claims.finish(taken, lc.now_ms())) is Step.FENCED  # the paused worker is fenced off
+    assert lc.pool.run(claims.finish(takeover.claim, lc.now_ms())) is Step.DONE
 
 
 def test_a_lapsed_turn_cannot_sneak_back_under_a_claim(
     lc: Lifecycle, claims: ClaimIndex, fixed_clock: FixedClock
 ) -> None:
     live(lc, 's1')
-    lc.run(lc.index.begin_turn('s1', 'slow-turn', lc.now_ms()))
+    lc.pool.run(lc.index.begin_turn('s1', 'slow-turn', lc.now_ms()))
     fixed_clock.advance(seconds=lc.settings.busy_lease_s)  # its heartbeat could not reach Redis
     assert isinstance(claim(lc, claims, 's1', ReapReason.IDLE), Claim)
-    assert lc.run(lc.index.renew_turn('s1', 'slow-turn', lc.now_ms())) == 3
+    assert lc.pool.run(lc.index.renew_turn('s1', 'slow-turn', lc.now_ms())) == 3
     assert not lc.status('s1').busy  # type: ignore[union-attr]
 
 
@@ -159,7 +159,7 @@ def test_reconcile_moves_records_of_the_first_layout_into_their_buckets(lc: Life
     with pytest.raises(SessionDamaged):  # to the scripts, s1 has no record until it moves
         lc.status('s1')
     sweeper = Sweeper(lc.pool, Evictor(lc.pool, None, NoopDriver()), lambda orders: None)
-    assert sweeper.run(SweepKind.RECONCILE, dedupe=False).ran
+    assert sweeper.sweep(SweepKind.RECONCILE, dedupe=False).ran
     assert not lc.redis.exists(k.legacy_meta)
     assert lc.status('s1').tenant == 'acme'  # type: ignore[union-attr]
     assert lc.redis.hget(k.meta_of('s0'), 's0') == 'api-1|acme||0|9'

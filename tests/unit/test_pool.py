@@ -77,7 +77,7 @@ def test_reserving_again_with_the_same_token_takes_no_second_slot(lc: Lifecycle)
     again = lc.reserve('api-1', token='create-42')
     assert again == first
     call = lc.index.reserve('api-1', None, 'create-43', lc.now_ms())
-    assert lc.run(call) == lc.run(call)  # the same EVALSHA resent after a lost reply
+    assert lc.pool.run(call) == lc.pool.run(call)  # the same EVALSHA resent after a lost reply
     assert lc.stats().slots == 2
     assert_counter_consistent(lc)
 
@@ -259,7 +259,7 @@ def test_overlapping_turns_keep_the_session_busy_until_the_last_ends(lc: Lifecyc
 
 def test_a_crashed_turns_lease_lapses_on_its_own(lc: Lifecycle, fixed_clock: FixedClock) -> None:
     lc.activate(lc.reserve('api-1'), 'chat-1')
-    lc.run(lc.index.begin_turn('chat-1', 'dead-turn', fixed_clock.now_ms()))  # its holder never ends it
+    lc.pool.run(lc.index.begin_turn('chat-1', 'dead-turn', fixed_clock.now_ms()))  # its holder never ends it
     fixed_clock.advance(seconds=lc.settings.busy_lease_s - 1)
     assert lc.status('chat-1').busy  # type: ignore[union-attr]
     fixed_clock.advance(seconds=1)
@@ -340,7 +340,7 @@ def test_a_batch_answered_noscript_midway_is_sent_again(
             lc.redis.script_flush()
 
     monkeypatch.setattr(redis.client.Pipeline, 'load_scripts', check_then_lose)
-    assert lc.run_many([lc.index.release(reservation) for reservation in held]) == [True] * 3
+    assert lc.pool.run_many([lc.index.release(reservation) for reservation in held]) == [True] * 3
     assert flushed
     assert lc.stats().reserved == 0
     assert_counter_consistent(lc)
@@ -354,7 +354,7 @@ def test_the_retry_after_of_a_full_pool_whose_oldest_session_is_overdue_is_the_n
     for n in range(5):
         lc.activate(lc.reserve('api-1'), f's{n}')
     fixed_clock.advance(seconds=3 * 3600)  # long past every idle timeout: overdue, yet live
-    assert lc.run(lc.index.retry_after(lc.now_ms())) == lc.settings.idle_interval_s
+    assert lc.pool.run(lc.index.retry_after(lc.now_ms())) == lc.settings.idle_interval_s
     fixed_clock.advance(seconds=-3 * 3600 + 60)  # one minute in: the oldest idles out in idle_ttl_s - 60 (+ a sweep)
     expected = lc.settings.idle_ttl_s - 60 + lc.settings.idle_interval_s
-    assert lc.run(lc.index.retry_after(lc.now_ms())) == expected
+    assert lc.pool.run(lc.index.retry_after(lc.now_ms())) == expected
