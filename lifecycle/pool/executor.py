@@ -29,8 +29,9 @@ from lifecycle.pool.scripts import SOURCES
 from lifecycle.settings import Settings, redacted
 
 T = TypeVar('T')
-# A member no valid id could be (a hand edit, a foreign writer) decodes without raising, and encodes back to
-# the same bytes: one bad entry never stops a sweep, and reconcile can still name and remove it.
+# A member no valid id could be (a hand edit, a foreign writer) decodes without raising: one bad entry never
+# stops a read. It must never be sent back as it came (hiredis encodes strictly): the sweeps pass over such
+# members, and reconcile removes them as bytes (`member.encode('utf-8', 'surrogateescape')`).
 ENCODING_ERRORS = 'surrogateescape'
 DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)

@@ -135,7 +135,9 @@ class Reconciler:
 
     def _rebuild_missing_records(self, now_ms: int, index_lost: bool, extend: Callable[[], None]) -> int:
         missing: list[str] = []
-        self.foreign = self._remove_foreign_entries(self.keys.deadline)
+        self.foreign = sum(self._remove_foreign_entries(key) for key in (self.keys.deadline, self.keys.reaping,
+                                                                          self.keys.unsaved, self.keys.busy,
+                                                                          self.keys.orphans))  # fmt: skip
         for page in self._live_pages():
             records = read_records(self.pool, page)
             missing += [s for s, record in zip(page, records, strict=True) if not is_record(record)]
@@ -172,7 +174,7 @@ class Reconciler:
 
     def _forget_requests_of_gone_sessions(self) -> None:
         """Checkpoint requests of sessions that left the pool (closed, evicted, expired): nobody answers them."""
-        asked = list(self._scan(self.keys.unsaved))
+        asked = [member for member in self._scan(self.keys.unsaved) if validate.is_identifier(member)]
         for start in range(0, len(asked), PAGE):
             page = asked[start : start + PAGE]
             live = self.pool.run(calls.scores(self.keys.live, page))

@@ -235,6 +235,8 @@ class Sweeper:
         if dry_run:
             return
         for session_id in self._members(self.keys.reaping, '-inf', self.pool.now_ms()):
+            if not validate.is_identifier(session_id):
+                continue  # no session has such an id (a hand edit, bytes that are not UTF-8): reconcile removes it
             result = self.evictor.recover(session_id)
             if result is not None:
                 report.recovered.append(result)
@@ -300,7 +302,7 @@ class Sweeper:
 
     def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
         """Retry failed releases, and release sandboxes past their deadline whose session Redis no longer holds."""
-        due = self._members(self.keys.orphans, '-inf', '+inf')
+        due = [member for member in self._members(self.keys.orphans, '-inf', '+inf') if validate.is_identifier(member)]
         due += [lease.session_id for lease in self.evictor.driver.leases() if lease.expires_at_ms <= now_ms]
         for session_id in dict.fromkeys(due):
             if self.pool.run(calls.score(self.keys.live, session_id)) is not None:

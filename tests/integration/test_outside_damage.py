@@ -357,6 +357,29 @@ def test_an_entry_no_session_could_be_never_stops_a_sweep_and_reconcile_removes_
     assert lc.stats().live == 0
 
 
+@pytest.mark.parametrize('index', ['reaping', 'unsaved', 'busy', 'orphans'])
+def test_a_member_that_is_not_utf8_in_any_index_never_stops_a_sweep_and_reconcile_removes_it(
+    reaper: Reaper, real_redis: redis.Redis, index: str
+) -> None:
+    # Regression: sent back to Redis as it was read, such a member raised UnicodeEncodeError (hiredis encodes
+    # strictly): one in `reaping` stopped every idle, LRU, expiry and owner-lost sweep for good, one in
+    # `unsaved` every reconcile, one in `orphans` every expiry sweep.
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'v': 1})
+    raw = redis.Redis.from_url(REDIS_URL)
+    raw.zadd(getattr(lc.index.keys, index), {b'\xff\xfe not utf-8': 0})  # a lease long run out, say
+    raw.close()
+    reaper.clock.advance(seconds=600)
+    reaper.sweep(SweepKind.IDLE)
+    reaper.sweep(SweepKind.EXPIRED)
+    assert [(r.session_id, r.outcome) for r in reaper.results] == [('s1', Outcome.EVICTED)]
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.foreign_entries == 1
+    assert real_redis.zcard(getattr(lc.index.keys, index)) == 0
+
+
 def test_an_empty_pool_whose_counter_was_set_by_hand_still_admits_capped_tenants(
     reaper: Reaper, real_redis: redis.Redis
 ) -> None:
