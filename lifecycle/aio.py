@@ -6,10 +6,10 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
@@ -21,20 +21,22 @@ from lifecycle.errors import BackendUnavailable
 from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import AsyncRuns
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
-from lifecycle.pool.executor import AsyncExecutor, Executor
+from lifecycle.pool.executor import AsyncExecutor, Executor, sync_twin
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar('T')
 
 
 class AsyncLifecycle(Wiring):
     """The session pool for asyncio API replicas; every method mirrors `Lifecycle`'s.
 
     Its own store is native async (pymongo's AsyncMongoClient); a store passed in whose methods are plain
-    functions runs them in worker threads. Every dependency passed in is the one used: client, clock, store
-    and driver.
+    functions runs them in worker threads. Every dependency passed in is the one used: client (make_room's
+    sync evictor uses a sync twin of its connection), clock, store and driver. An operation of several writes
+    (restore, checkpoint, close, the end of a turn) runs to its end even if its caller is cancelled.
     """
 
     asynchronous = True
@@ -95,10 +97,10 @@ class AsyncLifecycle(Wiring):
 
     def _make_room(self) -> bool:
         """See `Lifecycle.reserve`: evictions are sync (the worker's evictor), so this runs in a thread, on a
-        sync connection to the same Redis with this client's clock, and a sync store (the one passed in if it
-        is sync)."""
+        sync twin of this client's Redis connection (same server, credentials, TLS) with its clock, and a sync
+        store (the one passed in if it is sync)."""
         if self._evicting is None:
-            self._evicting = Executor(self.settings, clock=self.clock)
+            self._evicting = Executor(self.settings, sync_twin(self.pool.redis), self.clock)
             store = self.store
             sync = store is not None and not inspect.iscoroutinefunction(store.mark_resumable)
             self._evicting_store = store if sync else store_from_settings(self.settings)
@@ -154,11 +156,8 @@ class AsyncLifecycle(Wiring):
         finally:
             # Scheduled before anything is awaited: a cancellation that keeps firing (anyio's cancel scopes, which
             # Starlette uses when a client disconnects) cannot stop the end of the turn from being recorded.
-            end = asyncio.ensure_future(self._end_turn(renew, session_id, token))
-            self._pending.add(end)
-            end.add_done_callback(self._pending.discard)
             try:
-                turn.finished_seq = await asyncio.shield(end)
+                turn.finished_seq = await self._to_the_end(self._end_turn(renew, session_id, token))
             except BackendUnavailable:
                 if not body_failed:
                     raise
@@ -168,9 +167,19 @@ class AsyncLifecycle(Wiring):
         await renew.stop()
         return await self.pool.do(self.flows.end_turn(session_id, token))
 
+    async def _to_the_end(self, operation: Awaitable[T]) -> T:
+        """Run an operation of several writes to its end even if the caller is cancelled (a shutdown, a client
+        gone): its writes never stop half way (a session live in Redis and resumable in MongoDB, say). The
+        caller's cancellation still propagates; disconnect() waits for what is still running."""
+        task = asyncio.ensure_future(operation)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never "unretrieved"
+        return await asyncio.shield(task)
+
     async def close(self, session_id: str) -> bool:
         """See `Lifecycle.close`."""
-        return await self.pool.do(self.flows.close(session_id, self.store))
+        return await self._to_the_end(self.pool.do(self.flows.close(session_id, self.store)))
 
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""
@@ -180,12 +189,12 @@ class AsyncLifecycle(Wiring):
         self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
     ) -> int:
         """See `Lifecycle.checkpoint`."""
-        return await self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store))
+        return await self._to_the_end(self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store)))
 
     async def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
         """See `Lifecycle.restore`."""
         room = self._make_room if validate.flag('make_room', make_room) else None
-        return await self.pool.do(self.flows.restore(session_id, owner, self.store, room))
+        return await self._to_the_end(self.pool.do(self.flows.restore(session_id, owner, self.store, room)))
 
     async def notices(
         self, owner: str, *, after: str = '0', block_s: float | None = None

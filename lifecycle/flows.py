@@ -311,11 +311,12 @@ class Flows:
         for notice in batch:
             try:
                 if notice.kind is NoticeKind.CHECKPOINT_REQUESTED:
-                    args = checkpoint_args(notice.session_id, (yield Durable(snapshot, (notice.session_id,))))
+                    saved = yield Durable(snapshot, (notice.session_id,), inline=True)
+                    args = checkpoint_args(notice.session_id, saved)
                     if args is not None:
                         yield from self.checkpoint(notice.session_id, *args, store)
                 if on_notice is not None:
-                    yield Durable(on_notice, (notice,))
+                    yield Durable(on_notice, (notice,), inline=True)
             except LifecycleError as exc:  # the session left meanwhile, say: the next request will come
                 log.info('notice %s of %s not answered: %s', notice.kind, notice.session_id, exc)
             except Exception:

@@ -46,14 +46,16 @@ NOW = Now()
 
 @dataclass(frozen=True)
 class Durable(Generic[T]):
-    """A step that calls the durable store (or another blocking function): `fn(*args)`.
+    """A step that calls the durable store, or one of the app's callbacks: `fn(*args)`.
 
-    The sync executor calls it; the async one runs it in a worker thread, or awaits it if `fn` is a
-    coroutine function (a native async store).
+    The sync executor calls it; the async one awaits it if `fn` is a coroutine function (a native async
+    store), calls it on the event loop if `inline` (an app callback), and otherwise runs it in a worker thread
+    (a blocking store).
     """
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
+    inline: bool = False  # an app callback: on the event loop (awaited if it returns an awaitable), no thread
 
 
 Step = Call[Any] | Now | Durable[Any]

@@ -48,6 +48,20 @@ def pool_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def sync_twin(client: AsyncRedis) -> SyncRedis:
+    """A sync client of the server an asyncio client talks to, with its connection settings (address, db,
+    credentials, TLS, timeouts): for the few sync paths of the async client (make_room's evictor)."""
+    pool = client.connection_pool
+    kind = getattr(redis.connection, pool.connection_class.__name__, redis.connection.Connection)
+    accepted = {name for cls in kind.__mro__ if '__init__' in cls.__dict__
+                for name in inspect.signature(cls.__dict__['__init__']).parameters}  # fmt: skip
+    kwargs = {name: value for name, value in pool.connection_kwargs.items()
+              if name in accepted and not name.startswith('maint_notifications')
+              and 'asyncio' not in type(value).__module__}  # fmt: skip
+    pool_of_twin = redis.BlockingConnectionPool(connection_class=kind, **kwargs)  # type: ignore[no-untyped-call]
+    return SyncRedis.from_pool(pool_of_twin)  # it owns the pool: closing it closes the connections
+
+
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:
     """The error for a Redis that could not be reached, naming the server (never its password)."""
     return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
@@ -118,6 +132,7 @@ class _Base:
         return ('EVALSHA', self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
 
     def _queue(self, pipe: Any, calls: Sequence[Call[Any]]) -> None:
+        """Queue `calls` on a sync pipeline: redis-py's Script objects load what the server lacks first."""
         for call in calls:
             if call.script is not None:
                 self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
@@ -276,10 +291,17 @@ class AsyncExecutor(_Base):
         return first_error(await self.run_each(calls))
 
     async def run_each(self, calls: Sequence[Call[T]]) -> list[T | LifecycleError]:
+        """See `Executor.run_each`: scripts go as EVALSHA; those the server lacked are loaded, then sent again."""
         replies = await self._pipeline(calls)
         lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        for i, reply in zip(lost, await self._pipeline([calls[i] for i in lost]) if lost else [], strict=True):
-            replies[i] = reply
+        if lost:
+            try:
+                for name in {calls[i].script for i in lost}:
+                    await self.redis.script_load(SOURCES[name])  # type: ignore[index]
+            except redis.RedisError as exc:
+                raise translate(self.url, None, exc) from exc
+            for i, reply in zip(lost, await self._pipeline([calls[i] for i in lost]), strict=True):
+                replies[i] = reply
         return self._results(calls, replies)
 
     async def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
@@ -287,7 +309,8 @@ class AsyncExecutor(_Base):
             return []
         try:
             pipe = self.redis.pipeline(transaction=False)
-            self._queue(pipe, calls)
+            for call in calls:
+                pipe.execute_command(*self._command(call))
             return await pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
             raise translate(self.url, None, exc) from exc
@@ -309,5 +332,6 @@ class AsyncExecutor(_Base):
             return await self.run(step)  # type: ignore[arg-type]
         if inspect.iscoroutinefunction(step.fn):
             return await step.fn(*step.args)
-        result = await asyncio.to_thread(step.fn, *step.args)
+        # The app's callbacks run on the event loop, as it wrote them; a blocking store call in a worker thread.
+        result = step.fn(*step.args) if step.inline else await asyncio.to_thread(step.fn, *step.args)
         return await result if inspect.isawaitable(result) else result  # a plain function that returned one

@@ -88,7 +88,8 @@ class InMemorySnapshotStore:
     @staticmethod
     def _may_mark(document: Mapping[str, Any], mark: Mark) -> bool:
         """MongoSnapshotStore's filter: still live (or resumable), an older fence, and a covering checkpoint."""
-        covered = not mark.needs_checkpoint or document.get('checkpoint_seq', -1) >= mark.record.turn_seq
+        held = document.get('checkpoint_seq')
+        covered = not mark.needs_checkpoint or (held is not None and held >= mark.record.turn_seq)
         return document.get('state') in EVICTABLE and below(document, mark.token) and covered
 
     def revert(self, marks: Sequence[Mark]) -> None:

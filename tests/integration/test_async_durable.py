@@ -4,15 +4,18 @@ the injected Redis client, clock and store, and the evictor of a worker sharing 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
+import pytest
 import redis.asyncio as aredis
 
-from lifecycle import AsyncLifecycle, FixedClock, SessionState
+from lifecycle import AsyncLifecycle, FixedClock, Lifecycle, SessionState
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.pool.executor import Executor
 from lifecycle.reaper.eviction import Evictor, Outcome
 from lifecycle.stores import store_from_settings
+from lifecycle.stores.memory import InMemorySnapshotStore
 from lifecycle.stores.mongo import AsyncMongoSnapshotStore
 from tests.conftest import SettingsFactory
 
@@ -92,3 +95,72 @@ def test_the_async_clients_own_store_is_native_async(make_reaper_settings: Setti
     finally:
         worker.close()
         sync_store.close()
+
+
+class GatedRestore(InMemorySnapshotStore):
+    """The in-memory store, but its restore waits for a gate (a slow MongoDB), natively async."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:  # type: ignore[override]
+        self.waiting.set()
+        await self.gate.wait()
+        return super().restore(session_id, token, owner)
+
+
+def test_a_restore_cancelled_half_way_still_ends_consistent(
+    make_reaper_settings: SettingsFactory, real_redis: Any
+) -> None:
+    # Regression: the cancellation was thrown into the restore after its Redis activation and before its MongoDB
+    # write, so the session was live in Redis and resumable in MongoDB: every checkpoint refused until a sweep.
+    settings = make_reaper_settings()
+    clock = FixedClock()
+    store: Any = GatedRestore()  # its restore is a coroutine function: not the sync protocol
+    worker = Executor(settings, clock=clock)
+
+    async def main() -> None:
+        async with AsyncLifecycle(settings, clock=clock, store=store) as lc:
+            await lc.activate(await lc.reserve('api-1'), 'c1')
+            Evictor(worker, store, lc.driver).evict('c1', ReapReason.IDLE, 2**50)
+            restoring = asyncio.create_task(lc.restore('c1', 'api-2'))
+            await store.waiting.wait()  # activated in Redis; its MongoDB write in flight
+            restoring.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await restoring
+            store.gate.set()
+        # disconnect() waited for the restore to finish
+        info = Lifecycle(settings, clock=clock, store=store).status('c1')
+        assert info is not None
+        assert info.state is SessionState.LIVE
+        assert (store.load('c1') or {}).get('state') == 'live'
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+
+
+def test_make_room_of_the_async_client_uses_the_injected_redis(
+    make_reaper_settings: SettingsFactory, real_redis: Any
+) -> None:
+    # Regression: its evictor connected to settings.redis_url, not to the client passed in.
+    from lifecycle.ops.embedded import free_port
+
+    real = make_reaper_settings(max_sessions=1, min_idle_s=60)
+    settings = make_reaper_settings(max_sessions=1, min_idle_s=60, redis_url=f'redis://127.0.0.1:{free_port()}/0')
+    clock = FixedClock()
+    store = InMemorySnapshotStore()
+
+    async def main() -> None:
+        client = aredis.Redis.from_url(real.redis_url, decode_responses=True)
+        async with AsyncLifecycle(settings, redis_client=client, clock=clock, store=store) as lc:
+            await lc.activate(await lc.reserve('api-1'), 'm1')
+            clock.advance(seconds=60)
+            admitted = await lc.reserve('api-2', make_room=True)
+            assert admitted.owner == 'api-2'
+            assert (await lc.status('m1')).state is SessionState.RESUMABLE  # type: ignore[union-attr]
+
+    asyncio.run(main())

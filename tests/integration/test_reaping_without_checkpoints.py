@@ -301,3 +301,40 @@ def test_serve_notices_passes_over_an_entry_it_cannot_read_and_answers_the_rest(
     assert (r.document('s1') or {}).get('checkpoint_seq') == 1
     passed_over = [rec for rec in caplog.records if 'passed over' in rec.getMessage()]
     assert len(passed_over) == 2  # each logged once: read once, never again
+
+
+def test_the_async_client_calls_plain_callbacks_on_its_event_loop(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression: plain snapshot and on_notice callbacks were moved to worker threads, where the app's own
+    # loop (asyncio.get_running_loop(), its tasks) was out of reach and the callback failed.
+    r = reaper_with(make_reaper_settings, make_reaper)
+    r.lc.activate(r.lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    seen: list[tuple[str, str]] = []
+
+    def snapshot(session_id: str) -> dict[str, str]:
+        asyncio.get_running_loop()  # raises off the loop
+        seen.append(('snapshot', threading.current_thread().name))
+        return {'agent': session_id}
+
+    def on_notice(notice: Notice) -> None:
+        asyncio.get_running_loop()
+        seen.append((notice.kind.value, threading.current_thread().name))
+
+    async def scenario() -> None:
+        async with AsyncLifecycle(r.lc.settings, clock=r.clock, store=r.store) as alc:
+            server = await alc.serve_notices('api-1', snapshot=snapshot, on_notice=on_notice)
+            try:
+                r.clock.advance(seconds=600)
+                await asyncio.to_thread(r.sweep, SweepKind.IDLE)
+                for _ in range(200):
+                    if len(seen) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await server.stop()
+
+    asyncio.run(scenario())
+    loop_thread = threading.main_thread().name
+    assert seen == [('snapshot', loop_thread), ('checkpoint_requested', loop_thread)]

@@ -204,3 +204,21 @@ def test_async_calls_go_on_after_the_server_forgets_its_scripts(
         assert (await lc.stats()).live == 1
 
     run_async_flushable(scenario)
+
+
+def test_the_async_executor_pipelines_scripts_and_loads_what_the_server_lacks(
+    run_async_flushable: Callable[[Scenario], None],
+) -> None:
+    # Regression: queued on an asyncio pipeline, redis-py's script object was a coroutine never awaited, so a
+    # batch with a script failed with a raw ValueError.
+    async def scenario(lc: AsyncLifecycle, clock: FixedClock) -> None:
+        await lc.activate(await lc.reserve('api-1'), 'chat-1')
+        clock.advance(seconds=1)
+        now = await lc.now_ms()
+        stats, touched = await lc.pool.run_many([lc.index.stats(now), lc.index.touch(['chat-1'], now)])
+        assert (stats.live, touched) == (1, 1)
+        await lc.redis.script_flush()  # a restarted server: the next batch finds no script
+        [stats] = await lc.pool.run_many([lc.index.stats(now)])
+        assert stats.live == 1
+
+    run_async_flushable(scenario)
