@@ -21,6 +21,7 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
+from lifecycle.pool.calls import Call
 from tests.conftest import REDIS_URL, SettingsFactory
 
 Scenario = Callable[[AsyncLifecycle, FixedClock], Awaitable[None]]
@@ -215,7 +216,8 @@ def test_the_async_executor_pipelines_scripts_and_loads_what_the_server_lacks(
         await lc.activate(await lc.reserve('api-1'), 'chat-1')
         clock.advance(seconds=1)
         now = await lc.now_ms()
-        stats, touched = await lc.pool.run_many([lc.index.stats(now), lc.index.touch(['chat-1'], now)])
+        batch: list[Call[Any]] = [lc.index.stats(now), lc.index.touch(['chat-1'], now)]
+        stats, touched = await lc.pool.run_many(batch)
         assert (stats.live, touched) == (1, 1)
         await lc.redis.script_flush()  # a restarted server: the next batch finds no script
         [stats] = await lc.pool.run_many([lc.index.stats(now)])
