@@ -116,13 +116,13 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.reserve`."""
         token = new_token() if token is None else token
         room = self._make_room if validate.flag('make_room', make_room) else None
-        return await self.pool.do(self.flows.reserve(owner, tenant, token, room))
+        return await self.pool.do(self.flows.reserve(owner, tenant, token, room, self.store))
 
     async def activate(
         self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None
     ) -> SessionInfo:
         """See `Lifecycle.activate`."""
-        return await self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile))
+        return await self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile, self.store))
 
     async def release(self, reservation: Reservation) -> bool:
         """See `Lifecycle.release`."""
@@ -130,11 +130,11 @@ class AsyncLifecycle(Wiring):
 
     async def touch(self, session_id: str) -> bool:
         """See `Lifecycle.touch`."""
-        return await self.pool.do(self.flows.touch([session_id])) == 1
+        return await self.pool.do(self.flows.touch([session_id], self.store)) == 1
 
     async def touch_many(self, session_ids: Sequence[str]) -> int:
         """See `Lifecycle.touch_many`."""
-        return await self.pool.do(self.flows.touch(session_ids))
+        return await self.pool.do(self.flows.touch(session_ids, self.store))
 
     @asynccontextmanager
     async def turn(self, session_id: str) -> AsyncIterator[Turn]:
@@ -144,7 +144,7 @@ class AsyncLifecycle(Wiring):
         cancellation, and the cancellation propagates.
         """
         token = new_token()
-        turn = await self.pool.do(self.flows.begin_turn(session_id, token))
+        turn = await self.pool.do(self.flows.begin_turn(session_id, token, self.store))
         renew = AsyncRepeater(f'turn-{session_id}', self.settings.busy_lease_s / 3,
                               lambda: self.pool.do(self.flows.renew_turn(turn, token))).start()  # fmt: skip
         body_failed = False

@@ -94,7 +94,7 @@ class Lifecycle(Wiring):
         """
         token = new_token() if token is None else token
         room = self._make_room if validate.flag('make_room', make_room) else None
-        return self.pool.do(self.flows.reserve(owner, tenant, token, room))
+        return self.pool.do(self.flows.reserve(owner, tenant, token, room, self.store))
 
     def _make_room(self) -> bool:
         """Evict one idle session to free a slot; False when none can go (all busy, recent or unsaved)."""
@@ -104,7 +104,7 @@ class Lifecycle(Wiring):
         self, reservation: Reservation, session_id: str, ttl_seconds: int | None = None, profile: str | None = None
     ) -> SessionInfo:
         """Turn `reservation` into live session `session_id`, ending hard at `expires_at`."""
-        return self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile))
+        return self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile, self.store))
 
     def release(self, reservation: Reservation) -> bool:
         """Give back the slot of a reservation that will not be activated; idempotent."""
@@ -112,11 +112,11 @@ class Lifecycle(Wiring):
 
     def touch(self, session_id: str) -> bool:
         """Stamp genuine activity (a user message, a turn start or end; never a poll). True if stamped."""
-        return self.pool.do(self.flows.touch([session_id])) == 1
+        return self.pool.do(self.flows.touch([session_id], self.store)) == 1
 
     def touch_many(self, session_ids: Sequence[str]) -> int:
         """Stamp many sessions in one round trip; returns how many were live and stamped."""
-        return self.pool.do(self.flows.touch(session_ids))
+        return self.pool.do(self.flows.touch(session_ids, self.store))
 
     @contextmanager
     def turn(self, session_id: str) -> Iterator[Turn]:
@@ -126,7 +126,7 @@ class Lifecycle(Wiring):
         dropped, the turn sequence bumped and activity stamped.
         """
         token = new_token()
-        turn = self.pool.do(self.flows.begin_turn(session_id, token))
+        turn = self.pool.do(self.flows.begin_turn(session_id, token, self.store))
         renew = Repeater(f'turn-{session_id}', self.settings.busy_lease_s / 3,
                          lambda: self.pool.do(self.flows.renew_turn(turn, token))).start()  # fmt: skip
         body_failed = False

@@ -65,6 +65,10 @@ class PoolRecovering(LifecycleError):
         super().__init__(f'{message}; retry in {retry_after_s} s')
 
 
+class PoolUninitialised(LifecycleError):
+    """Internal: the pool has no generation marker; the client initialises it (or finds its state lost)."""
+
+
 class Fenced(LifecycleError):
     """A newer write already holds the session (another replica's later checkpoint, say): this one was
     refused and changed nothing."""

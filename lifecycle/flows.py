@@ -21,6 +21,8 @@ from lifecycle.errors import (
     InvalidArgument,
     LifecycleError,
     PersistenceError,
+    PoolRecovering,
+    PoolUninitialised,
     SessionDamaged,
     SessionExists,
     SessionNotLive,
@@ -165,12 +167,22 @@ class Flows:
         self.keys = index.keys
 
     def reserve(
-        self, owner: str, tenant: str | None, token: str, make_room: Callable[[], bool] | None
+        self,
+        owner: str,
+        tenant: str | None,
+        token: str,
+        make_room: Callable[[], bool] | None,
+        store: SnapshotStore | None,
     ) -> Steps[Reservation]:
-        """Hold a slot; with `make_room`, a full pool first evicts one idle session (up to 3 tries)."""
+        """Hold a slot; with `make_room`, a full pool first evicts one idle session (up to 3 tries). The first
+        reservation of a pool initialises it (see `initialise`)."""
         for attempt in range(MAKE_ROOM_ATTEMPTS + 1):
             try:
-                reservation: Reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
+                try:
+                    reservation: Reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
+                except PoolUninitialised:
+                    yield from self.initialise(store)
+                    reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
                 return reservation
             except CapacityExceeded as full:
                 last = attempt == MAKE_ROOM_ATTEMPTS
@@ -183,18 +195,71 @@ class Flows:
                     raise
         raise AssertionError('unreachable')  # pragma: no cover
 
+    def initialise(self, store: SnapshotStore | None) -> Steps[None]:
+        """A pool without its generation marker: new, or its Redis lost its state. With MongoDB, the pool's
+        generation is recorded there the first time; if MongoDB already had one and still knows live sessions,
+        Redis lost them: admission fails closed (PoolRecovering) until the expiry sweep rebuilds the pool."""
+        proposed = new_token()
+        generation = proposed
+        if store is not None:
+            generation = yield Durable(store.claim_generation, (self.keys.prefix, proposed))
+            # MongoDB first, then the marker: a session activated meanwhile by another replica (which set the
+            # marker before it could reserve) is then seen with its marker, never taken for a lost one.
+            knows_live = generation != proposed and (yield Durable(store.live_documents, ('', 1)))
+            if knows_live and not (yield calls.exists(self.keys.generation)):
+                raise PoolRecovering(
+                    f'Redis lost the state of pool {self.keys.prefix} (generation {generation}) while MongoDB knows '
+                    'live sessions: admission resumes once the expiry sweep has rebuilt it',
+                    self.settings.expired_interval_s,
+                )
+        yield calls.set_if_absent(self.keys.generation, generation)
+
+    def lost(self, store: SnapshotStore | None) -> Steps[bool]:
+        """Whether Redis lost the pool's state: no generation marker, while MongoDB recorded one (without
+        MongoDB nothing can tell a lost pool from a new one). Asked only on a failure path, to say so."""
+        if store is None or (yield calls.exists(self.keys.generation)):
+            return False
+        return (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
+
+    def _recovering(self, what: str) -> PoolRecovering:
+        return PoolRecovering(
+            f'{what} unknown: Redis lost the state of pool {self.keys.prefix}, not rebuilt yet by the expiry sweep',
+            self.settings.expired_interval_s,
+        )
+
     def activate(
-        self, reservation: Reservation, session_id: str, ttl_seconds: int | None, profile: str | None
+        self,
+        reservation: Reservation,
+        session_id: str,
+        ttl_seconds: int | None,
+        profile: str | None,
+        store: SnapshotStore | None,
     ) -> Steps[SessionInfo]:
+        """Activate in Redis; with MongoDB, then record the activation durably (what a pool that lost its Redis
+        is rebuilt from). If that record cannot be written, the activation is undone and the slot given back."""
         info: SessionInfo = yield self.index.activate(reservation, session_id, ttl_seconds, profile, (yield NOW))
+        if store is not None:
+            try:
+                token = yield self.index.next_token()
+                yield Durable(store.activated, (record_of(info), token))
+            except LifecycleError:
+                yield self.index.close(session_id)
+                raise
         return info
 
-    def touch(self, session_ids: Sequence[str]) -> Steps[int]:
+    def touch(self, session_ids: Sequence[str], store: SnapshotStore | None) -> Steps[int]:
         stamped: int = yield self.index.touch(session_ids, (yield NOW))
+        if stamped < len(session_ids) and (yield from self.lost(store)):
+            raise self._recovering(f'session {session_ids[0]!r} is' if len(session_ids) == 1 else 'sessions are')
         return stamped
 
-    def begin_turn(self, session_id: str, token: str) -> Steps[Turn]:
-        return Turn(session_id, (yield self.index.begin_turn(session_id, token, (yield NOW))))
+    def begin_turn(self, session_id: str, token: str, store: SnapshotStore | None) -> Steps[Turn]:
+        try:
+            return Turn(session_id, (yield self.index.begin_turn(session_id, token, (yield NOW))))
+        except SessionNotLive:
+            if (yield from self.lost(store)):
+                raise self._recovering(f'session {session_id!r} is') from None
+            raise
 
     def renew_turn(self, turn: Turn, token: str) -> Steps[None]:
         if (yield self.index.renew_turn(turn.session_id, token, (yield NOW))) != 1:
@@ -209,6 +274,8 @@ class Flows:
         """End a live session; with a store, mark its document closed (best effort)."""
         closed = yield self.index.close(session_id)
         if closed is None:
+            if (yield from self.lost(store)):
+                raise self._recovering(f'session {session_id!r} is')
             return False
         if store is not None:
             try:
@@ -274,7 +341,7 @@ class Flows:
         ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000
         if ttl_s < 1:
             raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
-        reservation = yield from self.reserve(owner, resumable.tenant, new_token(), make_room)
+        reservation = yield from self.reserve(owner, resumable.tenant, new_token(), make_room, store)
         try:
             ttl_s = min(ttl_s, self.settings.limits(resumable.profile).max_ttl_s)
             info = yield self.index.activate(reservation, session_id, ttl_s, resumable.profile, (yield NOW),

@@ -55,9 +55,9 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def start_private_redis(*config: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """A redis-server of the test's own on a free loopback port (stop it with `stop_private_redis`): for what
-    must never touch a shared server (SCRIPT FLUSH, FLUSHDB, an eviction policy, a restart)."""
+def start_private_redis(*config: str, port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """A redis-server of the test's own on a free loopback port, or on `port` (to restart one): stop it with
+    `stop_private_redis`. For what must never touch a shared server (SCRIPT FLUSH, FLUSHDB, a restart)."""
     from lifecycle.ops.embedded import free_port, reachable
 
     binary = shutil.which('redis-server')
@@ -65,7 +65,7 @@ def start_private_redis(*config: str) -> tuple[str, subprocess.Popen[bytes]]:
         if os.environ.get('CI'):
             raise RuntimeError('redis-server is not on PATH')
         pytest.skip('no redis-server on PATH for a private server')
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [binary, '--port', str(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', *config],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -64,6 +65,7 @@ def summary(report: SweepReport) -> dict[str, Any]:
         'notices': report.notices,
         'released_sandboxes': len(report.released_sandboxes),
         'drift': report.drift.describe() if report.drift else None,
+        'rebuilt': dataclasses.asdict(report.rebuilt) if report.rebuilt else None,
         'dropped_runs': len(report.dropped_runs),
         'worktrees': [f'{a.path}:{a.verdict}' for a in report.worktrees.actions] if report.worktrees else [],
         'duration_ms': report.duration_ms,

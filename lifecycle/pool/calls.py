@@ -203,6 +203,11 @@ def set_once(key: str, value: Arg, ttl_ms: int) -> Call[bool]:
     return Call(lambda reply: reply is not None and reply is not False, command=('SET', key, value, 'NX', 'PX', ttl_ms))
 
 
+def set_if_absent(key: str, value: Arg) -> Call[bool]:
+    """SET NX, no expiry: True if this call set it."""
+    return Call(lambda reply: reply is not None and reply is not False, command=('SET', key, value, 'NX'))
+
+
 def exists(key: str) -> Call[bool]:
     return Call(lambda reply: as_int(reply) > 0, command=('EXISTS', key))
 

@@ -50,6 +50,19 @@ class Takeover:
 
 
 @dataclass(frozen=True)
+class Readmitted:
+    """A session a rebuilt pool takes back, as MongoDB recorded its activation."""
+
+    session_id: str
+    owner: str
+    tenant: str | None
+    profile: str | None
+    created_ms: int
+    turn_seq: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
 class Drift:
     """What reconciliation found and repaired: outside damage (a lost key, a hand edit), never normal running."""
 
@@ -251,6 +264,19 @@ class ClaimIndex:
             args += [session_id, seq, tenant]
         buckets = (k.meta_of(s) for s in stand_ins)
         return Call(as_int, 'rebuild_records', (k.live, k.deadline, k.tenants, *buckets), tuple(args))
+
+    def readmit(self, documents: Sequence[Readmitted], now_ms: int) -> Call[int]:
+        """Take back sessions MongoDB says are live into a pool that lost them (see readmit_sessions.lua)."""
+        k = self.keys
+        args: list[Arg] = [now_ms]
+        for d in documents:
+            args += [d.session_id, d.owner, d.tenant or '', d.profile or '', d.created_ms, d.turn_seq, d.expires_at_ms]
+        buckets = (k.meta_of(d.session_id) for d in documents)
+        return Call(as_int, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, *buckets), tuple(args))
+
+    def raise_epoch(self, at_least: int) -> Call[int]:
+        """Lift the fencing epoch to at least `at_least`."""
+        return Call(as_int, 'raise_epoch', (self.keys.epoch,), (at_least,))
 
     def drop_stray_tenants(self, members: Sequence[str]) -> Call[int]:
         """Drop the tenant index members of this page that nothing backs any more."""

@@ -24,6 +24,12 @@ class Keys:
         return cls('{' + key_prefix + '}')
 
     @property
+    def generation(self) -> str:
+        """STRING: the pool's generation, written once when the pool is first initialised (and recorded in
+        MongoDB). Gone while the pool holds sessions: Redis lost its state; admission fails closed until rebuilt."""
+        return f'{self.prefix}:generation'
+
+    @property
     def live(self) -> str:
         """ZSET session_id -> last genuine activity (epoch ms). The live pool."""
         return f'{self.prefix}:live'

@@ -18,6 +18,7 @@ from lifecycle.errors import (
     InvalidArgument,
     InvalidTTL,
     PoolRecovering,
+    PoolUninitialised,
     ReservationLost,
     SessionDamaged,
     SessionExists,
@@ -119,6 +120,8 @@ class SessionIndex:
         def parse(reply: list[Any]) -> Reservation:
             if as_int(reply[0]) == 1:
                 return Reservation(token, owner, tenant, as_int(reply[1]))
+            if reply[1] == 'uninitialised':
+                raise PoolUninitialised(f'pool {k.prefix} has no generation marker')
             if reply[1] == 'tenants_unknown':
                 raise PoolRecovering(
                     f'the tenant index was lost, so tenant {tenant!r} cannot be counted against its cap until the '
@@ -132,7 +135,7 @@ class SessionIndex:
         return Call(
             parse,
             'reserve_slot',
-            (k.slots, k.tenants, k.reservations, k.live),
+            (k.slots, k.tenants, k.reservations, k.live, k.generation),
             (member(token, owner, tenant), tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms,
              PURGE_LIMIT),
         )  # fmt: skip

@@ -28,6 +28,7 @@ from lifecycle.pool.lock import SweepLock, sweep_lock
 from lifecycle.pool.records import read_records, record_calls, scan_records
 from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
 
 __all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
@@ -53,6 +54,7 @@ class SweepReport:
     released_sandboxes: list[str] = field(default_factory=list)
     notices: int = 0
     drift: Drift | None = None
+    rebuilt: Rebuilt | None = None
     dropped_runs: list[str] = field(default_factory=list)
     worktrees: WorktreeReport | None = None
     duration_ms: int = 0
@@ -279,6 +281,10 @@ class Sweeper:
             self._order(report, orders, dry_run)
 
     def _sweep_expired(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        store = self.evictor.store
+        if not dry_run and store is not None and (rebuilder := Rebuilder(self.pool, store)).lost():
+            # Redis lost the pool (or it is new): admission fails closed until this has run.
+            report.rebuilt = rebuilder.rebuild(lock.extend)
         if not dry_run and self._tenant_index_lost():
             # Reservations of capped tenants are refused until the index is rebuilt: do it now, not in 5 min.
             log.warning('the tenant index was lost: reconciling now')

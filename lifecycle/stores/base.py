@@ -97,3 +97,20 @@ class SnapshotStore(Protocol):
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         """The checkpointed messages of a session, in order."""
+
+    def activated(self, record: SessionRecord, token: int) -> None:
+        """Durably record a session just activated, live under `token`: what a pool whose Redis lost its state
+        is rebuilt from. SessionExists if MongoDB holds it resumable (restore it instead), Fenced if a newer
+        token wrote it; PersistenceError."""
+
+    def generation_of(self, pool: str) -> str | None:
+        """The generation MongoDB recorded for pool `pool`, or None: a pool never initialised."""
+
+    def claim_generation(self, pool: str, generation: str) -> str:
+        """The generation of pool `pool`: `generation` if this is the pool's first, else the one recorded first."""
+
+    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
+        """A page of the documents MongoDB says are live, by session id after `after`."""
+
+    def highest_fence(self) -> int:
+        """The highest fencing token any document holds (0 if none): a rebuilt pool's epoch starts above it."""

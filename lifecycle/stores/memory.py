@@ -16,7 +16,15 @@ from typing import Any
 from lifecycle.errors import InvalidArgument
 from lifecycle.models import SessionState
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
-from lifecycle.stores.mongo import checked_messages, checked_snapshot, mark_outcome, record_fields, refuse_checkpoint
+from lifecycle.stores.mongo import (
+    PREVIOUS_LIFE,
+    checked_messages,
+    checked_snapshot,
+    mark_outcome,
+    record_fields,
+    refuse_activation,
+    refuse_checkpoint,
+)
 
 Document = dict[str, Any]
 EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
@@ -35,6 +43,7 @@ class InMemorySnapshotStore:
         self._sessions: dict[str, Document] = {}
         self._messages: dict[str, dict[object, tuple[int, int, dict[str, Any]]]] = {}
         self._batches = 0
+        self._pools: dict[str, str] = {}
 
     def close(self) -> None:
         """Nothing to disconnect."""
@@ -145,3 +154,32 @@ class InMemorySnapshotStore:
         with self._lock:
             stored = sorted(self._messages.get(session_id, {}).values(), key=lambda entry: entry[:2])
             return [copy.deepcopy(body) for _, _, body in stored]
+
+    def activated(self, record: SessionRecord, token: int) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            document = self._sessions.get(record.session_id)
+            if document is not None and (document.get('state') == SessionState.RESUMABLE or not below(document, token)):
+                refuse_activation(record.session_id, copy.deepcopy(document))
+            document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
+            for name in PREVIOUS_LIFE:
+                document.pop(name, None)
+            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, activated_at=now,
+                            updated_at=now)  # fmt: skip
+
+    def generation_of(self, pool: str) -> str | None:
+        with self._lock:
+            return self._pools.get(pool)
+
+    def claim_generation(self, pool: str, generation: str) -> str:
+        with self._lock:
+            return self._pools.setdefault(pool, generation)
+
+    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
+        with self._lock:
+            live = sorted(i for i, d in self._sessions.items() if d.get('state') == SessionState.LIVE and i > after)
+            return [copy.deepcopy(self._sessions[i]) for i in live[:limit]]
+
+    def highest_fence(self) -> int:
+        with self._lock:
+            return max((int(d.get('fence', 0)) for d in self._sessions.values()), default=0)

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionNotLive
+from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive
 from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
@@ -203,8 +203,24 @@ class Op:
 Plan = Generator[Op, Any, T]
 
 
-def _find(collection: str, *args: Any, sort: list[tuple[str, int]] | None = None) -> Op:
-    return Op(collection, 'find', args, listed=True, sort=sort)
+def _find(collection: str, *args: Any, sort: list[tuple[str, int]] | None = None, limit: int = 0) -> Op:
+    return Op(collection, 'find', args, {'limit': limit} if limit else {}, listed=True, sort=sort)
+
+
+# What a session document carries from an earlier life of the same id (closed or expired, then activated anew).
+PREVIOUS_LIFE = ('snapshot', 'checkpoint_seq', 'checkpointed_at', 'evicted_at', 'ended_at', 'reason',
+                 'checkpoint_waived', 'restored_at')  # fmt: skip
+
+
+def _not_resumable() -> dict[str, Any]:
+    return {'state': {'$ne': SessionState.RESUMABLE.value}}
+
+
+def refuse_activation(session_id: str, document: Mapping[str, Any] | None) -> None:
+    """Raise why an activation record could not be written over `document`."""
+    if document is not None and document.get('state') == SessionState.RESUMABLE:
+        raise SessionExists(f'session {session_id!r} is resumable in MongoDB: restore it, or use another id')
+    raise Fenced(f'session {session_id!r} was written under a newer token; its activation was not recorded')
 
 
 def _insert_failed(exc: BulkWriteError) -> bool:
@@ -339,6 +355,42 @@ class Plans:
         return {document['_id']: document for document in found}
 
     @staticmethod
+    def activated_plan(record: SessionRecord, token: int) -> Plan[None]:
+        now = datetime.now(UTC)
+        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token,
+                           'activated_at': now, 'updated_at': now},
+                  '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
+        try:
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **_below(token)},
+                                                update), {'upsert': True})  # fmt: skip
+        except DuplicateKeyError:
+            refuse_activation(record.session_id, (yield Op('sessions', 'find_one', ({'_id': record.session_id},))))
+
+    @staticmethod
+    def generation_plan(pool: str, generation: str) -> Plan[str]:
+        with contextlib.suppress(DuplicateKeyError):  # another process initialised the pool first
+            yield Op('pools', 'insert_one', ({'_id': pool, 'generation': generation, 'created_at': datetime.now(UTC)},))
+        found = yield Op('pools', 'find_one', ({'_id': pool},))
+        return str(found['generation'])
+
+    @staticmethod
+    def generation_of_plan(pool: str) -> Plan[str | None]:
+        found = yield Op('pools', 'find_one', ({'_id': pool},))
+        return str(found['generation']) if found is not None else None
+
+    @staticmethod
+    def live_plan(after: str, limit: int) -> Plan[list[Mapping[str, Any]]]:
+        found: list[Mapping[str, Any]] = yield _find(
+            'sessions', {'state': SessionState.LIVE.value, '_id': {'$gt': after}}, sort=[('_id', 1)], limit=limit
+        )
+        return found
+
+    @staticmethod
+    def fence_high_plan() -> Plan[int]:
+        found = yield _find('sessions', {'fence': {'$exists': True}}, {'fence': 1}, sort=[('fence', -1)], limit=1)
+        return int(found[0]['fence']) if found else 0
+
+    @staticmethod
     def messages_plan(session_id: str) -> Plan[list[dict[str, Any]]]:
         found = yield _find('messages', {'session_id': session_id}, sort=[('batch_ns', 1), ('index', 1)])
         return [document['body'] for document in found]
@@ -352,7 +404,7 @@ class _Connected:
         self.timeout_s = timeout_ms / 1000
         w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
         db = client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
-        self.collections = {'sessions': db['sessions'], 'messages': db['messages']}
+        self.collections = {'sessions': db['sessions'], 'messages': db['messages'], 'pools': db['pools']}
         self.sessions, self.message_docs = self.collections['sessions'], self.collections['messages']
 
     def _deadline(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None) -> Any:
@@ -443,6 +495,21 @@ class MongoSnapshotStore(_Connected):
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         return self._run(Plans.messages_plan(session_id), 'message read', session_id)
 
+    def activated(self, record: SessionRecord, token: int) -> None:
+        self._run(Plans.activated_plan(record, token), 'activation record', record.session_id)
+
+    def generation_of(self, pool: str) -> str | None:
+        return self._run(Plans.generation_of_plan(pool), 'generation read', pool)
+
+    def claim_generation(self, pool: str, generation: str) -> str:
+        return self._run(Plans.generation_plan(pool, generation), 'generation', pool)
+
+    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
+        return self._run(Plans.live_plan(after, limit), 'read of live sessions', '*')
+
+    def highest_fence(self) -> int:
+        return self._run(Plans.fence_high_plan(), 'fence read', '*')
+
 
 class AsyncMongoSnapshotStore(_Connected):
     """`MongoSnapshotStore` on pymongo's `AsyncMongoClient`: the same plans, awaited (no worker threads)."""
@@ -522,3 +589,18 @@ class AsyncMongoSnapshotStore(_Connected):
 
     async def messages(self, session_id: str) -> list[dict[str, Any]]:
         return await self._run(Plans.messages_plan(session_id), 'message read', session_id)
+
+    async def activated(self, record: SessionRecord, token: int) -> None:
+        await self._run(Plans.activated_plan(record, token), 'activation record', record.session_id)
+
+    async def generation_of(self, pool: str) -> str | None:
+        return await self._run(Plans.generation_of_plan(pool), 'generation read', pool)
+
+    async def claim_generation(self, pool: str, generation: str) -> str:
+        return await self._run(Plans.generation_plan(pool, generation), 'generation', pool)
+
+    async def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
+        return await self._run(Plans.live_plan(after, limit), 'read of live sessions', '*')
+
+    async def highest_fence(self) -> int:
+        return await self._run(Plans.fence_high_plan(), 'fence read', '*')

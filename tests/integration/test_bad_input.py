@@ -70,9 +70,14 @@ def refuses_cleanly(lc: Lifecycle, call: Callable[[], Any]) -> None:
 
 
 def reset(lc: Lifecycle) -> None:
-    """An empty pool for the next example (Hypothesis runs many in one test)."""
+    """An empty pool for the next example (Hypothesis runs many in one test): Redis and MongoDB both, or the
+    pool would read as one whose Redis lost its state (MongoDB still knowing its live sessions)."""
     for key in lc.redis.scan_iter(match=lc.index.keys.prefix + '*'):
         lc.redis.delete(key)
+    store = lc.store
+    assert isinstance(store, MongoSnapshotStore)
+    for collection in store.collections.values():
+        collection.delete_many({})
 
 
 def live_session(lc: Lifecycle) -> str:

@@ -1,0 +1,30 @@
+-- readmit_sessions: a pool whose Redis lost its state takes back the sessions MongoDB says are live, as they
+-- were activated (owner, tenant, profile, created, hard deadline) and with the turn sequence MongoDB knows,
+-- active as of now (their activity was lost with the pool). Each counts against the cap again: the pool may
+-- sit over it, and admission refuses until it is under.
+-- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] tenants ZSET  KEYS[4] slots STRING  KEYS[4 + i] the meta
+-- bucket of session i
+-- ARGV[1] now_ms  then per session i, 7 fields from ARGV[7i - 5]: session_id, owner, tenant ('' none),
+-- profile ('' none), created_ms, turn_seq, expires_at_ms
+-- Returns how many sessions were taken back (one the pool already holds is left as it is).
+local now = tonumber(ARGV[1])
+local taken = 0
+for i = 1, #KEYS - 4 do
+  local base = 7 * i - 5
+  local session_id, tenant = ARGV[base], ARGV[base + 2]
+  if not redis.call('ZSCORE', KEYS[1], session_id) and not redis.call('HGET', KEYS[4 + i], session_id) then
+    local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
+                              created = ARGV[base + 4], seq = tonumber(ARGV[base + 5])})
+    redis.call('HSET', KEYS[4 + i], session_id, record)
+    redis.call('ZADD', KEYS[1], now, session_id)
+    redis.call('ZADD', KEYS[2], ARGV[base + 6], session_id)
+    if tenant ~= '' then
+      redis.call('ZADD', KEYS[3], 0, tenant_member(tenant, session_id))
+    end
+    if redis.call('EXISTS', KEYS[4]) == 1 then
+      redis.call('INCR', KEYS[4])
+    end
+    taken = taken + 1
+  end
+end
+return taken

@@ -1,0 +1,116 @@
+"""Rebuild: a pool whose Redis lost its state (a restart without persistence, a failover to a replica that
+missed writes, FLUSHALL) takes back what MongoDB knows.
+
+Every activation is recorded in MongoDB (owner, tenant, profile, created, hard deadline), and every end of a
+session too (evicted: resumable; closed; expired). So the sessions MongoDB says are live are the pool's live
+sessions: the rebuild readmits each one whose deadline is ahead (active as of now, with the turn sequence
+MongoDB knows: it must checkpoint again before it can be evicted as resumable, if it finished turns since),
+records the others as expired, lifts the fencing epoch above every token MongoDB holds, repairs the counters
+and the tenant index (reconcile), and only then writes the generation marker back: until then admission
+fails closed (PoolRecovering). Resumable sessions stay in MongoDB, restorable as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lifecycle import validate
+from lifecycle.errors import LifecycleError
+from lifecycle.models import SessionState, to_datetime
+from lifecycle.pool import calls
+from lifecycle.pool.claims import ClaimIndex, Readmitted
+from lifecycle.pool.executor import Executor
+from lifecycle.reaper.reconcile import Reconciler
+from lifecycle.stores import SessionRecord, SnapshotStore
+from lifecycle.stores.documents import to_epoch_ms
+
+log = logging.getLogger(__name__)
+PAGE = 200
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What a rebuild did."""
+
+    generation: str
+    readmitted: int = 0
+    expired: int = 0
+    unreadable: int = 0
+    epoch: int = 0
+
+
+def readmitted(document: Mapping[str, Any]) -> Readmitted:
+    """The session a live document describes; LifecycleError/ValueError-family if it is unusable."""
+    created = document.get('created_at')
+    return Readmitted(
+        session_id=validate.identifier('session_id', document['_id']),
+        owner=validate.identifier('owner', document['owner']),
+        tenant=validate.optional_identifier('tenant', document.get('tenant')),
+        profile=validate.optional_identifier('profile', document.get('profile')),
+        created_ms=to_epoch_ms(created) if created is not None else 0,
+        turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0) or 0)),
+        expires_at_ms=to_epoch_ms(document['expires_at']),
+    )
+
+
+class Rebuilder:
+    """Rebuilds one pool from MongoDB; run by the expiry sweep when the generation marker is gone."""
+
+    def __init__(self, pool: Executor, store: SnapshotStore) -> None:
+        self.pool = pool
+        self.store = store
+        self.claims = ClaimIndex(pool.settings, pool.keys)
+
+    def lost(self) -> bool:
+        """The marker is gone: the pool is new (then this initialises it) or lost its state."""
+        return not self.pool.run(calls.exists(self.pool.keys.generation))
+
+    def rebuild(self, extend: Callable[[], None]) -> Rebuilt:
+        keys, now = self.pool.keys, self.pool.now_ms()
+        generation = self.store.claim_generation(keys.prefix, secrets.token_hex(8))
+        readmitted_total, expired, unreadable, after = 0, 0, 0, ''
+        while True:
+            page = self.store.live_documents(after, PAGE)
+            if not page:
+                break
+            after = str(page[-1]['_id'])
+            due: list[Readmitted] = []
+            for document in page:
+                try:
+                    session = readmitted(document)
+                except (LifecycleError, KeyError, TypeError, ValueError, OverflowError) as exc:
+                    unreadable += 1
+                    log.warning('session document %r not readmitted: %s', document.get('_id'), exc)
+                    continue
+                if session.expires_at_ms <= now:
+                    self._expire(document, session)
+                    expired += 1
+                else:
+                    due.append(session)
+            if due:
+                readmitted_total += self.pool.run(self.claims.readmit(due, now))
+            extend()
+        epoch = self.pool.run(self.claims.raise_epoch(self.store.highest_fence() + 1))
+        Reconciler(self.pool, self.store).repair(extend)
+        self.pool.run(calls.set_if_absent(keys.generation, generation))
+        rebuilt = Rebuilt(generation, readmitted_total, expired, unreadable, epoch)
+        if readmitted_total or expired or unreadable:
+            log.warning('pool %s rebuilt from MongoDB after Redis lost its state: %s', keys.prefix, rebuilt)
+            counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
+            self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
+        return rebuilt
+
+    def _expire(self, document: Mapping[str, Any], session: Readmitted) -> None:
+        """A session whose deadline passed while the pool was lost ends as it would have: expired, durably."""
+        record = SessionRecord(session.session_id, session.owner, session.tenant, session.profile,
+                               to_datetime(session.created_ms), to_datetime(session.created_ms),
+                               to_datetime(session.expires_at_ms), session.turn_seq)  # fmt: skip
+        try:
+            self.store.end(record, SessionState.EXPIRED, int(document.get('fence', 0)) + 1,
+                           self.pool.settings.expiry_write_timeout_ms)  # fmt: skip
+        except LifecycleError as exc:
+            log.warning('expired session %s not recorded: %s', session.session_id, exc)

@@ -1,0 +1,100 @@
+"""When Redis forgets: a pool whose Redis restarted empty fails closed, is rebuilt from MongoDB by the expiry
+sweep, and then holds every guarantee again (issue 13: state loss, on a real redis-server restarted empty)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from lifecycle import CapacityExceeded, SessionState
+from lifecycle.errors import PoolRecovering
+from lifecycle.models import SweepKind
+from lifecycle.reaper.eviction import Outcome
+from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
+from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
+
+CAP = 4
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A private redis-server the test restarts: its URL, and the process running now."""
+    url, process = start_private_redis()
+    running = [process]
+    yield url, running
+    stop_private_redis(running[0])
+
+
+def restart_empty(url: str, running: list[subprocess.Popen[bytes]]) -> None:
+    """`SHUTDOWN NOSAVE`, then the same server started again: everything it held is gone."""
+    port = int(url.rsplit(':', 1)[1].split('/')[0])
+    client = redis.Redis.from_url(url)
+    with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it goes
+        client.shutdown(nosave=True)
+    running[0].wait(10)
+    _, running[0] = start_private_redis(port=port)
+
+
+def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mongodb(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    url, running = server
+    r: Reaper = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    for name in ('s1', 's2', 's3', 's4'):
+        lc.activate(lc.reserve('api-1', 'acme'), name)
+    with lc.turn('s2'):
+        pass
+    lc.checkpoint('s1', {'at': 0})
+    lc.checkpoint('s2', {'at': 1})
+    r.clock.advance(seconds=600)
+    lc.touch('s2')
+    lc.touch('s3')
+    lc.touch('s4')
+    r.sweep(SweepKind.IDLE)  # s1 (checkpointed, idle) is evicted: resumable in MongoDB
+    assert [(x.session_id, x.outcome) for x in r.results] == [('s1', Outcome.EVICTED)]
+
+    restart_empty(url, running)
+
+    # Recovering: nothing new is admitted, and the old sessions' calls say why instead of a silent False.
+    with pytest.raises(PoolRecovering, match='lost the state'):
+        lc.reserve('api-2')
+    with pytest.raises(PoolRecovering, match="session 's2' is unknown"):
+        lc.touch('s2')
+    with pytest.raises(PoolRecovering):
+        lc.close('s3')
+    with pytest.raises(PoolRecovering), lc.turn('s4'):
+        pass
+    assert lc.stats().live == 0
+
+    report = r.sweep(SweepKind.EXPIRED)  # the worker notices, and rebuilds
+    assert report.rebuilt is not None
+    print(f'\nrebuilt: {report.rebuilt}')
+    assert (report.rebuilt.readmitted, report.rebuilt.expired) == (3, 0)
+    stats = lc.stats()
+    assert (stats.live, stats.slots, stats.reserved) == (3, 3, 0)
+    s2 = lc.status('s2')
+    assert s2 is not None
+    assert (s2.state, s2.owner, s2.tenant, s2.turn_seq) == (SessionState.LIVE, 'api-1', 'acme', 1)
+    r.clock.advance(seconds=1)
+    assert lc.touch('s2')  # the old sessions work again
+
+    # The cap holds: one slot is free (3 of 4), no more.
+    lc.activate(lc.reserve('api-2'), 's5')
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-2')
+    # The resumable session is still restorable, once a slot is free; the epoch is above every old fence,
+    # so the rebuilt pool's durable writes go through.
+    assert lc.close('s5')
+    restored = lc.restore('s1', 'api-2')
+    assert restored.snapshot == {'at': 0}
+    r.clock.advance(seconds=600)
+    lc.touch('s1')
+    r.sweep(SweepKind.IDLE)
+    evicted = sorted(x.session_id for x in r.results[1:] if x.outcome is Outcome.EVICTED)
+    assert evicted == ['s2', 's3', 's4']  # s2 checkpointed; s3 and s4 finished no turn; s1 was just touched
