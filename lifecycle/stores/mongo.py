@@ -396,6 +396,11 @@ class Plans:
         return [document['body'] for document in found]
 
 
+def client_options(timeout_ms: int) -> dict[str, Any]:
+    """Both clients' options: aware datetimes, and no wait longer than the deadline to find or reach a server."""
+    return {'tz_aware': True, 'serverSelectionTimeoutMS': timeout_ms, 'connectTimeoutMS': timeout_ms}
+
+
 class _Connected:
     """What both stores hold: the collections, their write concern, the deadline of each operation."""
 
@@ -432,12 +437,7 @@ class MongoSnapshotStore(_Connected):
         write_concern: str = 'majority',
         client: MongoClient[Document] | None = None,
     ) -> None:
-        options: dict[str, Any] = {
-            'tz_aware': True,
-            'serverSelectionTimeoutMS': timeout_ms,
-            'connectTimeoutMS': timeout_ms,
-        }
-        super().__init__(client or MongoClient(url, **options), database, timeout_ms, write_concern)
+        super().__init__(client or MongoClient(url, **client_options(timeout_ms)), database, timeout_ms, write_concern)
 
     def close(self) -> None:
         self.client.close()
@@ -523,12 +523,8 @@ class AsyncMongoSnapshotStore(_Connected):
         write_concern: str = 'majority',
         client: AsyncMongoClient[Document] | None = None,
     ) -> None:
-        options: dict[str, Any] = {
-            'tz_aware': True,
-            'serverSelectionTimeoutMS': timeout_ms,
-            'connectTimeoutMS': timeout_ms,
-        }
-        super().__init__(client or AsyncMongoClient(url, **options), database, timeout_ms, write_concern)
+        client = client or AsyncMongoClient(url, **client_options(timeout_ms))
+        super().__init__(client, database, timeout_ms, write_concern)
 
     async def close(self) -> None:
         await self.client.close()
