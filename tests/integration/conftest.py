@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,14 +54,44 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def broker(real_redis: redis.Redis, private_redis_url: str) -> Iterator[str]:
-    """The Celery broker: flushed before and after, so never a database of a shared server unless asked."""
+def broker_kind() -> str:
+    """The broker Celery tests run on: Redis; the worker suite runs on RabbitMQ too (see test_celery_workers)."""
+    return 'redis'
+
+
+@pytest.fixture
+def broker(broker_kind: str, real_redis: redis.Redis, private_redis_url: str) -> Iterator[str]:
+    """The Celery broker: a database of a private redis-server flushed before and after, or a RabbitMQ vhost
+    of the test's own (created and deleted with rabbitmqctl): never anything shared unless asked."""
+    if broker_kind == 'rabbitmq':
+        yield from rabbitmq_vhost()
+        return
     url = BROKER_URL or private_redis_url.rsplit('/', 1)[0] + '/2'
     client = connect_real_redis(url)
     client.flushdb()
     yield url
     client.flushdb()
     client.close()
+
+
+RABBITMQ = os.environ.get('LIFECYCLE_TEST_RABBITMQ', 'amqp://guest:guest@127.0.0.1:5672')
+
+
+def rabbitmq_vhost() -> Iterator[str]:
+    """A private vhost on the machine's RabbitMQ for one test, deleted afterwards."""
+    ctl = shutil.which('rabbitmqctl')
+    if ctl is None:
+        if os.environ.get('CI'):
+            raise RuntimeError('rabbitmqctl is not on PATH: RabbitMQ is needed for the broker tests')
+        pytest.skip('no RabbitMQ here')
+    vhost = f'lifecycle-test-{uuid.uuid4().hex[:10]}'
+    subprocess.run([ctl, 'add_vhost', vhost], check=True, capture_output=True, timeout=60)
+    try:
+        subprocess.run([ctl, 'set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*'], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        yield f'{RABBITMQ}/{vhost}'
+    finally:
+        subprocess.run([ctl, 'delete_vhost', vhost], check=False, capture_output=True, timeout=60)
 
 
 @pytest.fixture

@@ -16,6 +16,12 @@ from tests.conftest import SettingsFactory, start_private_redis, stop_private_re
 from tests.integration.conftest import Spawn, wait_for, worker_args
 
 
+@pytest.fixture(params=['redis', 'rabbitmq'])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The workers, beat and the broadcast queue run on both brokers Celery shops use."""
+    return str(request.param)
+
+
 def test_idle_sessions_are_evicted_by_a_real_worker_within_idle_ttl_plus_one_sweep(
     make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
 ) -> None:
