@@ -155,14 +155,15 @@ class ClaimIndex:
         k = self.keys
         kind = NoticeKind.EXPIRED if claim.reason is ReapReason.EXPIRED else NoticeKind.EVICTED
         owner = claim.meta.owner if claim.meta is not None else ''
-        tenant = claim.meta.tenant if claim.meta is not None else None
+        # As the index files it ('?' included): a member left behind would count against its tenant's cap.
+        tenant = claim.meta.filed_under if claim.meta is not None else ''
         return Call(
             Step.of,
             'finish_eviction',
             (k.live, k.deadline, k.busy, k.turns, k.meta_of(claim.session_id), k.reaping, k.claims, k.slots,
              k.tenants, k.reservations, k.inbox(owner)),
             (claim.session_id, claim.token, now_ms, kind.value, claim.reason.value, self.settings.notice_maxlen,
-             tenant or ''),
+             tenant),
         )  # fmt: skip
 
     def extend(self, claim: Claim, now_ms: int) -> Call[Step]:

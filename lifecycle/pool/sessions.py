@@ -46,6 +46,7 @@ class Meta:
     profile: str | None
     created_ms: int
     turn_seq: int
+    filed_under: str = ''  # the tenant index files it under this: the tenant, '?' (see below), or '' for none
 
     @classmethod
     def unpack(cls, record: str) -> Meta:
@@ -57,7 +58,7 @@ class Meta:
         # '?': a stand-in record whose tenant outside damage erased. The scripts count it against every capped
         # tenant; to the app (and in MongoDB, so a restore can admit it again) it has none.
         return cls(owner, tenant if tenant not in ('', UNKNOWN_TENANT) else None, profile or None, int(created),
-                   int(seq))  # fmt: skip
+                   int(seq), tenant)  # fmt: skip
 
 
 def _parse_notices(reply: Any) -> tuple[list[Notice], str | None]:

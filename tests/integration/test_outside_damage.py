@@ -13,6 +13,7 @@ import redis
 
 from lifecycle import CapacityExceeded, Lifecycle, LifecycleError, SessionExists, SessionState
 from lifecycle.errors import PoolRecovering, SessionDamaged
+from lifecycle.models import ReapReason
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.sandboxes import ProcessDriver
@@ -387,3 +388,25 @@ def test_an_empty_pool_whose_counter_was_set_by_hand_still_admits_capped_tenants
     pool, so a counter written first by hand left capped tenants refused (PoolRecovering) until a sweep."""
     real_redis.set(reaper.lc.index.keys.slots, 0)
     assert reaper.lc.reserve('api-1', 'acme').tenant == 'acme'
+
+
+def test_an_eviction_whose_record_is_lost_before_it_finishes_leaves_no_tenant_member_behind(
+    reaper: Reaper, real_redis: redis.Redis
+) -> None:
+    # Regression: the finish fell back on the claim's tenant as the app sees it, which hides '?': the '?' member
+    # of a stand-in session was left in the index, counting against every capped tenant until reconcile.
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1', 'acme'), 'a1', ttl_seconds=60)
+    keys = lc.index.keys
+    real_redis.hdel(keys.meta_of('a1'), 'a1')
+    real_redis.delete(keys.tenants)
+    reaper.sweep(SweepKind.RECONCILE)  # a stand-in record filed under '?'
+    assert real_redis.hget(keys.meta_of('a1'), 'a1').split('|')[1] == '?'  # type: ignore[union-attr]
+    reaper.clock.advance(seconds=61)
+    [claim] = lc.pool.run_many([reaper.evictor.claims.claim('a1', ReapReason.EXPIRED, lc.now_ms())])
+    assert not isinstance(claim, str)
+    real_redis.hdel(keys.meta_of('a1'), 'a1')  # lost again, mid-eviction
+    assert [r.outcome for r in reaper.evictor._complete({0: claim}).values()] == [Outcome.EXPIRED]
+    assert [m for m in real_redis.zrange(keys.tenants, 0, -1) if '|' in m] == []
+    lc.reserve('api-1', 'acme')
+    lc.reserve('api-1', 'acme')  # both of acme's slots are free
