@@ -3,8 +3,9 @@ missed writes, FLUSHALL) takes back what MongoDB knows.
 
 Every activation is recorded in MongoDB (owner, tenant, profile, created, hard deadline), and every end of a
 session too (evicted: resumable; closed; expired). So the sessions MongoDB says are live are the pool's live
-sessions: the rebuild readmits each one whose deadline is ahead (active as of now, with the turn sequence
-MongoDB knows: it must checkpoint again before it can be evicted as resumable, if it finished turns since),
+sessions: the rebuild readmits each one whose deadline is ahead (active as of now, its turn sequence one past
+anything MongoDB knows: the turns it finished since were lost with Redis, so it must checkpoint again before it
+can be evicted as resumable),
 records the others as expired, lifts the fencing epoch above every token MongoDB holds, repairs the counters
 and the tenant index (reconcile), and only then writes the generation marker back: until then admission
 fails closed (PoolRecovering). Resumable sessions stay in MongoDB, restorable as before.
@@ -52,7 +53,9 @@ def readmitted(document: Mapping[str, Any]) -> Readmitted:
         tenant=validate.optional_identifier('tenant', document.get('tenant')),
         profile=validate.optional_identifier('profile', document.get('profile')),
         created_ms=to_epoch_ms(created) if created is not None else 0,
-        turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0) or 0)),
+        # One past anything MongoDB knows: the turns it finished since were lost with Redis, so no checkpoint
+        # taken before the loss may cover it; it must checkpoint again before it can be evicted as resumable.
+        turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0) or 0)) + 1,
         expires_at_ms=to_epoch_ms(document['expires_at']),
     )
 
