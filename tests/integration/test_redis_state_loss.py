@@ -13,6 +13,7 @@ import redis
 from lifecycle import CapacityExceeded, SessionState
 from lifecycle.errors import PoolRecovering
 from lifecycle.models import SweepKind
+from lifecycle.ops.cli import reaping_warnings
 from lifecycle.reaper.eviction import Outcome
 from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
 from tests.integration.conftest import ReaperFactory
@@ -71,6 +72,7 @@ def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mo
     with pytest.raises(PoolRecovering), lc.turn('s4'):
         pass
     assert lc.stats().live == 0
+    assert [w for w in reaping_warnings(lc) if w.startswith('POOL LOST')]  # `lifecycle check` says so
 
     report = r.sweep(SweepKind.EXPIRED)  # the worker notices, and rebuilds
     assert report.rebuilt is not None
@@ -85,6 +87,7 @@ def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mo
     assert (s2.state, s2.owner, s2.tenant, s2.turn_seq) == (SessionState.LIVE, 'api-1', 'acme', 2)
     r.clock.advance(seconds=1)
     assert lc.touch('s2')  # the old sessions work again
+    assert not [w for w in reaping_warnings(lc) if w.startswith('POOL LOST')]
 
     # The cap holds: one slot is free (3 of 4), no more.
     lc.activate(lc.reserve('api-2'), 's5')
