@@ -205,7 +205,7 @@ class Flows:
             generation = yield Durable(store.claim_generation, (self.keys.prefix, proposed))
             # MongoDB first, then the marker: a session activated meanwhile by another replica (which set the
             # marker before it could reserve) is then seen with its marker, never taken for a lost one.
-            knows_live = generation != proposed and (yield Durable(store.live_documents, ('', 1)))
+            knows_live = generation != proposed and (yield Durable(store.live_documents, (self.keys.prefix, '', 1)))
             if knows_live and not (yield calls.exists(self.keys.generation)):
                 raise PoolRecovering(
                     f'Redis lost the state of pool {self.keys.prefix} (generation {generation}) while MongoDB knows '
@@ -241,7 +241,7 @@ class Flows:
         if store is not None:
             try:
                 token = yield self.index.next_token()
-                yield Durable(store.activated, (record_of(info), token))
+                yield Durable(store.activated, (record_of(info), token, self.keys.prefix))
             except LifecycleError:
                 yield self.index.close(session_id)
                 raise

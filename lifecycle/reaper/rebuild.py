@@ -77,7 +77,7 @@ class Rebuilder:
         generation = self.store.claim_generation(keys.prefix, secrets.token_hex(8))
         readmitted_total, expired, unreadable, after = 0, 0, 0, ''
         while True:
-            page = self.store.live_documents(after, PAGE)
+            page = self.store.live_documents(keys.prefix, after, PAGE)
             if not page:
                 break
             after = str(page[-1]['_id'])

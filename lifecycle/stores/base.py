@@ -98,10 +98,10 @@ class SnapshotStore(Protocol):
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         """The checkpointed messages of a session, in order."""
 
-    def activated(self, record: SessionRecord, token: int) -> None:
-        """Durably record a session just activated, live under `token`: what a pool whose Redis lost its state
-        is rebuilt from. SessionExists if MongoDB holds it resumable (restore it instead), Fenced if a newer
-        token wrote it; PersistenceError."""
+    def activated(self, record: SessionRecord, token: int, pool: str) -> None:
+        """Durably record a session just activated in pool `pool`, live under `token`: what a pool whose Redis
+        lost its state is rebuilt from. SessionExists if MongoDB holds it resumable (restore it instead), Fenced
+        if a newer token wrote it; PersistenceError."""
 
     def generation_of(self, pool: str) -> str | None:
         """The generation MongoDB recorded for pool `pool`, or None: a pool never initialised."""
@@ -109,8 +109,8 @@ class SnapshotStore(Protocol):
     def claim_generation(self, pool: str, generation: str) -> str:
         """The generation of pool `pool`: `generation` if this is the pool's first, else the one recorded first."""
 
-    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
-        """A page of the documents MongoDB says are live, by session id after `after`."""
+    def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
+        """A page of the documents MongoDB says are live in pool `pool`, by session id after `after`."""
 
     def highest_fence(self) -> int:
         """The highest fencing token any document holds (0 if none): a rebuilt pool's epoch starts above it."""

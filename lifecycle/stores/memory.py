@@ -155,7 +155,7 @@ class InMemorySnapshotStore:
             stored = sorted(self._messages.get(session_id, {}).values(), key=lambda entry: entry[:2])
             return [copy.deepcopy(body) for _, _, body in stored]
 
-    def activated(self, record: SessionRecord, token: int) -> None:
+    def activated(self, record: SessionRecord, token: int, pool: str) -> None:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.get(record.session_id)
@@ -164,8 +164,8 @@ class InMemorySnapshotStore:
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
             for name in PREVIOUS_LIFE:
                 document.pop(name, None)
-            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, activated_at=now,
-                            updated_at=now)  # fmt: skip
+            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, pool=pool,
+                            activated_at=now, updated_at=now)  # fmt: skip
 
     def generation_of(self, pool: str) -> str | None:
         with self._lock:
@@ -175,9 +175,10 @@ class InMemorySnapshotStore:
         with self._lock:
             return self._pools.setdefault(pool, generation)
 
-    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
+    def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         with self._lock:
-            live = sorted(i for i, d in self._sessions.items() if d.get('state') == SessionState.LIVE and i > after)
+            live = sorted(i for i, d in self._sessions.items()
+                          if d.get('state') == SessionState.LIVE and d.get('pool') == pool and i > after)  # fmt: skip
             return [copy.deepcopy(self._sessions[i]) for i in live[:limit]]
 
     def highest_fence(self) -> int:

@@ -355,9 +355,9 @@ class Plans:
         return {document['_id']: document for document in found}
 
     @staticmethod
-    def activated_plan(record: SessionRecord, token: int) -> Plan[None]:
+    def activated_plan(record: SessionRecord, token: int, pool: str) -> Plan[None]:
         now = datetime.now(UTC)
-        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token,
+        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token, 'pool': pool,
                            'activated_at': now, 'updated_at': now},
                   '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
         try:
@@ -379,9 +379,12 @@ class Plans:
         return str(found['generation']) if found is not None else None
 
     @staticmethod
-    def live_plan(after: str, limit: int) -> Plan[list[Mapping[str, Any]]]:
+    def live_plan(pool: str, after: str, limit: int) -> Plan[list[Mapping[str, Any]]]:
         found: list[Mapping[str, Any]] = yield _find(
-            'sessions', {'state': SessionState.LIVE.value, '_id': {'$gt': after}}, sort=[('_id', 1)], limit=limit
+            'sessions',
+            {'state': SessionState.LIVE.value, 'pool': pool, '_id': {'$gt': after}},
+            sort=[('_id', 1)],
+            limit=limit,
         )
         return found
 
@@ -495,8 +498,8 @@ class MongoSnapshotStore(_Connected):
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         return self._run(Plans.messages_plan(session_id), 'message read', session_id)
 
-    def activated(self, record: SessionRecord, token: int) -> None:
-        self._run(Plans.activated_plan(record, token), 'activation record', record.session_id)
+    def activated(self, record: SessionRecord, token: int, pool: str) -> None:
+        self._run(Plans.activated_plan(record, token, pool), 'activation record', record.session_id)
 
     def generation_of(self, pool: str) -> str | None:
         return self._run(Plans.generation_of_plan(pool), 'generation read', pool)
@@ -504,8 +507,8 @@ class MongoSnapshotStore(_Connected):
     def claim_generation(self, pool: str, generation: str) -> str:
         return self._run(Plans.generation_plan(pool, generation), 'generation', pool)
 
-    def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
-        return self._run(Plans.live_plan(after, limit), 'read of live sessions', '*')
+    def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
+        return self._run(Plans.live_plan(pool, after, limit), 'read of live sessions', pool)
 
     def highest_fence(self) -> int:
         return self._run(Plans.fence_high_plan(), 'fence read', '*')
@@ -586,8 +589,8 @@ class AsyncMongoSnapshotStore(_Connected):
     async def messages(self, session_id: str) -> list[dict[str, Any]]:
         return await self._run(Plans.messages_plan(session_id), 'message read', session_id)
 
-    async def activated(self, record: SessionRecord, token: int) -> None:
-        await self._run(Plans.activated_plan(record, token), 'activation record', record.session_id)
+    async def activated(self, record: SessionRecord, token: int, pool: str) -> None:
+        await self._run(Plans.activated_plan(record, token, pool), 'activation record', record.session_id)
 
     async def generation_of(self, pool: str) -> str | None:
         return await self._run(Plans.generation_of_plan(pool), 'generation read', pool)
@@ -595,8 +598,8 @@ class AsyncMongoSnapshotStore(_Connected):
     async def claim_generation(self, pool: str, generation: str) -> str:
         return await self._run(Plans.generation_plan(pool, generation), 'generation', pool)
 
-    async def live_documents(self, after: str, limit: int) -> list[Mapping[str, Any]]:
-        return await self._run(Plans.live_plan(after, limit), 'read of live sessions', '*')
+    async def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
+        return await self._run(Plans.live_plan(pool, after, limit), 'read of live sessions', pool)
 
     async def highest_fence(self) -> int:
         return await self._run(Plans.fence_high_plan(), 'fence read', '*')

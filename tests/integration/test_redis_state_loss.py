@@ -14,6 +14,7 @@ from lifecycle import CapacityExceeded, SessionState
 from lifecycle.errors import PoolRecovering
 from lifecycle.models import SweepKind
 from lifecycle.ops.cli import reaping_warnings
+from lifecycle.pool import calls
 from lifecycle.reaper.eviction import Outcome
 from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
 from tests.integration.conftest import ReaperFactory
@@ -106,3 +107,24 @@ def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mo
     r.sweep(SweepKind.IDLE)
     evicted = [x.session_id for x in r.results[4:] if x.outcome is Outcome.EVICTED]
     assert evicted == ['s2']  # its durable write was not fenced off: the epoch is above every old token
+
+
+def test_a_rebuild_readmits_only_its_own_pools_sessions(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """Two pools (two key prefixes) sharing one MongoDB database: one losing its Redis takes back its own."""
+    url, running = server
+    ours = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP))
+    theirs = make_reaper(make_reaper_settings(max_sessions=CAP, key_prefix=f'{ours.lc.settings.key_prefix}-other'))
+    try:
+        ours.lc.activate(ours.lc.reserve('api-1'), 'ours-1')
+        theirs.lc.activate(theirs.lc.reserve('api-1'), 'theirs-1')
+        restart_empty(url, running)
+        report = ours.sweep(SweepKind.EXPIRED)
+        assert report.rebuilt is not None
+        assert report.rebuilt.readmitted == 1
+        assert ours.lc.stats().live == 1
+        assert ours.lc.pool.run(calls.score(ours.lc.index.keys.live, 'theirs-1')) is None
+    finally:  # the other pool lives on the shared test server, under a prefix of its own
+        for key in theirs.lc.redis.scan_iter(match=theirs.lc.index.keys.prefix + '*'):
+            theirs.lc.redis.delete(key)
