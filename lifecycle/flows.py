@@ -280,6 +280,8 @@ class Flows:
         if store is not None:
             try:
                 token = yield self.index.next_token()
+                if (yield from self.lost(store)):  # Redis lost the pool between the two calls: so did the token
+                    raise self._recovering(f'session {session_id!r} was closed as Redis lost the pool, and is')
                 yield Durable(
                     store.end, (record_of(closed), SessionState.CLOSED, token, self.settings.mongo_timeout_ms)
                 )

@@ -75,6 +75,10 @@ class Rebuilder:
     def rebuild(self, extend: Callable[[], None]) -> Rebuilt:
         keys, now = self.pool.keys, self.pool.now_ms()
         generation = self.store.claim_generation(keys.prefix, secrets.token_hex(8))
+        # First, above every token the lost Redis may have issued (those of claims and writes never durable too):
+        # lifecycle time in ms outruns any counter unless it issued more than a token a millisecond since the last
+        # lift. Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
+        epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), now) + 1))
         readmitted_total, expired, unreadable, after = 0, 0, 0, ''
         while True:
             page = self.store.live_documents(keys.prefix, after, PAGE)
@@ -95,9 +99,11 @@ class Rebuilder:
                 else:
                     due.append(session)
             if due:
+                # Their fences go up to the new epoch first: a write still in flight from before the loss (an
+                # eviction's, say) can no longer land on a session the pool now holds live again.
+                self.store.raise_fences([s.session_id for s in due], epoch)
                 readmitted_total += self.pool.run(self.claims.readmit(due, now))
             extend()
-        epoch = self.pool.run(self.claims.raise_epoch(self.store.highest_fence() + 1))
         Reconciler(self.pool, self.store).repair(extend)
         self.pool.run(calls.set_if_absent(keys.generation, generation))
         rebuilt = Rebuilt(generation, readmitted_total, expired, unreadable, epoch)

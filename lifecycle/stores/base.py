@@ -112,5 +112,8 @@ class SnapshotStore(Protocol):
     def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         """A page of the documents MongoDB says are live in pool `pool`, by session id after `after`."""
 
+    def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
+        """Raise these sessions' fences to at least `token`: writes under an older one are refused from now on."""
+
     def highest_fence(self) -> int:
         """The highest fencing token any document holds (0 if none): a rebuilt pool's epoch starts above it."""

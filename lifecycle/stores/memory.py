@@ -177,9 +177,18 @@ class InMemorySnapshotStore:
 
     def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         with self._lock:
-            live = sorted(i for i, d in self._sessions.items()
-                          if d.get('state') == SessionState.LIVE and d.get('pool') == pool and i > after)  # fmt: skip
+            # A document without a pool was written before activations named theirs (an upgraded pool's).
+            mine = (i for i, d in self._sessions.items() if d.get('state') == SessionState.LIVE and i > after
+                    and d.get('pool', pool) == pool)  # fmt: skip
+            live = sorted(mine)
             return [copy.deepcopy(self._sessions[i]) for i in live[:limit]]
+
+    def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
+        with self._lock:
+            for session_id in session_ids:
+                if session_id in self._sessions:
+                    document = self._sessions[session_id]
+                    document['fence'] = max(int(document.get('fence', 0)), token)
 
     def highest_fence(self) -> int:
         with self._lock:

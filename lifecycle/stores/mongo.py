@@ -8,6 +8,7 @@ run by `MongoSnapshotStore` on pymongo's `MongoClient` or by `AsyncMongoSnapshot
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -27,6 +28,7 @@ from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 
+log = logging.getLogger(__name__)
 Document = dict[str, Any]
 T = TypeVar('T')
 DUPLICATE_KEY = 11000
@@ -212,6 +214,11 @@ PREVIOUS_LIFE = ('snapshot', 'checkpoint_seq', 'checkpointed_at', 'evicted_at', 
                  'checkpoint_waived', 'restored_at')  # fmt: skip
 
 
+def _of_pool(pool: str) -> dict[str, Any]:
+    """Documents of pool `pool`, and those written before activations named their pool (an upgraded pool's)."""
+    return {'$or': [{'pool': pool}, {'pool': {'$exists': False}}]}
+
+
 def _not_resumable() -> dict[str, Any]:
     return {'state': {'$ne': SessionState.RESUMABLE.value}}
 
@@ -320,8 +327,11 @@ class Plans:
         now = datetime.now(UTC)
         update = {'$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now,
                            'updated_at': now}}  # fmt: skip
-        with contextlib.suppress(DuplicateKeyError):  # a newer token wrote the document already: nothing to do
+        try:
             yield Op('sessions', 'update_one', ({'_id': record.session_id, **_below(token)}, update), {'upsert': True})
+        except DuplicateKeyError:  # a newer token wrote the document already: this end is not its last word
+            log.warning('%s of %s not recorded: a newer token wrote it (token %d)', state.value, record.session_id,
+                        token)  # fmt: skip
 
     @staticmethod
     def fence_plan(session_id: str, token: int) -> Plan[Mapping[str, Any] | None]:
@@ -382,11 +392,15 @@ class Plans:
     def live_plan(pool: str, after: str, limit: int) -> Plan[list[Mapping[str, Any]]]:
         found: list[Mapping[str, Any]] = yield _find(
             'sessions',
-            {'state': SessionState.LIVE.value, 'pool': pool, '_id': {'$gt': after}},
+            {'state': SessionState.LIVE.value, **_of_pool(pool), '_id': {'$gt': after}},
             sort=[('_id', 1)],
             limit=limit,
         )
         return found
+
+    @staticmethod
+    def raise_fences_plan(session_ids: Sequence[str], token: int) -> Plan[None]:
+        yield Op('sessions', 'update_many', ({'_id': {'$in': list(session_ids)}}, {'$max': {'fence': token}}))
 
     @staticmethod
     def fence_high_plan() -> Plan[int]:
@@ -513,6 +527,9 @@ class MongoSnapshotStore(_Connected):
     def highest_fence(self) -> int:
         return self._run(Plans.fence_high_plan(), 'fence read', '*')
 
+    def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
+        self._run(Plans.raise_fences_plan(session_ids, token), 'fence raise', session_ids)
+
 
 class AsyncMongoSnapshotStore(_Connected):
     """`MongoSnapshotStore` on pymongo's `AsyncMongoClient`: the same plans, awaited (no worker threads)."""
@@ -603,3 +620,6 @@ class AsyncMongoSnapshotStore(_Connected):
 
     async def highest_fence(self) -> int:
         return await self._run(Plans.fence_high_plan(), 'fence read', '*')
+
+    async def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
+        await self._run(Plans.raise_fences_plan(session_ids, token), 'fence raise', session_ids)

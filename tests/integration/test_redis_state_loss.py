@@ -6,16 +6,18 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from lifecycle import CapacityExceeded, SessionState
 from lifecycle.errors import PoolRecovering
-from lifecycle.models import SweepKind
+from lifecycle.models import ReapReason, SweepKind
 from lifecycle.ops.cli import reaping_warnings
 from lifecycle.pool import calls
 from lifecycle.reaper.eviction import Outcome
+from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
@@ -128,3 +130,72 @@ def test_a_rebuild_readmits_only_its_own_pools_sessions(
     finally:  # the other pool lives on the shared test server, under a prefix of its own
         for key in theirs.lc.redis.scan_iter(match=theirs.lc.index.keys.prefix + '*'):
             theirs.lc.redis.delete(key)
+
+
+def test_a_write_in_flight_from_before_the_loss_cannot_land_after_the_rebuild(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression (review): the rebuilt epoch restarted below the tokens the lost Redis had issued, and readmitted
+    # sessions kept their old fences, so a worker paused after its claim evicted a session the pool held live.
+    url, running = server
+    r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 'x')
+    lc.checkpoint('x', {'v': 1})
+    for _ in range(8):  # tokens the lost Redis issues that never reach MongoDB
+        lc.pool.run(lc.index.next_token())
+    r.clock.advance(seconds=600)
+    [claim] = lc.pool.run_many([r.evictor.claims.claim('x', ReapReason.IDLE, lc.now_ms(), lc.now_ms())])
+    assert not isinstance(claim, str)  # a worker claimed x, then paused
+    restart_empty(url, running)
+    r.sweep(SweepKind.EXPIRED)  # rebuilt: x is live again
+    refused, _ = r.evictor._persist({0: claim})  # the paused worker resumes
+    assert [x.detail for x in refused.values()] == ['fenced']
+    assert (r.document('x') or {})['state'] == 'live'
+    lc.checkpoint('x', {'v': 2})  # its owner can checkpoint it
+    assert lc.close('x')
+    assert (r.document('x') or {})['state'] == 'closed'
+
+
+def test_a_close_as_redis_loses_the_pool_says_so_and_closes_after_the_rebuild(
+    server: tuple[str, list[subprocess.Popen[bytes]]],
+    make_reaper_settings: SettingsFactory,
+    make_reaper: ReaperFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression (review): the close drew its token from the emptied epoch, MongoDB refused the write as fenced
+    # and dropped it without a word: close() said True, and the rebuild brought the session back.
+    url, running = server
+    r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 'c1')
+    for _ in range(3):
+        lc.pool.run(lc.index.next_token())
+    next_token = lc.index.next_token
+
+    def lose_then_draw() -> Any:
+        restart_empty(url, running)
+        monkeypatch.setattr(lc.index, 'next_token', next_token)
+        return next_token()
+
+    monkeypatch.setattr(lc.index, 'next_token', lose_then_draw)
+    with pytest.raises(PoolRecovering, match="'c1' was closed as Redis lost the pool"):
+        lc.close('c1')
+    r.sweep(SweepKind.EXPIRED)
+    assert lc.close('c1')  # closed again, now recorded
+    assert (r.document('c1') or {})['state'] == 'closed'
+
+
+def test_sessions_recorded_before_activations_named_their_pool_are_readmitted(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression (review): an upgraded pool's live documents carry no pool, and were never readmitted.
+    url, running = server
+    r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP))
+    r.lc.activate(r.lc.reserve('api-1'), 'old-1')
+    assert isinstance(r.store, MongoSnapshotStore)
+    r.store.sessions.update_one({'_id': 'old-1'}, {'$unset': {'pool': ''}})
+    restart_empty(url, running)
+    with pytest.raises(PoolRecovering):
+        r.lc.reserve('api-1')
+    assert r.sweep(SweepKind.EXPIRED).rebuilt.readmitted == 1  # type: ignore[union-attr]
