@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from lifecycle.pool.scripts import ScriptName
-from lifecycle.steps import Done, advance
-
-__all__ = ['NOW', 'Arg', 'Call', 'Done', 'Durable', 'Now', 'Step', 'Steps', 'advance']
 
 T = TypeVar('T')
 Arg = str | int | float | bytes  # bytes: a member that is not UTF-8, given back as it came

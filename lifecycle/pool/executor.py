@@ -23,10 +23,11 @@ from redis.exceptions import NoScriptError
 
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, LifecycleError, ScriptFailed
-from lifecycle.pool.calls import NOW, Call, Done, Durable, Step, Steps, advance
+from lifecycle.pool.calls import NOW, Call, Durable, Step, Steps
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.scripts import SOURCES
 from lifecycle.settings import Settings, redacted
+from lifecycle.steps import Done, advance
 
 T = TypeVar('T')
 # A member no valid id could be (a hand edit, a foreign writer) decodes without raising: one bad entry never
