@@ -311,6 +311,8 @@ class Flows:
         store = require(store, 'checkpoint()')
         info: SessionInfo | None = yield self.index.status(validate.identifier('session_id', session_id), (yield NOW))
         if info is None:
+            if (yield from self.lost(store)):
+                raise self._recovering(f'session {session_id!r} is')
             # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
             # a checkpoint now would create a document for a session that is not live, so nothing is written.
             raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
@@ -338,6 +340,8 @@ class Flows:
                 raise SessionReaping(f'session {session_id!r} is being evicted; restore it once it is resumable')
             if pooled is not None:
                 raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
+            if state == SessionState.LIVE and (yield from self.lost(store)):
+                raise self._recovering(f'session {session_id!r} is')
             raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
         resumable = resumable_of(document)
         ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000

@@ -74,6 +74,10 @@ def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mo
         lc.close('s3')
     with pytest.raises(PoolRecovering), lc.turn('s4'):
         pass
+    with pytest.raises(PoolRecovering):
+        lc.checkpoint('s2', {'at': 1})
+    with pytest.raises(PoolRecovering):
+        lc.restore('s3', 'api-2')  # live in MongoDB, not yet back in Redis
     assert lc.stats().live == 0
     assert [w for w in reaping_warnings(lc) if w.startswith('POOL LOST')]  # `lifecycle check` says so
 
