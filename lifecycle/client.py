@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
@@ -26,7 +26,6 @@ from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
-T = TypeVar('T')
 MAKE_ROOM_CANDIDATES = 20
 __all__ = ['Lifecycle', 'Turn']
 
