@@ -69,6 +69,11 @@ class PoolUninitialised(LifecycleError):
     """Internal: the pool has no generation marker; the client initialises it (or finds its state lost)."""
 
 
+class PoolUnverified(PoolUninitialised):
+    """Internal: Redis restarted or failed over since the pool was verified; the client verifies it (or finds
+    it must wait for the expiry sweep to)."""
+
+
 class Fenced(LifecycleError):
     """A newer write already holds the session (another replica's later checkpoint, say): this one was
     refused and changed nothing."""

@@ -33,7 +33,7 @@ from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionI
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
 from lifecycle.pool.keys import Keys
-from lifecycle.pool.sessions import SessionIndex
+from lifecycle.pool.sessions import PoolState, SessionIndex
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
@@ -41,6 +41,7 @@ from lifecycle.stores.documents import info_from_document, record_of, to_epoch_m
 
 log = logging.getLogger(__name__)
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
+RETRY_SOON_S = 1  # a pool that failed over while being verified: the next try verifies it again
 NOTICE_BATCH = 100
 SERVE_WAIT_MS = 1000  # serve_notices' blocking read: how soon stop() is noticed
 
@@ -196,34 +197,53 @@ class Flows:
         raise AssertionError('unreachable')  # pragma: no cover
 
     def initialise(self, store: SnapshotStore | None) -> Steps[None]:
-        """A pool without its generation marker: new, or its Redis lost its state. With MongoDB, the pool's
-        generation is recorded there the first time; if MongoDB already had one and still knows live sessions,
-        Redis lost them: admission fails closed (PoolRecovering) until the expiry sweep rebuilds the pool."""
+        """A pool that cannot admit yet: new (no generation marker), its Redis lost its state, or Redis restarted
+        or failed over since the pool was verified (a new replication history: writes the old one took may be
+        missing). With MongoDB, the pool's generation is recorded there the first time; if MongoDB already had
+        one and still knows live sessions, they may be missing here: admission fails closed (PoolRecovering)
+        until the expiry sweep has rebuilt or verified the pool. Otherwise nothing can be missing, and the pool
+        is marked verified on this server."""
+        state: PoolState = yield self.index.pool_state()
+        if state.ready:
+            return  # another replica got there first
         proposed = new_token()
         generation = proposed
         if store is not None:
             generation = yield Durable(store.claim_generation, (self.keys.prefix, proposed))
-            # MongoDB first, then the marker: a session activated meanwhile by another replica (which set the
-            # marker before it could reserve) is then seen with its marker, never taken for a lost one.
+            # MongoDB, then the state again: a session activated meanwhile by another replica (which readied the
+            # pool before it could reserve) is then seen with the pool ready, never taken for a lost one.
             knows_live = generation != proposed and (yield Durable(store.live_documents, (self.keys.prefix, '', 1)))
-            if knows_live and not (yield calls.exists(self.keys.generation)):
-                raise PoolRecovering(
-                    f'Redis lost the state of pool {self.keys.prefix} (generation {generation}) while MongoDB knows '
-                    'live sessions: admission resumes once the expiry sweep has rebuilt it',
-                    self.settings.expired_interval_s,
-                )
-        yield calls.set_if_absent(self.keys.generation, generation)
+            if knows_live and not (yield self.index.pool_state()).ready:
+                raise self._recovering(state, generation)
+        # Only on the server whose state was read: one that restarted or failed over since is verified again.
+        if not (yield self.index.mark_verified(generation, state.replication_id)):
+            raise PoolRecovering(f'Redis failed over while pool {self.keys.prefix} was being initialised',
+                                 RETRY_SOON_S)  # fmt: skip
+
+    def _recovering(self, state: PoolState, generation: str) -> PoolRecovering:
+        what = ('lost the state of' if not state.initialised
+                else 'restarted or failed over (a new replication history) since it verified')  # fmt: skip
+        return PoolRecovering(
+            f'Redis {what} pool {self.keys.prefix} (generation {generation}) while MongoDB knows live sessions: '
+            'admission resumes once the expiry sweep has rebuilt it',
+            self.settings.expired_interval_s,
+        )
 
     def lost(self, store: SnapshotStore | None) -> Steps[bool]:
-        """Whether Redis lost the pool's state: no generation marker, while MongoDB recorded one (without
-        MongoDB nothing can tell a lost pool from a new one). Asked only on a failure path, to say so."""
-        if store is None or (yield calls.exists(self.keys.generation)):
+        """Whether sessions may be missing from Redis: it lost the pool's state (no generation marker while
+        MongoDB recorded one; without MongoDB nothing can tell a lost pool from a new one), or it restarted or
+        failed over since the pool was verified. Asked only on a failure path, to say so."""
+        if store is None:
             return False
-        return (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
+        state: PoolState = yield self.index.pool_state()
+        if state.ready:
+            return False
+        return not state.initialised or (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
 
-    def _recovering(self, what: str) -> PoolRecovering:
+    def _missing(self, what: str) -> PoolRecovering:
         return PoolRecovering(
-            f'{what} unknown: Redis lost the state of pool {self.keys.prefix}, not rebuilt yet by the expiry sweep',
+            f'{what} unknown: Redis lost the state of pool {self.keys.prefix} or failed over, and the expiry sweep '
+            'has not rebuilt it yet',
             self.settings.expired_interval_s,
         )
 
@@ -250,7 +270,7 @@ class Flows:
     def touch(self, session_ids: Sequence[str], store: SnapshotStore | None) -> Steps[int]:
         stamped: int = yield self.index.touch(session_ids, (yield NOW))
         if stamped < len(session_ids) and (yield from self.lost(store)):
-            raise self._recovering(f'session {session_ids[0]!r} is' if len(session_ids) == 1 else 'sessions are')
+            raise self._missing(f'session {session_ids[0]!r} is' if len(session_ids) == 1 else 'sessions are')
         return stamped
 
     def begin_turn(self, session_id: str, token: str, store: SnapshotStore | None) -> Steps[Turn]:
@@ -258,7 +278,7 @@ class Flows:
             return Turn(session_id, (yield self.index.begin_turn(session_id, token, (yield NOW))))
         except SessionNotLive:
             if (yield from self.lost(store)):
-                raise self._recovering(f'session {session_id!r} is') from None
+                raise self._missing(f'session {session_id!r} is') from None
             raise
 
     def renew_turn(self, turn: Turn, token: str) -> Steps[None]:
@@ -275,13 +295,13 @@ class Flows:
         closed = yield self.index.close(session_id)
         if closed is None:
             if (yield from self.lost(store)):
-                raise self._recovering(f'session {session_id!r} is')
+                raise self._missing(f'session {session_id!r} is')
             return False
         if store is not None:
             try:
                 token = yield self.index.next_token()
                 if (yield from self.lost(store)):  # Redis lost the pool between the two calls: so did the token
-                    raise self._recovering(f'session {session_id!r} was closed as Redis lost the pool, and is')
+                    raise self._missing(f'session {session_id!r} was closed as Redis lost the pool, and is')
                 yield Durable(
                     store.end, (record_of(closed), SessionState.CLOSED, token, self.settings.mongo_timeout_ms)
                 )
@@ -312,7 +332,7 @@ class Flows:
         info: SessionInfo | None = yield self.index.status(validate.identifier('session_id', session_id), (yield NOW))
         if info is None:
             if (yield from self.lost(store)):
-                raise self._recovering(f'session {session_id!r} is')
+                raise self._missing(f'session {session_id!r} is')
             # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
             # a checkpoint now would create a document for a session that is not live, so nothing is written.
             raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
@@ -341,7 +361,7 @@ class Flows:
             if pooled is not None:
                 raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
             if state == SessionState.LIVE and (yield from self.lost(store)):
-                raise self._recovering(f'session {session_id!r} is')
+                raise self._missing(f'session {session_id!r} is')
             raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
         resumable = resumable_of(document)
         ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000

@@ -16,6 +16,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,6 +64,17 @@ def is_service_link(name: str, value: str) -> bool:
     )
 
 
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """'host:port,host:port' as (host, port) pairs; ValueError naming the entry that is not one."""
+    addresses = []
+    for entry in value.split(','):
+        host, _, port = entry.strip().rpartition(':')
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f'redis_sentinels entry {entry.strip()!r} is not host:port')
+        addresses.append((host.strip('[]'), int(port)))
+    return addresses
+
+
 class ProfilePolicy(BaseModel):
     """Per-profile overrides; a field left out falls back to the global setting."""
 
@@ -80,6 +92,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra='forbid', hide_input_in_errors=True)
 
     redis_url: str = 'redis://127.0.0.1:6379/0'
+    # Highly available Redis (see pool/servers.py): the master of a Sentinel group, found through these
+    # sentinels ('host:port,host:port'; redis_url then gives only the data nodes' credentials, database and
+    # TLS), or a Redis Cluster (redis_url names any node; Celery's broker and RedBeat then need their own).
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = 'mymaster'
+    redis_sentinel_password: SecretStr | None = None  # the sentinels' own (requirepass in sentinel.conf)
+    redis_cluster: bool = False
+    beat_redis_url: str | None = None  # RedBeat's Redis; None: the pool's
     mongo_url: str | None = None  # None: persistence off, so idle and LRU reaping are skipped
     mongo_database: str = 'lifecycle'
     key_prefix: str = 'lc'
@@ -154,11 +174,18 @@ class Settings(BaseSettings):
     crash_at: Literal['after_claim', 'after_persist', 'after_release'] | None = None
     crash_signal: Literal['SIGKILL', 'SIGSTOP'] = 'SIGKILL'
 
-    @field_validator('redis_url')
+    @field_validator('redis_url', 'beat_redis_url')
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(('redis://', 'rediss://', 'unix://')):
-            raise ValueError(f'redis_url {redacted(value)!r} must start with redis://, rediss:// or unix://')
+    def _redis_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.startswith(('redis://', 'rediss://', 'unix://')):
+            raise ValueError(f'{info.field_name} {redacted(value)!r} must start with redis://, rediss:// or unix://')
+        return value
+
+    @field_validator('redis_sentinels')
+    @classmethod
+    def _sentinel_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            sentinel_addresses(value)
         return value
 
     @field_validator('mongo_url')
@@ -203,6 +230,11 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f'{env("sandbox_driver")}=webhook needs {env("sandbox_webhook_url")} and '
                              f'{env("sandbox_webhook_secret")}')  # fmt: skip
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError(f'{env("redis_cluster")} and {env("redis_sentinels")} exclude each other')
+        if self.redis_cluster and (self.broker_url is None or self.beat_redis_url is None):
+            raise ValueError(f'{env("redis_cluster")}=true needs {env("broker_url")} and {env("beat_redis_url")}: '
+                             "Celery's broker and RedBeat cannot run on a Redis Cluster")  # fmt: skip
         if self.busy_lease_s < 3:
             raise ValueError(f'{env("busy_lease_s")}={self.busy_lease_s} must be at least 3 (renewed every third)')
         return self
@@ -241,6 +273,11 @@ class Settings(BaseSettings):
                 hint = f'; did you mean {ENV_PREFIX}{close[0]}?' if close else ''
                 raise ValueError(f'{variable} is not a lifecycle setting{hint}')
         return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels, as (host, port) pairs; empty without Sentinel."""
+        return sentinel_addresses(self.redis_sentinels) if self.redis_sentinels else []
 
     def limits(self, profile: str | None) -> Limits:
         """The effective limits of a profile; an unknown or absent profile gets the global ones."""

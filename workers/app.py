@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from lifecycle.errors import ConfigurationError
 from lifecycle.logs import use_json
 from lifecycle.ops import checks
+from lifecycle.pool import servers
 from lifecycle.settings import Settings, describe_error
 from workers.schedule import beat_schedule
 
@@ -34,7 +35,8 @@ class LifecycleApp(Celery):
 def create_app(settings: Settings | None = None) -> LifecycleApp:
     """A Celery app configured from `settings` (LIFECYCLE_* variables when None)."""
     settings = settings or settings_from_environment()
-    app = LifecycleApp('lifecycle', broker=settings.broker_url or settings.redis_url, include=['workers.tasks'])
+    app = LifecycleApp('lifecycle', include=['workers.tasks'])
+    broker = servers.celery_broker(settings)
     tag = '{' + settings.key_prefix + '}'
     app.conf.update(
         task_serializer='json',
@@ -54,14 +56,19 @@ def create_app(settings: Settings | None = None) -> LifecycleApp:
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
         # A message unacknowledged this long is redelivered; it must outlast any task (acks_late).
-        broker_transport_options={'visibility_timeout': max(3_600, 4 * settings.task_time_limit_s)},
+        broker_url=broker['broker_url'],
+        broker_transport_options={
+            **broker.get('broker_transport_options', {}),
+            'visibility_timeout': max(3_600, 4 * settings.task_time_limit_s),
+        },
+        broker_use_ssl=broker.get('broker_use_ssl'),
         broker_connection_retry_on_startup=True,
         timezone='UTC',
         enable_utc=True,
         beat_schedule=beat_schedule(settings),
         beat_scheduler='workers.beat:LeaderScheduler',
         beat_max_loop_interval=5,
-        redbeat_redis_url=settings.redis_url,
+        **servers.redbeat_config(settings),
         redbeat_key_prefix=f'{tag}:redbeat',
         # The active beat renews this lock every loop; a standby beat takes over within this long.
         redbeat_lock_timeout=30,

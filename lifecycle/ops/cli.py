@@ -295,9 +295,10 @@ def reaping_warnings(lc: Lifecycle) -> list[str]:
     """Why idle reaping is not happening, or will not: what an operator must hear about before the pool fills."""
     s, now, warnings = lc.settings, lc.now_ms(), []
     if lc.pool.do(lc.flows.lost(lc.store)):
-        warnings.append('POOL LOST: Redis no longer holds this pool (a restart without persistence, a failover, a '
-                        'flush) while MongoDB recorded it; admission is refused until the expiry sweep rebuilds it '
-                        'from MongoDB: is a worker and a beat running?')  # fmt: skip
+        warnings.append('POOL NOT VERIFIED: Redis lost this pool (a restart without persistence, a flush) or '
+                        'restarted or failed over since it was verified (writes may be missing) while MongoDB '
+                        'recorded it; admission is refused until the expiry sweep rebuilds it from MongoDB: is a '
+                        'worker and a beat running?')  # fmt: skip
     if lc.store is None:
         warnings.append('IDLE REAPING IS OFF: no LIFECYCLE_MONGO_URL, so idle, LRU and owner-lost sweeps skip '
                         'everything and only the hard TTL ends sessions')  # fmt: skip

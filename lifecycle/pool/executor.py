@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, LifecycleError, ScriptFailed
+from lifecycle.pool import servers
 from lifecycle.pool.calls import NOW, Call, Durable, Step, Steps
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.scripts import SOURCES
@@ -162,9 +163,7 @@ class Executor(_Base):
 
     def __init__(self, settings: Settings, redis_client: SyncRedis | None = None, clock: Clock | None = None) -> None:
         # from_pool: the executor owns the pool, so close() closes its connections too.
-        self.redis = redis_client or redis.Redis.from_pool(
-            redis.BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings))
-        )
+        self.redis = redis_client or servers.connect(settings, **pool_options(settings))
         super().__init__(settings, clock)
 
     def close(self) -> None:
@@ -259,9 +258,7 @@ class AsyncExecutor(_Base):
     def __init__(
         self, settings: Settings, redis_client: aredis.Redis | None = None, clock: Clock | None = None
     ) -> None:
-        self.redis = redis_client or aredis.Redis.from_pool(
-            aredis.BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings))
-        )
+        self.redis = redis_client or servers.connect_async(settings, **pool_options(settings))
         super().__init__(settings, clock)
 
     async def close(self) -> None:

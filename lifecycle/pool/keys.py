@@ -30,6 +30,13 @@ class Keys:
         return f'{self.prefix}:generation'
 
     @property
+    def verified(self) -> str:
+        """STRING: the replication id (INFO's master_replid) of the server the pool was last verified on. A
+        restart or a failover gives the server a new one: until the pool is verified against MongoDB (the
+        writes the old server took and this one never got), admission fails closed."""
+        return f'{self.prefix}:verified'
+
+    @property
     def live(self) -> str:
         """ZSET session_id -> last genuine activity (epoch ms). The live pool."""
         return f'{self.prefix}:live'

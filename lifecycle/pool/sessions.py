@@ -19,6 +19,7 @@ from lifecycle.errors import (
     InvalidTTL,
     PoolRecovering,
     PoolUninitialised,
+    PoolUnverified,
     ReservationLost,
     SessionDamaged,
     SessionExists,
@@ -104,6 +105,20 @@ def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
     return ttl_seconds
 
 
+@dataclass(frozen=True)
+class PoolState:
+    """What reserve_slot checks before it admits: the generation marker, and the pool verified on this server's
+    replication history (a restart or failover starts a new one)."""
+
+    initialised: bool
+    verified: bool
+    replication_id: str
+
+    @property
+    def ready(self) -> bool:
+        return self.initialised and self.verified
+
+
 class SessionIndex:
     """Builds the Redis calls of every pool transition; one atomic script per transition."""
 
@@ -123,6 +138,8 @@ class SessionIndex:
                 return Reservation(token, owner, tenant, as_int(reply[1]))
             if reply[1] == 'uninitialised':
                 raise PoolUninitialised(f'pool {k.prefix} has no generation marker')
+            if reply[1] == 'unverified':
+                raise PoolUnverified(f'Redis restarted or failed over since pool {k.prefix} was verified')
             if reply[1] == 'tenants_unknown':
                 raise PoolRecovering(
                     f'the tenant index was lost, so tenant {tenant!r} cannot be counted against its cap until the '
@@ -136,10 +153,23 @@ class SessionIndex:
         return Call(
             parse,
             'reserve_slot',
-            (k.slots, k.tenants, k.reservations, k.live, k.generation),
+            (k.slots, k.tenants, k.reservations, k.live, k.generation, k.verified),
             (member(token, owner, tenant), tenant or '', s.max_sessions, s.tenant_cap(tenant) or 0, now_ms, lease_ms,
              PURGE_LIMIT),
         )  # fmt: skip
+
+    def pool_state(self) -> Call[PoolState]:
+        """Whether the pool can admit (see pool_state.lua)."""
+        k = self.keys
+        return Call(lambda r: PoolState(as_int(r[0]) == 1, as_int(r[1]) == 1, str(r[2])), 'pool_state',
+                    (k.generation, k.verified))  # fmt: skip
+
+    def mark_verified(self, generation: str, replication_id: str) -> Call[bool]:
+        """The pool is initialised or verified on the server of `replication_id`; False if the server is no
+        longer that one (it restarted or failed over meanwhile)."""
+        k = self.keys
+        return Call(lambda reply: as_int(reply) == 1, 'mark_verified', (k.generation, k.verified),
+                    (generation, replication_id))  # fmt: skip
 
     def release(self, reservation: Reservation) -> Call[bool]:
         """Give a reservation's slot back; False if it was already gone (expired or released)."""

@@ -1,5 +1,6 @@
-"""Rebuild: a pool whose Redis lost its state (a restart without persistence, a failover to a replica that
-missed writes, FLUSHALL) takes back what MongoDB knows.
+"""Rebuild: a pool whose Redis lost its state (a restart without persistence, FLUSHALL), or may have lost some
+writes (a restart from an older snapshot, a failover to a replica that had not received the last ones: any
+new replication history), takes back what MongoDB knows.
 
 Every activation is recorded in MongoDB (owner, tenant, profile, created, hard deadline), and every end of a
 session too (evicted: resumable; closed; expired). So the sessions MongoDB says are live are the pool's live
@@ -7,8 +8,10 @@ sessions: the rebuild readmits each one whose deadline is ahead (active as of no
 anything MongoDB knows: the turns it finished since were lost with Redis, so it must checkpoint again before it
 can be evicted as resumable),
 records the others as expired, lifts the fencing epoch above every token MongoDB holds, repairs the counters
-and the tenant index (reconcile), and only then writes the generation marker back: until then admission
-fails closed (PoolRecovering). Resumable sessions stay in MongoDB, restorable as before.
+and the tenant index (reconcile), and only then marks the pool verified on this server's replication history
+(and writes the generation marker back): until then admission fails closed (PoolRecovering). A server that
+restarts or fails over during the rebuild is rebuilt again by the next sweep. Resumable sessions stay in
+MongoDB, restorable as before.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from lifecycle.models import SessionState, to_datetime
 from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Readmitted
 from lifecycle.pool.executor import Executor
+from lifecycle.pool.sessions import PoolState, SessionIndex
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.stores import SessionRecord, SnapshotStore
 from lifecycle.stores.documents import to_epoch_ms
@@ -38,6 +42,7 @@ class Rebuilt:
     """What a rebuild did."""
 
     generation: str
+    verified: bool = True  # False: the server restarted or failed over during the rebuild; the next one verifies
     readmitted: int = 0
     expired: int = 0
     unreadable: int = 0
@@ -67,12 +72,15 @@ class Rebuilder:
         self.pool = pool
         self.store = store
         self.claims = ClaimIndex(pool.settings, pool.keys)
+        self.index = SessionIndex(pool.settings, pool.keys)
 
-    def lost(self) -> bool:
-        """The marker is gone: the pool is new (then this initialises it) or lost its state."""
-        return not self.pool.run(calls.exists(self.pool.keys.generation))
+    def due(self) -> PoolState | None:
+        """The pool's state if it needs this: no marker (new, then this initialises it, or it lost its state),
+        or not verified on this server's replication history (Redis restarted or failed over since)."""
+        state = self.pool.run(self.index.pool_state())
+        return None if state.ready else state
 
-    def rebuild(self, extend: Callable[[], None]) -> Rebuilt:
+    def rebuild(self, state: PoolState, extend: Callable[[], None]) -> Rebuilt:
         keys, now = self.pool.keys, self.pool.now_ms()
         generation = self.store.claim_generation(keys.prefix, secrets.token_hex(8))
         # First, above every token the lost Redis may have issued (those of claims and writes never durable too):
@@ -105,10 +113,11 @@ class Rebuilder:
                 readmitted_total += self.pool.run(self.claims.readmit(due, now))
             extend()
         Reconciler(self.pool, self.store).repair(extend)
-        self.pool.run(calls.set_if_absent(keys.generation, generation))
-        rebuilt = Rebuilt(generation, readmitted_total, expired, unreadable, epoch)
-        if readmitted_total or expired or unreadable:
-            log.warning('pool %s rebuilt from MongoDB after Redis lost its state: %s', keys.prefix, rebuilt)
+        verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
+        rebuilt = Rebuilt(generation, verified, readmitted_total, expired, unreadable, epoch)
+        if readmitted_total or expired or unreadable or not verified:
+            cause = 'lost its state' if not state.initialised else 'restarted or failed over'
+            log.warning('pool %s rebuilt from MongoDB after Redis %s: %s', keys.prefix, cause, rebuilt)
             counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
             self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
         return rebuilt

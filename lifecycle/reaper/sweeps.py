@@ -282,9 +282,12 @@ class Sweeper:
 
     def _sweep_expired(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         store = self.evictor.store
-        if not dry_run and store is not None and (rebuilder := Rebuilder(self.pool, store)).lost():
-            # Redis lost the pool (or it is new): admission fails closed until this has run.
-            report.rebuilt = rebuilder.rebuild(lock.extend)
+        if not dry_run and store is not None:
+            rebuilder = Rebuilder(self.pool, store)
+            if (state := rebuilder.due()) is not None:
+                # Redis lost the pool, restarted or failed over (or the pool is new): admission fails closed
+                # until this has run.
+                report.rebuilt = rebuilder.rebuild(state, lock.extend)
         if not dry_run and self._tenant_index_lost():
             # Reservations of capped tenants are refused until the index is rebuilt: do it now, not in 5 min.
             log.warning('the tenant index was lost: reconciling now')

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
 REDIS_ALLOWED = {
     'lifecycle.pool.executor',  # the executor: connection, scripts, pipelines, error translation
     'lifecycle.pool.lock',  # redis-py's Lock, used as the sweep lock
+    'lifecycle.pool.servers',  # builds the clients: one server, a Sentinel group's master, or a Cluster
     'lifecycle.client',  # the type of an injected client
     'lifecycle.aio',  # the type of an injected asyncio client
     'lifecycle.ops.bench',  # the raw baselines every figure is measured against

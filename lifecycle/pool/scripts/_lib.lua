@@ -4,6 +4,15 @@
 -- damaged record, a missing index entry) with a status code, never a Lua error: Redis does not roll back
 -- the writes a script made before an error.
 
+-- This server's replication history (INFO's master_replid): a restart or a failover to a replica starts a new
+-- one, and the pool must then be verified before it admits (writes the old history took may be missing).
+-- '-' where INFO cannot be read (fakeredis): no history is then told apart.
+local function replication_id()
+  local ok, info = pcall(redis.call, 'INFO', 'replication')
+  if not ok or type(info) ~= 'string' then return '-' end
+  return string.match(info, 'master_replid:(%w+)') or '-'
+end
+
 -- The record as a table, or nil when it is missing or malformed (outside damage: a hand edit).
 local function unpack_meta(record)
   if not record then return nil end

@@ -1,18 +1,24 @@
 -- reserve_slot: admit a reservation only while the pool (and its tenant) is under cap.
 -- KEYS[1] slots STRING  KEYS[2] tenants ZSET (the tenant index)  KEYS[3] reservations ZSET  KEYS[4] live ZSET
 -- KEYS[5] generation STRING: absent, the pool was never initialised or Redis lost it (fail closed)
+-- KEYS[6] verified STRING: the replication id the pool was verified on; another one, Redis restarted or failed
+-- over since, and may have lost writes (fail closed until verified)
 -- ARGV[1] member 'token|owner|tenant'  ARGV[2] tenant ('' none)  ARGV[3] cap  ARGV[4] tenant cap (0 none)
 -- ARGV[5] now_ms  ARGV[6] lease expiry ms  ARGV[7] max expired reservations to purge when full
 -- Returns {1, lease_ms} if reserved (or already held by this token: a resend takes no second slot),
 -- {0, scope, live, reserved, cap} at capacity, scope 'pool' or 'tenant', or {0, 'tenants_unknown'} when
 -- the tenant index was lost and a capped tenant cannot be counted until reconciliation rebuilds it, or
--- {0, 'uninitialised'} when the pool has no generation marker (the client initialises it, or finds it lost).
+-- {0, 'uninitialised'} when the pool has no generation marker (the client initialises it, or finds it lost),
+-- {0, 'unverified'} when Redis restarted or failed over since the pool was verified (the same).
 local k = {slots = KEYS[1], tenants = KEYS[2], reservations = KEYS[3], live = KEYS[4]}
 local member, tenant = ARGV[1], ARGV[2]
 local cap, tenant_cap, now, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {0, 'uninitialised'}
+end
+if redis.call('GET', KEYS[6]) ~= replication_id() then
+  return {0, 'unverified'}
 end
 local held = redis.call('ZSCORE', k.reservations, member)
 if held then
