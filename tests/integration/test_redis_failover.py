@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -175,7 +176,8 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
 
     # The replica stops taking the master's writes for a while (it sleeps), the master goes on acknowledging
     # them, and dies: what it acknowledged in between never reaches the replica the sentinels promote.
-    sleeper = threading.Thread(target=lambda: redis.Redis(port=group.replica_port).execute_command('DEBUG', 'SLEEP', 3))
+    replica = redis.Redis(port=group.replica_port)
+    sleeper = threading.Thread(target=replica.execute_command, args=('DEBUG', 'SLEEP', 3))
     sleeper.start()
     time.sleep(1.5)
     group.processes['master'].send_signal(signal.SIGKILL)
@@ -214,6 +216,7 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     assert drift is not None
     assert not drift.found
     promoted.close()
+    replica.close()
 
 
 def test_the_workers_reach_the_master_through_the_sentinels(group: Group, make_settings: SettingsFactory) -> None:
@@ -230,7 +233,8 @@ def test_the_workers_reach_the_master_through_the_sentinels(group: Group, make_s
     assert app.conf.broker_transport_options['master_name'] == MASTER
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=3)
-        assert connection.default_channel.client.info('server')['tcp_port'] == group.master_port
+        channel: Any = connection.default_channel
+        assert channel.client.info('server')['tcp_port'] == group.master_port
     from redbeat.schedulers import get_redis  # type: ignore[import-untyped]
 
     assert get_redis(app).info('server')['tcp_port'] == group.master_port
