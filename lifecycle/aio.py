@@ -100,7 +100,7 @@ class AsyncLifecycle(Wiring):
         sync twin of this client's Redis connection (same server, credentials, TLS) with its clock, and a sync
         store (the one passed in if it is sync)."""
         if self._evicting is None:
-            self._evicting = Executor(self.settings, sync_twin(self.pool.redis), self.clock)
+            self._evicting = Executor(self.settings, sync_twin(self.pool.redis, self.settings), self.clock)
             store = self.store
             sync = store is not None and not inspect.iscoroutinefunction(store.mark_resumable)
             self._evicting_store = store if sync else store_from_settings(self.settings)

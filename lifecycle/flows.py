@@ -238,7 +238,7 @@ class Flows:
         state: PoolState = yield self.index.pool_state()
         if state.ready:
             return False
-        return not state.initialised or (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
+        return (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
 
     def _missing(self, what: str) -> PoolRecovering:
         return PoolRecovering(

@@ -16,10 +16,13 @@ import fakeredis
 import pymongo
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from lifecycle import FixedClock, Lifecycle, Settings
 
 REDIS_URL = os.environ.get('LIFECYCLE_TEST_REDIS_URL', 'redis://127.0.0.1:6379/15')
+# Set (by tests/integration/test_redis_cluster.py, or by hand), the real-Redis tests run on this Redis Cluster.
+CLUSTER_URL = os.environ.get('LIFECYCLE_TEST_REDIS_CLUSTER_URL')
 MONGO_URL = os.environ.get('LIFECYCLE_TEST_MONGO_URL')
 _INTEGRATION = Path(__file__).parent / 'integration'
 
@@ -34,7 +37,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def connect_real_redis(url: str = REDIS_URL) -> redis.Redis:
-    """A client of the test Redis; skipped on a laptop without one, a failure in CI."""
+    """A client of the test Redis (of the test Redis Cluster, when there is one); skipped on a laptop without
+    one, a failure in CI."""
+    if CLUSTER_URL and url == REDIS_URL:
+        cluster: Any = RedisCluster.from_url(CLUSTER_URL, decode_responses=True)
+        return cluster  # type: ignore[no-any-return]
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
         client.ping()
@@ -44,6 +51,14 @@ def connect_real_redis(url: str = REDIS_URL) -> redis.Redis:
             raise
         pytest.skip(f'no Redis at {url} (set LIFECYCLE_TEST_REDIS_URL)')
     return client
+
+
+def connect_raw_redis() -> redis.Redis:
+    """A bytes client of the test Redis (or Redis Cluster), as a foreign writer would use."""
+    if CLUSTER_URL:
+        cluster: Any = RedisCluster.from_url(CLUSTER_URL)
+        return cluster  # type: ignore[no-any-return]
+    return redis.Redis.from_url(REDIS_URL)
 
 
 def group_alive(pgid: int) -> bool:
@@ -121,8 +136,13 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def make_settings(key_prefix: str) -> SettingsFactory:
+    topology: dict[str, Any] = {'redis_url': REDIS_URL}
+    if CLUSTER_URL:  # Celery's broker and RedBeat cannot use a cluster: they get the plain test Redis
+        topology = {'redis_url': CLUSTER_URL, 'redis_cluster': True, 'broker_url': REDIS_URL,
+                    'beat_redis_url': REDIS_URL}  # fmt: skip
+
     def make(**overrides: Any) -> Settings:
-        return Settings(**{'redis_url': REDIS_URL, 'key_prefix': key_prefix, **overrides})
+        return Settings(**{**topology, 'key_prefix': key_prefix, **overrides})
 
     return make
 

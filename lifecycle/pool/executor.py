@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.sentinel as asentinel
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException
 
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, LifecycleError, ScriptFailed
@@ -36,7 +39,10 @@ T = TypeVar('T')
 # members, and reconcile removes them as bytes (`member.encode('utf-8', 'surrogateescape')`).
 ENCODING_ERRORS = 'surrogateescape'
 DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# A Redis Cluster none of whose nodes answers raises RedisClusterException, which is no RedisError; one that
+# lost a slot's master answers CLUSTERDOWN.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, ClusterDownError)
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 def pool_options(settings: Settings) -> dict[str, Any]:
@@ -50,10 +56,16 @@ def pool_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def sync_twin(client: AsyncRedis) -> SyncRedis:
+def sync_twin(client: AsyncRedis, settings: Settings) -> SyncRedis:
     """A sync client of the server an asyncio client talks to, with its connection settings (address, db,
-    credentials, TLS, timeouts): for the few sync paths of the async client (make_room's evictor)."""
+    credentials, TLS, timeouts): for the few sync paths of the async client (make_room's evictor). A cluster
+    client, or a Sentinel group's, gets the sync client the settings describe (its nodes are found again)."""
+    clustered: Any = client  # the executor's type is the plain client's; an injected one may be a cluster's
+    if isinstance(clustered, AsyncRedisCluster):
+        return _sync_cluster(clustered)
     pool = client.connection_pool
+    if isinstance(pool, asentinel.SentinelConnectionPool):
+        return servers.connect(settings, **pool_options(settings))
     kind = getattr(redis.connection, pool.connection_class.__name__, redis.connection.Connection)
     accepted = {name for cls in kind.__mro__ if '__init__' in cls.__dict__
                 for name in inspect.signature(cls.__dict__['__init__']).parameters}  # fmt: skip
@@ -62,6 +74,21 @@ def sync_twin(client: AsyncRedis) -> SyncRedis:
               and 'asyncio' not in type(value).__module__}  # fmt: skip
     pool_of_twin = redis.BlockingConnectionPool(connection_class=kind, **kwargs)  # type: ignore[no-untyped-call]
     return SyncRedis.from_pool(pool_of_twin)  # it owns the pool: closing it closes the connections
+
+
+_CLUSTER_OPTIONS = ('username', 'password', 'socket_timeout', 'socket_connect_timeout', 'encoding', 'encoding_errors',
+                    'decode_responses', 'max_connections')  # fmt: skip
+
+
+def _sync_cluster(client: AsyncRedisCluster) -> SyncRedis:
+    """A sync client of the Redis Cluster an asyncio cluster client talks to, found from the same nodes."""
+    options = client.nodes_manager.connection_kwargs
+    kwargs = {k: v for k, v in options.items() if k in _CLUSTER_OPTIONS or k.startswith('ssl_')}
+    if 'SSL' in getattr(options.get('connection_class'), '__name__', ''):
+        kwargs['ssl'] = True
+    nodes = [ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]  # type: ignore[no-untyped-call]
+    cluster: Any = RedisCluster(startup_nodes=nodes, **kwargs)
+    return cluster  # type: ignore[no-any-return]
 
 
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:
@@ -111,7 +138,9 @@ def read_block_ms(client: Any, block_ms: int | None) -> int | None:
     by default in redis-py 8), which would otherwise end a quiet wait as an error."""
     if block_ms is None:
         return None
-    timeout_s = client.connection_pool.connection_kwargs.get('socket_timeout', DEFAULT_SOCKET_TIMEOUT_S)
+    pool = getattr(client, 'connection_pool', None)  # a cluster client has none: its nodes' options are these
+    options = pool.connection_kwargs if pool is not None else getattr(client.nodes_manager, 'connection_kwargs', {})
+    timeout_s = options.get('socket_timeout', DEFAULT_SOCKET_TIMEOUT_S)
     return block_ms if timeout_s is None else max(1, min(block_ms, int(timeout_s * 800)))
 
 
@@ -125,6 +154,8 @@ class _Base:
         self.keys = Keys.for_prefix(settings.key_prefix)
         self.clock = clock or RedisClock(settings.clock_refresh_s)
         self.url = settings.redis_url
+        # redis-py refuses scripts in a cluster pipeline: on a Redis Cluster a batch goes call by call.
+        self.clustered = isinstance(self.redis, (RedisCluster, AsyncRedisCluster))
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}
 
     def _command(self, call: Call[Any]) -> Sequence[Any]:
@@ -155,6 +186,14 @@ class _Base:
     def read_block_ms(self, block_ms: int | None) -> int | None:
         return read_block_ms(self.redis, block_ms)
 
+    @staticmethod
+    def _reply_or_error(send: Callable[[Call[Any]], Any], call: Call[Any]) -> Any:
+        """One call's reply, or the redis-py error it ended with: as a pipeline answers it."""
+        try:
+            return send(call)
+        except REDIS_ERRORS as exc:
+            return exc
+
 
 class Executor(_Base):
     """Sends calls to Redis for one process; thread-safe (redis-py pools its connections)."""
@@ -174,7 +213,7 @@ class Executor(_Base):
         """Turn redis-py errors raised in the block (a lock, a raw client) into LifecycleErrors."""
         try:
             yield
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise translate(self.url, call, exc) from exc
 
     def now_ms(self) -> int:
@@ -189,14 +228,17 @@ class Executor(_Base):
     def run(self, call: Call[T]) -> T:
         """Send one call and read its reply."""
         try:  # a plain try, not `translating`: this is every call's hot path
-            try:
-                reply = self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
-            except NoScriptError:  # a restarted or flushed server: load the script once, then go on
-                self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
-                reply = self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
-        except redis.RedisError as exc:
+            reply = self._send(call)
+        except REDIS_ERRORS as exc:
             raise translate(self.url, call, exc) from exc
         return parse_reply(call, reply)
+
+    def _send(self, call: Call[Any]) -> Any:
+        try:
+            return self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+        except NoScriptError:  # a restarted or flushed server: load the script once, then go on
+            self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
+            return self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
 
     def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         """Send many calls in one pipelined round trip (each script is atomic; the batch is not); the first
@@ -219,6 +261,8 @@ class Executor(_Base):
     def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
         if not calls:
             return []
+        if self.clustered:
+            return [self._reply_or_error(self._send, call) for call in calls]
         with self.translating():
             pipe = self.redis.pipeline(transaction=False)
             self._queue(pipe, calls)
@@ -239,11 +283,22 @@ class Executor(_Base):
     def _one(self, step: Step) -> Any:
         return step.fn(*step.args) if isinstance(step, Durable) else self.run(step)  # type: ignore[arg-type]
 
+    def _scan(self, call: Call[T]) -> T:
+        """A page of a scan. On a Redis Cluster, a SCAN (it names no key) goes to the node of the pool's hash tag,
+        where every key of the pool is: redis-py would scan every node, and answer each node's cursor."""
+        cluster: Any = self.redis  # a RedisCluster, when it is one (the executor's type is the plain client's)
+        if not isinstance(cluster, RedisCluster) or call.command[:1] != ('SCAN',):
+            return self.run(call)
+        with self.translating(call):
+            owner: Any = cluster.get_node_from_key(self.keys.prefix)  # type: ignore[no-untyped-call]
+            reply = cluster.get_redis_connection(owner).execute_command(*call.command)  # type: ignore[no-untyped-call]
+        return parse_reply(call, reply)
+
     def pages(self, page: Callable[[int], Call[tuple[int, list[str]]]]) -> Iterator[list[str]]:
         """Every page of a cursor scan: `page(cursor)` builds one ZSCAN/HSCAN/SCAN call (see `calls`)."""
         cursor = 0
         while True:
-            cursor, items = self.run(page(cursor))
+            cursor, items = self._scan(page(cursor))
             if items:
                 yield items
             if cursor == 0:
@@ -270,20 +325,23 @@ class AsyncExecutor(_Base):
             try:
                 sent_ns = time.monotonic_ns()
                 clock.observe(await self.redis.time(), sent_ns, time.monotonic_ns())
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise translate(self.url, None, exc) from exc
         return self.clock.now_ms()
 
     async def run(self, call: Call[T]) -> T:
         try:
-            try:
-                reply = await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
-            except NoScriptError:
-                await self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
-                reply = await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
-        except redis.RedisError as exc:
+            reply = await self._send(call)
+        except REDIS_ERRORS as exc:
             raise translate(self.url, call, exc) from exc
         return parse_reply(call, reply)
+
+    async def _send(self, call: Call[Any]) -> Any:
+        try:
+            return await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            await self.redis.script_load(SOURCES[call.script])  # type: ignore[index]
+            return await self.redis.execute_command(*self._command(call))  # type: ignore[no-untyped-call]
 
     async def run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         return first_error(await self.run_each(calls))
@@ -296,7 +354,7 @@ class AsyncExecutor(_Base):
             try:
                 for name in {calls[i].script for i in lost}:
                     await self.redis.script_load(SOURCES[name])  # type: ignore[index]
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise translate(self.url, None, exc) from exc
             for i, reply in zip(lost, await self._pipeline([calls[i] for i in lost]), strict=True):
                 replies[i] = reply
@@ -305,12 +363,20 @@ class AsyncExecutor(_Base):
     async def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
         if not calls:
             return []
+        if self.clustered:
+            replies = []
+            for call in calls:
+                try:
+                    replies.append(await self._send(call))
+                except REDIS_ERRORS as exc:
+                    replies.append(exc)
+            return replies
         try:
             pipe = self.redis.pipeline(transaction=False)
             for call in calls:
                 pipe.execute_command(*self._command(call))
             return await pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise translate(self.url, None, exc) from exc
 
     async def do(self, steps: Steps[T]) -> T:

@@ -17,8 +17,10 @@ import redis.asyncio.sentinel as asentinel
 import redis.sentinel as sentinel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
-from lifecycle.settings import Settings
+from lifecycle.errors import BackendUnavailable
+from lifecycle.settings import Settings, redacted
 
 
 class _BlockingSentinelPool(sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -51,7 +53,10 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
     it owns its connection pool, so closing it closes its connections."""
     if settings.redis_cluster:
         cluster_options = {k: v for k, v in options.items() if k != 'timeout'}
-        return RedisCluster.from_url(settings.redis_url, **cluster_options)  # type: ignore[return-value]
+        try:  # it asks a node for the cluster's layout now
+            return RedisCluster.from_url(settings.redis_url, **cluster_options)  # type: ignore[return-value]
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise BackendUnavailable(f'Redis Cluster at {redacted(settings.redis_url)} is unavailable: {exc}') from exc
     if settings.redis_sentinels:
         group = sentinel.Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options(settings))  # type: ignore[no-untyped-call]
         return group.master_for(  # type: ignore[no-any-return, no-untyped-call]

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-import redis.asyncio as aredis
 
 from lifecycle import AsyncLifecycle, FixedClock, Lifecycle, SessionState
 from lifecycle.models import NoticeKind, ReapReason
+from lifecycle.pool import servers
 from lifecycle.pool.executor import Executor
 from lifecycle.reaper.eviction import Evictor, Outcome
 from lifecycle.stores import store_from_settings
@@ -28,7 +28,7 @@ def test_async_checkpoint_evict_restore_and_notices(make_reaper_settings: Settin
     worker = Executor(settings, clock=clock)
 
     async def main() -> None:
-        client = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        client = servers.connect_async(settings, decode_responses=True)  # a cluster's client, on one
         async with AsyncLifecycle(settings, redis_client=client, clock=clock, store=store) as lc:
             assert lc.redis is client
             assert lc.store is store
@@ -155,7 +155,7 @@ def test_make_room_of_the_async_client_uses_the_injected_redis(
     store = InMemorySnapshotStore()
 
     async def main() -> None:
-        client = aredis.Redis.from_url(real.redis_url, decode_responses=True)
+        client = servers.connect_async(real, decode_responses=True)
         async with AsyncLifecycle(settings, redis_client=client, clock=clock, store=store) as lc:
             await lc.activate(await lc.reserve('api-1'), 'm1')
             clock.advance(seconds=60)

@@ -17,7 +17,7 @@ from lifecycle.models import ReapReason
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.sandboxes import ProcessDriver
-from tests.conftest import REDIS_URL, SettingsFactory, group_alive
+from tests.conftest import SettingsFactory, connect_raw_redis, group_alive
 from tests.integration.conftest import ReaperFactory
 from tests.integration.reaper import Reaper
 
@@ -344,7 +344,7 @@ def test_an_entry_no_session_could_be_never_stops_a_sweep_and_reconcile_removes_
     lc = reaper.lc
     lc.activate(lc.reserve('api-1'), 's1')
     lc.checkpoint('s1', {'v': 1})
-    raw = redis.Redis.from_url(REDIS_URL)  # bytes in, as a foreign writer would
+    raw = connect_raw_redis()  # bytes in, as a foreign writer would
     raw.zadd(lc.index.keys.live, {b'\xff\xfe not utf-8': 0, b'bad id': 0})
     raw.close()
     reaper.clock.advance(seconds=600)
@@ -368,7 +368,7 @@ def test_a_member_that_is_not_utf8_in_any_index_never_stops_a_sweep_and_reconcil
     lc = reaper.lc
     lc.activate(lc.reserve('api-1'), 's1')
     lc.checkpoint('s1', {'v': 1})
-    raw = redis.Redis.from_url(REDIS_URL)
+    raw = connect_raw_redis()
     raw.zadd(getattr(lc.index.keys, index), {b'\xff\xfe not utf-8': 0})  # a lease long run out, say
     raw.close()
     reaper.clock.advance(seconds=600)

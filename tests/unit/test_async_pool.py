@@ -21,6 +21,7 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
+from lifecycle.pool import servers
 from lifecycle.pool.calls import Call
 from tests.conftest import REDIS_URL, SettingsFactory
 
@@ -47,6 +48,8 @@ def async_runner(
             client: Any
             if request.param == 'fake':
                 client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+            elif request.param == 'real':  # the test Redis, or the test Redis Cluster
+                client = servers.connect_async(settings, decode_responses=True)
             else:
                 client = aredis.Redis.from_url(url, decode_responses=True)
             async with AsyncLifecycle(settings, redis_client=client, clock=fixed_clock) as lc:
