@@ -33,7 +33,7 @@ from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionI
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
 from lifecycle.pool.keys import Keys
-from lifecycle.pool.sessions import PoolState, SessionIndex
+from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
@@ -292,19 +292,15 @@ class Flows:
 
     def close(self, session_id: str, store: SnapshotStore | None) -> Steps[bool]:
         """End a live session; with a store, mark its document closed (best effort)."""
-        closed = yield self.index.close(session_id)
+        closed: Closed | None = yield self.index.close(session_id)
         if closed is None:
             if (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
             return False
         if store is not None:
-            try:
-                token = yield self.index.next_token()
-                if (yield from self.lost(store)):  # Redis lost the pool between the two calls: so did the token
-                    raise self._missing(f'session {session_id!r} was closed as Redis lost the pool, and is')
-                yield Durable(
-                    store.end, (record_of(closed), SessionState.CLOSED, token, self.settings.mongo_timeout_ms)
-                )
+            try:  # its token came with the close, from the state that held it: above every fence MongoDB holds
+                record = record_of(closed.info)
+                yield Durable(store.end, (record, SessionState.CLOSED, closed.token, self.settings.mongo_timeout_ms))
             except PersistenceError as exc:
                 log.warning('closed %s, but MongoDB did not record it: %s', session_id, exc)
         return True

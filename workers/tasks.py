@@ -12,6 +12,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from lifecycle.client import Lifecycle
+from lifecycle.errors import BackendUnavailable, PersistenceError
 from lifecycle.models import ReapReason
 from lifecycle.policy import Order
 from lifecycle.reaper.eviction import EvictionResult, Evictor
@@ -19,6 +20,13 @@ from lifecycle.reaper.sweeps import Sweeper, SweepKind, SweepReport
 from workers.app import settings_of
 
 log = logging.getLogger(__name__)
+# An eviction that meets Redis or MongoDB out (a restart, a failover) is sent again a little later (it is
+# idempotent); one still out after these tries is left to the next sweep, which finds the session again.
+RETRY_WHILE_OUT: dict[str, Any] = {
+    'autoretry_for': (BackendUnavailable, PersistenceError),
+    'retry_backoff': 2,
+    'max_retries': 4,
+}
 
 
 class Runtime:
@@ -73,17 +81,23 @@ def summary(report: SweepReport) -> dict[str, Any]:
 
 
 def sweep(kind: SweepKind) -> dict[str, Any]:
-    return summary(runtime().sweeper.sweep(kind))
+    """One sweep; while Redis or MongoDB is out (a restart, a failover) it is skipped with one warning line, not
+    a failed task with a traceback: beat sends the next one on schedule, and that one catches up."""
+    try:
+        return summary(runtime().sweeper.sweep(kind))
+    except (BackendUnavailable, PersistenceError) as exc:
+        log.warning('%s sweep skipped: %s', kind.value, exc)
+        return {'ran': False, 'skipped': f'unavailable: {exc}'}
 
 
-@shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True)
+@shared_task(name='lifecycle.evict', acks_late=True, reject_on_worker_lost=True, **RETRY_WHILE_OUT)
 def evict(session_id: str, reason: str, bound: int | str = 0, observed_ms: int = 0) -> str:
     """Evict one session if it is still due; idempotent, so a redelivery after a crash is safe."""
     result = runtime().evictor.evict(session_id, ReapReason(reason), bound, observed_ms)
     return label(result)
 
 
-@shared_task(name='lifecycle.evict_batch', acks_late=True, reject_on_worker_lost=True)
+@shared_task(name='lifecycle.evict_batch', acks_late=True, reject_on_worker_lost=True, **RETRY_WHILE_OUT)
 def evict_batch(orders: list[list[Any]]) -> dict[str, int]:
     """Evict each ordered session [session_id, reason, bound, observed_ms] that is still due.
 

@@ -106,6 +106,14 @@ def check_ttl(ttl_seconds: object, max_ttl_s: int) -> int:
 
 
 @dataclass(frozen=True)
+class Closed:
+    """A session `close` ended: as it was, and the fencing token of its durable record."""
+
+    info: SessionInfo
+    token: int
+
+
+@dataclass(frozen=True)
 class PoolState:
     """What reserve_slot checks before it admits: the generation marker, and the pool verified on this server's
     replication history (a restart or failover starts a new one)."""
@@ -294,12 +302,13 @@ class SessionIndex:
             (session_id, token, now_ms),
         )
 
-    def close(self, session_id: str) -> Call[SessionInfo | None]:
-        """End a live session and give its slot back; returns it as it was, or None if it was not live."""
+    def close(self, session_id: str) -> Call[Closed | None]:
+        """End a live session and give its slot back; returns it as it was (with the fencing token of its durable
+        record), or None if it was not live."""
         session_id = validate.identifier('session_id', session_id)
         k = self.keys
 
-        def parse(reply: list[Any]) -> SessionInfo | None:
+        def parse(reply: list[Any]) -> Closed | None:
             code = as_int(reply[0])
             if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
@@ -308,13 +317,13 @@ class SessionIndex:
             if code != 1:
                 return None
             info = self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
-            return replace(info, state=SessionState.CLOSED)
+            return Closed(replace(info, state=SessionState.CLOSED), as_int(reply[4]))
 
         return Call(
             parse,
             'close_session',
             (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenants,
-             k.reservations),
+             k.reservations, k.epoch),
             (session_id,),
         )  # fmt: skip
 

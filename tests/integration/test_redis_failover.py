@@ -77,9 +77,9 @@ def group(tmp_path: Path) -> Iterator[Group]:
         if os.environ.get('CI'):
             raise RuntimeError('redis-server is not on PATH')
         pytest.skip('no redis-server on PATH for a Sentinel group')
-    master_url, master = start_private_redis()
+    master_url, master = start_private_redis('--dir', str(tmp_path))  # a full sync writes an RDB file there
     master_port = int(master_url.rsplit(':', 1)[1].split('/')[0])
-    replica_url, replica = start_private_redis('--replicaof', '127.0.0.1', str(master_port),
+    replica_url, replica = start_private_redis('--dir', str(tmp_path), '--replicaof', '127.0.0.1', str(master_port),
                                                '--enable-debug-command', 'local')  # fmt: skip
     g = Group(master_port, int(replica_url.rsplit(':', 1)[1].split('/')[0]), [free_port() for _ in range(3)])
     g.processes.update(master=master, replica=replica)
@@ -177,8 +177,14 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     # The replica stops taking the master's writes for a while (it sleeps), the master goes on acknowledging
     # them, and dies: what it acknowledged in between never reaches the replica the sentinels promote.
     replica = redis.Redis(port=group.replica_port)
-    sleeper = threading.Thread(target=replica.execute_command, args=('DEBUG', 'SLEEP', 3))
+    sleeper = threading.Thread(target=replica.execute_command, args=('DEBUG', 'SLEEP', 4))
     sleeper.start()
+    time.sleep(0.2)
+    # Writes already on the socket would still reach it when it wakes: fill the kernel's buffers first (a key of no
+    # pool), so that what the master acknowledges next waits in its own memory, and dies with it.
+    with redis.Redis(port=group.master_port) as master:
+        for n in range(4):
+            master.set(f'ballast-{n}', b'x' * 8_000_000)
     time.sleep(1.5)
     group.processes['master'].send_signal(signal.SIGKILL)
     group.processes['master'].wait(10)

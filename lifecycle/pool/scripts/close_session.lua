@@ -1,8 +1,11 @@
 -- close_session: end a live session at its app's request and give its slot back.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta bucket HASH
 -- KEYS[6] reaping ZSET  KEYS[7] slots STRING  KEYS[8] tenants ZSET  KEYS[9] reservations ZSET
+-- KEYS[10] epoch STRING (the fencing tokens)
 -- ARGV[1] session_id
--- Returns {1, record, last_active, expires_at} closed, {0} not live, {-2} being reaped (retry, then it is
+-- Returns {1, record, last_active, expires_at, token} closed, with the fencing token of its durable record: drawn
+-- here, from the same state that held the session (one drawn by a later call could come from a Redis that lost
+-- the pool meanwhile, below the fences MongoDB holds), {0} not live, {-2} being reaped (retry, then it is
 -- resumable), {-4} its record is damaged (reconcile repairs it; the session stays as it is meanwhile).
 local k = {live = KEYS[1], deadline = KEYS[2], busy = KEYS[3], turns = KEYS[4], meta = KEYS[5],
            slots = KEYS[7], tenants = KEYS[8], reservations = KEYS[9]}
@@ -21,4 +24,4 @@ if not meta or not expires_at then
   return {-4}
 end
 drop_session(k, session_id, meta.tenant)
-return {1, record, last_active, expires_at}
+return {1, record, last_active, expires_at, redis.call('INCR', KEYS[10])}
