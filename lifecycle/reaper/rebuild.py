@@ -30,6 +30,7 @@ from lifecycle.pool.claims import ClaimIndex, Readmitted
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import PoolState, SessionIndex
 from lifecycle.reaper.reconcile import Reconciler
+from lifecycle.sandboxes import SandboxDriver
 from lifecycle.stores import SessionRecord, SnapshotStore
 from lifecycle.stores.documents import to_epoch_ms
 
@@ -44,6 +45,7 @@ class Rebuilt:
     generation: str
     verified: bool = True  # False: the server restarted or failed over during the rebuild; the next one verifies
     readmitted: int = 0
+    orphaned: int = 0  # sandboxes still running for no session MongoDB knows live: released by the expiry sweep
     expired: int = 0
     unreadable: int = 0
     epoch: int = 0
@@ -68,9 +70,10 @@ def readmitted(document: Mapping[str, Any]) -> Readmitted:
 class Rebuilder:
     """Rebuilds one pool from MongoDB; run by the expiry sweep when the generation marker is gone."""
 
-    def __init__(self, pool: Executor, store: SnapshotStore) -> None:
+    def __init__(self, pool: Executor, store: SnapshotStore, driver: SandboxDriver | None = None) -> None:
         self.pool = pool
         self.store = store
+        self.driver = driver
         self.claims = ClaimIndex(pool.settings, pool.keys)
         self.index = SessionIndex(pool.settings, pool.keys)
 
@@ -112,15 +115,35 @@ class Rebuilder:
                 self.store.raise_fences([s.session_id for s in due], epoch)
                 readmitted_total += self.pool.run(self.claims.readmit(due, now))
             extend()
+        orphaned = self._orphan_unvouched_sandboxes(now)
         Reconciler(self.pool, self.store).repair(extend)
         verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
-        rebuilt = Rebuilt(generation, verified, readmitted_total, expired, unreadable, epoch)
-        if readmitted_total or expired or unreadable or not verified:
+        rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch)
+        if readmitted_total or orphaned or expired or unreadable or not verified:
             cause = 'lost its state' if not state.initialised else 'restarted or failed over'
             log.warning('pool %s rebuilt from MongoDB after Redis %s: %s', keys.prefix, cause, rebuilt)
             counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
             self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
         return rebuilt
+
+    def _orphan_unvouched_sandboxes(self, now_ms: int) -> int:
+        """The sandbox driver's leases are the other witness: a sandbox still running whose session the rebuilt
+        pool does not hold (it ended while Redis was lost, or MongoDB never knew it live) serves nobody. Admission
+        is closed until the rebuild ends, so no activation can be under way: it goes on the orphan list, and the
+        expiry sweep releases it (with retries) right after."""
+        if self.driver is None:
+            return 0
+        try:
+            leases = self.driver.leases()
+        except Exception:  # a driver that cannot list now: the expiry sweep still releases what passes its deadline
+            log.warning('the sandbox driver could not list its sandboxes for the rebuild', exc_info=True)
+            return 0
+        running = [lease.session_id for lease in leases]
+        held = self.pool.run_many([calls.score(self.pool.keys.live, session_id) for session_id in running])
+        unvouched = [(session_id, now_ms) for session_id, score in zip(running, held, strict=True) if score is None]
+        if unvouched:
+            self.pool.run(calls.add(self.pool.keys.orphans, unvouched))
+        return len(unvouched)
 
     def _expire(self, document: Mapping[str, Any], session: Readmitted) -> None:
         """A session whose deadline passed while the pool was lost ends as it would have: expired, durably."""

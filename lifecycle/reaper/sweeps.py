@@ -283,7 +283,7 @@ class Sweeper:
     def _sweep_expired(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         store = self.evictor.store
         if not dry_run and store is not None:
-            rebuilder = Rebuilder(self.pool, store)
+            rebuilder = Rebuilder(self.pool, store, self.evictor.driver)
             if (state := rebuilder.due()) is not None:
                 # Redis lost the pool, restarted or failed over (or the pool is new): admission fails closed
                 # until this has run.

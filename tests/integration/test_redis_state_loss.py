@@ -8,6 +8,7 @@ import multiprocessing
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +21,9 @@ from lifecycle.ops.cli import reaping_warnings
 from lifecycle.pool import calls
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.reconcile import Reconciler
+from lifecycle.sandboxes.process import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
-from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
+from tests.conftest import SettingsFactory, group_alive, start_private_redis, stop_private_redis
 from tests.integration import procs
 from tests.integration.conftest import ReaperFactory, Spawn, worker_args
 from tests.integration.reaper import Reaper
@@ -376,3 +378,36 @@ def test_a_redis_restarted_empty_under_replicas_a_worker_and_beat(
     assert manager_counts.get('refused: recovering', 0) + manager_counts.get('redis unavailable', 0) > 0
     assert manager_counts.get('admitted', 0) > 0
     lc.disconnect()
+
+
+def test_a_rebuild_releases_sandboxes_no_session_vouches_for_and_keeps_the_others(
+    server: tuple[str, list[subprocess.Popen[bytes]]],
+    make_reaper_settings: SettingsFactory,
+    make_reaper: ReaperFactory,
+    tmp_path: Path,
+) -> None:
+    # Regression (issue 13): the rebuild read MongoDB only. A sandbox left running for no live session (here its
+    # session never got activated before Redis went; a session closed while the pool was lost is the same) ran on
+    # until its own deadline, hours away.
+    url, running = server
+    driver = ProcessDriver(tmp_path)
+    r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP), driver=driver)
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 'kept')
+    kept = driver.start('kept', ['sleep', '600'], ttl_s=600)
+    ghost = driver.start('ghost', ['sleep', '600'], ttl_s=600)  # started; its activation never happened
+    try:
+        restart_empty(url, running)
+        report = r.sweep(SweepKind.EXPIRED)
+        assert report.released_sandboxes == ['ghost']
+        assert report.rebuilt is not None
+        assert (report.rebuilt.readmitted, report.rebuilt.orphaned) == (1, 1)
+        deadline = time.monotonic() + 10
+        while group_alive(ghost) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_alive(ghost)
+        assert group_alive(kept)
+        assert [lease.session_id for lease in driver.leases()] == ['kept']
+    finally:
+        driver.release('kept', 'test over')
+        driver.release('ghost', 'test over')
