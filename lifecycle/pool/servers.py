@@ -97,7 +97,8 @@ def celery_broker(settings: Settings) -> dict[str, Any]:
     if node.get('password') is not None:
         credentials = f'{quote(node.get("username") or "", safe="")}:{quote(node["password"], safe="")}@'
     db = node.get('db', 0)
-    url = ';'.join(f'sentinel://{credentials}{host}:{port}/{db}' for host, port in settings.sentinel_addresses)
+    hosts = [(f'[{host}]' if ':' in host else host, port) for host, port in settings.sentinel_addresses]  # IPv6
+    url = ';'.join(f'sentinel://{credentials}{host}:{port}/{db}' for host, port in hosts)
     options: dict[str, Any] = {'master_name': settings.redis_sentinel_master}
     if settings.redis_sentinel_password is not None:
         options['sentinel_kwargs'] = _sentinel_options(settings)

@@ -74,6 +74,14 @@ def test_tenant_overrides_take_precedence_over_the_default_tenant_cap() -> None:
         ({'redis_url': 'http://x'}, "redis_url 'http://x'"),
         ({'mongo_url': 'postgres://x'}, "mongo_url 'postgres://x'"),
         ({'busy_lease_s': 2}, 'LIFECYCLE_BUSY_LEASE_S=2'),
+        ({'redis_sentinels': 'h1:26379,h2'}, "redis_sentinels entry 'h2' is not host:port"),
+        ({'redis_sentinels': 'h1:99999'}, "redis_sentinels entry 'h1:99999' is not host:port"),
+        ({'redis_cluster': True}, 'LIFECYCLE_REDIS_CLUSTER=true needs LIFECYCLE_BROKER_URL'),
+        (
+            {'redis_cluster': True, 'redis_sentinels': 'h:1', 'broker_url': 'amqp://x', 'beat_redis_url': 'redis://x'},
+            'exclude each other',
+        ),
+        ({'beat_redis_url': 'http://x'}, "beat_redis_url 'http://x'"),
         ({'reservation_lease_s': -5}, 'reservation_lease_s'),
         ({'not_a_setting': 1}, 'not_a_setting'),
     ],
@@ -134,3 +142,21 @@ def test_json_log_lines_carry_the_decision_fields() -> None:
         'evicted',
     )
     assert line['level'] == 'INFO'
+
+
+def test_sentinel_settings_reach_the_broker_and_redbeat_and_keep_the_data_nodes_options() -> None:
+    from lifecycle.pool import servers
+
+    settings = Settings(redis_url='rediss://:p%40ss@sentinel-managed/3?ssl_ca_certs=/ca.pem',
+                        redis_sentinels='10.0.0.1:26379, [::1]:26380', redis_sentinel_master='pool',
+                        redis_sentinel_password='s3cret')  # fmt: skip
+    assert settings.sentinel_addresses == [('10.0.0.1', 26379), ('::1', 26380)]
+    broker = servers.celery_broker(settings)
+    assert broker['broker_url'] == 'sentinel://:p%40ss@10.0.0.1:26379/3;sentinel://:p%40ss@[::1]:26380/3'
+    assert broker['broker_transport_options'] == {'master_name': 'pool', 'sentinel_kwargs': {'password': 's3cret'}}
+    assert broker['broker_use_ssl'] == {'ssl_ca_certs': '/ca.pem'}
+    beat = servers.redbeat_config(settings)
+    assert beat['redbeat_redis_url'] == 'redis-sentinel://'
+    assert beat['redbeat_redis_options']['sentinels'] == [('10.0.0.1', 26379), ('::1', 26380)]
+    assert (beat['redbeat_redis_options']['password'], beat['redbeat_redis_options']['db']) == ('p@ss', 3)
+    assert beat['redbeat_redis_use_ssl'] == {'ssl_ca_certs': '/ca.pem'}
