@@ -83,6 +83,7 @@ class PoolModel(RuleBasedStateMachine):
         self.sessions: dict[str, Session] = {}
         self.held: list[Held] = []
         self.damage: set[str] = set()  # outside damage since the last reconcile
+        self.lost = False  # Redis lost the whole pool, and no sweep has rebuilt it yet
         self.next_id = 0
         self.reaper: Reaper | None = None
 
@@ -138,9 +139,15 @@ class PoolModel(RuleBasedStateMachine):
             self.assert_refusal_is_due(full)
             return
         except PoolRecovering:
+            if self.lost:  # fails closed while MongoDB knows sessions the lost pool held
+                assert self.mongo_live(), 'a lost pool refused though MongoDB knows no live session of it'
+                return
             assert tenant is not None
             assert 'tenants' in self.damage, 'refused for a tenant index that was not lost'
             return
+        if self.lost:  # admitted: MongoDB knew nothing live, so nothing could be missing
+            assert not self.mongo_live(), 'a lost pool admitted while MongoDB knows live sessions of it'
+            self.lost = False
         self.held.append(Held(reservation, reservation.expires_at_ms))
 
     def assert_refusal_is_due(self, full: CapacityExceeded) -> None:
@@ -180,7 +187,11 @@ class PoolModel(RuleBasedStateMachine):
     @rule(index=st.integers(0, 50))
     def touch(self, index: int) -> None:
         session = self.pick(list(self.sessions.values()), index)
-        stamped = self.r.lc.touch(session.session_id)
+        try:
+            stamped = self.r.lc.touch(session.session_id)
+        except PoolRecovering:
+            assert self.lost, 'touch() said the pool is recovering when it is not'
+            return
         assert not stamped or session.state == 'live', f'{session.session_id} stamped while {session.state}'
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
@@ -194,7 +205,7 @@ class PoolModel(RuleBasedStateMachine):
             assert self.redis.zscore(self.keys.reaping, session.session_id) is not None
             return
         except SessionNotLive:
-            assert session.deadline_ms <= self.now or session.deadline_damaged, 'a live session refused a turn'
+            assert session.deadline_ms <= self.now or session.deadline_damaged or self.lost, 'a live session refused'
             return
         except SessionDamaged:
             assert self.damage & {'record', 'deadline'}, 'a session is damaged with no damage done'
@@ -229,6 +240,9 @@ class PoolModel(RuleBasedStateMachine):
         session = self.pick(self.live(), index)
         try:
             self.r.lc.checkpoint(session.session_id, {'turns': session.turns})
+        except PoolRecovering:
+            assert self.lost, 'checkpoint() said the pool is recovering when it is not'
+            return
         except SessionDamaged:
             assert self.damage & {'record', 'deadline'}
             return
@@ -243,6 +257,9 @@ class PoolModel(RuleBasedStateMachine):
         session = self.pick(self.live(), index)
         try:
             closed = self.r.lc.close(session.session_id)
+        except PoolRecovering:
+            assert self.lost, 'close() said the pool is recovering when it is not'
+            return
         except SessionReaping:
             return
         except SessionDamaged:
@@ -262,7 +279,7 @@ class PoolModel(RuleBasedStateMachine):
             self.assert_refusal_is_due(full)
             return
         except PoolRecovering:
-            assert 'tenants' in self.damage
+            assert self.lost or 'tenants' in self.damage
             return
         except SessionNotLive:
             assert session.deadline_ms - self.now < 1000, 'a resumable session within its deadline was not restored'
@@ -291,7 +308,9 @@ class PoolModel(RuleBasedStateMachine):
         )
     )
     def sweep(self, kind: SweepKind) -> None:
-        self.r.sweep(kind)
+        report = self.r.sweep(kind)
+        if report.rebuilt is not None:
+            self.rebuilt()
         if kind in (SweepKind.IDLE, SweepKind.EXPIRED):  # both recover every claim whose lease ran out
             stuck = self.redis.zrangebyscore(self.keys.reaping, '-inf', self.now)
             assert not stuck, f'claims past their lease after a sweep: {stuck}'
@@ -361,6 +380,33 @@ class PoolModel(RuleBasedStateMachine):
         session = self.pick(self.live(), index)
         self.redis.zadd(self.keys.reaping, {session.session_id: self.now}, nx=True)
         self.damage.add('claim')
+
+    @rule()
+    def lose_everything(self) -> None:
+        """Redis loses the whole pool: a restart without persistence, a FLUSHALL."""
+        for key in self.redis.scan_iter(match=self.keys.prefix + '*', count=1000):
+            self.redis.delete(key)
+        self.held.clear()  # reservations die with Redis: their creators reserve again
+        for session in self.sessions.values():  # busy leases too: a turn is unprotected until it renews
+            session.open_turns = dict.fromkeys(session.open_turns, self.now)
+        self.lost = True
+        self.damage.add('lost')
+
+    def mongo_live(self) -> bool:
+        return bool(self.r.store and self.r.store.live_documents(self.keys.prefix, '', 1))
+
+    def rebuilt(self) -> None:
+        """The expiry sweep rebuilt the pool from MongoDB: what it readmitted is what MongoDB knew live."""
+        self.lost = False
+        self.damage.clear()  # the rebuild reconciled
+        for session in self.live():
+            record = self.redis.hget(self.keys.meta_of(session.session_id), session.session_id)
+            if record is None:
+                continue  # not readmitted: the invariants check what MongoDB says of it
+            tenant = str(record).split('|')[1] or None
+            if not session.tenant_lost:
+                assert tenant == session.tenant, f'{session.session_id} readmitted under {tenant}, not {session.tenant}'
+            session.tenant, session.tenant_lost, session.deadline_damaged = tenant, False, False
 
     # -- the oracle -------------------------------------------------------------------------------
 
@@ -433,7 +479,7 @@ class PoolModel(RuleBasedStateMachine):
     @invariant()
     def sessions_leave_only_durably_and_never_busy(self) -> None:
         """Whoever took a session out of the live pool (a sweep, a recovery) left it as the invariants say."""
-        if self.reaper is None:
+        if self.reaper is None or self.lost:  # a lost pool holds nothing until it is rebuilt
             return
         for session in self.live():
             if self.redis.zscore(self.keys.live, session.session_id) is not None:
