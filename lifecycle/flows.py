@@ -32,6 +32,7 @@ from lifecycle.jobs import worktrees
 from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionInfo, SessionState
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
+from lifecycle.pool.claims import ClaimIndex
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
@@ -183,7 +184,10 @@ class Flows:
                     reservation: Reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
                 except PoolUninitialised:
                     yield from self.initialise(store)
-                    reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
+                    try:
+                        reservation = yield self.index.reserve(owner, tenant, token, (yield NOW))
+                    except PoolUninitialised as again:  # lost or failed over again, right after
+                        raise PoolRecovering(str(again), RETRY_SOON_S) from again
                 return reservation
             except CapacityExceeded as full:
                 last = attempt == MAKE_ROOM_ATTEMPTS
@@ -215,6 +219,9 @@ class Flows:
             knows_live = generation != proposed and (yield Durable(store.live_documents, (self.keys.prefix, '', 1)))
             if knows_live and not (yield self.index.pool_state()).ready:
                 raise self._recovering(state, generation)
+            if generation != proposed:  # tokens the lost writes issued may be in MongoDB's fences: start above them
+                highest = yield Durable(store.highest_fence)
+                yield ClaimIndex(self.settings, self.keys).raise_epoch(max(highest, (yield NOW)) + 1)
         # Only on the server whose state was read: one that restarted or failed over since is verified again.
         if not (yield self.index.mark_verified(generation, state.replication_id)):
             raise PoolRecovering(f'Redis failed over while pool {self.keys.prefix} was being initialised',
@@ -263,7 +270,7 @@ class Flows:
                 token = yield self.index.next_token()
                 yield Durable(store.activated, (record_of(info), token, self.keys.prefix))
             except LifecycleError:
-                yield self.index.close(session_id)
+                yield self.index.close(session_id, (yield NOW))
                 raise
         return info
 
@@ -292,7 +299,7 @@ class Flows:
 
     def close(self, session_id: str, store: SnapshotStore | None) -> Steps[bool]:
         """End a live session; with a store, mark its document closed (best effort)."""
-        closed: Closed | None = yield self.index.close(session_id)
+        closed: Closed | None = yield self.index.close(session_id, (yield NOW))
         if closed is None:
             if (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
@@ -374,10 +381,10 @@ class Flows:
         try:
             restored = yield Durable(store.restore, (session_id, (yield self.index.next_token()), owner))
         except PersistenceError:
-            yield self.index.close(session_id)
+            yield self.index.close(session_id, (yield NOW))
             raise
         if restored is None:
-            yield self.index.close(session_id)
+            yield self.index.close(session_id, (yield NOW))
             raise SessionNotLive(f'session {session_id!r} was restored, ended or evicted again meanwhile')
         messages = yield Durable(store.messages, (session_id,))
         return Restored(info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), messages)

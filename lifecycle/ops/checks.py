@@ -9,6 +9,7 @@ from pymongo.errors import PyMongoError
 from lifecycle.errors import ConfigurationError
 from lifecycle.pool import calls
 from lifecycle.pool.executor import Executor
+from lifecycle.pool.sessions import SessionIndex
 
 
 def redis_problems(pool: Executor) -> list[str]:
@@ -23,6 +24,11 @@ def redis_problems(pool: Executor) -> list[str]:
     version = str(pool.run(calls.server_info('server')).get('redis_version', '0'))
     if tuple(int(part) for part in version.split('.')[:2]) < (6, 2):
         problems.append(f'Redis {version} is too old: lifecycle needs 6.2+ (ZADD GT, ZMSCORE)')
+    if pool.run(SessionIndex(pool.settings, pool.keys).pool_state()).replication_id == '-':
+        problems.append(
+            'scripts cannot run INFO (an ACL without +info, or the command renamed): a restart or a failover '
+            "that lost writes would go unnoticed; allow +info for lifecycle's user"
+        )
     return problems
 
 

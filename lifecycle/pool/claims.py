@@ -273,7 +273,8 @@ class ClaimIndex:
         for d in documents:
             args += [d.session_id, d.owner, d.tenant or '', d.profile or '', d.created_ms, d.turn_seq, d.expires_at_ms]
         buckets = (k.meta_of(d.session_id) for d in documents)
-        return Call(as_int, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, *buckets), tuple(args))
+        return Call(as_int, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, k.closed, *buckets),
+                    tuple(args))  # fmt: skip
 
     def raise_epoch(self, at_least: int) -> Call[int]:
         """Lift the fencing epoch to at least `at_least`."""

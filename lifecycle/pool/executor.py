@@ -39,9 +39,9 @@ T = TypeVar('T')
 # members, and reconcile removes them as bytes (`member.encode('utf-8', 'surrogateescape')`).
 ENCODING_ERRORS = 'surrogateescape'
 DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
-# A Redis Cluster none of whose nodes answers raises RedisClusterException, which is no RedisError; one that
-# lost a slot's master answers CLUSTERDOWN.
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, ClusterDownError)
+# A Redis Cluster that lost a slot's master answers CLUSTERDOWN; one none of whose nodes answers raises
+# RedisClusterException (no RedisError), as do client-side mistakes: only the first is an outage.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ClusterDownError)
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
@@ -98,7 +98,7 @@ def unavailable(url: str, exc: Exception) -> BackendUnavailable:
 
 def translate(url: str, call: Call[Any] | None, exc: Exception) -> LifecycleError:
     """redis-py's error as a LifecycleError: unreachable (BackendUnavailable), or refused (ScriptFailed)."""
-    if isinstance(exc, CONNECTION_ERRORS):
+    if isinstance(exc, CONNECTION_ERRORS) or (isinstance(exc, RedisClusterException) and 'connect' in str(exc)):
         return unavailable(url, exc)
     return ScriptFailed(f'Redis refused {call.name if call is not None else "a command"}: {exc}')
 

@@ -37,6 +37,12 @@ class Keys:
         return f'{self.prefix}:verified'
 
     @property
+    def closed(self) -> str:
+        """ZSET session_id -> when its app closed it (epoch ms), for a minute: a rebuild running meanwhile (it reads
+        MongoDB, where the close may not have landed yet) must not bring it back."""
+        return f'{self.prefix}:closed'
+
+    @property
     def live(self) -> str:
         """ZSET session_id -> last genuine activity (epoch ms). The live pool."""
         return f'{self.prefix}:live'

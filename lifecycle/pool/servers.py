@@ -52,7 +52,8 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
     """A client of the pool's Redis (its master, with Sentinel; any node's cluster client, with a Cluster);
     it owns its connection pool, so closing it closes its connections."""
     if settings.redis_cluster:
-        cluster_options = {k: v for k, v in options.items() if k != 'timeout'}
+        # Each node's pool waits (bounded) for a connection when exhausted, as the plain one does.
+        cluster_options = {**options, 'connection_pool_class': redis.BlockingConnectionPool}
         try:  # it asks a node for the cluster's layout now
             return RedisCluster.from_url(settings.redis_url, **cluster_options)  # type: ignore[return-value]
         except (redis.RedisError, RedisClusterException) as exc:
@@ -81,8 +82,9 @@ def connect_async(settings: Settings, **options: Any) -> aredis.Redis:
 
 
 def _tls(node: dict[str, Any]) -> dict[str, Any]:
-    """The TLS options of the data nodes, as Celery (`broker_use_ssl`) and RedBeat take them."""
-    return {name: value for name, value in node.items() if name.startswith('ssl_')}
+    """The TLS options of the data nodes, as Celery (`broker_use_ssl`) and RedBeat take them: never empty (kombu
+    takes an empty dict for no TLS at all), so certificates are required unless the URL says otherwise."""
+    return {'ssl_cert_reqs': 'required', **{name: value for name, value in node.items() if name.startswith('ssl_')}}
 
 
 def celery_broker(settings: Settings) -> dict[str, Any]:
@@ -94,8 +96,8 @@ def celery_broker(settings: Settings) -> dict[str, Any]:
         return {'broker_url': settings.redis_url}
     node = _data_node_options(settings)
     credentials = ''
-    if node.get('password') is not None:
-        credentials = f'{quote(node.get("username") or "", safe="")}:{quote(node["password"], safe="")}@'
+    if node.get('password') is not None or node.get('username') is not None:
+        credentials = f'{quote(node.get("username") or "", safe="")}:{quote(node.get("password") or "", safe="")}@'
     db = node.get('db', 0)
     hosts = [(f'[{host}]' if ':' in host else host, port) for host, port in settings.sentinel_addresses]  # IPv6
     url = ';'.join(f'sentinel://{credentials}{host}:{port}/{db}' for host, port in hosts)

@@ -235,6 +235,7 @@ class SessionIndex:
                 k.cleaning,
                 k.reaping,
                 k.unsaved,
+                k.closed,
             ),
             (
                 reserved,
@@ -302,7 +303,7 @@ class SessionIndex:
             (session_id, token, now_ms),
         )
 
-    def close(self, session_id: str) -> Call[Closed | None]:
+    def close(self, session_id: str, now_ms: int) -> Call[Closed | None]:
         """End a live session and give its slot back; returns it as it was (with the fencing token of its durable
         record), or None if it was not live."""
         session_id = validate.identifier('session_id', session_id)
@@ -323,8 +324,8 @@ class SessionIndex:
             parse,
             'close_session',
             (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenants,
-             k.reservations, k.epoch),
-            (session_id,),
+             k.reservations, k.epoch, k.closed),
+            (session_id, now_ms),
         )  # fmt: skip
 
     def status(self, session_id: str, now_ms: int) -> Call[SessionInfo | None]:

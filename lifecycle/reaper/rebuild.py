@@ -85,7 +85,8 @@ class Rebuilder:
 
     def rebuild(self, state: PoolState, extend: Callable[[], None]) -> Rebuilt:
         keys, now = self.pool.keys, self.pool.now_ms()
-        generation = self.store.claim_generation(keys.prefix, secrets.token_hex(8))
+        proposed = secrets.token_hex(8)
+        generation = self.store.claim_generation(keys.prefix, proposed)
         # First, above every token the lost Redis may have issued (those of claims and writes never durable too):
         # lifecycle time in ms outruns any counter unless it issued more than a token a millisecond since the last
         # lift. Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
@@ -109,13 +110,16 @@ class Rebuilder:
                     expired += 1
                 else:
                     due.append(session)
-            if due:
+            missing = self._missing(due)
+            if missing:
                 # Their fences go up to the new epoch first: a write still in flight from before the loss (an
-                # eviction's, say) can no longer land on a session the pool now holds live again.
-                self.store.raise_fences([s.session_id for s in due], epoch)
-                readmitted_total += self.pool.run(self.claims.readmit(due, now))
+                # eviction's, say) can no longer land on a session the pool now holds live again. Only theirs: a
+                # session Redis still holds (a failover kept it) may be closing right now, with an older token.
+                self.store.raise_fences([s.session_id for s in missing], epoch)
+                readmitted_total += self.pool.run(self.claims.readmit(missing, now))
             extend()
-        orphaned = self._orphan_unvouched_sandboxes(now)
+        # A new pool (MongoDB never recorded it) lost nothing: no sandbox can be left over from its sessions.
+        orphaned = self._orphan_unvouched_sandboxes(now) if generation != proposed else 0
         Reconciler(self.pool, self.store).repair(extend)
         verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
         rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch)
@@ -126,11 +130,22 @@ class Rebuilder:
             self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
         return rebuilt
 
+    def _missing(self, sessions: list[Readmitted]) -> list[Readmitted]:
+        """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have
+        recorded that close yet: see `Keys.closed`)."""
+        keys = self.pool.keys
+        found = self.pool.run_many([call for s in sessions
+                                    for call in (calls.score(keys.live, s.session_id),
+                                                 calls.score(keys.closed, s.session_id))])  # fmt: skip
+        return [s for i, s in enumerate(sessions) if found[2 * i] is None and found[2 * i + 1] is None]
+
     def _orphan_unvouched_sandboxes(self, now_ms: int) -> int:
         """The sandbox driver's leases are the other witness: a sandbox still running whose session the rebuilt
-        pool does not hold (it ended while Redis was lost, or MongoDB never knew it live) serves nobody. Admission
-        is closed until the rebuild ends, so no activation can be under way: it goes on the orphan list, and the
-        expiry sweep releases it (with retries) right after."""
+        pool does not hold (it ended while Redis was lost, or MongoDB never knew it live) serves nobody. It goes on
+        the orphan list, due once a reservation's lease has passed: a reservation that outlived a failover may
+        be about to activate it (apps create the sandbox between reserve and activate), and the expiry sweep
+        releases it only if its session is still not live by then. A sandbox whose session MongoDB files under
+        another pool (a driver shared between pools) is that pool's."""
         if self.driver is None:
             return 0
         try:
@@ -140,10 +155,16 @@ class Rebuilder:
             return 0
         running = [lease.session_id for lease in leases]
         held = self.pool.run_many([calls.score(self.pool.keys.live, session_id) for session_id in running])
-        unvouched = [(session_id, now_ms) for session_id, score in zip(running, held, strict=True) if score is None]
+        due_ms = now_ms + self.pool.settings.reservation_lease_s * 1000
+        unvouched = [(session_id, due_ms) for session_id, score in zip(running, held, strict=True)
+                     if score is None and self._of_this_pool(session_id)]  # fmt: skip
         if unvouched:
             self.pool.run(calls.add(self.pool.keys.orphans, unvouched))
         return len(unvouched)
+
+    def _of_this_pool(self, session_id: str) -> bool:
+        document = self.store.load(session_id)
+        return document is None or document.get('pool') in (None, self.pool.keys.prefix)
 
     def _expire(self, document: Mapping[str, Any], session: Readmitted) -> None:
         """A session whose deadline passed while the pool was lost ends as it would have: expired, durably."""

@@ -310,8 +310,9 @@ class Sweeper:
         return marker is None and live + reserved > 0
 
     def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
-        """Retry failed releases, and release sandboxes past their deadline whose session Redis no longer holds."""
-        due = [member for member in self._members(self.keys.orphans, '-inf', '+inf') if validate.is_identifier(member)]
+        """Retry failed releases (and release the orphans a rebuild found, once due), and release sandboxes past
+        their deadline whose session Redis no longer holds."""
+        due = [member for member in self._members(self.keys.orphans, '-inf', now_ms) if validate.is_identifier(member)]
         due += [lease.session_id for lease in self.evictor.driver.leases() if lease.expires_at_ms <= now_ms]
         for session_id in dict.fromkeys(due):
             if self.pool.run(calls.score(self.keys.live, session_id)) is not None:

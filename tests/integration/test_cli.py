@@ -299,3 +299,22 @@ def test_every_documented_exit_code_with_one_line_and_no_traceback(settings: Set
     piped = f'{sys.executable} -m lifecycle.ops.cli status --top 5 | head -c 1'
     quiet = subprocess.run(piped, shell=True, env=environment(settings), capture_output=True, text=True, timeout=60)
     assert 'Traceback' not in quiet.stderr
+
+
+def test_check_refuses_a_redis_whose_scripts_cannot_run_info(make_settings: SettingsFactory) -> None:
+    """An ACL without +info would make every server look like the one the pool was verified on (a failover that
+    lost writes would go unnoticed): `lifecycle check` (and a worker's start) refuses such a Redis, naming INFO."""
+    from tests.conftest import start_private_redis, stop_private_redis
+
+    url, process = start_private_redis()
+    try:
+        port = url.rsplit(':', 1)[1].split('/')[0]
+        subprocess.run(['redis-cli', '-p', port, 'ACL', 'SETUSER', 'app', 'on', '>pw', '~*', '&*', '+@all', '-info'],
+                       check=True, capture_output=True, timeout=10)  # fmt: skip
+        settings = make_settings(redis_url=f'redis://app:pw@127.0.0.1:{port}/0')
+        done = cli(settings, 'check')
+        assert done.returncode != 0, done.stdout
+        assert "run the 'info'" in done.stdout + done.stderr
+        assert cli(make_settings(redis_url=url), 'check').returncode == 0
+    finally:
+        stop_private_redis(process)

@@ -154,9 +154,9 @@ def test_sentinel_settings_reach_the_broker_and_redbeat_and_keep_the_data_nodes_
     broker = servers.celery_broker(settings)
     assert broker['broker_url'] == 'sentinel://:p%40ss@10.0.0.1:26379/3;sentinel://:p%40ss@[::1]:26380/3'
     assert broker['broker_transport_options'] == {'master_name': 'pool', 'sentinel_kwargs': {'password': 's3cret'}}
-    assert broker['broker_use_ssl'] == {'ssl_ca_certs': '/ca.pem'}
+    assert broker['broker_use_ssl'] == {'ssl_cert_reqs': 'required', 'ssl_ca_certs': '/ca.pem'}
     beat = servers.redbeat_config(settings)
     assert beat['redbeat_redis_url'] == 'redis-sentinel://'
     assert beat['redbeat_redis_options']['sentinels'] == [('10.0.0.1', 26379), ('::1', 26380)]
     assert (beat['redbeat_redis_options']['password'], beat['redbeat_redis_options']['db']) == ('p@ss', 3)
-    assert beat['redbeat_redis_use_ssl'] == {'ssl_ca_certs': '/ca.pem'}
+    assert beat['redbeat_redis_use_ssl'] == {'ssl_cert_reqs': 'required', 'ssl_ca_certs': '/ca.pem'}

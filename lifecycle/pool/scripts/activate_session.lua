@@ -2,6 +2,7 @@
 -- KEYS[1] reservations ZSET  KEYS[2] live ZSET  KEYS[3] deadline ZSET  KEYS[4] meta bucket HASH
 -- KEYS[5] slots STRING  KEYS[6] tenants ZSET  KEYS[7] cleaning ZSET  KEYS[8] reaping ZSET
 -- KEYS[9] unsaved ZSET (checkpoint requests: one left from before an eviction or a close is not this life's)
+-- KEYS[10] closed ZSET (a recent close of an earlier life must not keep a rebuild from readmitting this one)
 -- ARGV[1] reservation member 'token|owner|tenant'  ARGV[2] session_id  ARGV[3] profile ('' none)
 -- ARGV[4] now_ms  ARGV[5] expires_at_ms  ARGV[6] turn_seq to start from (a restored session goes on from
 -- its durable sequence, so no checkpoint taken before the restore can cover a turn after it)
@@ -45,6 +46,7 @@ redis.call('ZADD', k.live, now, session_id)
 redis.call('ZADD', k.deadline, ARGV[5], session_id)
 redis.call('HSET', k.meta, session_id, record)
 redis.call('ZREM', KEYS[9], session_id)
+redis.call('ZREM', KEYS[10], session_id)
 if tenant ~= '' then
   redis.call('ZREM', k.tenants, tenant_member(tenant, member))
   redis.call('ZADD', k.tenants, 0, tenant_member(tenant, session_id))

@@ -1,8 +1,8 @@
 -- close_session: end a live session at its app's request and give its slot back.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] turns HASH  KEYS[5] meta bucket HASH
 -- KEYS[6] reaping ZSET  KEYS[7] slots STRING  KEYS[8] tenants ZSET  KEYS[9] reservations ZSET
--- KEYS[10] epoch STRING (the fencing tokens)
--- ARGV[1] session_id
+-- KEYS[10] epoch STRING (the fencing tokens)  KEYS[11] closed ZSET (recent closes, for a rebuild to pass over)
+-- ARGV[1] session_id  ARGV[2] now_ms
 -- Returns {1, record, last_active, expires_at, token} closed, with the fencing token of its durable record: drawn
 -- here, from the same state that held the session (one drawn by a later call could come from a Redis that lost
 -- the pool meanwhile, below the fences MongoDB holds), {0} not live, {-2} being reaped (retry, then it is
@@ -24,4 +24,8 @@ if not meta or not expires_at then
   return {-4}
 end
 drop_session(k, session_id, meta.tenant)
+-- A rebuild that reads MongoDB before this close is recorded there passes over it (see readmit_sessions).
+local now = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[11], now, session_id)
+redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - 60000)
 return {1, record, last_active, expires_at, redis.call('INCR', KEYS[10])}

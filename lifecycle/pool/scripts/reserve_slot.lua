@@ -17,7 +17,12 @@ local cap, tenant_cap, now, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumb
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {0, 'uninitialised'}
 end
-if redis.call('GET', KEYS[6]) ~= replication_id() then
+local verified = redis.call('GET', KEYS[6])
+if not verified then
+  -- A pool from before verification existed (marker and verified are written together since, and replicated
+  -- together): it adopts this server's history, as the upgraded version's first reservation.
+  redis.call('SET', KEYS[6], replication_id())
+elseif verified ~= replication_id() then
   return {0, 'unverified'}
 end
 local held = redis.call('ZSCORE', k.reservations, member)
