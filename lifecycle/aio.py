@@ -239,5 +239,6 @@ class AsyncLifecycle(Wiring):
     async def start_heartbeat(self, owner: str) -> AsyncRepeater:
         """Heartbeat now, then every third of `replica_ttl_s` from a task; `await stop()` it on shutdown."""
         await self.heartbeat(owner)
+        await self.pool.do(self.flows.announce(owner, self.store))
         interval_s = self.settings.replica_ttl_s / 3
         return AsyncRepeater(f'heartbeat-{owner}', interval_s, lambda: self.heartbeat(owner)).start()

@@ -229,6 +229,7 @@ class Lifecycle(Wiring):
     def start_heartbeat(self, owner: str) -> Repeater:
         """Heartbeat now, then every third of `replica_ttl_s` from a daemon thread; `stop()` it on shutdown."""
         self.heartbeat(owner)
+        self.pool.do(self.flows.announce(owner, self.store))
         return Repeater(f'heartbeat-{owner}', self.settings.replica_ttl_s / 3, lambda: self.heartbeat(owner)).start()
 
 

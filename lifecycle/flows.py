@@ -247,6 +247,17 @@ class Flows:
             return False
         return (yield Durable(store.generation_of, (self.keys.prefix,))) is not None
 
+    def announce(self, owner: str, store: SnapshotStore | None) -> Steps[None]:
+        """Record durably that replica `owner` heartbeats (best effort): after a rebuild, its sessions are vouched
+        for only while it goes on heartbeating, so a replica that died while Redis was lost has its sessions
+        recovered as owner-lost instead of lingering until they idle out."""
+        if store is None:
+            return
+        try:
+            yield Durable(store.announce_owner, (self.keys.prefix, validate.identifier('owner', owner)))
+        except PersistenceError as exc:
+            log.warning('replica %s not recorded as heartbeating: %s', owner, exc)
+
     def _missing(self, what: str) -> PoolRecovering:
         return PoolRecovering(
             f'{what} unknown: Redis lost the state of pool {self.keys.prefix} or failed over, and the expiry sweep '

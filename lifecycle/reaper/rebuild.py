@@ -92,6 +92,7 @@ class Rebuilder:
         # lift. Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
         epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), now) + 1))
         readmitted_total, expired, unreadable, after = 0, 0, 0, ''
+        owners: set[str] = set()
         while True:
             page = self.store.live_documents(keys.prefix, after, PAGE)
             if not page:
@@ -117,7 +118,9 @@ class Rebuilder:
                 # session Redis still holds (a failover kept it) may be closing right now, with an older token.
                 self.store.raise_fences([s.session_id for s in missing], epoch)
                 readmitted_total += self.pool.run(self.claims.readmit(missing, now))
+                owners.update(s.owner for s in missing)
             extend()
+        self._await_heartbeats(owners, now)
         # A new pool (MongoDB never recorded it) lost nothing: no sandbox can be left over from its sessions.
         orphaned = self._orphan_unvouched_sandboxes(now) if generation != proposed else 0
         Reconciler(self.pool, self.store).repair(extend)
@@ -129,6 +132,15 @@ class Rebuilder:
             counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
             self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
         return rebuilt
+
+    def _await_heartbeats(self, owners: set[str], now_ms: int) -> None:
+        """Heartbeats were lost with Redis. A replica that heartbeats (it said so durably) is given one heartbeat
+        lease from now to vouch for the sessions readmitted under it: if it died meanwhile, the owner-lost sweep
+        then recovers them with a durable record, as for any lost replica. One that never heartbeats keeps its
+        sessions until they idle out, as before the loss."""
+        vouching = owners & set(self.store.heartbeating_owners(self.pool.keys.prefix)) if owners else set()
+        if vouching:
+            self.pool.run_many([self.index.heartbeat(owner, now_ms) for owner in sorted(vouching)])
 
     def _missing(self, sessions: list[Readmitted]) -> list[Readmitted]:
         """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have

@@ -109,6 +109,13 @@ class SnapshotStore(Protocol):
     def claim_generation(self, pool: str, generation: str) -> str:
         """The generation of pool `pool`: `generation` if this is the pool's first, else the one recorded first."""
 
+    def announce_owner(self, pool: str, owner: str) -> None:
+        """Record that replica `owner` of pool `pool` heartbeats: after a rebuild, its sessions are vouched for
+        only while it goes on heartbeating (see `Rebuilder`)."""
+
+    def heartbeating_owners(self, pool: str) -> list[str]:
+        """Every replica of pool `pool` that ever announced it heartbeats."""
+
     def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         """A page of the documents MongoDB says are live in pool `pool`, by session id after `after`."""
 

@@ -44,6 +44,7 @@ class InMemorySnapshotStore:
         self._messages: dict[str, dict[object, tuple[int, int, dict[str, Any]]]] = {}
         self._batches = 0
         self._pools: dict[str, str] = {}
+        self._owners: dict[str, set[str]] = {}  # pool -> replicas that heartbeat
 
     def close(self) -> None:
         """Nothing to disconnect."""
@@ -174,6 +175,14 @@ class InMemorySnapshotStore:
     def claim_generation(self, pool: str, generation: str) -> str:
         with self._lock:
             return self._pools.setdefault(pool, generation)
+
+    def announce_owner(self, pool: str, owner: str) -> None:
+        with self._lock:
+            self._owners.setdefault(pool, set()).add(owner)
+
+    def heartbeating_owners(self, pool: str) -> list[str]:
+        with self._lock:
+            return sorted(self._owners.get(pool, set()))
 
     def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         with self._lock:

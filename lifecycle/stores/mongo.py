@@ -384,6 +384,17 @@ class Plans:
         return str(found['generation'])
 
     @staticmethod
+    def announce_plan(pool: str, owner: str) -> Plan[None]:
+        yield Op('owners', 'update_one', ({'_id': f'{pool}|{owner}'},
+                                          {'$set': {'pool': pool, 'owner': owner, 'announced_at': datetime.now(UTC)}}),
+                 {'upsert': True})  # fmt: skip
+
+    @staticmethod
+    def owners_plan(pool: str) -> Plan[list[str]]:
+        found = yield _find('owners', {'pool': pool}, {'owner': 1})
+        return sorted(str(document['owner']) for document in found)
+
+    @staticmethod
     def generation_of_plan(pool: str) -> Plan[str | None]:
         found = yield Op('pools', 'find_one', ({'_id': pool},))
         return str(found['generation']) if found is not None else None
@@ -426,7 +437,7 @@ class _Connected:
         self.timeout_s = timeout_ms / 1000
         w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
         db = client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
-        self.collections = {'sessions': db['sessions'], 'messages': db['messages'], 'pools': db['pools']}
+        self.collections = {name: db[name] for name in ('sessions', 'messages', 'pools', 'owners')}
         self.sessions, self.message_docs = self.collections['sessions'], self.collections['messages']
 
     def _deadline(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None) -> Any:
@@ -521,6 +532,12 @@ class MongoSnapshotStore(_Connected):
     def claim_generation(self, pool: str, generation: str) -> str:
         return self._run(Plans.generation_plan(pool, generation), 'generation', pool)
 
+    def announce_owner(self, pool: str, owner: str) -> None:
+        self._run(Plans.announce_plan(pool, owner), 'heartbeat announcement', owner)
+
+    def heartbeating_owners(self, pool: str) -> list[str]:
+        return self._run(Plans.owners_plan(pool), 'read of heartbeating replicas', pool)
+
     def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         return self._run(Plans.live_plan(pool, after, limit), 'read of live sessions', pool)
 
@@ -614,6 +631,12 @@ class AsyncMongoSnapshotStore(_Connected):
 
     async def claim_generation(self, pool: str, generation: str) -> str:
         return await self._run(Plans.generation_plan(pool, generation), 'generation', pool)
+
+    async def announce_owner(self, pool: str, owner: str) -> None:
+        await self._run(Plans.announce_plan(pool, owner), 'heartbeat announcement', owner)
+
+    async def heartbeating_owners(self, pool: str) -> list[str]:
+        return await self._run(Plans.owners_plan(pool), 'read of heartbeating replicas', pool)
 
     async def live_documents(self, pool: str, after: str, limit: int) -> list[Mapping[str, Any]]:
         return await self._run(Plans.live_plan(pool, after, limit), 'read of live sessions', pool)

@@ -459,3 +459,36 @@ def test_a_pool_from_before_verification_adopts_its_servers_history_and_admits(
     assert lc.pool.run(lc.index.pool_state()).ready
     assert r.sweep(SweepKind.EXPIRED).rebuilt is None
     assert lc.stats().live == 2
+
+
+def test_after_a_rebuild_a_replica_that_heartbeats_must_vouch_for_its_sessions_within_a_heartbeat_lease(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Issue 13: heartbeats are lost with Redis. A replica that died while the pool was lost never heartbeats again,
+    # so it was never seen as lost, and its readmitted sessions held their slots until they idled out (30 min).
+    url, running = server
+    r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP))
+    lc = r.lc
+    for owner in ('api-1', 'api-dead'):
+        lc.start_heartbeat(owner).stop()  # both heartbeat (and say so durably); api-quiet never does
+    for owner, session_id in (('api-1', 's1'), ('api-dead', 's2'), ('api-quiet', 's3')):
+        lc.activate(lc.reserve(owner), session_id)
+        lc.checkpoint(session_id, {'owner': owner})
+    restart_empty(url, running)
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    r.clock.advance(seconds=lc.settings.replica_ttl_s - 1)
+    lc.heartbeat('api-1')  # alive: it vouches for s1
+    r.sweep(SweepKind.OWNER_LOST)
+    assert lc.stats().live == 3  # within the lease, nobody is lost yet
+    r.clock.advance(seconds=2)
+    r.sweep(SweepKind.OWNER_LOST)
+    # Its owner is lost. Its turns since the last checkpoint may be lost with Redis, so it is first asked for a
+    # checkpoint nobody will give; once the grace has run out it is evicted with the last one it has.
+    assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('s2', Outcome.ABORTED, 'not_checkpointed')]
+    r.clock.advance(seconds=lc.settings.checkpoint_grace_s)
+    lc.heartbeat('api-1')
+    r.sweep(SweepKind.OWNER_LOST)
+    assert [(x.session_id, x.outcome) for x in r.results[1:]] == [('s2', Outcome.EVICTED)]
+    document = r.document('s2') or {}
+    assert (document['state'], document['snapshot']) == ('resumable', {'owner': 'api-dead'})  # durable, restorable
+    assert {s for s in ('s1', 's3') if lc.status(s).state is SessionState.LIVE} == {'s1', 's3'}  # type: ignore[union-attr]

@@ -219,3 +219,11 @@ def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_writ
     document = store.load('s1')
     assert document is not None
     assert (document['snapshot'], document['checkpoint_seq']) == ({'v': 1}, 1)
+
+
+def test_heartbeating_owners_are_recorded_once_per_pool(store: SnapshotStore) -> None:
+    assert store.heartbeating_owners('{a}') == []
+    for pool, owner in (('{a}', 'api-2'), ('{a}', 'api-1'), ('{a}', 'api-1'), ('{b}', 'api-9')):
+        store.announce_owner(pool, owner)
+    assert store.heartbeating_owners('{a}') == ['api-1', 'api-2']
+    assert store.heartbeating_owners('{b}') == ['api-9']
