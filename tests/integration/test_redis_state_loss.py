@@ -365,10 +365,6 @@ def test_a_redis_restarted_empty_under_replicas_a_worker_and_beat(
         f'after the loss; most running at once {most} (cap {cap}); afterwards {len(live)} live, '
         f'{stats.slots} slots; not live nor restorable: {len(not_back)}; calls: {dict(sorted(manager_counts.items()))}'
     )
-    import sys
-
-    for s in sorted(still_held - live) + not_back:
-        print('DEBUG', s, lc.store.load(s) if lc.store else None, s in before, file=sys.stderr)
     assert most <= cap
     assert not not_back  # every checkpointed session is live again or restorable
     assert still_held <= live  # none lost: each replica's sessions are in the pool...
