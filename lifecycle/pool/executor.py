@@ -186,14 +186,6 @@ class _Base:
     def read_block_ms(self, block_ms: int | None) -> int | None:
         return read_block_ms(self.redis, block_ms)
 
-    @staticmethod
-    def _reply_or_error(send: Callable[[Call[Any]], Any], call: Call[Any]) -> Any:
-        """One call's reply, or the redis-py error it ended with: as a pipeline answers it."""
-        try:
-            return send(call)
-        except REDIS_ERRORS as exc:
-            return exc
-
 
 class Executor(_Base):
     """Sends calls to Redis for one process; thread-safe (redis-py pools its connections)."""
@@ -222,8 +214,16 @@ class Executor(_Base):
         if clock is not None:
             with self.translating():
                 sent_ns = time.monotonic_ns()
-                clock.observe(self.redis.time(), sent_ns, time.monotonic_ns())
+                clock.observe(self.redis.time(**self._at_pool()), sent_ns, time.monotonic_ns())
         return self.clock.now_ms()
+
+    def _at_pool(self) -> dict[str, Any]:
+        """Where a keyless command goes: on a Redis Cluster, the node of the pool's hash tag (every process then
+        reads lifecycle time from the same clock), not redis-py's default node."""
+        if not self.clustered:
+            return {}
+        cluster: Any = self.redis
+        return {'target_nodes': cluster.get_node_from_key(self.keys.prefix)}
 
     def run(self, call: Call[T]) -> T:
         """Send one call and read its reply."""
@@ -262,11 +262,25 @@ class Executor(_Base):
         if not calls:
             return []
         if self.clustered:
-            return [self._reply_or_error(self._send, call) for call in calls]
+            return self._call_by_call(calls)
         with self.translating():
             pipe = self.redis.pipeline(transaction=False)
             self._queue(pipe, calls)
             return pipe.execute(raise_on_error=False)
+
+    def _call_by_call(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        """A batch on a Redis Cluster: each call's reply or the redis-py error it ended with, as a pipeline
+        answers; once the node is unreachable, the rest end with the same error (each would wait it out again)."""
+        replies: list[Any] = []
+        for call in calls:
+            if replies and isinstance(replies[-1], CONNECTION_ERRORS):
+                replies.append(replies[-1])
+                continue
+            try:
+                replies.append(self._send(call))
+            except REDIS_ERRORS as exc:
+                replies.append(exc)
+        return replies
 
     def do(self, steps: Steps[T]) -> T:
         """Drive an operation written as steps: each Call is run, NOW answered, each Durable called."""
@@ -363,9 +377,12 @@ class AsyncExecutor(_Base):
     async def _pipeline(self, calls: Sequence[Call[Any]]) -> list[Any]:
         if not calls:
             return []
-        if self.clustered:
-            replies = []
+        if self.clustered:  # see Executor._call_by_call
+            replies: list[Any] = []
             for call in calls:
+                if replies and isinstance(replies[-1], CONNECTION_ERRORS):
+                    replies.append(replies[-1])
+                    continue
                 try:
                     replies.append(await self._send(call))
                 except REDIS_ERRORS as exc:

@@ -160,3 +160,12 @@ def test_the_cap_holds_on_a_cluster_under_concurrent_reservations(cluster_url: s
 def test_an_unreachable_cluster_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match=r'Redis Cluster at redis://127\.0\.0\.1:'):
         Lifecycle(cluster_settings(f'redis://127.0.0.1:{free_port()}/0'))
+
+
+def test_lifecycle_time_comes_from_the_pools_node(cluster_url: str) -> None:
+    with Lifecycle(cluster_settings(cluster_url)) as lc:  # the default clock: Redis server time
+        cluster: Any = lc.redis
+        node = cluster.get_node_from_key(lc.index.keys.prefix)
+        seconds, micros = cluster.time(target_nodes=node)
+        assert abs(lc.now_ms() - (seconds * 1000 + micros // 1000)) < 2_000
+        assert lc.pool._at_pool() == {'target_nodes': node}
