@@ -68,7 +68,7 @@ def readmitted(document: Mapping[str, Any]) -> Readmitted:
 
 
 class Rebuilder:
-    """Rebuilds one pool from MongoDB; run by the expiry sweep when the generation marker is gone."""
+    """Rebuilds one pool from MongoDB; run by the expiry sweep when the pool is not ready (see `due`)."""
 
     def __init__(self, pool: Executor, store: SnapshotStore, driver: SandboxDriver | None = None) -> None:
         self.pool = pool
@@ -145,11 +145,11 @@ class Rebuilder:
     def _missing(self, sessions: list[Readmitted]) -> list[Readmitted]:
         """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have
         recorded that close yet: see `Keys.closed`)."""
-        keys = self.pool.keys
-        found = self.pool.run_many([call for s in sessions
-                                    for call in (calls.score(keys.live, s.session_id),
-                                                 calls.score(keys.closed, s.session_id))])  # fmt: skip
-        return [s for i, s in enumerate(sessions) if found[2 * i] is None and found[2 * i + 1] is None]
+        ids = [s.session_id for s in sessions]
+        live, closed = self.pool.run_many(
+            [calls.scores(self.pool.keys.live, ids), calls.scores(self.pool.keys.closed, ids)]
+        )
+        return [s for s, held, ended in zip(sessions, live, closed, strict=True) if held is None and ended is None]
 
     def _orphan_unvouched_sandboxes(self, now_ms: int) -> int:
         """The sandbox driver's leases are the other witness: a sandbox still running whose session the rebuilt
@@ -166,17 +166,14 @@ class Rebuilder:
             log.warning('the sandbox driver could not list its sandboxes for the rebuild', exc_info=True)
             return 0
         running = [lease.session_id for lease in leases]
-        held = self.pool.run_many([calls.score(self.pool.keys.live, session_id) for session_id in running])
+        held = self.pool.run(calls.scores(self.pool.keys.live, running))
+        unheld = [session_id for session_id, score in zip(running, held, strict=True) if score is None]
+        pools = {session_id: document.get('pool') for session_id, document in self.store.load_many(unheld).items()}
         due_ms = now_ms + self.pool.settings.reservation_lease_s * 1000
-        unvouched = [(session_id, due_ms) for session_id, score in zip(running, held, strict=True)
-                     if score is None and self._of_this_pool(session_id)]  # fmt: skip
+        unvouched = [(s, due_ms) for s in unheld if pools.get(s) in (None, self.pool.keys.prefix)]
         if unvouched:
             self.pool.run(calls.add(self.pool.keys.orphans, unvouched))
         return len(unvouched)
-
-    def _of_this_pool(self, session_id: str) -> bool:
-        document = self.store.load(session_id)
-        return document is None or document.get('pool') in (None, self.pool.keys.prefix)
 
     def _expire(self, document: Mapping[str, Any], session: Readmitted) -> None:
         """A session whose deadline passed while the pool was lost ends as it would have: expired, durably."""

@@ -35,6 +35,9 @@ def below(document: Mapping[str, Any], token: int) -> bool:
     return 'fence' not in document or document['fence'] < token
 
 
+LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool')  # what MongoDB's load_many projects
+
+
 class InMemorySnapshotStore:
     """Session documents and messages in dictionaries, every operation atomic under one lock."""
 
@@ -145,7 +148,7 @@ class InMemorySnapshotStore:
     def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         with self._lock:
             return {
-                session_id: {key: self._sessions[session_id].get(key) for key in ('_id', 'state', 'checkpoint_seq')
+                session_id: {key: self._sessions[session_id].get(key) for key in LOAD_MANY_FIELDS
                              if key in self._sessions[session_id]}
                 for session_id in session_ids
                 if session_id in self._sessions
