@@ -87,6 +87,7 @@ class AsyncLifecycle(Wiring):
             self._evicting.close()
             if self._evicting_store is not None and self._evicting_store is not self._store:
                 self._evicting_store.close()
+        self._close_driver()
         closing = self._close_store()
         if inspect.isawaitable(closing):
             await closing
@@ -95,16 +96,24 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.now_ms`."""
         return await self.pool.now_ms()
 
-    def _make_room(self) -> bool:
-        """See `Lifecycle.reserve`: evictions are sync (the worker's evictor), so this runs in a thread, on a
-        sync twin of this client's Redis connection (same server, credentials, TLS) with its clock, and a sync
-        store (the one passed in if it is sync)."""
+    def _sync_pool(self) -> Executor:
+        """A sync twin of this client's Redis connection (same server, credentials, TLS) with its clock."""
         if self._evicting is None:
             self._evicting = Executor(self.settings, sync_twin(self.pool.redis, self.settings), self.clock)
+        return self._evicting
+
+    def _driver_clock(self) -> Clock:
+        return self._sync_pool()  # the driver is sync: its deadlines read Redis time through the sync twin
+
+    def _make_room(self) -> bool:
+        """See `Lifecycle.reserve`: evictions are sync (the worker's evictor), so this runs in a thread, on the
+        sync twin, and a sync store (the one passed in if it is sync)."""
+        pool = self._sync_pool()
+        if self._evicting_store is None:
             store = self.store
             sync = store is not None and not inspect.iscoroutinefunction(store.mark_resumable)
             self._evicting_store = store if sync else store_from_settings(self.settings)
-        return make_room(self._evicting, self._evicting_store, self.driver)
+        return make_room(pool, self._evicting_store, self.driver)
 
     async def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """See `Lifecycle.register_worktree`."""

@@ -55,6 +55,9 @@ class Lifecycle(Wiring):
         """The Redis client (for inspection and tests; every pool transition goes through a script)."""
         return self.pool.redis
 
+    def _driver_clock(self) -> Clock:
+        return self.pool  # its now_ms() learns Redis time when it must
+
     @classmethod
     def from_env(cls) -> Lifecycle:
         """A client configured from LIFECYCLE_* environment variables."""
@@ -74,6 +77,7 @@ class Lifecycle(Wiring):
     def disconnect(self) -> None:
         """Close the Redis connections, and the MongoDB client if this client opened it."""
         self.pool.close()
+        self._close_driver()
         self._close_store()
 
     def now_ms(self) -> int:

@@ -135,6 +135,7 @@ class Wiring:
         self._store = store
         self._owns_store = store is None
         self._driver = driver
+        self._owns_driver = driver is None
 
     @property
     def store(self) -> SnapshotStore | None:
@@ -147,8 +148,18 @@ class Wiring:
     def driver(self) -> SandboxDriver:
         """The sandbox driver `settings.sandbox_driver` names."""
         if self._driver is None:
-            self._driver = driver_from_settings(self.settings)
+            self._driver = driver_from_settings(self.settings, self._driver_clock())
         return self._driver
+
+    def _driver_clock(self) -> Clock:
+        """Lifecycle time for the driver's deadlines: a clock that reads Redis `TIME` itself when it must."""
+        return self.clock
+
+    def _close_driver(self) -> None:
+        """Close the sandbox driver's connections (the docker driver's) if this client built it."""
+        close = getattr(self._driver, 'close', None)
+        if self._owns_driver and close is not None:
+            close()
 
     def _close_store(self) -> object:
         """Close the MongoDB client if this client opened it; returns what close() returned (a coroutine for

@@ -160,12 +160,26 @@ class Settings(BaseSettings):
     expiry_write_timeout_ms: PositiveInt = 2_000  # the best-effort write of an expiring session
     mongo_write_concern: str = 'majority'  # with j=true; 'majority' is what makes an eviction durable
 
-    sandbox_driver: Literal['noop', 'webhook', 'process'] = 'noop'
+    sandbox_driver: Literal['noop', 'webhook', 'process', 'docker'] = 'noop'
     sandbox_webhook_url: str | None = None
     sandbox_webhook_secret: SecretStr | None = None
     sandbox_webhook_timeout_s: PositiveFloat = 5.0
     sandbox_webhook_retries: NonNegativeInt = 3
     sandbox_state_dir: str = '/tmp/lifecycle-sandboxes'  # the process driver's records of its process groups
+    # The docker driver (Docker Engine API, or Podman's): the engine (None: DOCKER_HOST, like the docker CLI),
+    # how long a stopped sandbox gets before SIGKILL, the engine's call timeout, its API version ('auto':
+    # asked), a host path of a static busybox mounted for images without `timeout`, and default limits.
+    sandbox_docker_url: str | None = None
+    sandbox_stop_grace_s: PositiveInt = 5
+    sandbox_docker_timeout_s: PositiveInt = 30
+    sandbox_docker_api_version: str = 'auto'
+    sandbox_docker_wrapper: str | None = None
+    sandbox_memory: str | None = None  # '512m'
+    sandbox_cpus: PositiveFloat | None = None
+    sandbox_pids: PositiveInt | None = None
+    # A sandbox whose session is not live (closed, or never activated) is released once it is this old; at
+    # least a reservation's lease, since apps start the sandbox between reserve and activate.
+    sandbox_orphan_grace_s: PositiveInt = 300
 
     log_format: Literal['text', 'json'] = 'text'  # json: one object per line, decisions with their fields
     broker_url: str | None = None  # Celery broker; None: redis_url
@@ -230,6 +244,10 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f'{env("sandbox_driver")}=webhook needs {env("sandbox_webhook_url")} and '
                              f'{env("sandbox_webhook_secret")}')  # fmt: skip
+        if self.sandbox_orphan_grace_s < self.reservation_lease_s:
+            raise ValueError(f'{env("sandbox_orphan_grace_s")}={self.sandbox_orphan_grace_s} is shorter than '
+                             f'{env("reservation_lease_s")}={self.reservation_lease_s}: a sandbox started for a '
+                             'reservation could be released before it activates')  # fmt: skip
         if self.redis_cluster and self.redis_sentinels:
             raise ValueError(f'{env("redis_cluster")} and {env("redis_sentinels")} exclude each other')
         if self.redis_cluster and (self.broker_url is None or self.beat_redis_url is None):

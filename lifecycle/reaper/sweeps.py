@@ -7,6 +7,7 @@ CLI). Its cost grows with the sessions that are due, not with the pool: every se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
@@ -30,6 +31,7 @@ from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
+from lifecycle.sandboxes.base import leftover_leases, release_lease
 
 __all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
 log = logging.getLogger(__name__)
@@ -310,21 +312,39 @@ class Sweeper:
         return marker is None and live + reserved > 0
 
     def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
-        """Retry failed releases (and release the orphans a rebuild found, once due), and release sandboxes past
-        their deadline whose session Redis no longer holds."""
-        due = [member for member in self._members(self.keys.orphans, '-inf', now_ms) if validate.is_identifier(member)]
-        due += [lease.session_id for lease in self.evictor.driver.leases() if lease.expires_at_ms <= now_ms]
-        for session_id in dict.fromkeys(due):
-            if self.pool.run(calls.score(self.keys.live, session_id)) is not None:
-                self.pool.run(calls.remove(self.keys.orphans, [session_id]))  # restored since: its sandbox is in use
-                continue
+        """Retry failed releases (and release the orphans a rebuild found, once due), and release the sandboxes
+        past their deadline or past the orphan grace whose session the pool does not hold (live or being
+        evicted). A driver that cannot list (its engine down) delays only the latter."""
+        driver = self.evictor.driver
+        try:
+            leases = driver.leases()
+        except Exception:
+            log.warning('the sandbox driver could not list its sandboxes; retried at the next expiry sweep',
+                        exc_info=True)  # fmt: skip
+            leases = []
+        leftover = leftover_leases(leases, now_ms, self.settings.sandbox_orphan_grace_s * 1000)
+        retried = [m for m in self._members(self.keys.orphans, '-inf', now_ms) if validate.is_identifier(m)]
+        ids = list(dict.fromkeys([*retried, *(lease.session_id for lease in leftover)]))
+        if not ids:
+            return
+        live, reaping = self.pool.run_many([calls.scores(self.keys.live, ids), calls.scores(self.keys.reaping, ids)])
+        held = {s for s, a, b in zip(ids, live, reaping, strict=True) if a is not None or b is not None}
+        if kept := [s for s in retried if s in held]:
+            self.pool.run(calls.remove(self.keys.orphans, kept))  # live again (restored): its sandbox is in use
+        releases: list[tuple[str, Callable[[], None]]] = [
+            (s, functools.partial(driver.release, s, ReapReason.EXPIRED.value)) for s in retried if s not in held
+        ]
+        releases += [(lease.session_id, functools.partial(release_lease, driver, lease, ReapReason.EXPIRED.value))
+                     for lease in leftover if lease.session_id not in held]  # fmt: skip
+        for session_id, release in releases:
             try:
-                self.evictor.driver.release(session_id, ReapReason.EXPIRED.value)
+                release()
             except Exception:
                 log.warning('sandbox of %s still not released', session_id, exc_info=True)
                 continue
             self.pool.run(calls.remove(self.keys.orphans, [session_id]))
-            report.released_sandboxes.append(session_id)
+            if session_id not in report.released_sandboxes:
+                report.released_sandboxes.append(session_id)
 
     def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         now = self.pool.now_ms()

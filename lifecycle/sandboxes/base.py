@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,17 +15,41 @@ class SandboxError(LifecycleError):
 
 @dataclass(frozen=True)
 class SandboxLease:
-    """A sandbox the driver knows of, and the deadline at which it ends itself."""
+    """A sandbox the driver knows of, the deadline at which it ends itself and, where the driver knows them,
+    when it started (for orphan detection) and its own id (to release exactly it)."""
 
     session_id: str
     expires_at_ms: int
+    started_at_ms: int | None = None
+    sandbox_id: str | None = None
 
 
 class SandboxDriver(Protocol):
-    """Releases sandboxes; every method is idempotent."""
+    """Releases sandboxes; every method is idempotent.
+
+    A driver whose leases name their sandbox may also define `release_lease(lease, reason)`: tear down exactly
+    the sandbox the lease lists, not a newer one its session started since (see `release_lease` below).
+    """
 
     def release(self, session_id: str, reason: str) -> None:
         """Tear the session's sandbox down; a sandbox already gone is success. Raises SandboxError."""
 
     def leases(self) -> list[SandboxLease]:
         """Every sandbox the driver can see, with its deadline (for crash-safe expiry); [] if it cannot list."""
+
+
+def release_lease(driver: SandboxDriver, lease: SandboxLease, reason: str) -> None:
+    """Release the sandbox `lease` lists: exactly it where the driver can, else its session's."""
+    exact = getattr(driver, 'release_lease', None)
+    if exact is not None:
+        exact(lease, reason)
+    else:
+        driver.release(lease.session_id, reason)
+
+
+def leftover_leases(leases: Iterable[SandboxLease], now_ms: int, orphan_grace_ms: int) -> list[SandboxLease]:
+    """The sandboxes to release if their session turns out not to be held: past their deadline, or started
+    at least the orphan grace ago (a sandbox is started between reserve and activate, so a younger one may
+    be about to serve a session)."""
+    return [lease for lease in leases if lease.expires_at_ms <= now_ms
+            or (lease.started_at_ms is not None and lease.started_at_ms + orphan_grace_ms <= now_ms)]  # fmt: skip

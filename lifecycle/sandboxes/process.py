@@ -70,6 +70,16 @@ class ProcessDriver:
             self._kill_group(session_id, pgid)
         path.unlink(missing_ok=True)
 
+    def release_lease(self, lease: SandboxLease, reason: str) -> None:
+        """Release the session's sandbox if it is still the one `lease` lists (same deadline), not a newer one."""
+        try:
+            record = json.loads(self._record(lease.session_id).read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and record.get('expires_at_ms') not in (None, lease.expires_at_ms):
+            return
+        self.release(lease.session_id, reason)
+
     def _kill_group(self, session_id: str, pgid: int) -> None:
         try:
             os.killpg(pgid, signal.SIGTERM)

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -124,6 +125,23 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     for log in tmp_path.glob('*.log'):
         text = log.read_text(errors='replace')
         assert 'Traceback' not in text, f'{log.name}:\n{text[-3000:]}'
+
+
+@pytest.fixture(scope='session')
+def container_engine() -> Iterator[str]:
+    """A container engine's URL with the sandbox image (lifecycle.ops.engine.IMAGE): one that answers, else a
+    private Podman API service started for this test session and stopped after it. Without one the container
+    tests fail in CI and are skipped elsewhere, saying why."""
+    from lifecycle.ops.engine import EngineUnavailable, start_engine
+
+    with ExitStack() as stack:
+        try:
+            url = start_engine(stack, [])
+        except (EngineUnavailable, ImportError) as exc:
+            if os.environ.get('CI'):
+                pytest.fail(f'no container engine for the container tests: {exc}')
+            pytest.skip(f'no container engine: {exc}')
+        yield url
 
 
 def worker_args(name: str) -> tuple[str, ...]:

@@ -273,6 +273,30 @@ def test_a_failed_sandbox_release_does_not_hold_the_slot_and_is_retried(
     assert r.lc.redis.zcard(r.lc.index.keys.orphans) == 0
 
 
+class EngineDown:
+    """A driver whose engine is down: it can neither release nor list."""
+
+    def release(self, session_id: str, reason: str) -> None:
+        raise SandboxError(f'release of {session_id!r} failed: the engine is down')
+
+    def leases(self) -> list[Any]:
+        raise SandboxError('listing the sandboxes failed: the engine is down')
+
+
+def test_an_expiry_sweep_whose_driver_cannot_list_still_expires_sessions_and_keeps_their_releases_for_later(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(), driver=EngineDown())
+    open_session(r, 's1', ttl=60)
+    r.clock.advance(seconds=61)
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.ran
+    assert [(x.session_id, x.outcome) for x in r.results] == [('s1', Outcome.EXPIRED)]
+    assert report.released_sandboxes == []
+    assert r.lc.redis.zrange(r.lc.index.keys.orphans, 0, -1) == ['s1']  # retried at the next expiry sweep
+    assert r.lc.stats().live == 0
+
+
 def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wrote(reaper: Reaper) -> None:
     open_session(reaper, 'durable')
     open_session(reaper, 'unwritten')
