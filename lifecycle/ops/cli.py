@@ -352,7 +352,11 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lifecycle.ops.demo import run_demo
 
-    return EXIT_OK if run_demo(duration_s=args.duration, replicas=args.replicas) else EXIT_PROBLEMS
+    return (
+        EXIT_OK
+        if run_demo(duration_s=args.duration, replicas=args.replicas, sandboxes=args.sandboxes)
+        else EXIT_PROBLEMS
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -392,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser('demo', help='run the whole system on embedded defaults and verify it')
     demo.add_argument('--duration', type=float, default=60.0, help='seconds of traffic (default 60)')
     demo.add_argument('--replicas', type=int, default=3, help='API replica processes (default 3)')
+    demo.add_argument('--sandboxes', choices=('auto', 'docker', 'none'), default='auto',
+                      help='a container per session on a container engine (docker: required; auto: when an '
+                           'engine answers or Podman can be started; default auto)')  # fmt: skip
     demo.set_defaults(handler=cmd_demo)
 
     status = commands.add_parser('status', help='the pool, and its most idle sessions')

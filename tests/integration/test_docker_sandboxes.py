@@ -8,9 +8,11 @@ import contextlib
 import io
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ import docker
 import pytest
 
 from lifecycle import FixedClock, InvalidArgument, Lifecycle, SessionState, Settings
+from lifecycle.ops.embedded import owned_env as environment
 from lifecycle.ops.engine import IMAGE, rootfs_tar
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind
@@ -406,3 +409,18 @@ def test_containers_end_by_themselves_when_every_replica_and_worker_is_killed(
         for replica in replicas:
             replica.kill()
             replica.join()
+
+
+# -- the README -----------------------------------------------------------------------------------------------
+
+
+def test_the_readme_container_example_runs_as_written(engine: Engine, make_settings: SettingsFactory) -> None:
+    readme = (Path(__file__).parents[2] / 'README.md').read_text()
+    example = re.search(r'## Container sandboxes\n\n.*?```python\n(.*?)```', readme, re.S)
+    assert example is not None
+    settings = make_settings(sandbox_driver='docker', sandbox_docker_url=engine.url)
+    done = subprocess.run([sys.executable, '-c', example.group(1)], env=environment(settings), capture_output=True,
+                          text=True, timeout=90, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(r'sandbox [0-9a-f]{12} ends by itself within 600 s\n', done.stdout), done.stdout
+    assert engine.of_pool() == set()
