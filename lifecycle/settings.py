@@ -178,8 +178,9 @@ class Settings(BaseSettings):
     sandbox_cpus: PositiveFloat | None = None
     sandbox_pids: PositiveInt | None = None
     # A sandbox whose session is not live (closed, or never activated) is released once it is this old; at
-    # least a reservation's lease, since apps start the sandbox between reserve and activate.
-    sandbox_orphan_grace_s: PositiveInt = 300
+    # least a reservation's lease, since apps start the sandbox between reserve and activate (None: the
+    # longer of 300 s and twice that lease; see `orphan_grace_s`).
+    sandbox_orphan_grace_s: PositiveInt | None = None
 
     log_format: Literal['text', 'json'] = 'text'  # json: one object per line, decisions with their fields
     broker_url: str | None = None  # Celery broker; None: redis_url
@@ -224,6 +225,13 @@ class Settings(BaseSettings):
                 raise ValueError(f'name {name!r} is not a valid tenant or profile id')
         return value
 
+    @property
+    def orphan_grace_s(self) -> int:
+        """How old a sandbox whose session is not live must be before the expiry sweep releases it."""
+        if self.sandbox_orphan_grace_s is not None:
+            return self.sandbox_orphan_grace_s
+        return max(300, 2 * self.reservation_lease_s)
+
     @model_validator(mode='after')
     def _consistent(self) -> Self:
         if self.max_ttl_s > HARD_MAX_TTL_S:
@@ -244,7 +252,7 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f'{env("sandbox_driver")}=webhook needs {env("sandbox_webhook_url")} and '
                              f'{env("sandbox_webhook_secret")}')  # fmt: skip
-        if self.sandbox_orphan_grace_s < self.reservation_lease_s:
+        if self.sandbox_orphan_grace_s is not None and self.sandbox_orphan_grace_s < self.reservation_lease_s:
             raise ValueError(f'{env("sandbox_orphan_grace_s")}={self.sandbox_orphan_grace_s} is shorter than '
                              f'{env("reservation_lease_s")}={self.reservation_lease_s}: a sandbox started for a '
                              'reservation could be released before it activates')  # fmt: skip

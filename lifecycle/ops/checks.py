@@ -1,4 +1,4 @@
-"""Startup checks: is this Redis (and MongoDB) fit to hold the pool?"""
+"""Startup checks: is this Redis (and MongoDB) fit to hold the pool, and do the sandboxes' engine answer?"""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from lifecycle.errors import ConfigurationError
+from lifecycle.errors import ConfigurationError, LifecycleError
 from lifecycle.pool import calls
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
+from lifecycle.sandboxes import SandboxDriver
 
 
 def redis_problems(pool: Executor) -> list[str]:
@@ -57,3 +58,12 @@ def mongo_problems(store: Any) -> list[str]:
         for collection, names in EXPECTED_INDEXES.items()
         for name in sorted(names - present[collection])
     ]
+
+
+def sandbox_problems(driver: SandboxDriver) -> list[str]:
+    """Whether the sandbox driver can list its sandboxes (the docker driver: its engine answers)."""
+    try:
+        driver.leases()
+    except LifecycleError as exc:
+        return [f'sandboxes: unreachable: {exc}']
+    return []

@@ -272,6 +272,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             found = checks.mongo_problems(lc.store)
             unreachable |= any(problem.startswith('mongo: unreachable') for problem in found)
             problems += found
+        found = checks.sandbox_problems(lc.driver)
+        unreachable |= bool(found)
+        problems += found
         warnings = reaping_warnings(lc) if not problems else []
     data = {'ok': not problems, 'problems': problems, 'warnings': warnings, 'notes': notes,
             'settings': public_settings(settings)}  # fmt: skip
@@ -286,7 +289,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print('all checks passed' if not problems else f'{len(problems)} problem(s)')
 
     emit(args, data, render)
-    if unreachable:  # as every other command: 3 when Redis or MongoDB cannot be reached
+    if unreachable:  # as every other command: 3 when Redis, MongoDB (or the sandboxes' engine) cannot be reached
         return EXIT_UNAVAILABLE
     return EXIT_OK if not problems else EXIT_PROBLEMS
 

@@ -322,7 +322,7 @@ class Sweeper:
             log.warning('the sandbox driver could not list its sandboxes; retried at the next expiry sweep',
                         exc_info=True)  # fmt: skip
             leases = []
-        leftover = leftover_leases(leases, now_ms, self.settings.sandbox_orphan_grace_s * 1000)
+        leftover = leftover_leases(leases, now_ms, self.settings.orphan_grace_s * 1000)
         retried = [m for m in self._members(self.keys.orphans, '-inf', now_ms) if validate.is_identifier(m)]
         ids = list(dict.fromkeys([*retried, *(lease.session_id for lease in leftover)]))
         if not ids:

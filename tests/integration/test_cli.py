@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,6 +158,19 @@ def test_check_warns_loudly_when_idle_reaping_cannot_happen(settings: Settings) 
     without_mongo = {k: v for k, v in environment(settings).items() if k != 'LIFECYCLE_MONGO_URL'}
     done = cli(settings, 'check', env=without_mongo)
     assert 'IDLE REAPING IS OFF' in done.stdout
+
+
+def test_check_reports_a_sandbox_engine_that_does_not_answer(settings: Settings, tmp_path: Path) -> None:
+    store = MongoSnapshotStore(settings.mongo_url or '', settings.mongo_database)
+    store.ensure_indexes()
+    store.close()
+    url = f'unix://{tmp_path}/no-engine.sock'
+    down = settings.model_copy(update={'sandbox_driver': 'docker', 'sandbox_docker_url': url})
+    done = cli(down, 'check', '--json')
+    assert done.returncode == 3, done.stdout
+    (problem,) = json.loads(done.stdout)['problems']
+    assert problem.startswith('sandboxes: unreachable'), problem
+    assert url in problem, problem
 
 
 def test_check_reports_missing_indexes_then_passes(settings: Settings) -> None:

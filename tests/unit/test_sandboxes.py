@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle import Settings
-from lifecycle.sandboxes import NoopDriver, ProcessDriver, SandboxError, WebhookDriver, driver_from_settings
+from lifecycle import FixedClock, Settings
+from lifecycle.sandboxes import (
+    DockerDriver,
+    NoopDriver,
+    ProcessDriver,
+    SandboxError,
+    SandboxLease,
+    WebhookDriver,
+    driver_from_settings,
+)
+from lifecycle.sandboxes.base import leftover_leases, release_lease
 from lifecycle.sandboxes.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import group_alive
 
@@ -129,3 +138,53 @@ def test_drivers_are_chosen_by_settings(tmp_path: Path) -> None:
     assert isinstance(driver_from_settings(webhook), WebhookDriver)
     with pytest.raises(ValueError, match='LIFECYCLE_SANDBOX_WEBHOOK_URL'):
         Settings(sandbox_driver='webhook')
+
+
+def test_the_docker_driver_is_chosen_by_settings_with_its_engine_limits_and_grace() -> None:
+    settings = Settings(sandbox_driver='docker', sandbox_docker_url='unix:///nowhere.sock', sandbox_memory='64m',
+                        sandbox_pids=32, sandbox_stop_grace_s=2, key_prefix='p1')  # fmt: skip
+    driver = driver_from_settings(settings, FixedClock(5))
+    assert isinstance(driver, DockerDriver)  # built without reaching the engine: it is asked on first use
+    assert (driver.pool, driver.engine, driver.grace_s, driver.clock.now_ms()) == ('p1', 'unix:///nowhere.sock', 2, 5)
+    assert driver.limits.options() == {'mem_limit': '64m', 'pids_limit': 32}
+
+
+def test_the_orphan_grace_covers_a_reservations_lease() -> None:
+    assert Settings().orphan_grace_s == 300
+    assert Settings(reservation_lease_s=600).orphan_grace_s == 1200  # an existing setting alone stays valid
+    assert Settings(sandbox_orphan_grace_s=60, reservation_lease_s=60).orphan_grace_s == 60
+    with pytest.raises(ValueError, match='LIFECYCLE_SANDBOX_ORPHAN_GRACE_S=30 is shorter than'):
+        Settings(sandbox_orphan_grace_s=30, reservation_lease_s=60)
+
+
+def test_leftover_leases_are_those_past_their_deadline_or_the_orphan_grace() -> None:
+    now = 1_000_000
+    leases = [
+        SandboxLease('past', now, now - 1),
+        SandboxLease('running', now + 1, now - 59_999),
+        SandboxLease('orphan', now + 1, now - 60_000),
+        SandboxLease('unknown-start', now + 1),
+    ]
+    assert [lease.session_id for lease in leftover_leases(leases, now, 60_000)] == ['past', 'orphan']
+
+
+def test_a_lease_is_released_exactly_where_the_driver_can_and_by_session_elsewhere(tmp_path: Path) -> None:
+    released: list[tuple[str, str]] = []
+
+    class SessionOnly:
+        def release(self, session_id: str, reason: str) -> None:
+            released.append((session_id, reason))
+
+        def leases(self) -> list[SandboxLease]:
+            return []
+
+    release_lease(SessionOnly(), SandboxLease('s1', 5, 1, 'c1'), 'expired')
+    assert released == [('s1', 'expired')]
+    process = ProcessDriver(tmp_path)
+    process.start('s2', ['sleep', '30'], 30)
+    (old,) = process.leases()
+    stale = SandboxLease('s2', old.expires_at_ms - 1)  # an earlier sandbox of the session: not this one
+    release_lease(process, stale, 'expired')
+    assert process.leases() == [old]
+    release_lease(process, old, 'expired')
+    assert process.leases() == []
