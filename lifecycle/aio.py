@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
@@ -54,6 +55,7 @@ class AsyncLifecycle(Wiring):
         self.pool = AsyncExecutor(settings, redis_client, clock)
         super().__init__(settings, self.pool.keys, self.pool.clock, store, driver)
         self._evicting: Executor | None = None
+        self._twin_lock = threading.Lock()
         self._evicting_store: SnapshotStore | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -98,9 +100,10 @@ class AsyncLifecycle(Wiring):
 
     def _sync_pool(self) -> Executor:
         """A sync twin of this client's Redis connection (same server, credentials, TLS) with its clock."""
-        if self._evicting is None:
-            self._evicting = Executor(self.settings, sync_twin(self.pool.redis, self.settings), self.clock)
-        return self._evicting
+        with self._twin_lock:  # make_room's thread and the loop may both ask first
+            if self._evicting is None:
+                self._evicting = Executor(self.settings, sync_twin(self.pool.redis, self.settings), self.clock)
+            return self._evicting
 
     def _driver_clock(self) -> Clock:
         return self._sync_pool()  # the driver is sync: its deadlines read Redis time through the sync twin

@@ -136,6 +136,7 @@ class Wiring:
         self._owns_store = store is None
         self._driver = driver
         self._owns_driver = driver is None
+        self._driver_clocked = False
 
     @property
     def store(self) -> SnapshotStore | None:
@@ -146,9 +147,16 @@ class Wiring:
 
     @property
     def driver(self) -> SandboxDriver:
-        """The sandbox driver `settings.sandbox_driver` names."""
+        """The sandbox driver `settings.sandbox_driver` names (or the one injected); a driver that dates its
+        sandboxes (the docker driver) does so by this client's lifecycle time unless given a clock of its own."""
         if self._driver is None:
-            self._driver = driver_from_settings(self.settings, self._driver_clock())
+            docker = self.settings.sandbox_driver == 'docker'
+            self._driver = driver_from_settings(self.settings, self._driver_clock() if docker else None)
+        elif not self._driver_clocked:
+            adopt = getattr(self._driver, 'adopt_clock', None)
+            if adopt is not None:
+                adopt(self._driver_clock())
+        self._driver_clocked = True
         return self._driver
 
     def _driver_clock(self) -> Clock:

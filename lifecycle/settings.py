@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     # asked), a host path of a static busybox mounted for images without `timeout`, and default limits.
     sandbox_docker_url: str | None = None
     sandbox_stop_grace_s: PositiveInt = 5
-    sandbox_docker_timeout_s: PositiveInt = 30
+    sandbox_docker_timeout_s: PositiveInt = 10
     sandbox_docker_api_version: str = 'auto'
     sandbox_docker_wrapper: str | None = None
     sandbox_memory: str | None = None  # '512m'
@@ -208,6 +208,13 @@ class Settings(BaseSettings):
     def _mongo_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(('mongodb://', 'mongodb+srv://')):
             raise ValueError(f'mongo_url {redacted(value)!r} must start with mongodb:// or mongodb+srv://')
+        return value
+
+    @field_validator('sandbox_docker_api_version')
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if value != 'auto' and not re.fullmatch(r'1\.\d{1,3}', value):
+            raise ValueError(f"sandbox_docker_api_version {value!r} must be 'auto' or a version such as '1.41'")
         return value
 
     @field_validator('key_prefix')

@@ -6,7 +6,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from lifecycle.errors import ConfigurationError, LifecycleError
+from lifecycle.errors import ConfigurationError
 from lifecycle.pool import calls
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
@@ -64,6 +64,6 @@ def sandbox_problems(driver: SandboxDriver) -> list[str]:
     """Whether the sandbox driver can list its sandboxes (the docker driver: its engine answers)."""
     try:
         driver.leases()
-    except LifecycleError as exc:
+    except Exception as exc:  # SandboxError, or a driver that fails otherwise: unfit all the same
         return [f'sandboxes: unreachable: {exc}']
     return []

@@ -31,7 +31,7 @@ from lifecycle.client import Lifecycle
 from lifecycle.errors import CapacityExceeded, LifecycleError
 from lifecycle.models import NoticeKind, SessionState
 from lifecycle.ops.embedded import owned_env, start_mongo, start_redis, stop_child, stop_process
-from lifecycle.ops.engine import IMAGE, EngineUnavailable, start_engine
+from lifecycle.ops.engine import IMAGE, start_engine
 from lifecycle.pool.records import read_records
 from lifecycle.sandboxes import DockerDriver
 from lifecycle.settings import Settings
@@ -102,9 +102,9 @@ class Replica:
         if self.active:
             self.run_turn(self.rng.choice(self.active))
 
-    def sandbox(self, session_id: str, ttl_s: int) -> None:
+    def sandbox(self, session_id: str, ttl_s: int, *, replace: bool = False) -> None:
         if self.driver is not None:
-            self.driver.start(session_id, IMAGE, ['sleep', '3600'], max(1, ttl_s))
+            self.driver.start(session_id, IMAGE, ['sleep', '3600'], max(1, ttl_s), replace=replace)
             self.figures['containers'] += 1
 
     def read_notices(self) -> None:
@@ -116,7 +116,8 @@ class Replica:
             if notice.kind is NoticeKind.EVICTED and self.rng.random() < 0.4:
                 with contextlib.suppress(LifecycleError):  # full, or restored elsewhere: fine
                     restored = lc.restore(notice.session_id, self.owner)
-                    self.sandbox(notice.session_id, -(-(restored.session.expires_at_ms - lc.now_ms()) // 1000))
+                    left_s = -(-(restored.session.expires_at_ms - lc.now_ms()) // 1000)
+                    self.sandbox(notice.session_id, left_s, replace=True)  # its old one may not be gone yet
                     lc.checkpoint(notice.session_id, {'restored': True})
                     self.active.append(notice.session_id)
                     self.figures['restored'] += 1
@@ -248,7 +249,7 @@ def start_sandboxes(stack: ExitStack, notes: list[str], sandboxes: str, prefix: 
         return None
     try:
         url = start_engine(stack, notes)
-    except (EngineUnavailable, ImportError) as exc:
+    except Exception as exc:  # no engine, no SDK, or an engine that fails: 'auto' runs without containers
         if sandboxes == 'docker':
             console.print(f'[red]--sandboxes docker: {exc}[/red]')
             return False

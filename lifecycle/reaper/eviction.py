@@ -298,8 +298,8 @@ class Evictor:
     def _release(self, claim: Claim) -> None:
         try:
             self.driver.release(claim.session_id, claim.reason.value)
-        except SandboxError as exc:
-            self._defer_release(claim, str(exc))
+        except Exception as exc:  # SandboxError, or a driver's bug: the durable path is done, the slot comes back
+            self._defer_release(claim, str(exc) if isinstance(exc, SandboxError) else repr(exc))
 
     def _defer_release(self, claim: Claim, why: str) -> None:
         """The session's state is durable; its slot must come back now. The orphan list retries the release."""

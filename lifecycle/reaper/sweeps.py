@@ -7,7 +7,6 @@ CLI). Its cost grows with the sessions that are due, not with the pool: every se
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import socket
@@ -31,7 +30,7 @@ from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
-from lifecycle.sandboxes.base import leftover_leases, release_lease
+from lifecycle.sandboxes.base import SandboxLease, leftover_leases, release_lease
 
 __all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
 log = logging.getLogger(__name__)
@@ -302,7 +301,7 @@ class Sweeper:
         for page in self._pages(self.keys.deadline, '-inf', now, lock):
             self._order(report, [Order(session_id, ReapReason.EXPIRED) for session_id, _ in page], dry_run)
         if not dry_run:
-            self._release_leftover_sandboxes(report, now)
+            self._release_leftover_sandboxes(report, now, lock)
 
     def _tenant_index_lost(self) -> bool:
         """The tenant index has lost its marker while the pool holds something (see `Keys.tenants`)."""
@@ -311,40 +310,66 @@ class Sweeper:
                                              calls.cardinality(self.keys.reservations)])  # fmt: skip
         return marker is None and live + reserved > 0
 
-    def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int) -> None:
-        """Retry failed releases (and release the orphans a rebuild found, once due), and release the sandboxes
-        past their deadline or past the orphan grace whose session the pool does not hold (live or being
-        evicted). A driver that cannot list (its engine down) delays only the latter."""
+    def _release_leftover_sandboxes(self, report: SweepReport, now_ms: int, lock: SweepLock) -> None:
+        """Retry the releases that failed (and release the orphans a rebuild found, once due), and release the
+        sandboxes past their deadline or past the orphan grace whose session the pool does not hold (live or
+        being evicted). Each release is judged again just before it is made; a driver that can list releases
+        exactly the sandboxes it judged, never one a session started since. A driver that cannot list (its
+        engine down) leaves everything for the next sweep; a slow one gets half the sweep lock's time."""
         driver = self.evictor.driver
         try:
             leases = driver.leases()
         except Exception:
             log.warning('the sandbox driver could not list its sandboxes; retried at the next expiry sweep',
                         exc_info=True)  # fmt: skip
-            leases = []
-        leftover = leftover_leases(leases, now_ms, self.settings.orphan_grace_s * 1000)
-        retried = [m for m in self._members(self.keys.orphans, '-inf', now_ms) if validate.is_identifier(m)]
-        ids = list(dict.fromkeys([*retried, *(lease.session_id for lease in leftover)]))
-        if not ids:
             return
-        live, reaping = self.pool.run_many([calls.scores(self.keys.live, ids), calls.scores(self.keys.reaping, ids)])
-        held = {s for s, a, b in zip(ids, live, reaping, strict=True) if a is not None or b is not None}
-        if kept := [s for s in retried if s in held]:
-            self.pool.run(calls.remove(self.keys.orphans, kept))  # live again (restored): its sandbox is in use
-        releases: list[tuple[str, Callable[[], None]]] = [
-            (s, functools.partial(driver.release, s, ReapReason.EXPIRED.value)) for s in retried if s not in held
+        retried = self.pool.run(calls.by_score(self.keys.orphans, '-inf', now_ms))
+        grace_ms = self.settings.orphan_grace_s * 1000
+        releases: list[tuple[str, int | SandboxLease]] = [
+            (s, int(at)) for s, at in retried if validate.is_identifier(s)
         ]
-        releases += [(lease.session_id, functools.partial(release_lease, driver, lease, ReapReason.EXPIRED.value))
-                     for lease in leftover if lease.session_id not in held]  # fmt: skip
-        for session_id, release in releases:
+        releases += [(lease.session_id, lease) for lease in leftover_leases(leases, now_ms, grace_ms)]
+        budget = time.monotonic() + self.settings.sweep_lock_timeout_s / 2
+        for session_id, what in releases:
+            if time.monotonic() > budget:
+                log.warning('sandbox releases ran out of time; the rest wait for the next expiry sweep')
+                return
+            live, reaping = self.pool.run_many([calls.score(self.keys.live, session_id),
+                                                calls.score(self.keys.reaping, session_id)])  # fmt: skip
+            if reaping is not None:
+                continue  # its eviction releases it (or undoes itself): judge it again next time
+            if live is not None:
+                if not isinstance(what, SandboxLease):
+                    self.pool.run(calls.remove(self.keys.orphans, [session_id]))  # restored: its sandbox is in use
+                continue
             try:
-                release()
+                released = self._release_leftover(session_id, what, leases)
             except Exception:
                 log.warning('sandbox of %s still not released', session_id, exc_info=True)
                 continue
-            self.pool.run(calls.remove(self.keys.orphans, [session_id]))
-            if session_id not in report.released_sandboxes:
+            finally:
+                lock.extend()
+            if not isinstance(what, SandboxLease):
+                self.pool.run(calls.remove(self.keys.orphans, [session_id]))
+            if released and session_id not in report.released_sandboxes:
                 report.released_sandboxes.append(session_id)
+
+    def _release_leftover(self, session_id: str, what: int | SandboxLease, leases: list[SandboxLease]) -> bool:
+        """Release the lease judged leftover, or retry a failed release (put on the orphan list at `what`):
+        exactly the sandboxes of the session that existed then, where the driver can tell; False if none did."""
+        driver = self.evictor.driver
+        reason = ReapReason.EXPIRED.value
+        if isinstance(what, SandboxLease):
+            release_lease(driver, what, reason)
+            return True
+        if getattr(driver, 'release_lease', None) is None:
+            driver.release(session_id, reason)
+            return True
+        then = [lease for lease in leases if lease.session_id == session_id
+                and (lease.started_at_ms is None or lease.started_at_ms <= what)]  # fmt: skip
+        for lease in then:
+            release_lease(driver, lease, reason)
+        return bool(then)
 
     def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         now = self.pool.now_ms()

@@ -103,7 +103,7 @@ class DockerDriver:
         *,
         clock: Clock | None = None,
         grace_s: int = 5,
-        timeout_s: float = 30.0,
+        timeout_s: float = 10.0,
         api_version: str = 'auto',
         wrapper: str | None = None,
         limits: Limits | None = None,
@@ -117,7 +117,7 @@ class DockerDriver:
         self.pool = pool
         self.engine_url = engine_url
         self.engine = engine_url or os.environ.get('DOCKER_HOST') or DEFAULT_ENGINE
-        self.clock = clock or SystemClock()
+        self._clock = clock
         self.grace_s = max(1, int(grace_s))
         self.timeout_s = timeout_s
         self.api_version = api_version
@@ -125,6 +125,16 @@ class DockerDriver:
         self.limits = limits or Limits()
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+
+    @property
+    def clock(self) -> Clock:
+        """Lifecycle time for the labels: the clock given, else the client's it was given to, else this host's."""
+        return self._clock or SystemClock()
+
+    def adopt_clock(self, clock: Clock) -> None:
+        """Date labels by `clock` unless one was given (a client adopts a driver injected into it this way)."""
+        if self._clock is None:
+            self._clock = clock
 
     # -- the engine -------------------------------------------------------------------------------------
 
@@ -153,14 +163,13 @@ class DockerDriver:
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
         """Any engine failure (down, refused, timed out, an error reply) becomes a SandboxError naming it."""
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
         try:
             listening(self.engine)
             yield
-        except (DockerException, RequestException, OSError) as exc:
-            raise SandboxError(f'{what} failed on the container engine at {self.engine}: {exc}') from exc
+        except (SandboxError, InvalidArgument):
+            raise
+        except Exception as exc:  # the engine's errors, the SDK's and its transport's: all of them ours now
+            raise SandboxError(f'{what} failed on the container engine at {self.engine}: {exc!r:.500}') from exc
 
     def close(self) -> None:
         with self._lock:
@@ -182,6 +191,7 @@ class DockerDriver:
         command: Sequence[str],
         ttl_s: int,
         *,
+        replace: bool = False,
         limits: Limits | None = None,
         environment: Mapping[str, str] | None = None,
         **options: Any,
@@ -189,10 +199,11 @@ class DockerDriver:
         """Start the session's container, ending itself after `ttl_s`; returns its id.
 
         `command` is the whole argv (the image's entrypoint is replaced by the deadline wrapper); `limits`
-        override the driver's defaults; `options` go to the engine as docker-py's `containers.run` takes them
-        (network, volumes, user, ...). A container the session still has (from an earlier activation) is
-        removed first. Raises InvalidArgument for a bad value, SandboxError if the engine fails (nothing left
-        running then).
+        override the driver's defaults; `options` go to the engine as docker-py's `containers.create` takes them
+        (network_mode, volumes, user, ...). One container per session: if the session has one, this raises
+        SandboxError, unless `replace` (after a restore: the container of its earlier activation goes first).
+        Raises InvalidArgument for a bad value, SandboxError if the engine fails (nothing of this call is left
+        running then); a missing image is pulled, as `docker run` does.
         """
         validate.identifier('session_id', session_id)
         if not isinstance(image, str) or not image:
@@ -201,49 +212,77 @@ class DockerDriver:
             raise InvalidArgument(f'command must be a non-empty list of strings (the argv), got {command!r:.200}')
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= HARD_MAX_TTL_S:
             raise InvalidArgument(f'ttl_s must be a whole number of seconds in 1..{HARD_MAX_TTL_S}, got {ttl_s!r}')
+        validate.flag('replace', replace)
         if clash := sorted(OWNED_OPTIONS & set(options)):
             raise InvalidArgument(f'options {clash} are set by the driver (deadline, labels, removal)')
-        run = {**self.limits.options(), **(limits or Limits()).options(), **options}
+        create = self._with_wrapper({**self.limits.options(), **(limits or Limits()).options(), **options})
         if environment is not None:
-            run['environment'] = dict(environment)
+            create['environment'] = dict(environment)
         now_ms = self.clock.now_ms()
         labels = {POOL_LABEL: self.pool, SESSION_LABEL: session_id,
                   DEADLINE_LABEL: str(now_ms + ttl_s * 1000), STARTED_LABEL: str(now_ms)}  # fmt: skip
-        timeout = ['timeout'] if self.wrapper is None else [WRAPPER_PATH, 'timeout']
-        if self.wrapper is not None:
-            run.setdefault('volumes', {})
-            run['volumes'] = {**run['volumes'], self.wrapper: {'bind': WRAPPER_PATH, 'mode': 'ro'}}
         name = self.name(session_id)
         with self._call(f'start of the sandbox of {session_id!r} ({image})'):
-            engine = self._engine()
-            self._remove(name, session_id)  # one sandbox per session: an earlier activation's goes
+            if replace:
+                self._remove(name, session_id)
+            created = self._create(image, list(command), name, session_id, labels=labels, detach=True,
+                                   entrypoint=[*self._timeout, '-k', str(self.grace_s), str(ttl_s)],
+                                   auto_remove=True, init=True, **create)  # fmt: skip
             try:
-                container = engine.containers.run(
-                    image, list(command), entrypoint=[*timeout, '-k', str(self.grace_s), str(ttl_s)], name=name,
-                    labels=labels, detach=True, auto_remove=True, init=True, **run,
-                )  # fmt: skip
+                created.start()
             except Exception:
-                self._remove(name, session_id)  # created but not started (no `timeout` in the image, say)
+                self._stop_and_remove(str(created.id))  # exactly the one this call created
                 raise
-        container_id = str(container.id)
+        container_id = str(created.id)
         log.info('sandbox of %s started: container %s, %s s', session_id, container_id[:12], ttl_s)
         return container_id
+
+    def _create(self, image: str, command: list[str], name: str, session_id: str, **create: Any) -> Any:
+        """Create the container; pull a missing image once; a name already taken is the session's sandbox."""
+        from docker.errors import APIError, ImageNotFound
+
+        containers = self._engine().containers
+        try:
+            try:
+                return containers.create(image, command, name=name, **create)
+            except ImageNotFound:
+                self._engine().images.pull(image)
+                return containers.create(image, command, name=name, **create)
+        except APIError as exc:
+            if exc.status_code == 409 or 'already in use' in str(exc):
+                raise SandboxError(f'the session {session_id!r} already has a sandbox (container {name}): release '
+                                   'it first, or start(..., replace=True) after a restore') from exc  # fmt: skip
+            raise
+
+    @property
+    def _timeout(self) -> list[str]:
+        """The deadline wrapper's argv: the image's `timeout`, or the mounted static busybox's."""
+        return ['timeout'] if self.wrapper is None else [WRAPPER_PATH, 'timeout']
+
+    def _with_wrapper(self, create: dict[str, Any]) -> dict[str, Any]:
+        """`create` with the wrapper's busybox mounted read-only, where one is set."""
+        if self.wrapper is None:
+            return create
+        volumes = create.get('volumes') or {}
+        if isinstance(volumes, dict):
+            volumes = {**volumes, self.wrapper: {'bind': WRAPPER_PATH, 'mode': 'ro'}}
+        elif isinstance(volumes, list | tuple):
+            volumes = [*volumes, f'{self.wrapper}:{WRAPPER_PATH}:ro']
+        else:
+            raise InvalidArgument(f'volumes must be a dict or a list, got {volumes!r:.200}')
+        return {**create, 'volumes': volumes}
 
     def check_image(self, image: str) -> None:
         """Raise SandboxError unless a container of `image` can run under the deadline wrapper: an image without
         `timeout` (and no `wrapper` set) starts, then exits at once, so `start` cannot tell; call this once at
-        start-up for each image the app uses."""
-        run: dict[str, Any] = {}
-        if self.wrapper is not None:
-            run['volumes'] = {self.wrapper: {'bind': WRAPPER_PATH, 'mode': 'ro'}}
-        timeout = ['timeout'] if self.wrapper is None else [WRAPPER_PATH, 'timeout']
+        start-up for each image the app uses. Its probe container is unlabelled: no sweep ever counts it."""
         with self._call(f'checking the image {image}'):
-            container = self._engine().containers.run(image, [*timeout, '5', 'true'], entrypoint=[], init=True,
-                                                      labels={POOL_LABEL: self.pool}, detach=True, **run)  # fmt: skip
+            probe = self._engine().containers.run(image, [*self._timeout, '5', 'true'], entrypoint=[], init=True,
+                                                  detach=True, **self._with_wrapper({}))  # fmt: skip
             try:
-                status = container.wait(timeout=30)['StatusCode']
+                status = probe.wait(timeout=30)['StatusCode']
             finally:
-                container.remove(force=True)
+                probe.remove(force=True)
         if status != 0:
             raise SandboxError(f'the image {image} cannot run its sandboxes under `timeout` (exit status {status}): '
                                'add busybox or coreutils to it, or set LIFECYCLE_SANDBOX_DOCKER_WRAPPER to a static '

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,11 +108,14 @@ def test_a_container_ends_itself_at_its_deadline_and_is_removed(engine: Engine) 
     assert driver.leases() == []
 
 
-def test_start_labels_limits_and_replaces_the_sessions_earlier_sandbox(engine: Engine) -> None:
+def test_start_labels_limits_and_replaces_the_sessions_earlier_sandbox_only_when_asked(engine: Engine) -> None:
     driver = engine.driver(limits=Limits(memory='64m', cpus=0.5))
     first = driver.start('s1', IMAGE, ['sleep', '3600'], 60, environment={'TOKEN': 'x'})
-    second = driver.start('s1', IMAGE, ['sleep', '3600'], 120, limits=Limits(pids=32))
-    assert not engine.exists(first)  # one sandbox per session: a second start replaces the first
+    with pytest.raises(SandboxError, match="'s1' already has a sandbox"):
+        driver.start('s1', IMAGE, ['sleep', '3600'], 60)  # a retried request, a second replica: refused
+    assert engine.exists(first)
+    second = driver.start('s1', IMAGE, ['sleep', '3600'], 120, limits=Limits(pids=32), replace=True)
+    assert not engine.exists(first)  # after a restore: the earlier activation's container goes
     config = engine.client.api.inspect_container(second)
     host = config['HostConfig']
     assert (host['Memory'], host['NanoCpus'], host['PidsLimit']) == (64 * 2**20, 500_000_000, 32)
@@ -120,6 +124,30 @@ def test_start_labels_limits_and_replaces_the_sessions_earlier_sandbox(engine: E
     assert 119_000 <= lease[0].expires_at_ms - (lease[0].started_at_ms or 0) <= 120_000
     assert config['Config']['Labels'][POOL_LABEL] == engine.prefix
     assert config['Name'].lstrip('/') == driver.name('s1')
+
+
+def test_concurrent_starts_of_one_session_leave_exactly_the_winners_container(engine: Engine) -> None:
+    driver = engine.driver()
+    results: list[str | Exception] = []
+
+    def start() -> None:
+        try:
+            results.append(driver.start('s1', IMAGE, ['sleep', '3600'], 60))
+        except SandboxError as exc:
+            results.append(exc)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        won = [r for r in results if isinstance(r, str)]
+        assert len(won) == 1, results
+        assert engine.exists(won[0])  # the winner's container is never removed by a loser
+        assert [lease.sandbox_id for lease in driver.leases()] == won
+        driver.release('s1', 'idle')
+        results.clear()
 
 
 def test_bad_input_is_refused_naming_the_value_and_starts_nothing(engine: Engine) -> None:
@@ -168,7 +196,7 @@ def test_a_lease_releases_exactly_its_container_never_the_sessions_newer_one(eng
     driver = engine.driver()
     driver.start('s1', IMAGE, ['sleep', '3600'], 60)
     (old,) = driver.leases()
-    newer = driver.start('s1', IMAGE, ['sleep', '3600'], 60)  # restored and started again meanwhile
+    newer = driver.start('s1', IMAGE, ['sleep', '3600'], 60, replace=True)  # restored and started again meanwhile
     driver.release_lease(old, 'expired')
     assert engine.exists(newer)
 
@@ -293,6 +321,47 @@ def test_an_eviction_releases_its_containers_and_an_engine_outage_defers_them_to
         assert r.lc.redis.zcard(r.lc.index.keys.orphans) == 0
     finally:
         service.stop()
+
+
+class Flaky(DockerDriver):
+    """The docker driver, with an engine that refuses releases while `down`."""
+
+    down = False
+
+    def release(self, session_id: str, reason: str) -> None:
+        if self.down:
+            raise SandboxError(f'release of {session_id!r} failed: the engine is down')
+        super().release(session_id, reason)
+
+
+def test_a_retried_release_never_removes_the_sandbox_a_session_started_since(
+    engine: Engine, make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    clock = FixedClock()
+    driver = Flaky(engine.prefix, engine.url, clock=clock, grace_s=1)
+    engine.drivers.append(driver)
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60), clock, driver)
+    reservation = r.lc.reserve('api-1')
+    old = driver.start('chat-7', IMAGE, ['sleep', '3600'], 600)
+    r.lc.activate(reservation, 'chat-7', ttl_seconds=600)
+    r.lc.checkpoint('chat-7', {'n': 1})
+    driver.down = True
+    clock.advance(seconds=61)
+    r.sweep(SweepKind.IDLE)  # evicted; its release failed: on the orphan list
+    assert r.lc.redis.zrange(r.lc.index.keys.orphans, 0, -1) == ['chat-7']
+    driver.down = False
+    # The old container is cleared by hand, and a new sandbox for chat-7 is started: between reserve and
+    # activate, the expiry sweep runs its retry.
+    (lease,) = driver.leases()
+    driver.release_lease(lease, 'operator')
+    clock.advance(seconds=1)
+    reservation = r.lc.reserve('api-1')
+    new = driver.start('chat-7', IMAGE, ['sleep', '3600'], 600)
+    r.sweep(SweepKind.EXPIRED)
+    assert not engine.exists(old)
+    assert engine.exists(new)  # it started after the failed release: not the sandbox the retry was for
+    assert r.lc.redis.zcard(r.lc.index.keys.orphans) == 0  # the one it was for is gone: nothing left to retry
+    r.lc.release(reservation)
 
 
 class PrivateEngine:

@@ -297,6 +297,30 @@ def test_an_expiry_sweep_whose_driver_cannot_list_still_expires_sessions_and_kee
     assert r.lc.stats().live == 0
 
 
+class Buggy(FlakyDriver):
+    """A driver that fails with something other than SandboxError (a bug, an SDK's own exception)."""
+
+    def release(self, session_id: str, reason: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ValueError('invalid literal for int() with base 10')
+        self.released.append(session_id)
+
+
+def test_a_driver_failing_with_any_exception_never_stops_an_eviction_after_its_durable_write(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = Buggy()
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60), driver=driver)
+    open_session(r, 's1')
+    r.clock.advance(seconds=60)
+    r.sweep(SweepKind.IDLE)
+    assert [(x.session_id, x.outcome) for x in r.results] == [('s1', Outcome.EVICTED)]
+    assert (r.lc.stats().slots, r.lc.stats().reaping) == (0, 0)
+    assert r.sweep(SweepKind.EXPIRED).released_sandboxes == ['s1']  # retried from the orphan list
+    assert driver.released == ['s1']
+
+
 def test_recovery_completes_a_durable_eviction_and_rolls_back_one_that_never_wrote(reaper: Reaper) -> None:
     open_session(reaper, 'durable')
     open_session(reaper, 'unwritten')

@@ -188,3 +188,18 @@ def test_a_lease_is_released_exactly_where_the_driver_can_and_by_session_elsewhe
     assert process.leases() == [old]
     release_lease(process, old, 'expired')
     assert process.leases() == []
+
+
+def test_a_docker_driver_passed_in_without_a_clock_dates_its_sandboxes_by_the_clients_clock() -> None:
+    import fakeredis
+
+    from lifecycle import Lifecycle
+
+    injected = DockerDriver('p', 'unix:///nowhere.sock')
+    own = DockerDriver('p', 'unix:///nowhere.sock', clock=FixedClock(3))
+    for driver, expected in ((injected, 7), (own, 3)):
+        lc = Lifecycle(Settings(), redis_client=fakeredis.FakeRedis(decode_responses=True), clock=FixedClock(7),
+                       driver=driver)  # fmt: skip
+        assert lc.driver is driver
+        assert driver.clock.now_ms() == expected
+        lc.disconnect()

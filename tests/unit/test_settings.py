@@ -160,3 +160,10 @@ def test_sentinel_settings_reach_the_broker_and_redbeat_and_keep_the_data_nodes_
     assert beat['redbeat_redis_options']['sentinels'] == [('10.0.0.1', 26379), ('::1', 26380)]
     assert (beat['redbeat_redis_options']['password'], beat['redbeat_redis_options']['db']) == ('p@ss', 3)
     assert beat['redbeat_redis_use_ssl'] == {'ssl_cert_reqs': 'required', 'ssl_ca_certs': '/ca.pem'}
+
+
+def test_the_docker_api_version_is_auto_or_a_version() -> None:
+    assert Settings(sandbox_docker_api_version='1.41').sandbox_docker_api_version == '1.41'
+    for bad in ('v1.41', 'latest', '1', ''):
+        with pytest.raises(ValidationError, match='sandbox_docker_api_version'):
+            Settings(sandbox_docker_api_version=bad)
