@@ -178,7 +178,7 @@ class DockerDriver:
                 self._client = None
 
     def name(self, session_id: str) -> str:
-        """The session's container name: one container per session and pool (a second start replaces it)."""
+        """The session's container name: one container per session and pool (the engine refuses a second)."""
         digest = hashlib.sha256(f'{self.pool}\0{session_id}'.encode()).hexdigest()[:32]
         return f'lifecycle-{digest}'
 

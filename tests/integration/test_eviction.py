@@ -242,14 +242,17 @@ def test_owners_are_warned_once_before_the_idle_deadline(reaper: Reaper) -> None
 
 
 class FlakyDriver:
-    def __init__(self) -> None:
+    """Fails its first release with `error` (a SandboxError, or what a buggy driver raises)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
         self.released: list[str] = []
         self.failures = 1
+        self.error = error or SandboxError('the sandbox API is down')
 
     def release(self, session_id: str, reason: str) -> None:
         if self.failures:
             self.failures -= 1
-            raise SandboxError('the sandbox API is down')
+            raise self.error
         self.released.append(session_id)
 
     def leases(self) -> list[Any]:
@@ -297,20 +300,10 @@ def test_an_expiry_sweep_whose_driver_cannot_list_still_expires_sessions_and_kee
     assert r.lc.stats().live == 0
 
 
-class Buggy(FlakyDriver):
-    """A driver that fails with something other than SandboxError (a bug, an SDK's own exception)."""
-
-    def release(self, session_id: str, reason: str) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise ValueError('invalid literal for int() with base 10')
-        self.released.append(session_id)
-
-
 def test_a_driver_failing_with_any_exception_never_stops_an_eviction_after_its_durable_write(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
 ) -> None:
-    driver = Buggy()
+    driver = FlakyDriver(ValueError('invalid literal for int() with base 10'))  # a bug, an SDK's own exception
     r = make_reaper(make_reaper_settings(idle_ttl_s=60), driver=driver)
     open_session(r, 's1')
     r.clock.advance(seconds=60)
