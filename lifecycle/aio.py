@@ -23,6 +23,7 @@ from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import AsyncRuns
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.pool.executor import AsyncExecutor, Executor, sync_twin
+from lifecycle.pool.stamper import AsyncStamper
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
@@ -58,6 +59,7 @@ class AsyncLifecycle(Wiring):
         self._twin_lock = threading.Lock()
         self._evicting_store: SnapshotStore | None = None
         self._pending: set[asyncio.Task[Any]] = set()
+        self._stamper: AsyncStamper | None = None
 
     @property
     def redis(self) -> aredis.Redis:
@@ -84,6 +86,9 @@ class AsyncLifecycle(Wiring):
         client if this client opened it."""
         if self._pending:
             await asyncio.wait(self._pending, timeout=self.settings.busy_lease_s)
+        if self._stamper is not None:
+            stamper, self._stamper = self._stamper, None
+            await stamper.close()
         await self.pool.close()
         if self._evicting is not None:
             self._evicting.close()
@@ -142,7 +147,17 @@ class AsyncLifecycle(Wiring):
 
     async def touch(self, session_id: str) -> bool:
         """See `Lifecycle.touch`."""
+        if self.settings.touch_flush_ms:
+            if self._stamper is None:
+                self._stamper = AsyncStamper(self.pool, self.index, self.settings.touch_flush_ms / 1000,
+                                             self.settings.touch_max_pending)  # fmt: skip
+            await self._stamper.touch(session_id)
+            return True
         return await self.pool.do(self.flows.touch([session_id], self.store)) == 1
+
+    async def flush_touches(self) -> int:
+        """See `Lifecycle.flush_touches`."""
+        return await self._stamper.flush() if self._stamper is not None else 0
 
     async def touch_many(self, session_ids: Sequence[str]) -> int:
         """See `Lifecycle.touch_many`."""

@@ -20,6 +20,7 @@ from lifecycle.jobs.runs import Runs
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
+from lifecycle.pool.stamper import Stamper
 from lifecycle.reaper.eviction import Evictor, Outcome
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
@@ -75,7 +76,9 @@ class Lifecycle(Wiring):
         self.disconnect()
 
     def disconnect(self) -> None:
-        """Close the Redis connections, and the MongoDB client if this client opened it."""
+        """Send the coalesced stamps, close the Redis connections, and the MongoDB client if this client opened it."""
+        if '_stamper' in self.__dict__:
+            self.__dict__.pop('_stamper').close()
         self.pool.close()
         self._close_driver()
         self._close_store()
@@ -114,8 +117,23 @@ class Lifecycle(Wiring):
         return self.pool.run(self.index.release(reservation))
 
     def touch(self, session_id: str) -> bool:
-        """Stamp genuine activity (a user message, a turn start or end; never a poll). True if stamped."""
+        """Stamp genuine activity (a user message, a turn start or end; never a poll). True if stamped.
+
+        With `touch_flush_ms` > 0 it returns True at once and the stamp goes out coalesced with others within
+        that many ms (see `flush_touches`); `touch_many` always sends at once, with the reply.
+        """
+        if self.settings.touch_flush_ms:
+            self._stamper.touch(session_id)
+            return True
         return self.pool.do(self.flows.touch([session_id], self.store)) == 1
+
+    @cached_property
+    def _stamper(self) -> Stamper:
+        return Stamper(self.pool, self.index, self.settings.touch_flush_ms / 1000, self.settings.touch_max_pending)
+
+    def flush_touches(self) -> int:
+        """Send the coalesced stamps now; returns how many sessions' activity moved (0 when not coalescing)."""
+        return self._stamper.flush() if '_stamper' in self.__dict__ else 0
 
     def touch_many(self, session_ids: Sequence[str]) -> int:
         """Stamp many sessions in one round trip; returns how many were live and stamped."""

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     busy_lease_s: PositiveInt = 60  # a turn's heartbeat renews it every third of this
     replica_ttl_s: PositiveInt = 30  # a replica whose heartbeat is older than this is lost
     clock_refresh_s: PositiveInt = 60  # how often a client re-learns Redis server time
+    # touch(): 0 sends each stamp at once; > 0 coalesces them (merged per session, one ZADD every this many ms;
+    # more than touch_max_pending sessions waiting makes the caller send them itself). See pool/stamper.py.
+    touch_flush_ms: NonNegativeInt = 0
+    touch_max_pending: PositiveInt = 100_000
     # Each client's connections: calls beyond them wait this long for one (a web tier's bursts), then fail.
     redis_max_connections: PositiveInt = 100
     redis_pool_timeout_s: PositiveFloat = 10.0

@@ -254,10 +254,12 @@ class SessionIndex:
         Returns how many sessions' activity moved forward. `XX` never adds a session that is not
         live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
         """
-        ids = validate.identifiers('session_id', session_ids)
-        members: list[Arg] = []
-        for session_id in ids:
-            members += [now_ms, session_id]
+        return self.stamp([(session_id, now_ms) for session_id in validate.identifiers('session_id', session_ids)])
+
+    def stamp(self, stamps: Sequence[tuple[str, int]]) -> Call[int]:
+        """Stamp each of `stamps` (session_id, at_ms; ids validated by the caller) at its own time: a coalesced
+        batch of touches, one raw ZADD XX GT like `touch`."""
+        members: list[Arg] = [part for session_id, at_ms in stamps for part in (at_ms, session_id)]
         if not members:
             return Call(lambda reply: 0, command=('PING',))
         return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))

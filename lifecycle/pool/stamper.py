@@ -1,0 +1,134 @@
+"""Coalesced activity stamps: `touch()` returns at once; stamps are merged per session and sent as one
+`ZADD XX GT` every `interval_s` (and on flush or close), each at the time it was made.
+
+A stamp is applied at most one interval (plus one round trip) after it was made; sweeps run every few
+seconds at least, so the idle deadline it moves is never judged on a stale stamp by more than that. `XX` never
+revives a session that left the pool meanwhile and `GT` never moves activity back, so a late batch is as safe
+as an immediate touch. A flush that fails (Redis down) puts its stamps back, merged with newer ones: none is
+lost while the process runs, and `close()` sends what is pending. More than `max_pending` sessions waiting is
+backpressure: the caller that finds the buffer full sends it itself, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from lifecycle import validate
+from lifecycle.background import AsyncRepeater, Repeater
+from lifecycle.errors import LifecycleError
+from lifecycle.pool.executor import AsyncExecutor, Executor
+from lifecycle.pool.sessions import SessionIndex
+
+log = logging.getLogger(__name__)
+RETRY_S = 1.0  # while Redis is down, the flusher tries (and logs) once a second, not every interval
+CHUNK = 10_000  # sessions per ZADD: one command stays short on the server however many are pending
+
+
+def merge(pending: dict[str, int], stamps: dict[str, int]) -> None:
+    """Fold `stamps` into `pending`, keeping each session's latest."""
+    for session_id, at_ms in stamps.items():
+        if pending.get(session_id, -1) < at_ms:
+            pending[session_id] = at_ms
+
+
+class Stamper:
+    """Coalesces `touch(session_id)` for a sync client: a daemon thread flushes every `interval_s`."""
+
+    def __init__(self, pool: Executor, index: SessionIndex, interval_s: float, max_pending: int = 100_000) -> None:
+        self.pool, self.index = pool, index
+        self.max_pending = max_pending
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()  # guards _pending
+        self._sending = threading.Lock()  # one flush at a time, so a batch is never overtaken by a later one
+        self._repeater = Repeater('lifecycle-stamper', interval_s, self._beat, retry_s=RETRY_S).start()
+
+    def _beat(self) -> None:
+        self.flush()
+
+    def touch(self, session_id: str) -> None:
+        validate.identifier('session_id', session_id)
+        at_ms = self.pool.now_ms()
+        with self._lock:
+            if self._pending.get(session_id, -1) < at_ms:
+                self._pending[session_id] = at_ms
+            full = len(self._pending) >= self.max_pending
+        if full:
+            self.flush()  # backpressure: the caller pays for the round trip
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def flush(self) -> int:
+        """Send every pending stamp now; returns how many sessions' activity moved. Raises (after putting the
+        stamps back) if Redis cannot take them."""
+        with self._sending:
+            with self._lock:
+                items = list(self._pending.items())
+                self._pending = {}
+            moved = 0
+            start = 0
+            try:
+                for start in range(0, len(items), CHUNK):
+                    moved += self.pool.run(self.index.stamp(items[start : start + CHUNK]))
+            except LifecycleError:
+                with self._lock:
+                    merge(self._pending, dict(items[start:]))
+                raise
+            return moved
+
+    def close(self) -> None:
+        """Stop the flusher and send what is pending (no stamp lost on a clean shutdown)."""
+        self._repeater.stop()
+        try:
+            self.flush()
+        except LifecycleError as exc:
+            log.warning('%d activity stamps lost at close: %s', self.pending(), exc)
+
+
+class AsyncStamper:
+    """The same for the async client: an asyncio task flushes every `interval_s`."""
+
+    def __init__(self, pool: AsyncExecutor, index: SessionIndex, interval_s: float, max_pending: int = 100_000) -> None:
+        self.pool, self.index = pool, index
+        self.max_pending = max_pending
+        self._pending: dict[str, int] = {}
+        self._sending = asyncio.Lock()
+        self._repeater = AsyncRepeater('lifecycle-stamper', interval_s, self._beat, retry_s=RETRY_S).start()
+
+    async def _beat(self) -> None:
+        await self.flush()
+
+    async def touch(self, session_id: str) -> None:
+        validate.identifier('session_id', session_id)
+        at_ms = await self.pool.now_ms()
+        if self._pending.get(session_id, -1) < at_ms:
+            self._pending[session_id] = at_ms
+        if len(self._pending) >= self.max_pending:
+            await self.flush()
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> int:
+        async with self._sending:
+            items = list(self._pending.items())
+            self._pending = {}
+            moved = 0
+            start = 0
+            try:
+                for start in range(0, len(items), CHUNK):
+                    moved += await self.pool.run(self.index.stamp(items[start : start + CHUNK]))
+            except (LifecycleError, asyncio.CancelledError):
+                merge(self._pending, dict(items[start:]))
+                raise
+            return moved
+
+    async def close(self) -> None:
+        await self._repeater.stop()
+        try:
+            await self.flush()
+        except LifecycleError as exc:
+            log.warning('%d activity stamps lost at close: %s', self.pending(), exc)
