@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from rich.table import Table
 
 from lifecycle.client import Lifecycle
 from lifecycle.clock import FixedClock
+from lifecycle.models import ReapReason, SessionState
 from lifecycle.ops.embedded import owned_env, start_mongo, start_redis, stop_process, wait_until
 from lifecycle.pool.keys import Keys
 from lifecycle.reaper.eviction import Evictor
 from lifecycle.reaper.sweeps import Sweeper, SweepKind
 from lifecycle.settings import Settings
+from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.mongo import MongoSnapshotStore
 
 console = Console(stderr=True)
@@ -149,6 +152,33 @@ def coalesced_touches(settings: Settings, ids: list[str], seconds: float) -> tup
         worst_ms = max(worst_ms, (time.perf_counter() - touched) * 1000)
     lc.disconnect()
     return throughput, worst_ms
+
+
+def eviction_write_ms(mongo_url: str, documents: int, batch: int = 100, repeats: int = 3) -> float:
+    """Median ms of one eviction write (`mark_resumable`) of `batch` sessions, in a collection of `documents`."""
+    database = f'lifecycle_bench_writes_{documents}'
+    store = MongoSnapshotStore(mongo_url, database, timeout_ms=60_000)
+    try:
+        store.ensure_indexes()
+        store.sessions.insert_many(
+            [
+                {'_id': f'w{i}', 'state': SessionState.LIVE.value, 'fence': 1, 'checkpoint_seq': 3}
+                for i in range(documents)
+            ]
+        )
+        now = datetime.now(UTC)
+        timings = []
+        for round_ in range(repeats):
+            marks = [Mark(SessionRecord(f'w{round_ * batch + i}', 'bench', None, None, now, now, now, 3), 10 + round_,
+                          ReapReason.IDLE) for i in range(batch)]  # fmt: skip
+            started = time.perf_counter()
+            outcomes = store.mark_resumable(marks)
+            timings.append((time.perf_counter() - started) * 1000)
+            assert all(outcome is MarkOutcome.DONE for outcome in outcomes), outcomes
+        return statistics.median(timings)
+    finally:
+        store.client.drop_database(database)
+        store.close()
 
 
 def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int, idle_ttl_s: int) -> list[str]:
@@ -379,6 +409,12 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         add(Figure(f'sweep process RSS growth over {rss["ordered"]:,} due sessions', growth_mb, rss['before_kb'] / 1024,
                    'MB', '< 50 MB (flat; raw: RSS before)', growth_mb < 50))  # fmt: skip
         client.delete(*[key for key in client.scan_iter(match='{bench-*}*')] or ['-'])
+
+        large_docs = 10_000 if quick else 50_000
+        console.print(f'the eviction write of 100 sessions, in 1,000 and in {large_docs:,} documents ...')
+        small_ms, large_ms = eviction_write_ms(mongo_url, 1_000), eviction_write_ms(mongo_url, large_docs)
+        add(Figure(f'eviction write of 100, {large_docs:,} documents vs 1,000', large_ms, small_ms, 'ms',
+                   '<= 1.3 x', large_ms <= 1.3 * small_ms))  # fmt: skip
 
         console.print('evictions through a real worker ...')
         assert isinstance(lc.store, MongoSnapshotStore)

@@ -36,7 +36,8 @@ DUPLICATE_KEY = 11000
 # state), so what the app hands in must leave them room.
 MAX_STORED_BYTES = 16 * 1024 * 1024 - 64 * 1024
 MAX_NESTING = 90  # MongoDB refuses documents nested more than 100 deep; ours wrap the app's in a few levels
-MARK_INDEX = '_lifecycle_mark'  # scratch field of the eviction update pipeline, removed by its last stage
+MARK_INDEX = '_lifecycle_mark'  # scratch fields of the eviction update pipeline, removed by its last stage
+MARK_ELIGIBLE = '_lifecycle_eligible'
 
 
 def _below(token: int) -> dict[str, Any]:
@@ -52,36 +53,39 @@ def _subject(session_ids: str | Sequence[str]) -> str:
 
 
 def _marks_filter(marks: Sequence[Mark]) -> dict[str, Any]:
-    """The eviction write's condition, per session: still live (or resumable), a fence older than its
-    token and, if it needs one, a checkpoint covering its last finished turn."""
-    branches = []
-    for mark in marks:
-        branch = {'_id': mark.record.session_id, **_below(mark.token)}
-        if mark.needs_checkpoint:
-            branch['checkpoint_seq'] = {'$gte': mark.record.turn_seq}
-        branches.append(branch)
+    """The documents an eviction write may change: the batch's, still live (or resumable). Only conditions any
+    MongoDB-wire server serves from the `_id` index: the per-session ones are in the update (`_marks_update`),
+    so the write costs the batch, not the collection."""
     return {
         '_id': {'$in': [mark.record.session_id for mark in marks]},
         'state': {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]},
-        '$or': branches,
     }
 
 
 def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
-    """An update pipeline giving each matched document its own mark's values, looked up by `_id`."""
+    """An update pipeline giving each matched document its own mark's values, looked up by `_id`, where its own
+    condition holds: a fence older than its token (or none yet) and, if it needs one, a checkpoint covering its
+    last finished turn. A document whose condition fails keeps every field as it was."""
     ids = [mark.record.session_id for mark in marks]
+
+    def own(values: list[Any]) -> dict[str, Any]:
+        return {'$arrayElemAt': [{'$literal': values}, f'${MARK_INDEX}']}
+
+    eligible = {'$and': [
+        {'$lt': [{'$ifNull': ['$fence', -1]}, own([m.token for m in marks])]},
+        {'$or': [{'$not': [own([m.needs_checkpoint for m in marks])]},
+                 {'$gte': [{'$ifNull': ['$checkpoint_seq', -1]}, own([m.record.turn_seq for m in marks])]}]},
+    ]}  # fmt: skip
     values = [{**record_fields(m.record), 'fence': m.token, 'reason': m.reason.value, 'checkpoint_waived': m.waived}
               for m in marks]  # fmt: skip
-    own = {name: {'$arrayElemAt': [{'$literal': [v[name] for v in values]}, f'${MARK_INDEX}']} for name in values[0]}
+    marked: dict[str, Any] = {name: own([v[name] for v in values]) for name in values[0]}
+    marked |= {'state': SessionState.RESUMABLE.value, 'evicted_at': now, 'updated_at': now}
     return [
         {'$set': {MARK_INDEX: {'$indexOfArray': [{'$literal': ids}, '$_id']}}},
-        {'$set': {
-            **own,
-            'state': SessionState.RESUMABLE.value,
-            'evicted_at': now,
-            'updated_at': now,
-        }},
-        {'$unset': MARK_INDEX},
+        {'$set': {MARK_ELIGIBLE: eligible}},
+        {'$set': {name: {'$cond': [f'${MARK_ELIGIBLE}', {'$literal': value} if not isinstance(value, dict) else value,
+                                   f'${name}']} for name, value in marked.items()}},
+        {'$unset': [MARK_INDEX, MARK_ELIGIBLE]},
     ]  # fmt: skip
 
 
@@ -288,8 +292,9 @@ class Plans:
     def mark_plan(marks: Sequence[Mark]) -> Plan[list[MarkOutcome]]:
         """One multi-document conditional update for the whole batch (one journal commit, not one per session).
 
-        Outcomes are read back only when some mark did not land; sessions that need no checkpoint and have
-        no document yet get one inserted.
+        Outcomes are read back (one read by `_id`); sessions that need no checkpoint and have no document yet
+        get one inserted. Both statements are served from the `_id` index: they cost the batch, not the
+        collection.
         """
         if not marks:
             return []
@@ -297,11 +302,13 @@ class Plans:
         ids = [mark.record.session_id for mark in marks]
         if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
-        landed = yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
-        if landed.matched_count == len(marks):
-            return [MarkOutcome.DONE] * len(marks)
+        # Which marks landed is read back (by `_id`, as the write): the matched documents include those whose
+        # own condition failed, left as they were.
+        yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
         fences = _find('sessions', {'_id': {'$in': ids}}, {'state': 1, 'fence': 1})
         found = {doc['_id']: doc for doc in (yield fences)}
+        if all(mark_outcome(found.get(mark.record.session_id), mark.token) is MarkOutcome.DONE for mark in marks):
+            return [MarkOutcome.DONE] * len(marks)
         missing = [mark for mark in marks if mark.record.session_id not in found and not mark.needs_checkpoint]
         if missing:
             try:  # one created meanwhile (a duplicate key) is left as it is
