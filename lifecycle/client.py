@@ -117,7 +117,8 @@ class Lifecycle(Wiring):
         return self.pool.run(self.index.release(reservation))
 
     def touch(self, session_id: str) -> bool:
-        """Stamp genuine activity (a user message, a turn start or end; never a poll). True if stamped.
+        """Stamp genuine activity (a user message, a turn start or end; never a poll). True if the session is
+        live (its activity now at this time or later: a stamp never moves it back); False if it is not.
 
         With `touch_flush_ms` > 0 it returns True at once and the stamp goes out coalesced with others within
         that many ms (see `flush_touches`); `touch_many` always sends at once, with the reply.
@@ -136,7 +137,8 @@ class Lifecycle(Wiring):
         return self._stamper.flush() if '_stamper' in self.__dict__ else 0
 
     def touch_many(self, session_ids: Sequence[str]) -> int:
-        """Stamp many sessions in one round trip; returns how many were live and stamped."""
+        """Stamp many sessions in one round trip; returns how many are live (each stamped at this time or later;
+        a second round trip only when some stamp did not move, to tell a repeat from a missing session)."""
         return self.pool.do(self.flows.touch(session_ids, self.store))
 
     @contextmanager

@@ -306,9 +306,15 @@ class Flows:
 
     def touch(self, session_ids: Sequence[str], store: SnapshotStore | None) -> Steps[int]:
         stamped: int = yield self.index.touch(session_ids, (yield NOW))
-        if stamped < len(session_ids) and (yield from self.lost(store)):
+        if stamped == len(session_ids):
+            return stamped
+        # ZADD's CH counts only stamps that moved: a session stamped in this millisecond already is live all the
+        # same (and the pool's state is asked only for sessions that really are missing).
+        held: list[int | None] = yield calls.scores(self.keys.live, list(session_ids))
+        live = sum(score is not None for score in held)
+        if live < len(session_ids) and (yield from self.lost(store)):
             raise self._missing(f'session {session_ids[0]!r} is' if len(session_ids) == 1 else 'sessions are')
-        return stamped
+        return live
 
     def begin_turn(self, session_id: str, token: str, store: SnapshotStore | None) -> Steps[Turn]:
         try:

@@ -202,7 +202,7 @@ def test_touch_stamps_only_live_sessions_and_never_moves_back(lc: Lifecycle, fix
     assert lc.redis.zscore(lc.index.keys.live, 'ghost') is None
     stamped = fixed_clock.now_ms()
     fixed_clock.advance(seconds=-3)  # a replica whose clock reading is a little behind
-    assert lc.touch('chat-1') is False
+    assert lc.touch('chat-1') is True  # live, and its activity is already later: it stays where it is
     info = lc.status('chat-1')
     assert info is not None
     assert info.last_active_ms == stamped
@@ -358,3 +358,12 @@ def test_the_retry_after_of_a_full_pool_whose_oldest_session_is_overdue_is_the_n
     fixed_clock.advance(seconds=-3 * 3600 + 60)  # one minute in: the oldest idles out in idle_ttl_s - 60 (+ a sweep)
     expected = lc.settings.idle_ttl_s - 60 + lc.settings.idle_interval_s
     assert lc.pool.run(lc.index.retry_after(lc.now_ms())) == expected
+
+
+def test_a_session_touched_twice_in_one_millisecond_is_live_both_times(lc: Lifecycle) -> None:
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.pool.clock.advance(ms=5)  # type: ignore[attr-defined]
+    assert lc.touch('s1') is True
+    assert lc.touch('s1') is True  # the stamp did not move (same millisecond), but the session is live
+    assert lc.touch_many(['s1', 's1', 'gone']) == 2
+    assert lc.touch('gone') is False
