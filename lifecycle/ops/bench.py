@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def coalesced_touches(settings: Settings, ids: list[str], seconds: float) -> tup
     return throughput, worst_ms
 
 
-def eviction_write_ms(mongo_url: str, documents: int, batch: int = 100, repeats: int = 3) -> float:
+def eviction_write_ms(mongo_url: str, documents: int, batch: int = 100, repeats: int = 5) -> float:
     """Median ms of one eviction write (`mark_resumable`) of `batch` sessions, in a collection of `documents`."""
     database = f'lifecycle_bench_writes_{documents}'
     store = MongoSnapshotStore(mongo_url, database, timeout_ms=60_000)
@@ -321,13 +322,32 @@ def evictions_per_s(lc: Lifecycle, settings: Settings, count: int) -> float:
 
     past = Lifecycle(settings, clock=FixedClock(lc.now_ms() - 3_600_000), redis_client=lc.redis, store=lc.store)
     for i in range(count):
-        past.activate(past.reserve('bench'), f'evict-{i}', ttl_seconds=settings.max_ttl_s)  # idle, not expired
-        past.checkpoint(f'evict-{i}', {'i': i})
+        session_id = f'evict-{settings.key_prefix}-{i}'  # one MongoDB database for every run: ids of its own
+        past.activate(past.reserve('bench'), session_id, ttl_seconds=settings.max_ttl_s)  # idle, not expired
+        past.checkpoint(session_id, {'i': i})
     app = create_app(settings)
     started = time.perf_counter()
     app.send_task('lifecycle.sweep_idle')
-    wait_until(lambda: lc.stats().live == 0, 600, 'the worker to evict every session')
+    wait_until(lambda: lc.stats().live == 0, 120, 'the worker to evict every session')
     return count / (time.perf_counter() - started)
+
+
+def evictions_with_workers(base: Settings, store: Any, processes: int, count: int) -> float:
+    """`evictions_per_s` through one worker of `processes` pool processes, on a key prefix of its own, with
+    batches small enough (25) that every process has work."""
+    # A broker database of its own: the other bench worker, still running, must not take this run's sweep.
+    broker = base.redis_url.rsplit('/', 1)[0] + f'/{10 + processes}'
+    settings = Settings(**{**base.model_dump(), 'key_prefix': f'bench-scale-{processes}', 'evict_batch_size': 25,
+                           'broker_url': broker})  # fmt: skip
+    command = [sys.executable, '-m', 'celery', '-A', 'workers', 'worker', '--concurrency', str(processes),
+               '--without-gossip', '--without-mingle', '--loglevel', 'WARNING']  # fmt: skip
+    worker = subprocess.Popen(command, env=owned_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        with Lifecycle(settings, store=store) as lc:
+            return evictions_per_s(lc, settings, count)
+    finally:
+        stop_process(worker)
 
 
 def idle_latencies_s(lc: Lifecycle, settings: Settings, count: int, spread_s: float) -> list[float]:
@@ -481,6 +501,16 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         ours = evictions_per_s(worker_lc, worker_settings, sizes.evictions)
         add(Figure('evictions end to end (real worker, MongoDB)', ours, raw, 'sessions/s',
                    '>= 1.0 x one-at-a-time raw updates', ours >= raw))  # fmt: skip
+
+        console.print('evictions with 1, 2 and 4 worker processes ...')
+        scaling = {n: evictions_with_workers(base, lc.store, n, sizes.evictions) for n in (1, 2, 4)}
+        for n, per_s in scaling.items():
+            add(Figure(f'evictions, {n} worker process(es), batches of 25', per_s, scaling[1], 'sessions/s',
+                       'informational (raw: 1 process)', None))  # fmt: skip
+        cores = os.cpu_count() or 1
+        doubled = scaling[2] >= 1.6 * scaling[1] if cores >= 4 else None  # two workers on two cores share them
+        add(Figure(f'evictions, 2 worker processes vs 1 ({cores} cores here)', scaling[2], scaling[1], 'sessions/s',
+                   '>= 1.6 x where the cores allow', doubled))  # fmt: skip
 
         console.print(f'idle deadline to eviction, idle sweep every {sizes.idle_interval_s} s ...')
         beat = subprocess.Popen([sys.executable, '-m', 'celery', '-A', 'workers', 'beat', '--loglevel', 'WARNING'],
