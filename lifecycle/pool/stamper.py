@@ -18,6 +18,7 @@ import threading
 from lifecycle import validate
 from lifecycle.background import AsyncRepeater, Repeater
 from lifecycle.errors import LifecycleError
+from lifecycle.pool.calls import Steps
 from lifecycle.pool.executor import AsyncExecutor, Executor
 from lifecycle.pool.sessions import SessionIndex
 
@@ -26,11 +27,19 @@ RETRY_S = 1.0  # while Redis is down, the flusher tries (and logs) once a second
 CHUNK = 10_000  # sessions per ZADD: one command stays short on the server however many are pending
 
 
-def merge(pending: dict[str, int], stamps: dict[str, int]) -> None:
-    """Fold `stamps` into `pending`, keeping each session's latest."""
-    for session_id, at_ms in stamps.items():
-        if pending.get(session_id, -1) < at_ms:
-            pending[session_id] = at_ms
+def keep_latest(pending: dict[str, int], session_id: str, at_ms: int) -> None:
+    """Record a stamp in `pending` unless a later one of the session waits there already."""
+    if pending.get(session_id, -1) < at_ms:
+        pending[session_id] = at_ms
+
+
+def send(index: SessionIndex, stamps: list[tuple[str, int]]) -> Steps[int]:
+    """Both stampers' flush, as steps: the stamps in ZADDs of at most CHUNK; how many sessions' activity moved.
+    Sending a chunk again after a failure is harmless: `GT` leaves a stamp already applied where it is."""
+    moved = 0
+    for start in range(0, len(stamps), CHUNK):
+        moved += yield index.stamp(stamps[start : start + CHUNK])
+    return moved
 
 
 class Stamper:
@@ -51,8 +60,7 @@ class Stamper:
         validate.identifier('session_id', session_id)
         at_ms = self.pool.now_ms()
         with self._lock:
-            if self._pending.get(session_id, -1) < at_ms:
-                self._pending[session_id] = at_ms
+            keep_latest(self._pending, session_id, at_ms)
             full = len(self._pending) >= self.max_pending
         if full:
             self.flush()  # backpressure: the caller pays for the round trip
@@ -66,18 +74,15 @@ class Stamper:
         stamps back) if Redis cannot take them."""
         with self._sending:
             with self._lock:
-                items = list(self._pending.items())
+                stamps = list(self._pending.items())
                 self._pending = {}
-            moved = 0
-            start = 0
             try:
-                for start in range(0, len(items), CHUNK):
-                    moved += self.pool.run(self.index.stamp(items[start : start + CHUNK]))
+                return self.pool.do(send(self.index, stamps))
             except LifecycleError:
                 with self._lock:
-                    merge(self._pending, dict(items[start:]))
+                    for session_id, at_ms in stamps:
+                        keep_latest(self._pending, session_id, at_ms)
                 raise
-            return moved
 
     def close(self) -> None:
         """Stop the flusher and send what is pending (no stamp lost on a clean shutdown)."""
@@ -103,9 +108,7 @@ class AsyncStamper:
 
     async def touch(self, session_id: str) -> None:
         validate.identifier('session_id', session_id)
-        at_ms = await self.pool.now_ms()
-        if self._pending.get(session_id, -1) < at_ms:
-            self._pending[session_id] = at_ms
+        keep_latest(self._pending, session_id, await self.pool.now_ms())
         if len(self._pending) >= self.max_pending:
             await self.flush()
 
@@ -114,17 +117,14 @@ class AsyncStamper:
 
     async def flush(self) -> int:
         async with self._sending:
-            items = list(self._pending.items())
+            stamps = list(self._pending.items())
             self._pending = {}
-            moved = 0
-            start = 0
             try:
-                for start in range(0, len(items), CHUNK):
-                    moved += await self.pool.run(self.index.stamp(items[start : start + CHUNK]))
+                return await self.pool.do(send(self.index, stamps))
             except (LifecycleError, asyncio.CancelledError):
-                merge(self._pending, dict(items[start:]))
+                for session_id, at_ms in stamps:
+                    keep_latest(self._pending, session_id, at_ms)
                 raise
-            return moved
 
     async def close(self) -> None:
         await self._repeater.stop()
