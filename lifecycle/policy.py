@@ -74,6 +74,12 @@ def idle_orders(candidates: Iterable[Candidate], limits: Callable[[str | None], 
     return orders
 
 
+def idle_timeouts_tag(timeouts: Mapping[str, int]) -> str:
+    """The idle timeouts in force, profile -> seconds ('' the global one), as one string: the idle sweep's
+    cursors hold only while it is unchanged (a profile whose timeout moved would fall between them)."""
+    return ','.join(f'{name}={seconds}' for name, seconds in sorted(timeouts.items()))
+
+
 def lru_excess(live: int, reaping: int, max_live: int) -> int:
     """How many sessions the LRU sweep should evict: live ones beyond the soft cap, less those already going."""
     return max(0, live - reaping - max_live)

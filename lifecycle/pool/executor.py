@@ -217,6 +217,12 @@ class Executor(_Base):
                 clock.observe(self.redis.time(**self._at_pool()), sent_ns, time.monotonic_ns())
         return self.clock.now_ms()
 
+    def server_ms(self) -> int:
+        """Redis's own clock (TIME), in epoch milliseconds, whatever clock this executor was given."""
+        with self.translating():
+            seconds, micros = self.redis.time(**self._at_pool())
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def _at_pool(self) -> dict[str, Any]:
         """Where a keyless command goes: on a Redis Cluster, the node of the pool's hash tag (every process then
         reads lifecycle time from the same clock), not redis-py's default node."""

@@ -131,6 +131,18 @@ class Keys:
         """HASH idle_ttl_s -> the last_active (epoch ms) up to which owners were warned."""
         return f'{self.prefix}:warn_cursor'
 
+    @property
+    def idle_cursor(self) -> str:
+        """HASH idle_ttl_s -> the last_active (epoch ms) up to which the idle sweep has read the live index for
+        that timeout; '#' -> the timeouts in force when they were written (other ones: read again from the start)."""
+        return f'{self.prefix}:idle_cursor'
+
+    @property
+    def idle_recheck(self) -> str:
+        """ZSET session_id -> when the idle sweep looks at it again: the sessions it read past its cursor and kept
+        (busy, being evicted, a refused eviction); the member '#' (score +inf) marks the set as complete."""
+        return f'{self.prefix}:idle_recheck'
+
     def swept(self, sweep: str) -> str:
         """STRING set for half an interval after a sweep ran, so a duplicate delivery is a no-op."""
         return f'{self.prefix}:swept:{sweep}'

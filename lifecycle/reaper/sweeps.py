@@ -254,14 +254,83 @@ class Sweeper:
     # -- the sweeps ---------------------------------------------------------------------------------
 
     def _sweep_idle(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        """Read, for each idle timeout in force, only the sessions that went past it since the last sweep (a
+        cursor per timeout), and again those an earlier sweep kept (the recheck set): a sweep costs the
+        sessions due, not the sessions idle. What it finds past a timeout that is not its profile's, it
+        leaves to that timeout's own pass."""
         if not self._needs_persistence(report):
             return
         self._recover_claims(report, dry_run)
         now = self.pool.now_ms()
-        # Profiles may idle longer than the shortest timeout: those are read and kept by the policy.
-        cutoff = policy.idle_cutoff_ms(now, min(self.settings.idle_ttls_s))
-        for page in self._pages(self.keys.live, '-inf', cutoff, lock):
-            self._order(report, policy.idle_orders(self._candidates(page), self.settings.limits, now), dry_run)
+        timeouts = {name or '': self.settings.limits(name).idle_ttl_s for name in (None, *self.settings.profiles)}
+        tag = policy.idle_timeouts_tag(timeouts)
+        cursors = self._idle_cursors(tag, dry_run)
+
+        def unseen(c: Candidate) -> bool:  # kept earlier, and not active since (else its timeout's pass reads it)
+            cursor = cursors.get(self.settings.limits(c.profile).idle_ttl_s)
+            return cursor is not None and c.last_active_ms <= cursor
+
+        # Before now: what this sweep keeps is looked at again from the next one on.
+        for page in self._pages(self.keys.idle_recheck, '-inf', f'({now}', lock):
+            self._look_idle(report, page, unseen, now, dry_run, rechecked=True)
+        # A cursor never passes what Redis's own clock has seen cross: a sweeper whose clock runs ahead (a fixed
+        # one in a test) would otherwise pass over sessions stamped after it swept.
+        server_now = now if dry_run else self.pool.server_ms()
+        for idle_ttl_s in sorted(set(timeouts.values())):
+            cutoff = policy.idle_cutoff_ms(now, idle_ttl_s)
+            cursor = cursors.get(idle_ttl_s)
+            low = '-inf' if cursor is None else f'({cursor}'
+
+            def owns(c: Candidate, ttl: int = idle_ttl_s) -> bool:
+                return self.settings.limits(c.profile).idle_ttl_s == ttl
+
+            for page in self._pages(self.keys.live, low, cutoff, lock):
+                self._look_idle(report, page, owns, now, dry_run, rechecked=False)
+            read_up_to = min(cutoff, policy.idle_cutoff_ms(server_now, idle_ttl_s))
+            if not dry_run and (cursor is None or read_up_to > cursor):
+                self.pool.run(calls.hash_set(self.keys.idle_cursor, {str(idle_ttl_s): read_up_to}))
+        if not dry_run:
+            self.pool.run(calls.hash_set(self.keys.idle_cursor, {'#': tag}))
+
+    def _idle_cursors(self, tag: str, dry_run: bool) -> dict[int, int]:
+        """idle_ttl_s -> the last_active up to which its pass has read; none (read from the start) on the first
+        sweep, after the timeouts changed, or when the recheck set was lost (what it kept would be forgotten)."""
+        k = self.keys
+        stored = self.pool.run(calls.hash_all(k.idle_cursor))
+        if self.pool.run(calls.score(k.idle_recheck, '#')) is None or stored.get('#') != tag:
+            if not dry_run:
+                self.pool.run_many([calls.delete(k.idle_cursor), calls.add(k.idle_recheck, [('#', 0)])])
+            return {}
+        cursors = {}
+        for ttl, cursor in stored.items():
+            if ttl.isdigit() and cursor.isdigit():  # anything else is a hand edit: that pass starts over
+                cursors[int(ttl)] = int(cursor)
+        return cursors
+
+    def _look_idle(
+        self, report: SweepReport, page: list[tuple[str, int]], judged: Callable[[Candidate], bool], now: int,
+        dry_run: bool, *, rechecked: bool,
+    ) -> None:  # fmt: skip
+        """Order the idle evictions of the page's sessions this pass judges, and keep in the recheck set what
+        could stay behind: those sessions (an eviction can be refused) and live ones whose record is unreadable.
+        A page of the recheck set is scored by when to look again: its sessions' activity is read from live."""
+        if rechecked:
+            held = self.pool.run(calls.scores(self.keys.live, [session_id for session_id, _ in page]))
+            live = [(session_id, at) for (session_id, _), at in zip(page, held, strict=True) if at is not None]
+        else:
+            live = page
+        candidates = self._candidates(live)
+        mine = [c for c in candidates if judged(c)]
+        self._order(report, policy.idle_orders(mine, self.settings.limits, now), dry_run)
+        if dry_run:
+            return
+        read = {c.session_id for c in candidates}
+        # Live, but no record a sweep can read (lost, or a hand edit): reconcile rebuilds it, then it is judged.
+        again = dict.fromkeys([c.session_id for c in mine] + [s for s, _ in live if s not in read], now)
+        writes: list[calls.Call[Any]] = [calls.add(self.keys.idle_recheck, list(again.items()))] if again else []
+        if rechecked:  # what left the pool, or was active since, is off the list (added back first: never lost)
+            writes.append(calls.remove(self.keys.idle_recheck, [s for s, _ in page if s not in again]))
+        self.pool.run_many(writes)
 
     def _sweep_lru(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         max_live = self.settings.max_live

@@ -57,6 +57,7 @@ def test_a_turn_after_a_restore_is_not_covered_by_the_checkpoint_from_before_it(
     assert ('checkpoint_requested', 's1') in [(n.kind.value, n.session_id) for n in lc.notices('api-2')]
 
     assert lc.checkpoint('s1', {'at': 4}) == 4
+    reaper.clock.advance(seconds=1)  # the next sweep: what one keeps, the next one (at a later instant) looks at again
     reaper.sweep(SweepKind.IDLE)
     assert reaper.results[-1].outcome is Outcome.EVICTED
     document = reaper.document('s1')

@@ -190,6 +190,7 @@ def test_serve_notices_answers_checkpoint_requests_from_the_apps_snapshot(
         r.clock.advance(seconds=600)
         r.sweep(SweepKind.IDLE)  # asks; the server answers
         wait_until(lambda: (r.document('s1') or {}).get('checkpoint_seq') == 1)
+        r.clock.advance(seconds=1)  # the next sweep: what one keeps, the next one (at a later instant) looks at again
         r.sweep(SweepKind.IDLE)
         assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, '')
         wait_until(lambda: [n.kind.value for n in seen] == ['checkpoint_requested', 'evicted'])

@@ -1,0 +1,133 @@
+"""The idle sweep reads what is due, not what is idle: a cursor per idle timeout and a recheck set, on real Redis
+and the MongoDB-wire server; and what a lost key or a changed timeout does to them."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle import FixedClock, ProfilePolicy, Settings
+from lifecycle.models import SessionState
+from lifecycle.policy import Candidate
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.sweeps import SweepKind
+from tests.conftest import SettingsFactory
+from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
+
+SHORT = ProfilePolicy(idle_ttl_s=60, default_ttl_s=600, max_ttl_s=3_600)
+
+
+@pytest.fixture
+def store_kind() -> str:
+    return 'mongo'
+
+
+def profiled(make_reaper_settings: SettingsFactory, short: ProfilePolicy = SHORT) -> Settings:
+    return make_reaper_settings(idle_ttl_s=1_800, default_ttl_s=7_200, max_ttl_s=86_400, profiles={'short': short})
+
+
+@pytest.fixture
+def read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every session an idle sweep reads (its candidates), in order."""
+    from lifecycle.reaper.sweeps import Sweeper
+
+    seen: list[str] = []
+    original = Sweeper._candidates
+
+    def counting(self: Sweeper, page: list[tuple[str, int]]) -> list[Candidate]:
+        seen.extend(session_id for session_id, _ in page)
+        return original(self, page)
+
+    monkeypatch.setattr(Sweeper, '_candidates', counting)
+    return seen
+
+
+def open_sessions(r: Reaper, n: int, profile: str | None = None, prefix: str = 's') -> list[str]:
+    ids = [f'{prefix}{i}' for i in range(n)]
+    for session_id in ids:
+        r.lc.activate(r.lc.reserve('api-1'), session_id, profile=profile)
+    return ids
+
+
+def test_with_an_unused_short_profile_a_sweep_with_nothing_due_reads_nothing(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, read: list[str]
+) -> None:
+    r = make_reaper(profiled(make_reaper_settings))
+    open_sessions(r, 200)
+    r.clock.advance(seconds=120)  # idle past the short profile's 60 s, far from the global 30 min
+    first = r.sweep(SweepKind.IDLE)
+    assert (first.ordered, len(read)) == (0, 200)  # the first sweep reads from the start, once
+    for _ in range(5):
+        read.clear()
+        r.clock.advance(seconds=60)
+        assert r.sweep(SweepKind.IDLE).ordered == 0
+        assert read == []  # before the cursors, every one of them was read again, every sweep
+    assert r.lc.stats().live == 200
+
+
+def test_each_session_is_reaped_at_its_own_profiles_timeout(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, read: list[str]
+) -> None:
+    r = make_reaper(profiled(make_reaper_settings))
+    short = open_sessions(r, 3, 'short', 'short-')
+    default = open_sessions(r, 3, None, 'long-')
+    r.clock.advance(seconds=61)
+    assert sorted(o.session_id for o in r.sweep(SweepKind.IDLE).orders) == short
+    r.clock.advance(seconds=60)
+    read.clear()
+    assert r.sweep(SweepKind.IDLE).ordered == 0
+    assert set(read) <= set(short)  # the evicted ones leave the recheck set; the default sessions are not read
+    r.lc.touch(default[0])  # active: its idle deadline moves
+    r.clock.advance(seconds=1_800 - 121 + 1)
+    assert sorted(o.session_id for o in r.sweep(SweepKind.IDLE).orders) == default[1:]
+    r.clock.advance(seconds=121)
+    assert [o.session_id for o in r.sweep(SweepKind.IDLE).orders] == [default[0]]
+    assert r.lc.stats().live == 0
+
+
+def test_a_kept_session_is_looked_at_again_until_it_can_go(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(profiled(make_reaper_settings).model_copy(update={'busy_lease_s': 600}))
+    r.lc.activate(r.lc.reserve('api-1'), 'busy', ttl_seconds=3_000, profile='short')
+    r.lc.pool.do(r.lc.flows.begin_turn('busy', 'turn-1', r.store))  # begun, never renewed nor ended
+    r.clock.advance(seconds=120)
+    assert r.sweep(SweepKind.IDLE).ordered == 0  # busy: kept
+    r.clock.advance(seconds=600)  # its replica died mid-turn: the lease lapses untouched
+    assert [o.session_id for o in r.sweep(SweepKind.IDLE).orders] == ['busy']
+    assert r.results[-1].outcome is Outcome.EVICTED
+
+
+def test_a_lost_recheck_set_or_cursor_makes_the_next_sweep_read_from_the_start(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(profiled(make_reaper_settings))
+    keys = r.lc.index.keys
+    for lost in (keys.idle_recheck, keys.idle_cursor):
+        session_id = f'kept-{lost.rsplit(":", 1)[1]}'
+        r.lc.activate(r.lc.reserve('api-1'), session_id, profile='short')
+        with r.lc.turn(session_id):
+            pass  # a finished turn no checkpoint covers: its eviction is refused
+        r.clock.advance(seconds=120)
+        r.sweep(SweepKind.IDLE)
+        assert (r.results[-1].session_id, r.results[-1].detail) == (session_id, 'not_checkpointed')
+        r.lc.redis.delete(lost)  # outside damage
+        r.lc.checkpoint(session_id, {'saved': True})
+        r.clock.advance(seconds=1)
+        assert [o.session_id for o in r.sweep(SweepKind.IDLE).orders] == [session_id]
+        assert r.results[-1].outcome is Outcome.EVICTED
+
+
+def test_a_profile_whose_timeout_changed_is_judged_by_the_new_one(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    clock = FixedClock()
+    r = make_reaper(profiled(make_reaper_settings, ProfilePolicy(idle_ttl_s=3_600)), clock)
+    r.lc.activate(r.lc.reserve('api-1'), 'p1', profile='short')
+    clock.advance(seconds=1_900)
+    assert r.sweep(SweepKind.IDLE).ordered == 0  # past the global 30 min, not its profile's hour: passed over
+    # A deploy shortens the profile to 10 min: the session, already behind every cursor, is due at once.
+    redeployed = make_reaper(profiled(make_reaper_settings, ProfilePolicy(idle_ttl_s=600)), clock)
+    clock.advance(seconds=1)
+    assert [o.session_id for o in redeployed.sweep(SweepKind.IDLE).orders] == ['p1']
+    assert redeployed.lc.status('p1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
