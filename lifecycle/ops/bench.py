@@ -216,7 +216,8 @@ def eviction_write_ms(mongo_url: str, documents: int, batch: int = 100, repeats:
 
 
 def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int, idle_ttl_s: int) -> list[str]:
-    """Write `size` live sessions exactly as `activate` lays them out (live, deadline, meta), `due` of them idle."""
+    """Write `size` live sessions exactly as `activate` lays them out (live, deadline, meta, owner set), `due` of
+    them idle."""
     ids = [str(uuid.uuid4()) for _ in range(size)]  # 36 characters, like most apps' session ids
     record = 'api-replica-07|tenant-0042||{created}|3'
     for start in range(0, size, 10_000):
@@ -230,6 +231,7 @@ def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int,
             buckets.setdefault(keys.meta_of(sid), []).append(sid)
         for bucket, members in buckets.items():
             pipe.hset(bucket, mapping=dict.fromkeys(members, record.format(created=now_ms)))
+        pipe.sadd(keys.owned('api-replica-07'), *chunk)
         pipe.incrby(keys.slots, len(chunk))
         pipe.execute()
     return ids

@@ -160,6 +160,17 @@ def zscan(key: str, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
     return Call(_page, command=('ZSCAN', key, cursor, 'COUNT', count))
 
 
+def sscan(key: str, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
+    """One SSCAN page: (next cursor, members)."""
+    return Call(_page, command=('SSCAN', key, cursor, 'COUNT', count))
+
+
+def set_remove(key: str, members: Sequence[str]) -> Call[int]:
+    if not members:
+        return Call(lambda reply: 0, command=('PING',))
+    return Call(as_int, command=('SREM', key, *members))
+
+
 def hash_all(key: str) -> Call[dict[str, str]]:
     return Call(as_dict, command=('HGETALL', key))
 

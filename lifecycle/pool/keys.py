@@ -197,6 +197,12 @@ class Keys:
         """ZSET session_id -> lease expiry (epoch ms) while a cleaner removes its worktree; blocks activation."""
         return f'{self.prefix}:cleaning'
 
+    def owned(self, owner: str) -> str:
+        """SET of the sessions one replica owns (activated or restored), so that recovering a lost replica reads
+        its sessions, not every record. A superset at worst (an entry whose record now names another owner, or
+        none, is dropped when read); reconcile adds back what outside damage took."""
+        return f'{self.prefix}:owned:{owner}'
+
     def inbox(self, owner: str) -> str:
         """STREAM of notices to one replica (warning, evicted, expired, checkpoint_requested); capped."""
         return f'{self.prefix}:inbox:{owner}'

@@ -7,16 +7,13 @@ buckets are read as they are, like the sorted sets read beside them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lifecycle.errors import LifecycleError
-from lifecycle.pool import calls
 from lifecycle.pool.calls import Call
 from lifecycle.pool.executor import Executor
-from lifecycle.pool.keys import META_BUCKETS, Keys
-
-SCAN_BUCKETS = 256  # buckets read per round trip by scan_records: ~15,000 records at 1,000,000 sessions
+from lifecycle.pool.keys import Keys
 
 
 def record_calls(keys: Keys, ids: Sequence[str]) -> tuple[list[Call[Any]], Callable[[Sequence[Any]], list[str | None]]]:
@@ -50,14 +47,3 @@ def read_records(pool: Executor, ids: Sequence[str]) -> list[str | None]:
         return []
     reads, gather = record_calls(pool.keys, ids)
     return gather(pool.run_each(reads))
-
-
-def scan_records(pool: Executor, batch: int = SCAN_BUCKETS) -> Iterator[tuple[str, str]]:
-    """Every (session_id, record) of the pool, `batch` buckets per round trip; not a snapshot.
-
-    Like HSCAN, a session added or removed while the scan runs may or may not be seen.
-    """
-    for start in range(0, META_BUCKETS, batch):
-        buckets = [calls.hash_all(pool.keys.meta_bucket(n)) for n in range(start, min(start + batch, META_BUCKETS))]
-        for bucket in pool.run_many(buckets):
-            yield from bucket.items()

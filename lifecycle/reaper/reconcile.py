@@ -28,12 +28,19 @@ from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Drift
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.keys import META_BUCKETS
-from lifecycle.pool.records import SCAN_BUCKETS, read_records
+from lifecycle.pool.records import read_records
 from lifecycle.pool.sessions import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
-PAGE = 500  # live sessions or tenant index members per round trip
+PAGE = 500  # live sessions or tenant index members per round trip; about the records one repair script reads
+MAX_BUCKETS = 256  # meta buckets one repair script reads at most (an almost empty pool)
+
+
+def buckets_per_page(live: int) -> int:
+    """Meta buckets one repair script walks: about PAGE records at this pool size, so that no single script holds
+    Redis for long at any size (records spread evenly over the buckets: 8 buckets at 1,000,000 sessions)."""
+    return max(1, min(MAX_BUCKETS, PAGE * META_BUCKETS // max(live, 1)))
 
 
 def is_record(record: str | None) -> bool:
@@ -63,8 +70,9 @@ class Reconciler:
         rebuild_marker = f'#rebuild:{secrets.token_hex(6)}'
         self.pool.run(calls.add(self.keys.tenants, [(rebuild_marker, 0)]))
         totals, failed = [0, 0, 0, 0], 0  # relinked, deadlines restored, tenant members added, malformed records
-        for start in range(0, META_BUCKETS, SCAN_BUCKETS):
-            buckets = range(start, min(start + SCAN_BUCKETS, META_BUCKETS))
+        per_page = buckets_per_page(self.pool.run(calls.cardinality(self.keys.live)))
+        for start in range(0, META_BUCKETS, per_page):
+            buckets = range(start, min(start + per_page, META_BUCKETS))
             try:
                 page = self.pool.run(self.claims.repair_records(buckets, now))
             except ScriptFailed as exc:  # one bad page never stops the rest

@@ -7,6 +7,7 @@ CLI). Its cost grows with the sessions that are due, not with the pool: every se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
@@ -25,7 +26,7 @@ from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Drift
 from lifecycle.pool.executor import Executor, first_error
 from lifecycle.pool.lock import SweepLock, sweep_lock
-from lifecycle.pool.records import read_records, record_calls, scan_records
+from lifecycle.pool.records import read_records, record_calls
 from lifecycle.pool.sessions import Meta
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
@@ -441,29 +442,29 @@ class Sweeper:
         return bool(then)
 
     def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        """Evict the sessions of each replica whose heartbeat lapsed, read from its own set (see Keys.owned):
+        the cost is the lost replica's sessions, not the pool. An entry whose record names another owner now
+        (or none) is dropped; a replica left with nothing is forgotten."""
         now = self.pool.now_ms()
-        lost = set(self._members(self.keys.replicas, '-inf', now))
+        lost = [owner for owner in self._members(self.keys.replicas, '-inf', now) if validate.is_identifier(owner)]
         if not lost or not self._needs_persistence(report):
             return
         self._recover_claims(report, dry_run)
-        # Owners are not indexed (it would cost every session memory); a lost replica is rare, so scan.
-        remaining = dict.fromkeys(lost, 0)
-        orders: list[Order] = []
-        for session_id, record in scan_records(self.pool):
-            if not validate.is_identifier(session_id):
-                continue  # no session has such an id: reconcile reports the record
-            owner = record.split('|', 1)[0]
-            if owner in remaining:
-                remaining[owner] += 1
-                orders.append(Order(session_id, ReapReason.OWNER_LOST, owner=owner))
-            if len(orders) >= self.settings.sweep_batch_size:
-                self._order(report, orders, dry_run)
-                orders = []
+        batch = self.settings.sweep_batch_size
+        for owner in lost:
+            owned, held = self.keys.owned(owner), 0
+            for page in self.pool.pages(functools.partial(calls.sscan, owned, count=batch)):
+                ids = [session_id for session_id in page if validate.is_identifier(session_id)]
+                records = read_records(self.pool, ids)
+                mine = [s for s, record in zip(ids, records, strict=True)
+                        if record is not None and record.split('|', 1)[0] == owner]  # fmt: skip
+                held += len(mine)
+                self._order(report, [Order(s, ReapReason.OWNER_LOST, owner=owner) for s in mine], dry_run)
+                if not dry_run:
+                    self.pool.run(calls.set_remove(owned, sorted(set(page) - set(mine))))
                 lock.extend()
-        self._order(report, orders, dry_run)
-        gone = [owner for owner, count in remaining.items() if count == 0]
-        if gone and not dry_run:
-            self.pool.run(calls.remove(self.keys.replicas, gone))  # nothing left to recover for them
+            if not held and not dry_run:  # its set is gone too: Redis deletes an empty set
+                self.pool.run(calls.remove(self.keys.replicas, [owner]))
 
     def _sweep_warnings(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         now = self.pool.now_ms()

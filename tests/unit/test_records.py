@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from lifecycle import FixedClock, Lifecycle, Settings
-from lifecycle.pool.records import read_records, scan_records
+from lifecycle.pool.records import read_records
 
 
 def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | None = None) -> None:
@@ -32,15 +32,6 @@ def test_read_records_keeps_the_order_of_the_ids_across_buckets(lc: Lifecycle) -
     owners = [record.split('|', 1)[0] if record else None for record in read_records(lc.pool, wanted)]
     assert owners == ['api-3', None, 'api-0', 'api-4', 'api-3']
     assert read_records(lc.pool, []) == []
-
-
-def test_scan_records_yields_every_record_once(lc: Lifecycle) -> None:
-    for i in range(5):
-        live(lc, f'chat-{i}', owner=f'api-{i % 2}')
-    seen = list(scan_records(lc.pool, batch=1_000))
-    assert sorted(session_id for session_id, _ in seen) == [f'chat-{i}' for i in range(5)]
-    assert sum(record.startswith('api-1|') for _, record in seen) == 2
-    assert sorted(scan_records(lc.pool, batch=4_096)) == sorted(seen)
 
 
 @pytest.mark.integration

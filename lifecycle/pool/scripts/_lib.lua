@@ -121,8 +121,19 @@ local function write_leases(turns_key, busy_key, session_id, leases)
   return #parts
 end
 
+-- The SET of the sessions `owner` owns, '{prefix}:owned:<owner>' (see Keys.owned): named after the live
+-- key, so it shares its hash tag (and Cluster slot).
+local function owned_key(k, owner)
+  return string.match(k.live, '^(.*):[^:]*$') .. ':owned:' .. owner
+end
+
+local function index_owner(k, owner, session_id)
+  if owner ~= '' then redis.call('SADD', owned_key(k, owner), session_id) end
+end
+
 -- Remove a session from every live structure and give its slot back. The caller checked it is live.
-local function drop_session(k, session_id, tenant)
+local function drop_session(k, session_id, tenant, owner)
+  if owner and owner ~= '' then redis.call('SREM', owned_key(k, owner), session_id) end
   redis.call('ZREM', k.live, session_id)
   redis.call('ZREM', k.deadline, session_id)
   redis.call('ZREM', k.busy, session_id)

@@ -45,6 +45,7 @@ local record = pack_meta({owner = owner, tenant = tenant, profile = ARGV[3], cre
 redis.call('ZADD', k.live, now, session_id)
 redis.call('ZADD', k.deadline, ARGV[5], session_id)
 redis.call('HSET', k.meta, session_id, record)
+index_owner(k, owner, session_id)
 redis.call('ZREM', KEYS[9], session_id)
 redis.call('ZREM', KEYS[10], session_id)
 if tenant ~= '' then

@@ -23,7 +23,7 @@ local expires_at = redis.call('ZSCORE', k.deadline, session_id)
 if not meta or not expires_at then
   return {-4}
 end
-drop_session(k, session_id, meta.tenant)
+drop_session(k, session_id, meta.tenant, meta.owner)
 -- A rebuild that reads MongoDB before this close is recorded there passes over it (see readmit_sessions).
 local now = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[11], now, session_id)

@@ -22,7 +22,7 @@ redis.call('ZREM', KEYS[6], session_id)
 redis.call('HDEL', KEYS[7], session_id)
 if redis.call('ZSCORE', k.live, session_id) then
   local meta = unpack_meta(record)
-  drop_session(k, session_id, meta and meta.tenant or ARGV[7])
+  drop_session(k, session_id, meta and meta.tenant or ARGV[7], meta and meta.owner)
 end
 redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[6], '*',
            'kind', ARGV[4], 'session_id', session_id, 'reason', ARGV[5], 'at_ms', ARGV[3])

@@ -9,6 +9,7 @@
 -- Returns how many sessions were taken back (one the pool already holds is left as it is, and one its app
 -- closed within the last minute stays closed: MongoDB may not have recorded the close yet).
 local now = tonumber(ARGV[1])
+local k = {live = KEYS[1]}
 local taken = 0
 for i = 1, #KEYS - 5 do
   local base = 7 * i - 5
@@ -19,6 +20,7 @@ for i = 1, #KEYS - 5 do
                               created = ARGV[base + 4], seq = tonumber(ARGV[base + 5])})
     redis.call('HSET', KEYS[5 + i], session_id, record)
     redis.call('ZADD', KEYS[1], now, session_id)
+    index_owner(k, ARGV[base + 1], session_id)
     redis.call('ZADD', KEYS[2], ARGV[base + 6], session_id)
     if tenant ~= '' then
       redis.call('ZADD', KEYS[3], 0, tenant_member(tenant, session_id))

@@ -1,5 +1,6 @@
-"""The idle sweep reads what is due, not what is idle: a cursor per idle timeout and a recheck set, on real Redis
-and the MongoDB-wire server; and what a lost key or a changed timeout does to them."""
+"""Sweeps read what is due, not the pool: the idle sweep's cursor per idle timeout and recheck set, the owner-lost
+sweep's set per replica; on real Redis and the MongoDB-wire server, with what a lost key or a changed timeout does
+to them."""
 
 from __future__ import annotations
 
@@ -131,3 +132,51 @@ def test_a_profile_whose_timeout_changed_is_judged_by_the_new_one(
     clock.advance(seconds=1)
     assert [o.session_id for o in redeployed.sweep(SweepKind.IDLE).orders] == ['p1']
     assert redeployed.lc.status('p1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+
+
+def test_owner_lost_reads_the_lost_replicas_sessions_not_the_pool(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.reaper import sweeps
+
+    r = make_reaper(make_reaper_settings(max_sessions=1_000))
+    keys = r.lc.index.keys
+    for owner, n in (('api-1', 300), ('api-2', 5)):
+        r.lc.heartbeat(owner)
+        for i in range(n):
+            r.lc.activate(r.lc.reserve(owner), f'{owner}-{i}')
+    r.lc.close('api-2-4')
+    r.lc.activate(r.lc.reserve('api-1'), 'api-2-4')  # the same id, now another replica's: api-2's entry is gone
+    r.lc.redis.sadd(keys.owned('api-2'), 'api-1-0')  # a stale entry (outside damage): dropped, never evicted
+    read: list[str] = []
+    original = sweeps.read_records
+
+    def counting(pool: object, ids: list[str]) -> list[str | None]:
+        read.extend(ids)
+        return original(pool, ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweeps, 'read_records', counting)
+    r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
+    r.lc.heartbeat('api-1')  # api-2 died
+    orders = r.sweep(SweepKind.OWNER_LOST).orders
+    assert sorted(o.session_id for o in orders) == [f'api-2-{i}' for i in range(4)]
+    assert sorted(read) == sorted([f'api-2-{i}' for i in range(4)] + ['api-1-0'])  # before: all 305 records
+    assert not r.lc.redis.exists(keys.owned('api-2'))  # emptied as its sessions left
+    assert r.lc.stats().live == 301
+    r.sweep(SweepKind.OWNER_LOST)
+    assert r.lc.redis.zscore(keys.replicas, 'api-2') is None  # nothing left of it: forgotten
+
+
+def test_reconcile_puts_back_an_owner_index_outside_damage_took(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings())
+    for owner in ('api-1', 'api-2'):
+        r.lc.heartbeat(owner)
+        r.lc.activate(r.lc.reserve(owner), f'{owner}-s')
+    r.lc.redis.delete(r.lc.index.keys.owned('api-2'))
+    r.sweep(SweepKind.RECONCILE)
+    r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
+    r.lc.heartbeat('api-1')
+    assert [o.session_id for o in r.sweep(SweepKind.OWNER_LOST).orders] == ['api-2-s']
+    assert r.results[-1].outcome is Outcome.EVICTED
