@@ -137,6 +137,7 @@ def test_a_profile_whose_timeout_changed_is_judged_by_the_new_one(
 def test_owner_lost_reads_the_lost_replicas_sessions_not_the_pool(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from lifecycle.pool.records import read_records
     from lifecycle.reaper import sweeps
 
     r = make_reaper(make_reaper_settings(max_sessions=1_000))
@@ -149,11 +150,10 @@ def test_owner_lost_reads_the_lost_replicas_sessions_not_the_pool(
     r.lc.activate(r.lc.reserve('api-1'), 'api-2-4')  # the same id, now another replica's: api-2's entry is gone
     r.lc.redis.sadd(keys.owned('api-2'), 'api-1-0')  # a stale entry (outside damage): dropped, never evicted
     read: list[str] = []
-    original = sweeps.read_records
 
     def counting(pool: object, ids: list[str]) -> list[str | None]:
         read.extend(ids)
-        return original(pool, ids)  # type: ignore[arg-type]
+        return read_records(pool, ids)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sweeps, 'read_records', counting)
     r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
