@@ -215,26 +215,110 @@ def eviction_write_ms(mongo_url: str, documents: int, batch: int = 100, repeats:
         store.close()
 
 
-def load_pool(client: redis.Redis, keys: Keys, size: int, due: int, now_ms: int, idle_ttl_s: int) -> list[str]:
-    """Write `size` live sessions exactly as `activate` lays them out (live, deadline, meta, owner set), `due` of
-    them idle."""
+LOST_REPLICA = 'lost-replica'
+
+
+def load_pool(
+    client: redis.Redis,
+    keys: Keys,
+    size: int,
+    due: int,
+    now_ms: int,
+    idle_ttl_s: int,
+    *,
+    idle_s: int = 0,
+    lost: int = 0,
+) -> list[str]:
+    """Write `size` live sessions exactly as `activate` lays them out (live, deadline, record, tenant index, owner
+    set): `due` of them idle past `idle_ttl_s`, the rest idle `idle_s`; the last `lost` owned by a replica whose
+    heartbeat lapsed."""
     ids = [str(uuid.uuid4()) for _ in range(size)]  # 36 characters, like most apps' session ids
-    record = 'api-replica-07|tenant-0042||{created}|3'
+    record = '{owner}|tenant-0042||{created}|3'
     for start in range(0, size, 10_000):
         chunk = ids[start : start + 10_000]
         pipe = client.pipeline(transaction=False)
-        active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else 0) for i, sid in enumerate(chunk)}
+        active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else idle_s * 1000)
+                  for i, sid in enumerate(chunk)}  # fmt: skip
         pipe.zadd(keys.live, active)
         pipe.zadd(keys.deadline, dict.fromkeys(chunk, now_ms + 900_000))
-        buckets: dict[str, list[str]] = {}
-        for sid in chunk:
-            buckets.setdefault(keys.meta_of(sid), []).append(sid)
-        for bucket, members in buckets.items():
-            pipe.hset(bucket, mapping=dict.fromkeys(members, record.format(created=now_ms)))
-        pipe.sadd(keys.owned('api-replica-07'), *chunk)
+        pipe.zadd(keys.tenants, {f'tenant-0042|{sid}': 0 for sid in chunk})
+        owners: dict[str, list[str]] = {}
+        buckets: dict[str, dict[Any, Any]] = {}
+        for i, sid in enumerate(chunk):
+            owner = LOST_REPLICA if start + i >= size - lost else 'api-replica-07'
+            owners.setdefault(owner, []).append(sid)
+            buckets.setdefault(keys.meta_of(sid), {})[sid] = record.format(owner=owner, created=now_ms)
+        for bucket, records in buckets.items():
+            pipe.hset(bucket, mapping=records)
+        for owner, members in owners.items():
+            pipe.sadd(keys.owned(owner), *members)
         pipe.incrby(keys.slots, len(chunk))
         pipe.execute()
+    client.zadd(keys.tenants, {'#': 0})
+    client.zadd(keys.replicas, {'api-replica-07': now_ms + 86_400_000, **({LOST_REPLICA: now_ms - 1} if lost else {})})
     return ids
+
+
+def quiet_sweep_ms(settings: Settings, kind: SweepKind, expected: int, repeats: int = 5) -> float:
+    """Median wall time (ms) of a real sweep of `kind` that orders `expected` sessions (dispatched nowhere), after
+    one sweep that reads from the start (an idle sweep's first, its cursors unset)."""
+    with Lifecycle(settings) as lc:
+        sweeper = Sweeper(lc.pool, Evictor(lc.pool, lc.store, lc.driver), lambda orders: None)
+        sweeper.sweep(kind, dedupe=False)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            report = sweeper.sweep(kind, dedupe=False)
+            times.append((time.perf_counter() - started) * 1000)
+            assert report.ordered == expected, (kind, report.ordered, expected)
+        return statistics.median(times)
+
+
+def ping_p99_ms(redis_url: str, stop: Any, start: Any, results: Any) -> None:
+    """In a child: a PING every millisecond until `stop` is set; puts its p99 latency (ms)."""
+    client = redis.Redis.from_url(redis_url)
+    client.ping()
+    start.set()
+    latencies = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        client.ping()
+        latencies.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.001)
+    results.put(percentile(sorted(latencies), 0.99))
+
+
+def probed(redis_url: str, during: Callable[[], object]) -> float:
+    """The p99 (ms) of a PING probe in another process while `during` runs."""
+    stop, start, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    probe = SPAWN.Process(target=ping_p99_ms, args=(redis_url, stop, start, results))
+    probe.start()
+    start.wait(60)
+    try:
+        during()
+    finally:
+        stop.set()
+    p99 = float(results.get(timeout=60))
+    probe.join()
+    return p99
+
+
+def reconcile_stall(settings: Settings, client: redis.Redis) -> tuple[float, float, float]:
+    """A reconcile of a whole pool (its second: the first repairs what loading left out): the longest single
+    command Redis ran meanwhile (SLOWLOG, ms), and a PING probe's p99 (ms) during it and during as long without."""
+    with Lifecycle(settings) as lc:
+        sweeper = Sweeper(lc.pool, Evictor(lc.pool, lc.store, lc.driver), lambda orders: None)
+        sweeper.sweep(SweepKind.RECONCILE, dedupe=False)
+        client.config_set('slowlog-log-slower-than', 250)  # µs: what a stall could be made of
+        client.config_set('slowlog-max-len', 50_000)
+        client.slowlog_reset()
+        started = time.perf_counter()
+        during = probed(settings.redis_url, lambda: sweeper.sweep(SweepKind.RECONCILE, dedupe=False))
+        took = time.perf_counter() - started
+        longest_ms = max((entry['duration'] / 1000 for entry in client.slowlog_get(50_000)), default=0.25)
+        client.config_set('slowlog-log-slower-than', 10_000)
+        without = probed(settings.redis_url, lambda: time.sleep(took))
+    return longest_ms, during, without
 
 
 def sweep_ms(sweeper: Sweeper, due: int, repeats: int = 5) -> float:
@@ -479,6 +563,28 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         add(Figure(f'sweep process RSS growth over {rss["ordered"]:,} due sessions', growth_mb, rss['before_kb'] / 1024,
                    'MB', '< 50 MB (flat; raw: RSS before)', growth_mb < 50))  # fmt: skip
         client.delete(*[key for key in client.scan_iter(match='{bench-*}*')] or ['-'])
+
+        console.print(f'sweeps with nothing due, pools of 10,000 and {sizes.pool:,}; reconcile ...')
+        # Idle 2 min: past the unused short profile's minute, far from the global hour. 1,000 owned by a lost replica.
+        quiet = {**selection, 'profiles': {'short': {'idle_ttl_s': 60}}}
+        quiet_small = Settings(**{**quiet, 'key_prefix': 'bench-quiet-small'})
+        quiet_large = Settings(**{**quiet, 'key_prefix': 'bench-quiet-large'})
+        now = lc.now_ms()
+        for settings, size in ((quiet_small, 10_000), (quiet_large, sizes.pool)):
+            load_pool(client, Keys.for_prefix(settings.key_prefix), size, 0, now, 3_600, idle_s=120, lost=1_000)
+        small_ms, large_ms = (quiet_sweep_ms(settings, SweepKind.IDLE, 0) for settings in (quiet_small, quiet_large))
+        add(Figure(f'idle sweep, nothing due, one unused short profile: pool {sizes.pool:,} vs 10,000', large_ms,
+                   small_ms, 'ms', '<= 1.3 x', large_ms <= 1.3 * small_ms))  # fmt: skip
+        small_ms, large_ms = (quiet_sweep_ms(settings, SweepKind.OWNER_LOST, 1_000)
+                              for settings in (quiet_small, quiet_large))  # fmt: skip
+        add(Figure(f'owner-lost sweep, 1,000 sessions of the lost replica: pool {sizes.pool:,} vs 10,000', large_ms,
+                   small_ms, 'ms', '<= 1.3 x', large_ms <= 1.3 * small_ms))  # fmt: skip
+        longest_ms, during_ms, without_ms = reconcile_stall(quiet_large, client)
+        add(Figure(f'reconcile of {sizes.pool:,}: longest single Redis command (SLOWLOG)', longest_ms, None, 'ms',
+                   '<= 5 ms', longest_ms <= 5))  # fmt: skip
+        add(Figure('PING p99 during that reconcile vs without', during_ms, without_ms, 'ms', '<= 2 x',
+                   during_ms <= 2 * without_ms))  # fmt: skip
+        client.delete(*[key for key in client.scan_iter(match='{bench-quiet-*}*')] or ['-'])
 
         large_docs = 10_000 if quick else 50_000
         console.print(f'the eviction write of 100 sessions, in 1,000 and in {large_docs:,} documents ...')

@@ -33,13 +33,13 @@ from lifecycle.pool.sessions import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
-PAGE = 500  # live sessions or tenant index members per round trip; about the records one repair script reads
+PAGE = 100  # live sessions, tenant index members or records (about) per round trip: each command stays short
 MAX_BUCKETS = 256  # meta buckets one repair script reads at most (an almost empty pool)
 
 
 def buckets_per_page(live: int) -> int:
     """Meta buckets one repair script walks: about PAGE records at this pool size, so that no single script holds
-    Redis for long at any size (records spread evenly over the buckets: 8 buckets at 1,000,000 sessions)."""
+    Redis for long at any size (records spread evenly over the buckets: one bucket, about 61, at 1,000,000)."""
     return max(1, min(MAX_BUCKETS, PAGE * META_BUCKETS // max(live, 1)))
 
 
