@@ -10,6 +10,8 @@ from lifecycle.errors import InvalidArgument
 # Ids end up inside Redis keys, packed records ('|'-separated) and MongoDB _ids: no separators,
 # no braces (they would break the hash tag), no whitespace.
 _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
+# Many ids at once, joined by a newline (which no id holds): one match in C instead of one per id.
+_IDS = re.compile(r'(?:[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}\n)*[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 MAX_ID_LENGTH = 128
 _STREAM_ID = re.compile(r'([0-9]{1,20})(?:-([0-9]{1,20}))?')
 MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)
@@ -31,7 +33,14 @@ def identifiers(kind: str, values: object) -> list[str]:
     """Return `values` as a list if it is a collection (not a string) of valid ids of the given kind."""
     if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
         raise InvalidArgument(f'{kind}s must be a list of ids, got {type(values).__name__} {values!r:.80}')
-    return [identifier(kind, value) for value in values]
+    ids = list(values)
+    try:
+        joined = '\n'.join(ids)
+        if not ids or (joined.count('\n') == len(ids) - 1 and _IDS.fullmatch(joined)):  # no id holds a newline
+            return ids
+    except TypeError:
+        pass  # not all strings: the check below names the first that is not
+    return [identifier(kind, value) for value in ids]
 
 
 def optional_identifier(kind: str, value: object) -> str | None:

@@ -254,7 +254,12 @@ class SessionIndex:
         Returns how many sessions' activity moved forward. `XX` never adds a session that is not
         live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
         """
-        return self.stamp([(session_id, now_ms) for session_id in validate.identifiers('session_id', session_ids)])
+        ids = validate.identifiers('session_id', session_ids)
+        if not ids:
+            return Call(lambda reply: 0, command=('PING',))
+        members: list[Arg] = [now_ms] * (2 * len(ids))
+        members[1::2] = ids
+        return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
 
     def stamp(self, stamps: Sequence[tuple[str, int]]) -> Call[int]:
         """Stamp each of `stamps` (session_id, at_ms; ids validated by the caller) at its own time: a coalesced
