@@ -476,7 +476,9 @@ def percentile(values: list[float], fraction: float) -> float:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) -> list[Figure]:
+def run_bench(
+    quick: bool = False, processes: int = 4, as_json: bool = False, as_markdown: bool = False
+) -> list[Figure]:
     sizes = QUICK if quick else FULL
     figures: list[Figure] = []
     with ExitStack() as stack:
@@ -651,13 +653,29 @@ def run_bench(quick: bool = False, processes: int = 4, as_json: bool = False) ->
         add(Figure('idle deadline to eviction, p99', percentile(latencies, 0.99), float(sizes.idle_interval_s), 's',
                    '<= interval + a few s', percentile(latencies, 0.99) <= sizes.idle_interval_s + 5))  # fmt: skip
         lc.store.client.drop_database('lifecycle_bench')
-    report(figures, as_json)
+    report(figures, as_json, as_markdown)
     return figures
 
 
-def report(figures: list[Figure], as_json: bool) -> None:
+def markdown(figures: list[Figure]) -> str:
+    """The figures as the README's performance table (a row per figure, shortfalls included)."""
+    rows = ['| figure | ours | raw baseline | ratio (range) | target | holds |', '|---|---|---|---|---|---|']
+    for f in figures:
+        ratio = f'{f.ratio:.2f}' if f.ratio else ''
+        if f.spread is not None and ratio:
+            ratio += f' ({f.spread[0]:.2f}-{f.spread[1]:.2f})'
+        raw = f'{f.raw:,.1f}' if f.raw else ''
+        holds = '' if f.ok is None else ('yes' if f.ok else '**no**')
+        rows.append(f'| {f.name} | {f.ours:,.1f} {f.unit} | {raw} | {ratio} | {f.target} | {holds} |')
+    return '\n'.join(rows)
+
+
+def report(figures: list[Figure], as_json: bool, as_markdown: bool = False) -> None:
     if as_json:
         print(json.dumps([{**asdict(f), 'ratio': f.ratio} for f in figures], indent=2))
+        return
+    if as_markdown:
+        print(markdown(figures))
         return
     table = Table(title='lifecycle bench')
     for column in ('figure', 'ours', 'raw', 'ratio', 'unit', 'target', 'holds'):

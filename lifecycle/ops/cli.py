@@ -365,7 +365,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from lifecycle.ops.bench import run_bench
 
-    figures = run_bench(quick=args.quick, processes=args.processes, as_json=args.json)
+    figures = run_bench(quick=args.quick, processes=args.processes, as_json=args.json, as_markdown=args.markdown)
     return EXIT_OK if all(f.ok is not False for f in figures) else EXIT_PROBLEMS
 
 
@@ -438,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--quick', action='store_true', help='small sizes and short intervals (a smoke run)')
     bench.add_argument('--processes', type=int, default=4, help='processes for the parallel figures (default 4)')
     bench.add_argument('--json', action='store_true')
+    bench.add_argument('--markdown', action='store_true', help="the README's performance table")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
