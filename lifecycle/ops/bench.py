@@ -237,7 +237,8 @@ def load_pool(
     for start in range(0, size, 10_000):
         chunk = ids[start : start + 10_000]
         pipe = client.pipeline(transaction=False)
-        active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else idle_s * 1000)
+        # Spread over 10 s, as real activity is (a million sessions stamped in one millisecond is not a pool).
+        active = {sid: now_ms - (idle_ttl_s * 1000 + 1000 if start + i < due else idle_s * 1000 + (start + i) % 10_000)
                   for i, sid in enumerate(chunk)}  # fmt: skip
         pipe.zadd(keys.live, active)
         pipe.zadd(keys.deadline, dict.fromkeys(chunk, now_ms + 900_000))
