@@ -11,7 +11,7 @@ from lifecycle.errors import InvalidArgument
 # no braces (they would break the hash tag), no whitespace.
 _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 # Many ids at once, joined by a newline (which no id holds): one match in C instead of one per id.
-_IDS = re.compile(r'(?:[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}\n)*[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
+_IDS = re.compile(f'(?:{_ID.pattern}\n)*{_ID.pattern}')
 MAX_ID_LENGTH = 128
 _STREAM_ID = re.compile(r'([0-9]{1,20})(?:-([0-9]{1,20}))?')
 MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)

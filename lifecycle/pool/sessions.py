@@ -255,16 +255,17 @@ class SessionIndex:
         live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
         """
         ids = validate.identifiers('session_id', session_ids)
-        if not ids:
-            return Call(lambda reply: 0, command=('PING',))
         members: list[Arg] = [now_ms] * (2 * len(ids))
-        members[1::2] = ids
-        return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+        members[1::2] = ids  # laid out by slicing: this is touch_many's hot path
+        return self._stamped(members)
 
     def stamp(self, stamps: Sequence[tuple[str, int]]) -> Call[int]:
         """Stamp each of `stamps` (session_id, at_ms; ids validated by the caller) at its own time: a coalesced
         batch of touches, one raw ZADD XX GT like `touch`."""
-        members: list[Arg] = [part for session_id, at_ms in stamps for part in (at_ms, session_id)]
+        return self._stamped([part for session_id, at_ms in stamps for part in (at_ms, session_id)])
+
+    def _stamped(self, members: list[Arg]) -> Call[int]:
+        """One ZADD XX GT CH of score, member pairs (nothing to send for none)."""
         if not members:
             return Call(lambda reply: 0, command=('PING',))
         return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
