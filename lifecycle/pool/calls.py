@@ -106,6 +106,11 @@ def members_by_score(key: str, low: Arg, high: Arg, count: int | None = None, of
     return Call(lambda reply: [str(m) for m in reply], command=('ZRANGEBYSCORE', key, low, high, *limit))
 
 
+def tied_after(key: str, score: float, member: str, count: int) -> Call[list[str]]:
+    """At most `count` members of `key` scored `score` that sort after `member` (see read_tied.lua)."""
+    return Call(lambda reply: [str(m) for m in reply], 'read_tied', (key,), (repr(score), member, count))
+
+
 def by_rank(key: str, start: int, stop: int) -> Call[list[str]]:
     return Call(lambda reply: [str(m) for m in reply], command=('ZRANGE', key, start, stop))
 
@@ -220,8 +225,8 @@ def exists(key: str) -> Call[bool]:
     return Call(lambda reply: as_int(reply) > 0, command=('EXISTS', key))
 
 
-def delete(key: str) -> Call[int]:
-    return Call(as_int, command=('DEL', key))
+def delete(*keys: str) -> Call[int]:
+    return Call(as_int, command=('DEL', *keys))
 
 
 def expire_if_none(key: str, ttl_ms: int) -> Call[int]:

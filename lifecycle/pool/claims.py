@@ -257,6 +257,10 @@ class ClaimIndex:
             (now_ms, max_ttl),
         )
 
+    def forget_replicas(self, lost: Sequence[str], now_ms: int) -> Call[int]:
+        """Forget those of the `lost` replicas that own no session (see forget_replicas.lua)."""
+        return Call(as_int, 'forget_replicas', (self.keys.replicas, self.keys.live), (now_ms, *lost))
+
     def rebuild_records(self, stand_ins: Mapping[str, tuple[int, str]], now_ms: int) -> Call[int]:
         """Stand-in records for live sessions that lost theirs: session id -> (turn sequence, tenant or '')."""
         k = self.keys
@@ -264,7 +268,7 @@ class ClaimIndex:
         for session_id, (seq, tenant) in stand_ins.items():
             args += [session_id, seq, tenant]
         buckets = (k.meta_of(s) for s in stand_ins)
-        return Call(as_int, 'rebuild_records', (k.live, k.deadline, k.tenants, *buckets), tuple(args))
+        return Call(as_int, 'rebuild_records', (k.live, k.deadline, k.tenants, k.idle_recheck, *buckets), tuple(args))
 
     def readmit(self, documents: Sequence[Readmitted], now_ms: int) -> Call[int]:
         """Take back sessions MongoDB says are live into a pool that lost them (see readmit_sessions.lua)."""

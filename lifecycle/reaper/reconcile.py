@@ -82,6 +82,7 @@ class Reconciler:
             totals = [total + n for total, n in zip(totals, page, strict=True)]
             extend()
         relinked, deadlines, members, malformed = totals
+        self._forget_lost_replicas(now)
         rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
         self._forget_requests_of_gone_sessions()
@@ -109,6 +110,15 @@ class Reconciler:
             self.pool.run_many([calls.increment(self.keys.counters, f'damage:{kind}', n)
                                 for kind, n in drift.counts().items()])  # fmt: skip
         return drift
+
+    def _forget_lost_replicas(self, now_ms: int) -> None:
+        """Forget the lost replicas that own nothing, now that the record pass put back every owner's set."""
+        lost = [owner for owner in self.pool.run(calls.members_by_score(self.keys.replicas, '-inf', now_ms))
+                if validate.is_identifier(owner)]  # fmt: skip
+        forgotten = sum(self.pool.run(self.claims.forget_replicas(lost[start : start + PAGE], now_ms))
+                        for start in range(0, len(lost), PAGE))  # fmt: skip
+        if forgotten:
+            log.info('reconcile forgot %d lost replicas that own no session', forgotten)
 
     def _live_pages(self) -> Iterator[list[str]]:
         """Every live session id, a page at a time (ZSCAN: each one present throughout is seen); entries no

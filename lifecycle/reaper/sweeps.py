@@ -37,7 +37,6 @@ __all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
 REPORTED_ORDERS = 1_000
-TIE_GROUP_LIMIT = 10_000  # sessions sharing one millisecond of activity, read whole up to this many
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
 
 
@@ -143,32 +142,27 @@ class Sweeper:
     ) -> Iterator[list[tuple[str, int]]]:
         """(member, score) pages of a sorted set by score, oldest first; O(log n + page) each.
 
-        The cursor is the last score seen, exclusive, and each page carries every member tied at its
-        last score: no offsets, so sessions evicted (removed) while the sweep pages on never make it
-        skip one.
+        The cursor is the last score seen, exclusive; the rest of the members tied at it are read by member
+        (see read_tied.lua): no offsets, so sessions evicted (removed) while the sweep pages on never make it
+        skip one, however many share a millisecond.
         """
         batch = self.settings.sweep_batch_size
         while True:
             reply = self.pool.run(calls.by_score(key, low, high, batch))
-            if not reply:
-                return
             page = [(member, int(score)) for member, score in reply]
-            last = reply[-1][1]
+            if page:
+                yield page
             if len(page) < batch:
-                yield page
                 return
-            seen = sum(1 for _, score in reply if score == last)
-            tied = self.pool.run(calls.count_by_score(key, repr(last), repr(last)))
-            if tied <= TIE_GROUP_LIMIT:
-                members = set(self._members(key, repr(last), repr(last))) - {m for m, score in reply if score == last}
-                yield page + [(member, int(last)) for member in sorted(members)]
-            else:
-                # Only bulk-loaded data ties this much: page through it by offset to keep memory flat
-                # (a session removed meanwhile can shift one past this sweep; the next sweep has it).
-                yield page
-                for offset in range(seen, tied, batch):
-                    lock.extend()
-                    yield [(m, int(last)) for m in self._members(key, repr(last), repr(last), offset, batch)]
+            member, last = reply[-1]
+            while True:
+                tied = self.pool.run(calls.tied_after(key, last, member, batch))
+                if tied:
+                    yield [(m, int(last)) for m in tied]
+                    member = tied[-1]
+                if len(tied) < batch:
+                    break
+                lock.extend()
             low = f'({last!r}'
             lock.extend()
 
@@ -265,18 +259,20 @@ class Sweeper:
         now = self.pool.now_ms()
         timeouts = {name or '': self.settings.limits(name).idle_ttl_s for name in (None, *self.settings.profiles)}
         tag = policy.idle_timeouts_tag(timeouts)
-        cursors = self._idle_cursors(tag, dry_run)
+        # A cursor never passes what Redis's own clock has seen cross: a sweeper whose clock runs ahead (a fixed
+        # one in a test) would otherwise pass over sessions stamped after it swept. One ahead of both clocks (a
+        # hand edit, Redis's clock stepped back) would stop its pass: that pass starts over.
+        server_now = now if dry_run else self.pool.server_ms()
+        cursors = {ttl: cursor for ttl, cursor in self._idle_cursors(tag, dry_run).items()
+                   if cursor <= policy.idle_cutoff_ms(min(now, server_now), ttl)}  # fmt: skip
 
         def unseen(c: Candidate) -> bool:  # kept earlier, and not active since (else its timeout's pass reads it)
             cursor = cursors.get(self.settings.limits(c.profile).idle_ttl_s)
             return cursor is not None and c.last_active_ms <= cursor
 
-        # Before now: what this sweep keeps is looked at again from the next one on.
-        for page in self._pages(self.keys.idle_recheck, '-inf', f'({now}', lock):
-            self._look_idle(report, page, unseen, now, dry_run, rechecked=True)
-        # A cursor never passes what Redis's own clock has seen cross: a sweeper whose clock runs ahead (a fixed
-        # one in a test) would otherwise pass over sessions stamped after it swept.
-        server_now = now if dry_run else self.pool.server_ms()
+        if cursors:  # before now: what this sweep keeps is looked at again from the next one on
+            for page in self._pages(self.keys.idle_recheck, '-inf', f'({now}', lock):
+                self._look_idle(report, page, unseen, now, dry_run, rechecked=True)
         for idle_ttl_s in sorted(set(timeouts.values())):
             cutoff = policy.idle_cutoff_ms(now, idle_ttl_s)
             cursor = cursors.get(idle_ttl_s)
@@ -295,12 +291,19 @@ class Sweeper:
 
     def _idle_cursors(self, tag: str, dry_run: bool) -> dict[int, int]:
         """idle_ttl_s -> the last_active up to which its pass has read; none (read from the start) on the first
-        sweep, after the timeouts changed, or when the recheck set was lost (what it kept would be forgotten)."""
+        sweep, after the timeouts changed, or when the recheck set was lost (what it kept would be forgotten)
+        or either key holds another type (a hand edit): then both start over."""
         k = self.keys
-        stored = self.pool.run(calls.hash_all(k.idle_cursor))
-        if self.pool.run(calls.score(k.idle_recheck, '#')) is None or stored.get('#') != tag:
+        reads: list[calls.Call[Any]] = [calls.hash_all(k.idle_cursor), calls.score(k.idle_recheck, '#')]
+        replies = self.pool.run_each(reads)
+        damaged = [str(reply) for reply in replies if isinstance(reply, LifecycleError) and 'WRONGTYPE' in str(reply)]
+        if damaged:
+            log.warning('idle sweep reads from the start: its cursors or recheck set were damaged (%s)', damaged)
+        else:
+            stored, marker = first_error(replies)
+        if damaged or marker is None or stored.get('#') != tag:
             if not dry_run:
-                self.pool.run_many([calls.delete(k.idle_cursor), calls.add(k.idle_recheck, [('#', 0)])])
+                self.pool.run_many([calls.delete(k.idle_cursor, k.idle_recheck), calls.add(k.idle_recheck, [('#', 0)])])
             return {}
         cursors = {}
         for ttl, cursor in stored.items():
@@ -444,7 +447,8 @@ class Sweeper:
     def _sweep_owner_lost(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         """Evict the sessions of each replica whose heartbeat lapsed, read from its own set (see Keys.owned):
         the cost is the lost replica's sessions, not the pool. An entry whose record names another owner now
-        (or none) is dropped; a replica left with nothing is forgotten."""
+        (or none) is dropped. Reconcile forgets a replica left with nothing: a missing set proves nothing here
+        (a pool upgraded in place has none until reconcile puts them back)."""
         now = self.pool.now_ms()
         lost = [owner for owner in self._members(self.keys.replicas, '-inf', now) if validate.is_identifier(owner)]
         if not lost or not self._needs_persistence(report):
@@ -452,19 +456,16 @@ class Sweeper:
         self._recover_claims(report, dry_run)
         batch = self.settings.sweep_batch_size
         for owner in lost:
-            owned, held = self.keys.owned(owner), 0
+            owned = self.keys.owned(owner)
             for page in self.pool.pages(functools.partial(calls.sscan, owned, count=batch)):
                 ids = [session_id for session_id in page if validate.is_identifier(session_id)]
                 records = read_records(self.pool, ids)
                 mine = [s for s, record in zip(ids, records, strict=True)
                         if record is not None and record.split('|', 1)[0] == owner]  # fmt: skip
-                held += len(mine)
                 self._order(report, [Order(s, ReapReason.OWNER_LOST, owner=owner) for s in mine], dry_run)
                 if not dry_run:
                     self.pool.run(calls.set_remove(owned, sorted(set(page) - set(mine))))
                 lock.extend()
-            if not held and not dry_run:  # its set is gone too: Redis deletes an empty set
-                self.pool.run(calls.remove(self.keys.replicas, [owner]))
 
     def _sweep_warnings(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         now = self.pool.now_ms()

@@ -164,7 +164,10 @@ def test_owner_lost_reads_the_lost_replicas_sessions_not_the_pool(
     assert not r.lc.redis.exists(keys.owned('api-2'))  # emptied as its sessions left
     assert r.lc.stats().live == 301
     r.sweep(SweepKind.OWNER_LOST)
-    assert r.lc.redis.zscore(keys.replicas, 'api-2') is None  # nothing left of it: forgotten
+    assert r.lc.redis.zscore(keys.replicas, 'api-2') is not None  # a missing set proves nothing here
+    r.sweep(SweepKind.RECONCILE)
+    assert r.lc.redis.zscore(keys.replicas, 'api-2') is None  # reconcile finds it owns nothing: forgotten
+    assert r.lc.redis.zscore(keys.replicas, 'api-1') is not None
 
 
 def test_reconcile_puts_back_an_owner_index_outside_damage_took(
@@ -178,5 +181,85 @@ def test_reconcile_puts_back_an_owner_index_outside_damage_took(
     r.sweep(SweepKind.RECONCILE)
     r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
     r.lc.heartbeat('api-1')
+    assert [o.session_id for o in r.sweep(SweepKind.OWNER_LOST).orders] == ['api-2-s']
+    assert r.results[-1].outcome is Outcome.EVICTED
+
+
+def test_sessions_sharing_one_millisecond_are_all_read_while_the_first_ones_leave(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A readmit or a relink stamps many sessions in one millisecond. The sweep pages through such a tie by
+    member, and the evictions of its first pages (gone from the live index meanwhile) make it skip none of the
+    rest. Paged by offset, every eviction shifted one unread session past the sweep, and the idle cursor then
+    moved past them for good."""
+    r = make_reaper(profiled(make_reaper_settings).model_copy(update={'sweep_batch_size': 3, 'evict_batch_size': 2}))
+    ids = ['A-1', 'a-2', 'B_3', 'b.4', 'Z@9', 'z+0', '0=x', '9:y', 'M-M', 'm-m', 'N', 'n']  # as Redis sorts bytes
+    for session_id in ids:  # a FixedClock: every one is stamped in the same millisecond
+        r.lc.activate(r.lc.reserve('api-1'), session_id, profile='short')
+    r.clock.advance(seconds=61)
+    assert sorted(o.session_id for o in r.sweep(SweepKind.IDLE).orders) == sorted(ids)
+    assert {result.outcome for result in r.results} == {Outcome.EVICTED}
+    assert r.lc.stats().live == 0
+
+
+def test_a_session_whose_record_was_rebuilt_is_judged_by_the_global_timeout(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A stand-in record knows no profile: the global idle timeout judges the session from then on, though
+    that timeout's pass went past it already (it was another profile's then)."""
+    long = ProfilePolicy(idle_ttl_s=3_600, default_ttl_s=7_200, max_ttl_s=86_400)
+    r = make_reaper(make_reaper_settings(idle_ttl_s=60, profiles={'long': long}))
+    r.lc.activate(r.lc.reserve('api-1'), 'kept', profile='long')
+    r.clock.advance(seconds=61)
+    assert r.sweep(SweepKind.IDLE).ordered == 0  # idle past the global minute, not its profile's hour
+    keys = r.lc.index.keys
+    r.lc.redis.hdel(keys.meta_of('kept'), 'kept')  # outside damage: its record is gone
+    assert r.sweep(SweepKind.RECONCILE).drift.records_rebuilt == 1  # type: ignore[union-attr]
+    r.clock.advance(seconds=1)
+    assert [o.session_id for o in r.sweep(SweepKind.IDLE).orders] == ['kept']  # before: passed over for good
+    assert (r.results[-1].session_id, r.results[-1].detail) == ('kept', 'not_checkpointed')  # a stand-in's rule
+
+
+@pytest.mark.parametrize('damage', ['cursor ahead', 'cursor of another type', 'recheck set of another type'])
+def test_an_idle_sweep_starts_over_from_damaged_cursors(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, damage: str
+) -> None:
+    """A cursor ahead of every clock (a hand edit, Redis's clock stepped back) stopped its pass until time
+    caught up; a cursor hash or recheck set turned into another type failed every idle sweep (WRONGTYPE)."""
+    r = make_reaper(profiled(make_reaper_settings))
+    keys = r.lc.index.keys
+    open_sessions(r, 2, 'short')
+    r.clock.advance(seconds=30)
+    assert r.sweep(SweepKind.IDLE).ordered == 0  # not idle yet: the cursors are written
+    if damage == 'cursor ahead':
+        r.lc.redis.hset(keys.idle_cursor, '60', 10**15)
+    else:
+        damaged = keys.idle_cursor if damage == 'cursor of another type' else keys.idle_recheck
+        r.lc.redis.delete(damaged)
+        r.lc.redis.set(damaged, 'oops')
+    r.clock.advance(seconds=31)
+    assert sorted(o.session_id for o in r.sweep(SweepKind.IDLE).orders) == ['s0', 's1']
+    assert r.lc.stats().live == 0
+    open_sessions(r, 1, 'short', 'later-')  # and the sweeps after it read from the cursors again
+    r.clock.advance(seconds=61)
+    assert [o.session_id for o in r.sweep(SweepKind.IDLE).orders] == ['later-0']
+
+
+def test_a_replica_lost_before_its_owner_set_is_put_back_is_recovered_after_reconcile(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A pool upgraded in place has no owner sets until its first reconcile. The owner-lost sweep used to forget
+    a lost replica whose set it found missing, so after reconcile put the set back nobody recovered it."""
+    r = make_reaper(make_reaper_settings())
+    keys = r.lc.index.keys
+    for owner in ('api-1', 'api-2'):
+        r.lc.heartbeat(owner)
+        r.lc.activate(r.lc.reserve(owner), f'{owner}-s')
+    r.lc.redis.delete(keys.owned('api-2'))  # as the previous layout left it
+    r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
+    r.lc.heartbeat('api-1')  # api-2 died
+    assert r.sweep(SweepKind.OWNER_LOST).ordered == 0  # nothing to read yet
+    r.sweep(SweepKind.RECONCILE)
+    r.clock.advance(seconds=1)
     assert [o.session_id for o in r.sweep(SweepKind.OWNER_LOST).orders] == ['api-2-s']
     assert r.results[-1].outcome is Outcome.EVICTED
