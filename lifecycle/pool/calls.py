@@ -95,20 +95,22 @@ def exact_scores(reply: Any) -> list[tuple[str, float]]:
     return [(str(member), float(score)) for member, score in pairs]
 
 
-def by_score(key: str, low: Arg, high: Arg, count: int | None = None, offset: int = 0) -> Call[list[tuple[str, float]]]:
-    """(member, exact score) of `key` with scores in [low, high], lowest first; at most `count` from `offset`."""
-    limit: tuple[Arg, ...] = ('LIMIT', offset, count) if count is not None else ()
+def by_score(key: str, low: Arg, high: Arg, count: int | None = None) -> Call[list[tuple[str, float]]]:
+    """(member, exact score) of `key` with scores in [low, high], lowest first; at most `count`."""
+    limit: tuple[Arg, ...] = ('LIMIT', 0, count) if count is not None else ()
     return Call(exact_scores, command=('ZRANGEBYSCORE', key, low, high, 'WITHSCORES', *limit))
 
 
-def members_by_score(key: str, low: Arg, high: Arg, count: int | None = None, offset: int = 0) -> Call[list[str]]:
-    limit: tuple[Arg, ...] = ('LIMIT', offset, count) if count is not None else ()
+def members_by_score(key: str, low: Arg, high: Arg, count: int | None = None) -> Call[list[str]]:
+    limit: tuple[Arg, ...] = ('LIMIT', 0, count) if count is not None else ()
     return Call(lambda reply: [str(m) for m in reply], command=('ZRANGEBYSCORE', key, low, high, *limit))
 
 
 def tied_after(key: str, score: float, member: str, count: int) -> Call[list[str]]:
-    """At most `count` members of `key` scored `score` that sort after `member` (see read_tied.lua)."""
-    return Call(lambda reply: [str(m) for m in reply], 'read_tied', (key,), (repr(score), member, count))
+    """At most `count` members of `key` scored `score` that sort after `member` (see read_tied.lua). The member
+    goes back as the bytes it came as: one that is not UTF-8 (a hand edit) came back with surrogates."""
+    raw = member.encode('utf-8', 'surrogateescape')
+    return Call(lambda reply: [str(m) for m in reply], 'read_tied', (key,), (repr(score), raw, count))
 
 
 def by_rank(key: str, start: int, stop: int) -> Call[list[str]]:
@@ -171,9 +173,10 @@ def sscan(key: str, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
 
 
 def set_remove(key: str, members: Sequence[str]) -> Call[int]:
+    """SREM; members as the bytes they came as (one that is not UTF-8 came back with surrogates)."""
     if not members:
         return Call(lambda reply: 0, command=('PING',))
-    return Call(as_int, command=('SREM', key, *members))
+    return Call(as_int, command=('SREM', key, *(member.encode('utf-8', 'surrogateescape') for member in members)))
 
 
 def hash_all(key: str) -> Call[dict[str, str]]:
@@ -223,6 +226,10 @@ def set_if_absent(key: str, value: Arg) -> Call[bool]:
 
 def exists(key: str) -> Call[bool]:
     return Call(lambda reply: as_int(reply) > 0, command=('EXISTS', key))
+
+
+def hash_keys(key: str) -> Call[list[str]]:
+    return Call(lambda reply: [str(field) for field in reply], command=('HKEYS', key))
 
 
 def delete(*keys: str) -> Call[int]:

@@ -245,8 +245,9 @@ class ClaimIndex:
             (now_ms, rebuild_marker),
         )
 
-    def repair_records(self, buckets: Sequence[int], now_ms: int) -> Call[list[int]]:
-        """One page of the record pass: relink, restore deadlines, index tenants (see repair_records.lua)."""
+    def repair_records(self, buckets: Sequence[int], now_ms: int, fields: Sequence[str] = ()) -> Call[list[int]]:
+        """One page of the record pass: relink, restore deadlines, index tenants (see repair_records.lua); with
+        `fields`, only those records of the one bucket given (a page of a bucket too large for one script)."""
         k = self.keys
         max_ttl = ','.join(f'{name or ""}={self.settings.limits(name).max_ttl_s * 1000}'
                            for name in (None, *self.settings.profiles))  # fmt: skip
@@ -254,7 +255,7 @@ class ClaimIndex:
             lambda reply: [as_int(n) for n in reply],
             'repair_records',
             (k.live, k.deadline, k.tenants, *(k.meta_bucket(n) for n in buckets)),
-            (now_ms, max_ttl),
+            (now_ms, max_ttl, *fields),
         )
 
     def forget_replicas(self, lost: Sequence[str], now_ms: int) -> Call[int]:

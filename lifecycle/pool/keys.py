@@ -139,8 +139,9 @@ class Keys:
 
     @property
     def idle_recheck(self) -> str:
-        """ZSET session_id -> when the idle sweep last kept it (read again by the next sweep): the sessions it read
-        past its cursor and kept (busy, being evicted, a refused eviction); the member '#' marks the set as complete."""
+        """ZSET session_id -> when to look at it again (the next idle sweep reads it): the sessions a sweep read
+        past its cursor and kept (busy, being evicted, a refused eviction, an unreadable record), and those whose
+        record reconcile rebuilt (their timeout changed); the member '#' marks the set as complete."""
         return f'{self.prefix}:idle_recheck'
 
     def swept(self, sweep: str) -> str:

@@ -33,14 +33,15 @@ from lifecycle.pool.sessions import UNKNOWN_TENANT, Meta
 from lifecycle.stores import SnapshotStore
 
 log = logging.getLogger(__name__)
-PAGE = 100  # live sessions, tenant index members or records (about) per round trip: each command stays short
+PAGE = 100  # live sessions or lost replicas per read: each command stays short
+SCRIPT_PAGE = 25  # records or tenant index members (about) per repair script: under a millisecond of Redis each
 MAX_BUCKETS = 256  # meta buckets one repair script reads at most (an almost empty pool)
 
 
 def buckets_per_page(live: int) -> int:
-    """Meta buckets one repair script walks: about PAGE records at this pool size, so that no single script holds
-    Redis for long at any size (records spread evenly over the buckets: one bucket, about 61, at 1,000,000)."""
-    return max(1, min(MAX_BUCKETS, PAGE * META_BUCKETS // max(live, 1)))
+    """Meta buckets one repair script walks: about SCRIPT_PAGE records at this pool size (records spread evenly
+    over the buckets); at least one, which `record_pages` splits when it holds more (about 61 at 1,000,000)."""
+    return max(1, min(MAX_BUCKETS, SCRIPT_PAGE * META_BUCKETS // max(live, 1)))
 
 
 def is_record(record: str | None) -> bool:
@@ -73,16 +74,18 @@ class Reconciler:
         per_page = buckets_per_page(self.pool.run(calls.cardinality(self.keys.live)))
         for start in range(0, META_BUCKETS, per_page):
             buckets = range(start, min(start + per_page, META_BUCKETS))
-            try:
-                page = self.pool.run(self.claims.repair_records(buckets, now))
-            except ScriptFailed as exc:  # one bad page never stops the rest
-                log.warning('reconcile could not repair buckets %d..%d: %s', buckets[0], buckets[-1], exc)
-                failed += 1
-                continue
-            totals = [total + n for total, n in zip(totals, page, strict=True)]
-            extend()
+            for fields in self._record_pages(buckets):
+                try:
+                    page = self.pool.run(self.claims.repair_records(buckets, now, fields))
+                except ScriptFailed as exc:  # one bad page never stops the rest
+                    log.warning('reconcile could not repair buckets %d..%d: %s', buckets[0], buckets[-1], exc)
+                    failed += 1
+                    continue
+                totals = [total + n for total, n in zip(totals, page, strict=True)]
+                extend()
         relinked, deadlines, members, malformed = totals
-        self._forget_lost_replicas(now)
+        if not failed:  # a page not repaired may hold sessions whose owner set is still missing
+            self._forget_lost_replicas(now)
         rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
         self._forget_requests_of_gone_sessions()
@@ -110,6 +113,21 @@ class Reconciler:
             self.pool.run_many([calls.increment(self.keys.counters, f'damage:{kind}', n)
                                 for kind, n in drift.counts().items()])  # fmt: skip
         return drift
+
+    def _record_pages(self, buckets: range) -> Iterator[list[str]]:
+        """The record names each repair script of these buckets takes: none (the whole buckets, one script), or,
+        for one bucket (a large pool: it may hold more than SCRIPT_PAGE), its names, SCRIPT_PAGE a script.
+        Records written meanwhile are their writers' to index (a transition keeps every index in step)."""
+        if len(buckets) > 1:
+            yield []
+            return
+        try:
+            names = self.pool.run(calls.hash_keys(self.keys.meta_bucket(buckets[0])))
+        except ScriptFailed:  # another type (a hand edit): the whole-bucket script reports it, and skips it
+            yield []
+            return
+        for start in range(0, len(names), SCRIPT_PAGE):
+            yield names[start : start + SCRIPT_PAGE]
 
     def _forget_lost_replicas(self, now_ms: int) -> None:
         """Forget the lost replicas that own nothing, now that the record pass put back every owner's set."""
@@ -201,7 +219,7 @@ class Reconciler:
     def _drop_stray_tenants(self, extend: Callable[[], None]) -> int:
         dropped, low = 0, '-'
         while True:
-            members = self.pool.run(calls.by_lex(self.keys.tenants, low, '+', PAGE))
+            members = self.pool.run(calls.by_lex(self.keys.tenants, low, '+', SCRIPT_PAGE))
             if not members:
                 return dropped
             dropped += self.pool.run(self.claims.drop_stray_tenants(members))

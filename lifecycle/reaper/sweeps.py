@@ -166,9 +166,9 @@ class Sweeper:
             low = f'({last!r}'
             lock.extend()
 
-    def _members(self, key: str, low: float | str, high: float | str, start: int = 0, num: int = -1) -> list[str]:
-        """Members with scores in [low, high] (from `start`, at most `num`): claims, replicas, a tie group."""
-        return self.pool.run(calls.members_by_score(key, low, high, num if num >= 0 else None, start))
+    def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
+        """Members with scores in [low, high]: lapsed claims, lost replicas."""
+        return self.pool.run(calls.members_by_score(key, low, high))
 
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]

@@ -410,3 +410,68 @@ def test_an_eviction_whose_record_is_lost_before_it_finishes_leaves_no_tenant_me
     assert [m for m in real_redis.zrange(keys.tenants, 0, -1) if '|' in m] == []
     lc.reserve('api-1', 'acme')
     lc.reserve('api-1', 'acme')  # both of acme's slots are free
+
+
+def test_reconcile_of_a_large_pool_repairs_a_few_records_a_script(
+    reaper: Reaper, real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 1,000,000 sessions a meta bucket holds about 61 records: one script each held Redis for a millisecond
+    and more. Reconcile then repairs a bucket SCRIPT_PAGE records a script, named, with the same results."""
+    from lifecycle.pool.claims import ClaimIndex
+    from lifecycle.reaper import reconcile
+
+    monkeypatch.setattr(reconcile, 'MAX_BUCKETS', 1)  # one bucket a page, as in a large pool
+    monkeypatch.setattr(reconcile, 'SCRIPT_PAGE', 2)
+    lc = reaper.lc
+    k = lc.index.keys
+    lc.heartbeat('api-1')
+    crowded = k.meta_of('anchor')
+    ids = [s for s in (f's{i}' for i in range(200_000)) if k.meta_of(s) == crowded][:5]
+    for session_id in ids:
+        lc.activate(lc.reserve('api-1'), session_id)
+    real_redis.zrem(k.live, ids[0], ids[1])  # records without their live entries
+    real_redis.zrem(k.deadline, ids[2])
+    real_redis.delete(k.owned('api-1'))
+    real_redis.hset(crowded, ids[4], 'junk')  # a hand edit
+    spare = next(n for n in range(100) if k.meta_bucket(n) != crowded)
+    real_redis.set(k.meta_bucket(spare), 'not a hash')
+    scripts: list[int] = []
+    original = ClaimIndex.repair_records
+
+    def counting(self: ClaimIndex, buckets: Any, now_ms: int, fields: Any = ()) -> Any:
+        scripts.append(len(fields))
+        return original(self, buckets, now_ms, fields)
+
+    monkeypatch.setattr(ClaimIndex, 'repair_records', counting)
+    drift = reaper.sweep(SweepKind.RECONCILE).drift
+    assert drift is not None
+    assert (drift.relinked, drift.deadlines_restored, drift.malformed_records, drift.records_rebuilt) == (2, 1, 2, 1)
+    assert (max(scripts), scripts.count(2)) == (2, 2)  # the crowded bucket: three scripts (2 + 2 + 1 records)
+    assert real_redis.smembers(k.owned('api-1')) == set(ids[:4])  # the stand-in of ids[4] has no owner
+    assert lc.stats().live == 5
+
+
+def test_a_member_that_is_not_utf8_closing_a_page_of_a_tie_never_stops_a_sweep(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    # Regression (review of the tie paging): the last member of a full page goes back to Redis to page on through
+    # its tie; sent as a str with surrogates it raised UnicodeEncodeError, and the idle, expiry, LRU and warnings
+    # sweeps stopped until reconcile removed it. An owner set holding one stopped every owner-lost sweep.
+    reaper = make_reaper(make_reaper_settings(max_sessions=5, idle_ttl_s=600, sweep_batch_size=2, max_live=1))
+    lc, keys = reaper.lc, reaper.lc.index.keys
+    lc.heartbeat('api-1')
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'v': 1})
+    raw = connect_raw_redis()
+    for index in (keys.live, keys.deadline):
+        raw.zadd(index, {b'\xff\xfe not utf-8': float(raw.zscore(index, 's1') or 0)})  # tied with s1, after it
+    raw.sadd(keys.owned('api-1'), b'\xff\xfe not utf-8')
+    raw.close()
+    reaper.clock.advance(seconds=601)
+    assert reaper.sweep(SweepKind.IDLE).ordered == 1
+    assert [(r.session_id, r.outcome) for r in reaper.results] == [('s1', Outcome.EVICTED)]
+    for kind in (SweepKind.LRU, SweepKind.WARNINGS, SweepKind.EXPIRED):
+        assert reaper.sweep(kind).ran
+    reaper.clock.advance(seconds=lc.settings.replica_ttl_s)
+    assert reaper.sweep(SweepKind.OWNER_LOST).ordered == 0  # s1 left; the foreign entry is dropped
+    assert lc.redis.scard(keys.owned('api-1')) == 0

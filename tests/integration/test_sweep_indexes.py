@@ -263,3 +263,33 @@ def test_a_replica_lost_before_its_owner_set_is_put_back_is_recovered_after_reco
     r.clock.advance(seconds=1)
     assert [o.session_id for o in r.sweep(SweepKind.OWNER_LOST).orders] == ['api-2-s']
     assert r.results[-1].outcome is Outcome.EVICTED
+
+
+def test_a_reconcile_that_could_not_repair_every_page_forgets_no_replica(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a page refused (an OOM refusal, say) may hold sessions whose owner set is still missing;
+    forgetting their lost replica then left them to their idle timeout."""
+    from lifecycle.errors import ScriptFailed
+    from lifecycle.pool.claims import ClaimIndex
+
+    r = make_reaper(make_reaper_settings())
+    keys = r.lc.index.keys
+    r.lc.heartbeat('api-2')
+    r.lc.activate(r.lc.reserve('api-2'), 'api-2-s')
+    r.lc.redis.delete(keys.owned('api-2'))
+    r.clock.advance(seconds=r.lc.settings.replica_ttl_s)
+    original = ClaimIndex.repair_records
+
+    def refusing(self: ClaimIndex, buckets: range, now_ms: int, fields: object = ()) -> object:
+        if keys.meta_of('api-2-s') in {keys.meta_bucket(n) for n in buckets}:
+            raise ScriptFailed('Redis refused repair_records: OOM command not allowed')
+        return original(self, buckets, now_ms, fields)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ClaimIndex, 'repair_records', refusing)
+        assert r.sweep(SweepKind.RECONCILE).drift.unrepaired_pages == 1  # type: ignore[union-attr]
+    assert r.lc.redis.zscore(keys.replicas, 'api-2') is not None
+    r.sweep(SweepKind.RECONCILE)
+    r.clock.advance(seconds=1)
+    assert [o.session_id for o in r.sweep(SweepKind.OWNER_LOST).orders] == ['api-2-s']

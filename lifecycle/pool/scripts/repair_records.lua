@@ -4,6 +4,8 @@
 -- its owner's set. Writes go out a command per index for the whole page (in slices that unpack can take).
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] tenants ZSET  KEYS[4..] meta bucket HASHes
 -- ARGV[1] now_ms  ARGV[2] max TTL ms by profile: 'profile=ms,profile=ms' ('' is the default profile)
+-- ARGV[3..] (optional) only these records of the one bucket given: a page of a large bucket, so that no
+-- script holds Redis for long
 -- Returns {records relinked into the pool, deadlines restored, tenant members added, malformed records}.
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
@@ -14,10 +16,15 @@ local ids, metas = {}, {}
 for i = 4, #KEYS do
   -- A bucket some hand turned into another type is reported (as malformed) and skipped, never fatal.
   local fields = {}
-  if redis.call('TYPE', KEYS[i]).ok == 'hash' then
+  if redis.call('TYPE', KEYS[i]).ok ~= 'hash' then
+    if redis.call('EXISTS', KEYS[i]) == 1 then malformed = malformed + 1 end
+  elseif #ARGV > 2 then
+    local values = redis.call('HMGET', KEYS[i], unpack(ARGV, 3))
+    for n = 3, #ARGV do
+      if values[n - 2] then fields[#fields + 1], fields[#fields + 2] = ARGV[n], values[n - 2] end
+    end
+  else
     fields = redis.call('HGETALL', KEYS[i])
-  elseif redis.call('EXISTS', KEYS[i]) == 1 then
-    malformed = malformed + 1
   end
   for j = 1, #fields, 2 do
     local meta = unpack_meta(fields[j + 1])
