@@ -260,11 +260,11 @@ class Sweeper:
         timeouts = {name or '': self.settings.limits(name).idle_ttl_s for name in (None, *self.settings.profiles)}
         tag = policy.idle_timeouts_tag(timeouts)
         # A cursor never passes what Redis's own clock has seen cross: a sweeper whose clock runs ahead (a fixed
-        # one in a test) would otherwise pass over sessions stamped after it swept. One ahead of both clocks (a
-        # hand edit, Redis's clock stepped back) would stop its pass: that pass starts over.
+        # one in a test) would otherwise pass over sessions stamped after it swept. One ahead of Redis's clock (a
+        # hand edit, the clock stepped back) would stop its pass: that pass starts over.
         server_now = now if dry_run else self.pool.server_ms()
         cursors = {ttl: cursor for ttl, cursor in self._idle_cursors(tag, dry_run).items()
-                   if cursor <= policy.idle_cutoff_ms(min(now, server_now), ttl)}  # fmt: skip
+                   if cursor <= policy.idle_cutoff_ms(server_now, ttl)}  # fmt: skip
 
         def unseen(c: Candidate) -> bool:  # kept earlier, and not active since (else its timeout's pass reads it)
             cursor = cursors.get(self.settings.limits(c.profile).idle_ttl_s)
