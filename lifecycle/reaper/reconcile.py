@@ -40,7 +40,7 @@ MAX_BUCKETS = 256  # meta buckets one repair script reads at most (an almost emp
 
 def buckets_per_page(live: int) -> int:
     """Meta buckets one repair script walks: about SCRIPT_PAGE records at this pool size (records spread evenly
-    over the buckets); at least one, which `record_pages` splits when it holds more (about 61 at 1,000,000)."""
+    over the buckets); at least one, which `Reconciler._record_pages` splits (about 61 records at 1,000,000)."""
     return max(1, min(MAX_BUCKETS, SCRIPT_PAGE * META_BUCKETS // max(live, 1)))
 
 
