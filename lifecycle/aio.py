@@ -141,9 +141,9 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.activate`."""
         return await self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile, self.store))
 
-    async def release(self, reservation: Reservation) -> bool:
+    async def release(self, reservation: Reservation, *, failed: bool = False) -> bool:
         """See `Lifecycle.release`."""
-        return await self.pool.run(self.index.release(reservation))
+        return await self.pool.run(self.index.release(reservation, validate.flag('failed', failed)))
 
     async def touch(self, session_id: str) -> bool:
         """See `Lifecycle.touch`."""

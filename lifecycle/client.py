@@ -112,9 +112,10 @@ class Lifecycle(Wiring):
         """Turn `reservation` into live session `session_id`, ending hard at `expires_at`."""
         return self.pool.do(self.flows.activate(reservation, session_id, ttl_seconds, profile, self.store))
 
-    def release(self, reservation: Reservation) -> bool:
-        """Give back the slot of a reservation that will not be activated; idempotent."""
-        return self.pool.run(self.index.release(reservation))
+    def release(self, reservation: Reservation, *, failed: bool = False) -> bool:
+        """Give back the slot of a reservation that will not be activated; idempotent. `failed=True` when its
+        sandbox could not be created: counted once (`lifecycle_failed_starts_total`)."""
+        return self.pool.run(self.index.release(reservation, validate.flag('failed', failed)))
 
     def touch(self, session_id: str) -> bool:
         """Stamp genuine activity (a user message, a turn start or end; never a poll). True if the session is

@@ -88,6 +88,9 @@ class PoolCollector(Collector):
                                       labels=['kind'])  # fmt: skip
         damage = CounterMetricFamily('lifecycle_damage', 'Outside damage (a lost or edited key) met or repaired.',
                                      labels=['kind'])  # fmt: skip
+        failed_starts = CounterMetricFamily('lifecycle_failed_starts', 'Reservations released because their sandbox '
+                                            'failed to start (release(..., failed=True)).')  # fmt: skip
+        failed_starts.add_metric([], counters.get('failed_start', 0))
         for name, value in sorted(counters.items()):
             head, _, rest = name.partition(':')
             if head == 'aborted':
@@ -103,7 +106,7 @@ class PoolCollector(Collector):
                 sweeps.add_metric([rest], value)
             elif head == 'sweep_skipped':
                 skipped.add_metric([rest], value)
-        yield from (evictions, aborts, refusals, sweeps, skipped, damage)
+        yield from (evictions, aborts, refusals, sweeps, skipped, damage, failed_starts)
 
     @staticmethod
     def _sweeps(stats: dict[str, int], now_ms: int) -> Iterator[Metric]:

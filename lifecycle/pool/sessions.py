@@ -179,14 +179,15 @@ class SessionIndex:
         return Call(lambda reply: as_int(reply) == 1, 'mark_verified', (k.generation, k.verified),
                     (generation, replication_id))  # fmt: skip
 
-    def release(self, reservation: Reservation) -> Call[bool]:
-        """Give a reservation's slot back; False if it was already gone (expired or released)."""
+    def release(self, reservation: Reservation, failed: bool = False) -> Call[bool]:
+        """Give a reservation's slot back; False if it was already gone (expired or released). `failed`: its
+        sandbox failed to start, counted (`failed_start`) once."""
         k = self.keys
         return Call(
             lambda reply: as_int(reply) == 1,
             'release_slot',
-            (k.reservations, k.slots, k.tenants, k.live),
-            (reservation_member(reservation),),
+            (k.reservations, k.slots, k.tenants, k.live, k.counters),
+            (reservation_member(reservation), int(failed)),
         )
 
     def activate(

@@ -103,9 +103,13 @@ def test_activate(lc: Lifecycle, session_id: Any, ttl: Any, profile: Any, reserv
 
 
 @FUZZ
-@given(reservation=junk)
-def test_release(lc: Lifecycle, reservation: Any) -> None:
+@given(reservation=junk, failed=junk)
+def test_release(lc: Lifecycle, reservation: Any, failed: Any) -> None:
     refuses_cleanly(lc, lambda: lc.release(reservation))
+    if not isinstance(failed, bool):
+        held = lc.reserve('api-1')
+        refuses_cleanly(lc, lambda: lc.release(held, failed=failed))
+        assert lc.release(held)  # still held: the refused call gave nothing back
 
 
 @FUZZ
