@@ -106,11 +106,15 @@ def members_by_score(key: str, low: Arg, high: Arg, count: int | None = None) ->
     return Call(lambda reply: [str(m) for m in reply], command=('ZRANGEBYSCORE', key, low, high, *limit))
 
 
+def as_read(member: str) -> bytes:
+    """A member as the bytes Redis holds: one that is not UTF-8 (a hand edit) was read back with surrogates,
+    which redis-py's strict encoding refuses to send; these bytes reach exactly that member."""
+    return member.encode('utf-8', 'surrogateescape')
+
+
 def tied_after(key: str, score: float, member: str, count: int) -> Call[list[str]]:
-    """At most `count` members of `key` scored `score` that sort after `member` (see read_tied.lua). The member
-    goes back as the bytes it came as: one that is not UTF-8 (a hand edit) came back with surrogates."""
-    raw = member.encode('utf-8', 'surrogateescape')
-    return Call(lambda reply: [str(m) for m in reply], 'read_tied', (key,), (repr(score), raw, count))
+    """At most `count` members of `key` scored `score` that sort after `member` (see read_tied.lua)."""
+    return Call(lambda reply: [str(m) for m in reply], 'read_tied', (key,), (repr(score), as_read(member), count))
 
 
 def by_rank(key: str, start: int, stop: int) -> Call[list[str]]:
@@ -173,10 +177,10 @@ def sscan(key: str, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
 
 
 def set_remove(key: str, members: Sequence[str]) -> Call[int]:
-    """SREM; members as the bytes they came as (one that is not UTF-8 came back with surrogates)."""
+    """SREM of members as read (see `as_read`)."""
     if not members:
         return Call(lambda reply: 0, command=('PING',))
-    return Call(as_int, command=('SREM', key, *(member.encode('utf-8', 'surrogateescape') for member in members)))
+    return Call(as_int, command=('SREM', key, *map(as_read, members)))
 
 
 def hash_all(key: str) -> Call[dict[str, str]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from lifecycle import validate
 from lifecycle.errors import SessionDamaged
 from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.pool.calls import Arg, Call, as_int
@@ -257,6 +258,14 @@ class ClaimIndex:
             (k.live, k.deadline, k.tenants, *(k.meta_bucket(n) for n in buckets)),
             (now_ms, max_ttl, *fields),
         )
+
+    def lost_replicas(self, now_ms: int) -> Call[list[str]]:
+        """The replicas whose heartbeat lapsed by `now_ms` (an entry no replica could be is left out)."""
+
+        def parse(reply: Any) -> list[str]:
+            return [owner for owner in map(str, reply) if validate.is_identifier(owner)]
+
+        return Call(parse, command=('ZRANGEBYSCORE', self.keys.replicas, '-inf', now_ms))
 
     def forget_replicas(self, lost: Sequence[str], now_ms: int) -> Call[int]:
         """Forget those of the `lost` replicas that own no session (see forget_replicas.lua)."""

@@ -35,8 +35,8 @@ from lifecycle.steps import Done, advance
 
 T = TypeVar('T')
 # A member no valid id could be (a hand edit, a foreign writer) decodes without raising: one bad entry never
-# stops a read. It must never be sent back as it came (hiredis encodes strictly): the sweeps pass over such
-# members, and reconcile removes them as bytes (`member.encode('utf-8', 'surrogateescape')`).
+# stops a read. It must never be sent back as it came (hiredis encodes strictly): what sends a member back
+# sends it as bytes (`calls.as_read`).
 ENCODING_ERRORS = 'surrogateescape'
 DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
 # A Redis Cluster that lost a slot's master answers CLUSTERDOWN; one none of whose nodes answers raises

@@ -131,8 +131,7 @@ class Reconciler:
 
     def _forget_lost_replicas(self, now_ms: int) -> None:
         """Forget the lost replicas that own nothing, now that the record pass put back every owner's set."""
-        lost = [owner for owner in self.pool.run(calls.members_by_score(self.keys.replicas, '-inf', now_ms))
-                if validate.is_identifier(owner)]  # fmt: skip
+        lost = self.pool.run(self.claims.lost_replicas(now_ms))
         forgotten = sum(self.pool.run(self.claims.forget_replicas(lost[start : start + PAGE], now_ms))
                         for start in range(0, len(lost), PAGE))  # fmt: skip
         if forgotten:
@@ -164,8 +163,7 @@ class Reconciler:
     def _remove(self, key: str, members: list[str]) -> int:
         if not members:
             return 0
-        # As bytes: a member that was not UTF-8 came back with surrogates, which only this turns back into it.
-        raw = [member.encode('utf-8', 'surrogateescape') for member in members]
+        raw = [calls.as_read(member) for member in members]
         self.pool.run_many([calls.remove(index, raw) for index in (key, self.keys.busy, self.keys.reaping)])
         return len(members)
 

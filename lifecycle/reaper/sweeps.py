@@ -166,10 +166,6 @@ class Sweeper:
             low = f'({last!r}'
             lock.extend()
 
-    def _members(self, key: str, low: float | str, high: float | str) -> list[str]:
-        """Members with scores in [low, high]: lapsed claims, lost replicas."""
-        return self.pool.run(calls.members_by_score(key, low, high))
-
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]
         reads, gather = record_calls(self.keys, ids)
@@ -232,7 +228,7 @@ class Sweeper:
         """Resolve every eviction claim whose lease ran out (a crashed or paused worker's)."""
         if dry_run:
             return
-        for session_id in self._members(self.keys.reaping, '-inf', self.pool.now_ms()):
+        for session_id in self.pool.run(calls.members_by_score(self.keys.reaping, '-inf', self.pool.now_ms())):
             if not validate.is_identifier(session_id):
                 continue  # no session has such an id (a hand edit, bytes that are not UTF-8): reconcile removes it
             result = self.evictor.recover(session_id)
@@ -450,7 +446,7 @@ class Sweeper:
         (or none) is dropped. Reconcile forgets a replica left with nothing: a missing set proves nothing here
         (a pool upgraded in place has none until reconcile puts them back)."""
         now = self.pool.now_ms()
-        lost = [owner for owner in self._members(self.keys.replicas, '-inf', now) if validate.is_identifier(owner)]
+        lost = self.pool.run(self.claims.lost_replicas(now))
         if not lost or not self._needs_persistence(report):
             return
         self._recover_claims(report, dry_run)

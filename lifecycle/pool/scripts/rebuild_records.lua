@@ -11,8 +11,8 @@
 -- Returns how many records were rebuilt (a session that left the pool or got a readable record meanwhile,
 -- or whose bucket is not a hash, is skipped).
 local now = tonumber(ARGV[1])
-local recheck = redis.call('TYPE', KEYS[4]).ok  -- another type (a hand edit): the idle sweep starts over anyway
-recheck = recheck == 'zset' or recheck == 'none'
+local recheck_type = redis.call('TYPE', KEYS[4]).ok  -- another (a hand edit): the idle sweep starts over anyway
+local recheck = recheck_type == 'zset' or recheck_type == 'none'
 local rebuilt = 0
 for i = 1, #KEYS - 4 do
   local session_id, seq, tenant = ARGV[3 * i], tonumber(ARGV[3 * i + 1]), ARGV[3 * i + 2]
