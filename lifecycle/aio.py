@@ -208,6 +208,11 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.close`."""
         return await self._to_the_end(self.pool.do(self.flows.close(session_id, self.store)))
 
+    async def extend(self, session_id: str, ttl_seconds: int) -> SessionInfo:
+        """See `Lifecycle.extend`."""
+        return await self._to_the_end(self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store,
+                                                                     self.driver)))  # fmt: skip
+
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""
         return await self.pool.do(self.flows.status(session_id, self.store))

@@ -176,6 +176,14 @@ class Lifecycle(Wiring):
         """
         return self.pool.do(self.flows.close(session_id, self.store))
 
+    def extend(self, session_id: str, ttl_seconds: int) -> SessionInfo:
+        """Move a live session's hard deadline to `ttl_seconds` from now, never back and never past its profile's
+        `max_ttl_s` from creation (`expires_at` of the result says where it is). Recorded in MongoDB too, and
+        the sandbox driver is told where it can move its sandbox's own deadline (the docker driver cannot: a
+        container keeps the deadline it started with). SessionReaping while it is being evicted, SessionNotLive
+        if it is not live or past its deadline; PersistenceError if MongoDB did not record it (retry)."""
+        return self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store, self.driver))
+
     def status(self, session_id: str) -> SessionInfo | None:
         """The session as lifecycle sees it, without counting as activity; None if unknown.
 

@@ -36,6 +36,7 @@ from lifecycle.pool.claims import ClaimIndex
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
+from lifecycle.sandboxes.base import extend_sandbox
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
 from lifecycle.stores.documents import info_from_document, record_of, to_epoch_ms
@@ -347,6 +348,23 @@ class Flows:
             except PersistenceError as exc:
                 log.warning('closed %s, but MongoDB did not record it: %s', session_id, exc)
         return True
+
+    def extend(
+        self, session_id: str, ttl_seconds: int, store: SnapshotStore | None, driver: SandboxDriver
+    ) -> Steps[SessionInfo]:
+        """Move the hard deadline in Redis (atomically with the deadline index), then in MongoDB (what a restore
+        and a rebuilt pool read), then tell the sandbox driver, where it can move its sandbox's own deadline."""
+        info: SessionInfo = yield self.index.extend(session_id, ttl_seconds, (yield NOW))
+        if store is not None:
+            try:
+                yield Durable(store.extend, (info.session_id, info.created_at, info.expires_at))
+            except PersistenceError as exc:
+                raise PersistenceError(
+                    f'session {info.session_id!r} runs until {info.expires_at.isoformat()} now, '
+                    f'but MongoDB did not record it (retry extend: it converges): {exc}'
+                ) from exc
+        yield Durable(extend_sandbox, (driver, info.session_id, info.expires_at_ms))
+        return info
 
     def status(self, session_id: str, store: SnapshotStore | None) -> Steps[SessionInfo | None]:
         info: SessionInfo | None = yield self.index.status(session_id, (yield NOW))

@@ -29,7 +29,7 @@ from lifecycle.errors import (
 from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, SessionInfo, SessionState
 from lifecycle.pool.calls import Arg, Call, as_int, scored
 from lifecycle.pool.keys import Keys
-from lifecycle.settings import Settings
+from lifecycle.settings import HARD_MAX_TTL_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,31 @@ class SessionIndex:
             (k.live, k.busy, k.turns, k.meta_of(session_id), k.unsaved),
             (session_id, token, now_ms),
         )
+
+    def extend(self, session_id: str, ttl_seconds: int, now_ms: int) -> Call[SessionInfo]:
+        """Move the session's hard deadline to `ttl_seconds` from now, never back and never past its profile's
+        `max_ttl_s` from creation (the deadline returned says where it is)."""
+        session_id = validate.identifier('session_id', session_id)
+        ttl_s = check_ttl(ttl_seconds, HARD_MAX_TTL_S)
+        s = self.settings
+
+        def parse(reply: list[Any]) -> SessionInfo:
+            code = as_int(reply[0])
+            if code == -2:
+                raise SessionReaping(f'session {session_id!r} is being evicted; its deadline was not moved')
+            if code == -3:
+                raise SessionNotLive(f'session {session_id!r} is past its hard deadline')
+            if code == -1:
+                raise SessionNotLive(f'session {session_id!r} is not live')
+            if code == -4:
+                raise SessionDamaged(f'session {session_id!r} has lost its record or deadline in Redis; not extended')
+            busy = as_int(reply[4]) > now_ms
+            return self._info(session_id, reply[1], reply[2], reply[3], busy=busy, reaping=False)
+
+        profiles = [part for name in s.profiles for part in (name, s.limits(name).max_ttl_s * 1000)]
+        k = self.keys
+        return Call(parse, 'extend_session', (k.live, k.deadline, k.reaping, k.meta_of(session_id), k.busy),
+                    (session_id, now_ms, ttl_s * 1000, s.max_ttl_s * 1000, *profiles))  # fmt: skip
 
     def close(self, session_id: str, now_ms: int) -> Call[Closed | None]:
         """End a live session and give its slot back; returns it as it was (with the fencing token of its durable

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from lifecycle.errors import LifecycleError
+
+log = logging.getLogger(__name__)
 
 
 class SandboxError(LifecycleError):
@@ -28,7 +31,9 @@ class SandboxDriver(Protocol):
     """Releases sandboxes; every method is idempotent.
 
     A driver whose leases name their sandbox may also define `release_lease(lease, reason)`: tear down exactly
-    the sandbox the lease lists, not a newer one its session started since (see `release_lease` below).
+    the sandbox the lease lists, not a newer one its session started since (see `release_lease` below); and a
+    driver that can move a running sandbox's own deadline, `extend_deadline(session_id, expires_at_ms) -> bool`
+    (see `extend_sandbox`).
     """
 
     def release(self, session_id: str, reason: str) -> None:
@@ -45,6 +50,21 @@ def release_lease(driver: SandboxDriver, lease: SandboxLease, reason: str) -> No
         exact(lease, reason)
     else:
         driver.release(lease.session_id, reason)
+
+
+def extend_sandbox(driver: SandboxDriver, session_id: str, expires_at_ms: int) -> bool:
+    """Tell the driver the session's hard deadline moved to `expires_at_ms`, if it can move its sandbox's own
+    (`extend_deadline(session_id, expires_at_ms)`); True if it did. A driver that cannot (a container's deadline
+    is fixed when it starts) keeps the one it has; a failure is logged, never raised: the session's deadline
+    has moved either way."""
+    extend = getattr(driver, 'extend_deadline', None)
+    if extend is None:
+        return False
+    try:
+        return bool(extend(session_id, expires_at_ms))
+    except Exception as exc:  # SandboxError, or a driver's bug
+        log.warning('the sandbox of %s keeps its own deadline: the driver could not move it: %r', session_id, exc)
+        return False
 
 
 def leftover_leases(leases: Iterable[SandboxLease], now_ms: int, orphan_grace_ms: int) -> list[SandboxLease]:

@@ -24,7 +24,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookDriver:
-    """POSTs `{"event": "release", "session_id", "reason"}` to `url`.
+    """POSTs `{"event": "release", "session_id", "reason"}` to `url` (and `{"event": "extend", ...}` when a
+    session's deadline moves).
 
     2xx and 404 (already gone) are success; 5xx, 429 and network errors are retried with backoff;
     any other status fails at once.
@@ -38,7 +39,17 @@ class WebhookDriver:
         self.backoff_s = backoff_s
 
     def release(self, session_id: str, reason: str) -> None:
-        body = json.dumps({'event': 'release', 'session_id': session_id, 'reason': reason}).encode()
+        self._post({'event': 'release', 'session_id': session_id, 'reason': reason}, 'release', session_id)
+
+    def extend_deadline(self, session_id: str, expires_at_ms: int) -> bool:
+        """POST `{"event": "extend", "session_id", "expires_at_ms"}`: the session's hard deadline moved there (an
+        endpoint that does not know the event answers 404, taken as "cannot move it")."""
+        body = {'event': 'extend', 'session_id': session_id, 'expires_at_ms': expires_at_ms}
+        return self._post(body, 'deadline move', session_id)
+
+    def _post(self, payload: dict[str, object], what: str, session_id: str) -> bool:
+        """POST the signed payload; True on 2xx, False on 404, SandboxError once the retries are spent."""
+        body = json.dumps(payload).encode()
         for attempt in range(self.retries + 1):
             timestamp = str(int(time.time()))
             request = urllib.request.Request(
@@ -53,20 +64,20 @@ class WebhookDriver:
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s):
-                    return
+                    return True
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response's socket
                 if exc.code == 404:
-                    return
+                    return False
                 if exc.code < 500 and exc.code != 429:
-                    raise SandboxError(f'release of {session_id!r} refused by {self.url}: HTTP {exc.code}') from exc
+                    raise SandboxError(f'{what} of {session_id!r} refused by {self.url}: HTTP {exc.code}') from exc
                 failure: Exception = exc
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 failure = exc
-            log.warning('sandbox release of %s failed (attempt %d): %s', session_id, attempt + 1, failure)
+            log.warning('sandbox %s of %s failed (attempt %d): %s', what, session_id, attempt + 1, failure)
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
-        raise SandboxError(f'release of {session_id!r} via {self.url} failed: {failure}') from failure
+        raise SandboxError(f'{what} of {session_id!r} via {self.url} failed: {failure}') from failure
 
     def leases(self) -> list[SandboxLease]:
         return []

@@ -83,6 +83,11 @@ class SnapshotStore(Protocol):
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         """Mark the session expired or closed under `token`; raises PersistenceError."""
 
+    def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
+        """Move the recorded hard deadline of the session's life that began at `created_at` to at least
+        `expires_at` (never back: concurrent extensions converge on the latest); False when no live or resumable
+        document of that life exists. PersistenceError."""
+
     def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
         """Atomically raise the session's fence to `token`; returns the document as it was before."""
 

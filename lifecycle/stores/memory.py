@@ -120,6 +120,17 @@ class InMemorySnapshotStore:
             if below(document, token):
                 document.update(record_fields(record), state=state.value, fence=token, ended_at=now, updated_at=now)
 
+    def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
+        with self._lock:
+            document = self._sessions.get(session_id)
+            if document is None or document.get('state') not in EVICTABLE:
+                return False
+            if document.get('created_at', created_at) != created_at:
+                return False
+            document.update(expires_at=max(document.get('expires_at', expires_at), expires_at),
+                            updated_at=datetime.now(UTC))  # fmt: skip
+            return True
+
     def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
         with self._lock:
             document = self._sessions.get(session_id)

@@ -341,6 +341,18 @@ class Plans:
                         token)  # fmt: skip
 
     @staticmethod
+    def extend_plan(session_id: str, created_at: datetime, expires_at: datetime) -> Plan[bool]:
+        """`$max`: extensions commute, so a late one never moves the deadline back; only this life's document (a
+        document written before lives recorded their creation is taken as this life's)."""
+        life = {'$or': [{'created_at': created_at}, {'created_at': {'$exists': False}}]}
+        states = [SessionState.LIVE.value, SessionState.RESUMABLE.value]
+        result = yield Op('sessions', 'update_one', (
+            {'_id': session_id, 'state': {'$in': states}, **life},
+            {'$max': {'expires_at': expires_at}, '$set': {'updated_at': datetime.now(UTC)}},
+        ))  # fmt: skip
+        return bool(result.matched_count)
+
+    @staticmethod
     def fence_plan(session_id: str, token: int) -> Plan[Mapping[str, Any] | None]:
         try:
             before: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
@@ -517,6 +529,9 @@ class MongoSnapshotStore(_Connected):
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id, timeout_ms / 1000)
 
+    def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
+        return self._run(Plans.extend_plan(session_id, created_at, expires_at), 'deadline write', session_id)
+
     def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
         return self._run(Plans.fence_plan(session_id, token), 'fence', session_id)
 
@@ -616,6 +631,9 @@ class AsyncMongoSnapshotStore(_Connected):
     async def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         await self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,
                         timeout_ms / 1000)  # fmt: skip
+
+    async def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
+        return await self._run(Plans.extend_plan(session_id, created_at, expires_at), 'deadline write', session_id)
 
     async def raise_fence(self, session_id: str, token: int) -> Mapping[str, Any] | None:
         return await self._run(Plans.fence_plan(session_id, token), 'fence', session_id)

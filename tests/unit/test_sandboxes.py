@@ -23,7 +23,7 @@ from lifecycle.sandboxes import (
     WebhookDriver,
     driver_from_settings,
 )
-from lifecycle.sandboxes.base import leftover_leases, release_lease
+from lifecycle.sandboxes.base import extend_sandbox, leftover_leases, release_lease
 from lifecycle.sandboxes.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import group_alive
 
@@ -85,6 +85,16 @@ def test_a_refused_release_fails_at_once(receiver: Receiver) -> None:
     with pytest.raises(SandboxError, match='HTTP 400'):
         WebhookDriver(receiver.url, SECRET, retries=3, backoff_s=0.01).release('s1', 'idle')
     assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize('receiver', [[503, 200, 404]], indirect=True)
+def test_the_webhook_is_told_where_a_deadline_moved(receiver: Receiver) -> None:
+    driver = WebhookDriver(receiver.url, SECRET, retries=3, backoff_s=0.01)
+    assert extend_sandbox(driver, 's1', 1_700_000_000_000) is True  # after one retry
+    assert extend_sandbox(driver, 's1', 1_700_000_000_000) is False  # 404: an endpoint that cannot move it
+    assert receiver.received == [({'event': 'extend', 'session_id': 's1', 'expires_at_ms': 1_700_000_000_000},
+                                  True)] * 3  # fmt: skip
+    assert extend_sandbox(ProcessDriver.__new__(ProcessDriver), 's1', 1) is False  # it has no way to move one
 
 
 def test_an_unreachable_endpoint_fails_after_its_retries(receiver: Receiver) -> None:

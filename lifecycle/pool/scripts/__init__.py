@@ -54,6 +54,7 @@ ScriptName = Literal[
     'drop_stray_tenants',
     'end_turn',
     'extend_claim',
+    'extend_session',
     'finish_eviction',
     'finish_run',
     'forget_replicas',

@@ -1,0 +1,136 @@
+"""Session controls an app asks for at runtime (issue 16): `extend` a session's hard deadline, on real Redis and
+the MongoDB-wire server, through both clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from lifecycle import AsyncLifecycle, InvalidTTL, SessionNotLive, SessionReaping, SessionState
+from lifecycle.errors import InvalidArgument
+from lifecycle.models import ReapReason, SweepKind
+from lifecycle.pool.claims import ClaimIndex
+from lifecycle.reaper.eviction import Outcome
+from lifecycle.sandboxes import NoopDriver
+from tests.conftest import REDIS_URL, SettingsFactory
+from tests.integration.conftest import ReaperFactory
+
+pytestmark = pytest.mark.integration
+HOUR_MS = 3_600_000
+
+
+class MovingDriver(NoopDriver):
+    """A driver that can move its sandboxes' own deadlines; records what it was told."""
+
+    def __init__(self) -> None:
+        self.moved: list[tuple[str, int]] = []
+
+    def extend_deadline(self, session_id: str, expires_at_ms: int) -> bool:
+        self.moved.append((session_id, expires_at_ms))
+        return True
+
+
+def expires_ms(document: dict[str, Any] | None) -> int:
+    assert document is not None
+    return int(document['expires_at'].timestamp() * 1000)
+
+
+def test_extend_moves_the_deadline_forward_never_back_never_past_max_ttl(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    driver = MovingDriver()
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_ttl_s=4 * 3600, default_ttl_s=3600), driver=driver)
+    lc, start = r.lc, r.clock.now_ms()
+    lc.activate(lc.reserve('api-1'), 's1')
+    r.clock.advance(seconds=1800)
+
+    info = lc.extend('s1', 7200)  # two hours from now: later than the hour it had
+    assert info.expires_at_ms == start + 1800_000 + 2 * HOUR_MS
+    assert lc.status('s1').expires_at_ms == info.expires_at_ms  # type: ignore[union-attr]
+    assert expires_ms(r.document('s1')) == info.expires_at_ms  # recorded durably, what a restore reads
+    assert driver.moved == [('s1', info.expires_at_ms)]
+
+    assert lc.extend('s1', 60).expires_at_ms == info.expires_at_ms  # never moves back
+    assert lc.extend('s1', 86_400).expires_at_ms == start + 4 * HOUR_MS  # capped at max_ttl_s from creation
+    assert expires_ms(r.document('s1')) == start + 4 * HOUR_MS
+
+    # The expiry sweep ends it at the new deadline, not the old one.
+    r.clock.advance(seconds=3600)  # past the deadline activation gave
+    r.sweep(SweepKind.EXPIRED)
+    assert lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+    r.clock.advance(seconds=9000)  # the four hours from creation are up
+    r.sweep(SweepKind.EXPIRED)
+    assert [(x.session_id, x.outcome) for x in r.results] == [('s1', Outcome.EXPIRED)]
+    with pytest.raises(SessionNotLive, match="'s1' is not live"):
+        lc.extend('s1', 60)
+
+
+def test_extend_refuses_a_session_being_evicted_and_bad_input_changing_nothing(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3))
+    lc = r.lc
+    info = lc.activate(lc.reserve('api-1'), 's1')
+    for bad, error in ((0, InvalidTTL), (-5, InvalidTTL), (1.5, InvalidTTL), ('60', InvalidTTL), (True, InvalidTTL),
+                       (86_401, InvalidTTL)):  # fmt: skip
+        with pytest.raises(error, match=repr(bad) if not isinstance(bad, int) or bad is True else str(bad)):
+            lc.extend('s1', bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match='session_id'):
+        lc.extend('bad id|x', 60)
+    with pytest.raises(SessionNotLive, match="'nobody' is not live"):
+        lc.extend('nobody', 60)
+
+    claims = ClaimIndex(lc.settings, lc.pool.keys)
+    now = r.clock.now_ms()
+    claimed = lc.pool.run(claims.claim('s1', ReapReason.IDLE, now, now, 0))
+    assert not isinstance(claimed, str)
+    with pytest.raises(SessionReaping, match="'s1' is being evicted"):
+        lc.extend('s1', 7200)
+    assert lc.pool.run(claims.abort(claimed)) is not None
+    assert lc.status('s1').expires_at_ms == info.expires_at_ms  # type: ignore[union-attr]
+    assert expires_ms(r.document('s1')) == info.expires_at_ms
+
+
+def test_a_pool_rebuilt_after_redis_lost_it_keeps_the_extended_deadline(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_ttl_s=4 * 3600, default_ttl_s=3600))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    extended = lc.extend('s1', 3 * 3600).expires_at_ms
+    for key in lc.redis.scan_iter(match=lc.pool.keys.prefix + '*'):
+        lc.redis.delete(key)  # Redis lost the pool
+    r.sweep(SweepKind.EXPIRED)  # rebuilds it from MongoDB
+    assert lc.status('s1').expires_at_ms == extended  # type: ignore[union-attr]
+
+
+def test_a_restored_session_keeps_its_extended_deadline(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_ttl_s=4 * 3600, default_ttl_s=3600, idle_ttl_s=600))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    extended = lc.extend('s1', 3 * 3600).expires_at_ms
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert [(x.session_id, x.outcome) for x in r.results] == [('s1', Outcome.EVICTED)]
+    assert lc.restore('s1', 'api-2').session.expires_at_ms == extended
+
+
+def test_the_async_client_extends(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_ttl_s=4 * 3600, default_ttl_s=3600))
+    start = r.clock.now_ms()
+
+    async def run() -> int:
+        client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        async with AsyncLifecycle(r.lc.settings, redis_client=client, clock=r.clock) as lc:
+            await lc.activate(await lc.reserve('api-1'), 's1')
+            with pytest.raises(InvalidTTL):
+                await lc.extend('s1', 0)
+            return (await lc.extend('s1', 2 * 3600)).expires_at_ms
+
+    assert asyncio.run(run()) == start + 2 * HOUR_MS
+    assert expires_ms(r.document('s1')) == start + 2 * HOUR_MS
