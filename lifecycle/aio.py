@@ -213,6 +213,14 @@ class AsyncLifecycle(Wiring):
         return await self._to_the_end(self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store,
                                                                      self.driver)))  # fmt: skip
 
+    async def pin(self, session_id: str) -> bool:
+        """See `Lifecycle.pin`."""
+        return await self.pool.run(self.index.pin(session_id, await self.pool.now_ms()))
+
+    async def unpin(self, session_id: str) -> bool:
+        """See `Lifecycle.unpin`."""
+        return await self.pool.run(self.index.unpin(session_id))
+
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""
         return await self.pool.do(self.flows.status(session_id, self.store))

@@ -184,6 +184,17 @@ class Lifecycle(Wiring):
         if it is not live or past its deadline; PersistenceError if MongoDB did not record it (retry)."""
         return self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store, self.driver))
 
+    def pin(self, session_id: str) -> bool:
+        """Keep a live session from idle, LRU and make-room eviction until `unpin` (its hard deadline still ends
+        it, and a lost replica's sessions are still recovered); True if it was not pinned yet. PinLimitReached at
+        `max_pinned` in the pool (or `max_pinned_per_tenant` for its tenant); SessionNotLive, SessionReaping.
+        Pins live in Redis: a pool rebuilt after Redis lost its state has none (its sessions stay resumable)."""
+        return self.pool.run(self.index.pin(session_id, self.pool.now_ms()))
+
+    def unpin(self, session_id: str) -> bool:
+        """Let idle and LRU eviction take the session again (the next idle sweep judges it); True if it was pinned."""
+        return self.pool.run(self.index.unpin(session_id))
+
     def status(self, session_id: str) -> SessionInfo | None:
         """The session as lifecycle sees it, without counting as activity; None if unknown.
 

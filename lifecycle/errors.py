@@ -35,6 +35,17 @@ class CapacityExceeded(LifecycleError):
         super().__init__(f'{scope} is at capacity ({live} live + {reserved} reserved / cap {cap})')
 
 
+class PinLimitReached(LifecycleError):
+    """As many sessions as `max_pinned` (or `max_pinned_per_tenant`) allows are pinned; nothing was pinned."""
+
+    def __init__(self, pinned: int, limit: int, tenant: str | None = None) -> None:
+        self.pinned = pinned
+        self.limit = limit
+        self.tenant = tenant
+        scope = f'tenant {tenant!r}' if tenant is not None else 'the pool'
+        super().__init__(f'{scope} has {pinned} pinned sessions, its limit is {limit}: unpin one first')
+
+
 class ReservationLost(LifecycleError):
     """The reservation expired (its lease ran out) or was released; its slot is back in the pool."""
 

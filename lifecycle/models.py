@@ -60,6 +60,7 @@ class SessionInfo:
     expires_at_ms: int
     busy: bool
     turn_seq: int
+    pinned: bool = False  # idle, LRU and make-room eviction leave it alone (see `pin`)
 
     @property
     def created_at(self) -> datetime:

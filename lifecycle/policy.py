@@ -18,6 +18,7 @@ class Candidate:
     profile: str | None
     busy_until_ms: int | None
     reaping: bool
+    pinned: bool = False
 
     def is_busy(self, now_ms: int) -> bool:
         return self.busy_until_ms is not None and self.busy_until_ms > now_ms
@@ -65,11 +66,11 @@ def idle_cutoff_ms(now_ms: int, idle_ttl_s: int) -> int:
 
 
 def idle_orders(candidates: Iterable[Candidate], limits: Callable[[str | None], Limits], now_ms: int) -> list[Order]:
-    """Sessions idle past their profile's timeout, not busy, not already being reaped."""
+    """Sessions idle past their profile's timeout, not busy, not pinned, not already being reaped."""
     orders: list[Order] = []
     for c in candidates:
         cutoff = idle_cutoff_ms(now_ms, limits(c.profile).idle_ttl_s)
-        if c.last_active_ms <= cutoff and not c.is_busy(now_ms) and not c.reaping:
+        if c.last_active_ms <= cutoff and not c.is_busy(now_ms) and not c.reaping and not c.pinned:
             orders.append(Order(c.session_id, ReapReason.IDLE, idle_cutoff_ms=cutoff, observed_ms=c.last_active_ms))
     return orders
 
@@ -86,12 +87,12 @@ def lru_excess(live: int, reaping: int, max_live: int) -> int:
 
 
 def lru_orders(candidates: Iterable[Candidate], wanted: int, max_live: int, now_ms: int) -> list[Order]:
-    """The `wanted` least recently active sessions (candidates arrive oldest first) that are not busy."""
+    """The `wanted` least recently active sessions (candidates arrive oldest first) that are not busy or pinned."""
     orders: list[Order] = []
     for c in candidates:
         if len(orders) >= wanted:
             break
-        if not c.is_busy(now_ms) and not c.reaping:
+        if not c.is_busy(now_ms) and not c.reaping and not c.pinned:
             orders.append(Order(c.session_id, ReapReason.LRU, max_live=max_live, observed_ms=c.last_active_ms))
     return orders
 
@@ -142,7 +143,7 @@ class Verdict:
 def verdict(
     *, now_ms: int, last_active_ms: int, expires_at_ms: int, busy: bool, reaping: bool, idle_ttl_s: int,
     turn_seq: int, checkpoint_seq: int | None, requested_ms: int | None, required: bool, waive_after_s: int | None,
-    persistence: bool = True, owner_lost: bool = False,
+    persistence: bool = True, owner_lost: bool = False, pinned: bool = False,
 ) -> Verdict:  # fmt: skip
     """What the sweeps make of a live session now, with why: its hard deadline, whether persistence is on,
     its owner's heartbeat, its profile's idle timeout, its busy lease, and whether the durable write would find
@@ -160,6 +161,10 @@ def verdict(
     elif idle_due_ms > now_ms:
         reasons.insert(0, f'idle for {human((now_ms - last_active_ms) / 1000)}, due at {human(idle_ttl_s)} of '
                           f'idle (its profile): in {human((idle_due_ms - now_ms) / 1000)}')  # fmt: skip
+        return Verdict(None, tuple(reasons))
+    elif pinned:
+        reasons.insert(0, f'pinned: idle for {human((now_ms - last_active_ms) / 1000)}, but idle and LRU eviction '
+                          'leave it alone until unpin()')  # fmt: skip
         return Verdict(None, tuple(reasons))
     else:
         due, ready = 'idle', f'idle for {human((now_ms - last_active_ms) / 1000)}: the next idle sweep evicts it'

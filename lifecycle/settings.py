@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     # The reaper.
     max_live: PositiveInt | None = None  # soft cap for the LRU sweep (<= max_sessions); None: no LRU sweep
     min_idle_s: PositiveInt = 60  # reserve(make_room=True) evicts only sessions idle at least this long
+    # pin(): the most sessions idle, LRU and make-room eviction must leave alone, in the pool (None: a quarter
+    # of max_sessions, or of max_live when it is set, at least 1; 0: pinning is off) and per tenant (None: only
+    # the pool's limit).
+    max_pinned: NonNegativeInt | None = None
+    max_pinned_per_tenant: PositiveInt | None = None
     require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
     # A session with unsaved turns whose owner was asked (checkpoint_requested) and gave none within the
     # grace: 'evict' it with its last durable checkpoint (recorded and counted), or 'keep' it live.
@@ -243,12 +248,8 @@ class Settings(BaseSettings):
             return self.sandbox_orphan_grace_s
         return max(300, 2 * self.reservation_lease_s)
 
-    @model_validator(mode='after')
-    def _consistent(self) -> Self:
-        if self.max_ttl_s > HARD_MAX_TTL_S:
-            raise ValueError(f'{env("max_ttl_s")}={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
-        for name in (None, *self.profiles):
-            self._check_limits(name)
+    def _check_caps(self) -> None:
+        """Tenant caps, the soft cap and the pin limit within the pool's cap."""
         caps = {f'{env("tenant_limits")}[{name!r}]': cap for name, cap in self.tenant_limits.items()}
         if self.tenant_max_sessions is not None:
             caps[env('tenant_max_sessions')] = self.tenant_max_sessions
@@ -258,6 +259,17 @@ class Settings(BaseSettings):
                 raise ValueError(f'tenant cap {name}={tenant_cap} exceeds {cap}')
         if self.max_live is not None and self.max_live > self.max_sessions:
             raise ValueError(f'{env("max_live")}={self.max_live} exceeds {cap}')
+        soft = f'{env("max_live")}={self.max_live}' if self.max_live is not None else cap
+        if self.max_pinned is not None and self.max_pinned > (self.max_live or self.max_sessions):
+            raise ValueError(f'{env("max_pinned")}={self.max_pinned} exceeds {soft}: pins would eat the pool')
+
+    @model_validator(mode='after')
+    def _consistent(self) -> Self:
+        if self.max_ttl_s > HARD_MAX_TTL_S:
+            raise ValueError(f'{env("max_ttl_s")}={self.max_ttl_s} exceeds the hard maximum of {HARD_MAX_TTL_S} s')
+        for name in (None, *self.profiles):
+            self._check_limits(name)
+        self._check_caps()
         if self.sandbox_driver == 'webhook' and (
             self.sandbox_webhook_url is None or self.sandbox_webhook_secret is None
         ):
@@ -350,6 +362,13 @@ class Settings(BaseSettings):
             SweepKind.WORKTREES: self.worktrees_interval_s,
         }
         return intervals[kind]
+
+    @property
+    def pin_limit(self) -> int:
+        """The most sessions pinned at once in the pool."""
+        if self.max_pinned is not None:
+            return self.max_pinned
+        return max(1, (self.max_live or self.max_sessions) // 4)
 
     def tenant_cap(self, tenant: str | None) -> int | None:
         """The cap of one tenant, or None when it is uncapped."""

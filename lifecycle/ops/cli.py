@@ -156,7 +156,7 @@ def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> polic
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
         requested_ms=requested, required=s.require_checkpoint,
         waive_after_s=s.waive_after_s, persistence=lc.store is not None,
-        owner_lost=heartbeat is not None and heartbeat <= now,
+        owner_lost=heartbeat is not None and heartbeat <= now, pinned=info.pinned,
     )  # fmt: skip
 
 

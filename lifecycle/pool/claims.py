@@ -147,7 +147,18 @@ class ClaimIndex:
         return Call(
             parse,
             'claim_session',
-            (k.live, k.deadline, k.busy, k.reaping, k.claims, k.meta_of(session_id), k.epoch, k.replicas, k.turns),
+            (
+                k.live,
+                k.deadline,
+                k.busy,
+                k.reaping,
+                k.claims,
+                k.meta_of(session_id),
+                k.epoch,
+                k.replicas,
+                k.turns,
+                k.pinned,
+            ),
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )
 

@@ -81,6 +81,17 @@ class Keys:
         return f'{self.prefix}:meta:'
 
     @property
+    def pinned(self) -> str:
+        """ZSET session_id -> when it was pinned (epoch ms): idle, LRU and make-room eviction leave it alone."""
+        return f'{self.prefix}:pinned'
+
+    @property
+    def pinned_tenants(self) -> str:
+        """ZSET (every score 0) 'tenant|session_id' of the pinned sessions that have a tenant: a tenant's pins are
+        one ZLEXCOUNT (see tenant_pin_limit)."""
+        return f'{self.prefix}:pinned_tenants'
+
+    @property
     def reaping(self) -> str:
         """ZSET session_id -> eviction claim lease expiry (epoch ms); present while a worker evicts it."""
         return f'{self.prefix}:reaping'

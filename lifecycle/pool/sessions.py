@@ -17,6 +17,7 @@ from lifecycle.errors import (
     CapacityExceeded,
     InvalidArgument,
     InvalidTTL,
+    PinLimitReached,
     PoolRecovering,
     PoolUninitialised,
     PoolUnverified,
@@ -337,6 +338,35 @@ class SessionIndex:
         return Call(parse, 'extend_session', (k.live, k.deadline, k.reaping, k.meta_of(session_id), k.busy),
                     (session_id, now_ms, ttl_s * 1000, s.max_ttl_s * 1000, *profiles))  # fmt: skip
 
+    def pin(self, session_id: str, now_ms: int) -> Call[bool]:
+        """Keep the session from idle, LRU and make-room eviction; True if it was not pinned yet."""
+        session_id = validate.identifier('session_id', session_id)
+        s, k = self.settings, self.keys
+
+        def parse(reply: list[Any]) -> bool:
+            code = as_int(reply[0])
+            if code == -5:
+                raise PinLimitReached(as_int(reply[1]), as_int(reply[2]))
+            if code == -6:
+                raise PinLimitReached(as_int(reply[1]), as_int(reply[2]), str(reply[3]))
+            if code == -2:
+                raise SessionReaping(f'session {session_id!r} is being evicted; it was not pinned')
+            if code == -1:
+                raise SessionNotLive(f'session {session_id!r} is not live; nothing was pinned')
+            if code == -4:
+                raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; not pinned')
+            return code == 1
+
+        return Call(parse, 'pin_session', (k.live, k.reaping, k.meta_of(session_id), k.pinned, k.pinned_tenants),
+                    (session_id, now_ms, s.pin_limit, s.max_pinned_per_tenant or 0))  # fmt: skip
+
+    def unpin(self, session_id: str) -> Call[bool]:
+        """Let idle and LRU eviction take the session again; True if it was pinned."""
+        session_id = validate.identifier('session_id', session_id)
+        k = self.keys
+        return Call(lambda reply: as_int(reply) == 1, 'unpin_session', (k.meta_of(session_id), k.pinned,
+                                                                          k.pinned_tenants), (session_id,))  # fmt: skip
+
     def close(self, session_id: str, now_ms: int) -> Call[Closed | None]:
         """End a live session and give its slot back; returns it as it was (with the fencing token of its durable
         record), or None if it was not live."""
@@ -368,18 +398,18 @@ class SessionIndex:
         k = self.keys
 
         def parse(reply: list[Any]) -> SessionInfo | None:
-            record, last_active, expires_at, busy_lease, reaping = reply
+            record, last_active, expires_at, busy_lease, reaping, pinned = reply
             if last_active is None:
                 return None  # not in the live pool (a record left without its live entry is reconcile's to relink)
             if record is None or expires_at is None:
                 missing = 'record' if record is None else 'deadline'
                 raise SessionDamaged(f'session {session_id!r} is live but its {missing} is missing in Redis')
             busy = busy_lease is not None and as_int(busy_lease) > now_ms
-            return self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
+            info = self._info(session_id, record, last_active, expires_at, busy=busy, reaping=reaping is not None)
+            return replace(info, pinned=True) if pinned is not None else info
 
-        return Call(
-            parse, 'read_session', (k.live, k.deadline, k.busy, k.meta_of(session_id), k.reaping), (session_id,)
-        )
+        keys = (k.live, k.deadline, k.busy, k.meta_of(session_id), k.reaping, k.pinned)
+        return Call(parse, 'read_session', keys, (session_id,))
 
     def stats(self, now_ms: int) -> Call[PoolStats]:
         """Pool figures in one atomic read."""

@@ -169,12 +169,14 @@ class Sweeper:
     def _candidates(self, page: list[tuple[str, int]]) -> list[Candidate]:
         ids = [member for member, _ in page]
         reads, gather = record_calls(self.keys, ids)
-        busy_at, claimed_at, *replies = self.pool.run_each([calls.scores(self.keys.busy, ids),
-                                                            calls.scores(self.keys.reaping, ids), *reads])  # fmt: skip
-        busy, reaping = first_error([busy_at, claimed_at])
+        k = self.keys
+        busy_at, claimed_at, pinned_at, *replies = self.pool.run_each(
+            [calls.scores(k.busy, ids), calls.scores(k.reaping, ids), calls.scores(k.pinned, ids), *reads])  # fmt: skip
+        busy, reaping, pins = first_error([busy_at, claimed_at, pinned_at])
         records = gather(replies)
         candidates = []
-        for (session_id, last_active), record, busy_until, claimed in zip(page, records, busy, reaping, strict=True):
+        for (session_id, last_active), record, busy_until, claimed, pinned in zip(page, records, busy, reaping, pins,
+                                                                                 strict=True):  # fmt: skip
             if record is None:
                 continue  # left the pool between the two reads (or lost: reconcile rebuilds it)
             try:
@@ -183,9 +185,8 @@ class Sweeper:
                 log.warning('session %s skipped: its record %r is malformed', session_id, record)
                 continue
             busy_ms = int(busy_until) if busy_until is not None else None
-            candidates.append(
-                Candidate(session_id, last_active, meta.owner, meta.profile, busy_ms, claimed is not None)
-            )
+            candidates.append(Candidate(session_id, last_active, meta.owner, meta.profile, busy_ms, claimed is not None,
+                                        pinned is not None))  # fmt: skip
         return candidates
 
     def _order(self, report: SweepReport, orders: Sequence[Order], dry_run: bool) -> None:
@@ -473,7 +474,8 @@ class Sweeper:
             )
             for page in self._pages(self.keys.live, f'({low}', high, lock):
                 for c in self._candidates(page):
-                    if self.settings.limits(c.profile).idle_ttl_s != idle_ttl_s or c.is_busy(now) or c.reaping:
+                    kept = c.is_busy(now) or c.reaping or c.pinned
+                    if kept or self.settings.limits(c.profile).idle_ttl_s != idle_ttl_s:
                         continue
                     report.notices += 1
                     if not dry_run:

@@ -1,5 +1,5 @@
-"""Session controls an app asks for at runtime (issue 16): `extend` a session's hard deadline, on real Redis and
-the MongoDB-wire server, through both clients."""
+"""Session controls an app asks for at runtime (issue 16): `extend` a session's hard deadline, `pin` it against
+idle and LRU reaping, on real Redis and the MongoDB-wire server, through both clients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from lifecycle import AsyncLifecycle, InvalidTTL, SessionNotLive, SessionReaping, SessionState
+from lifecycle import (
+    AsyncLifecycle,
+    CapacityExceeded,
+    InvalidTTL,
+    PinLimitReached,
+    SessionNotLive,
+    SessionReaping,
+    SessionState,
+)
 from lifecycle.errors import InvalidArgument
 from lifecycle.models import ReapReason, SweepKind
 from lifecycle.pool.claims import ClaimIndex
@@ -134,3 +142,144 @@ def test_the_async_client_extends(make_reaper_settings: SettingsFactory, make_re
 
     assert asyncio.run(run()) == start + 2 * HOUR_MS
     assert expires_ms(r.document('s1')) == start + 2 * HOUR_MS
+
+
+# -- pin / unpin ---------------------------------------------------------------------------------------------
+
+
+def idle_evicted(results: list[Any]) -> list[str]:
+    return [x.session_id for x in results if x.outcome is Outcome.EVICTED]
+
+
+def test_a_pinned_session_outlives_idle_sweeps_and_is_evicted_after_unpin(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=4, idle_ttl_s=600))
+    lc = r.lc
+    for name in ('s1', 's2'):
+        lc.activate(lc.reserve('api-1'), name)
+    assert lc.pin('s1') is True
+    assert lc.pin('s1') is False  # pinned already
+    assert lc.status('s1').pinned  # type: ignore[union-attr]
+    assert not lc.status('s2').pinned  # type: ignore[union-attr]
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)
+    assert idle_evicted(r.results) == ['s2']
+    assert lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+
+    # A sweep that read it before the pin still cannot take it: the claim checks the pin.
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).detail == 'pinned'
+
+    assert lc.unpin('s1') is True
+    assert lc.unpin('s1') is False
+    r.clock.advance(seconds=60)
+    r.sweep(SweepKind.IDLE)  # its cursor passed it long ago: the recheck set brings it back
+    assert idle_evicted(r.results) == ['s2', 's1']
+
+
+def test_lru_and_make_room_pass_a_pinned_session_over_but_the_hard_deadline_ends_it(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_live=2, max_pinned=2, min_idle_s=60, default_ttl_s=3600))
+    lc = r.lc
+    for name in ('old', 'mid', 'new'):
+        lc.activate(lc.reserve('api-1'), name)
+        r.clock.advance(seconds=120)
+    lc.pin('old')
+    r.sweep(SweepKind.LRU)
+    assert idle_evicted(r.results) == ['mid']  # the least recently active one that is not pinned
+    lc.pin('new')
+    lc.activate(lc.reserve('api-1'), 'x')  # the pool is full again (old, new, x)
+    r.clock.advance(seconds=120)
+    lc.touch('x')
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-1', make_room=True)  # 'x' is the only one make_room may take, and it is too recent
+    r.clock.advance(seconds=120)
+    lc.release(lc.reserve('api-1', make_room=True))  # now 'x' makes room, the older pinned ones stay
+    assert [lc.status(s).state for s in ('old', 'new', 'x')] == [SessionState.LIVE, SessionState.LIVE,  # type: ignore[union-attr]
+                                                                 SessionState.RESUMABLE]  # fmt: skip
+    lc.activate(lc.reserve('api-1'), 'x2')
+    r.clock.advance(seconds=3600)
+    r.sweep(SweepKind.EXPIRED)
+    assert {x.session_id for x in r.results if x.outcome is Outcome.EXPIRED} == {'old', 'new', 'x2'}
+    assert lc.redis.zcard(lc.pool.keys.pinned) == 0  # the pins left with their sessions
+
+
+def test_a_lost_replicas_pinned_session_is_still_recovered(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, replica_ttl_s=30))
+    lc = r.lc
+    lc.heartbeat('api-1')
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.pin('s1')
+    r.clock.advance(seconds=31)
+    r.sweep(SweepKind.OWNER_LOST)
+    assert idle_evicted(r.results) == ['s1']
+    assert lc.restore('s1', 'api-2').session.pinned is False
+
+
+def test_pins_are_bounded_in_the_pool_and_per_tenant(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=6, max_pinned=3, max_pinned_per_tenant=2))
+    lc = r.lc
+    for name, tenant in (('a1', 'acme'), ('a2', 'acme'), ('a3', 'acme'), ('b1', 'beta'), ('b2', 'beta'),
+                         ('n1', None)):  # fmt: skip
+        lc.activate(lc.reserve('api-1', tenant), name)
+    lc.pin('a1')
+    lc.pin('a2')
+    with pytest.raises(PinLimitReached, match="tenant 'acme' has 2 pinned sessions, its limit is 2") as refused:
+        lc.pin('a3')
+    assert (refused.value.pinned, refused.value.limit, refused.value.tenant) == (2, 2, 'acme')
+    lc.pin('b1')
+    with pytest.raises(PinLimitReached, match='the pool has 3 pinned sessions, its limit is 3'):
+        lc.pin('n1')
+    lc.close('a1')  # a session that ends gives its pin back, to the pool and to its tenant
+    lc.pin('a3')
+    lc.unpin('b1')
+    lc.pin('n1')
+    assert sorted(lc.redis.zrange(lc.pool.keys.pinned, 0, -1)) == ['a2', 'a3', 'n1']
+    assert sorted(lc.redis.zrange(lc.pool.keys.pinned_tenants, 0, -1)) == ['acme|a2', 'acme|a3']
+
+    # Refusals and bad input change nothing.
+    with pytest.raises(SessionNotLive, match="'a1' is not live"):
+        lc.pin('a1')
+    with pytest.raises(InvalidArgument, match='session_id'):
+        lc.pin('')
+    with pytest.raises(InvalidArgument, match='session_id'):
+        lc.unpin(None)  # type: ignore[arg-type]
+    claims = ClaimIndex(lc.settings, lc.pool.keys)
+    now = r.clock.now_ms()
+    claimed = lc.pool.run(claims.claim('b2', ReapReason.IDLE, now, now, 0))
+    assert not isinstance(claimed, str)
+    with pytest.raises(SessionReaping):
+        lc.pin('b2')
+    assert lc.redis.zcard(lc.pool.keys.pinned) == 3
+
+    # Outside damage: a pin of a session that is gone (a hand edit) is dropped by reconcile.
+    lc.redis.zadd(lc.pool.keys.pinned, {'ghost': 1})
+    lc.redis.zadd(lc.pool.keys.pinned_tenants, {'acme|ghost': 0, 'beta|nobody': 0})
+    r.sweep(SweepKind.RECONCILE)
+    assert sorted(lc.redis.zrange(lc.pool.keys.pinned, 0, -1)) == ['a2', 'a3', 'n1']
+    assert sorted(lc.redis.zrange(lc.pool.keys.pinned_tenants, 0, -1)) == ['acme|a2', 'acme|a3']
+
+
+def test_the_async_client_pins_and_unpins(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, max_pinned=1))
+
+    async def run() -> None:
+        client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        async with AsyncLifecycle(r.lc.settings, redis_client=client, clock=r.clock) as lc:
+            for name in ('s1', 's2'):
+                await lc.activate(await lc.reserve('api-1'), name)
+            assert await lc.pin('s1') is True
+            with pytest.raises(PinLimitReached):
+                await lc.pin('s2')
+            assert (await lc.status('s1')).pinned  # type: ignore[union-attr]
+            assert await lc.unpin('s1') is True
+            assert await lc.pin('s2') is True
+
+    asyncio.run(run())

@@ -59,6 +59,7 @@ ScriptName = Literal[
     'finish_run',
     'forget_replicas',
     'mark_verified',
+    'pin_session',
     'migrate_records',
     'pool_state',
     'prune_runs',
@@ -76,6 +77,7 @@ ScriptName = Literal[
     'repair_records',
     'reserve_slot',
     'start_run',
+    'unpin_session',
 ]
 
 # name -> full source: each script stays one self-contained EVALSHA.

@@ -134,9 +134,19 @@ local function index_owner(k, owner, session_id)
   if owner ~= '' then redis.call('SADD', owned_key(k, owner), session_id) end
 end
 
+-- The pins (see Keys.pinned): named after the live key, as the owner sets are.
+local function pinned_keys(k)
+  local prefix = string.match(k.live, '^(.*):[^:]*$')
+  return prefix .. ':pinned', prefix .. ':pinned_tenants'
+end
+
 -- Remove a session from every live structure and give its slot back. The caller checked it is live.
 local function drop_session(k, session_id, tenant, owner)
   if owner and owner ~= '' then redis.call('SREM', owned_key(k, owner), session_id) end
+  local pinned, pinned_tenants = pinned_keys(k)
+  if redis.call('ZREM', pinned, session_id) == 1 and tenant ~= '' then
+    redis.call('ZREM', pinned_tenants, tenant_member(tenant, session_id))
+  end
   redis.call('ZREM', k.live, session_id)
   redis.call('ZREM', k.deadline, session_id)
   redis.call('ZREM', k.busy, session_id)

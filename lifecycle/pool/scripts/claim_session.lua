@@ -1,11 +1,12 @@
 -- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
--- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET  KEYS[9] turns HASH
+-- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET  KEYS[9] turns HASH  KEYS[10] pinned ZSET
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
 -- Returns {1, token, record, last_active, expires_at} claimed, or {0, why} with why one of
--- not_live, claimed, busy, not_due, expired (left to the expiry path), moved (touched since observed),
+-- not_live, claimed, busy, pinned (idle, lru, make_room), not_due, expired (left to the expiry path), moved (touched
+-- since observed),
 -- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason.
 local session_id, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local last_active = redis.call('ZSCORE', KEYS[1], session_id)
@@ -31,6 +32,7 @@ else
   if busy and tonumber(busy) > now then return {0, 'busy'} end
   -- The turns' own leases too: a busy entry lost to outside damage must not expose a turn in flight.
   if next(read_leases(KEYS[9], session_id, now)) ~= nil then return {0, 'busy'} end
+  if reason ~= 'owner_lost' and redis.call('ZSCORE', KEYS[10], session_id) then return {0, 'pinned'} end
   if reason == 'idle' or reason == 'make_room' then
     if tonumber(last_active) > tonumber(ARGV[5]) then return {0, 'not_due'} end
   elseif reason == 'lru' then
