@@ -27,8 +27,6 @@ from lifecycle.client import Turn
 from lifecycle.models import Notice, NoticeKind
 from lifecycle.web import install_error_handlers, lifecycle_lifespan, lifecycle_of, stream_turn, touch_session
 
-SANDBOX_RESET_NOTE = 'Your sandbox was reset while you were away: files from before are gone.'
-
 
 @dataclass
 class Runtime:
@@ -107,9 +105,11 @@ class AgentService:
         restored = await lifecycle_of(request).restore(session_id, self.owner)
         state = restored.snapshot or {}
         runtime = Runtime(messages=list(restored.messages), approval_pending=bool(state.get('approval_pending')))
-        note = None
-        if restored.sandbox_reset and not runtime.approval_pending:  # a note now would orphan a tool result
-            note = SANDBOX_RESET_NOTE
+        # The library's note (the sandbox was reset; a turn cut off, if any), unless an approval is pending: a
+        # message now would orphan its tool result. (An app that keeps that state outside the snapshot passes
+        # restore(..., approval_pending=...) and gets note=None instead.)
+        note = restored.note if not runtime.approval_pending else None
+        if note is not None:
             runtime.add('system', note, session_id)
         self.runtimes[session_id] = runtime
         return {'session_id': session_id, 'messages': len(runtime.messages), 'note': note}

@@ -21,7 +21,7 @@ from lifecycle.errors import (
     SessionNotLive,
     SessionReaping,
 )
-from lifecycle.models import PoolStats, Reservation, SessionInfo, SessionState
+from lifecycle.models import InterruptedTurn, PoolStats, Reservation, Restored, SessionInfo, SessionState
 from lifecycle.settings import ProfilePolicy, Settings
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     'ConfigurationError',
     'Fenced',
     'FixedClock',
+    'InterruptedTurn',
     'InvalidArgument',
     'InvalidTTL',
     'Lifecycle',
@@ -44,6 +45,7 @@ __all__ = [
     'RedisClock',
     'Reservation',
     'ReservationLost',
+    'Restored',
     'ScriptFailed',
     'SessionDamaged',
     'SessionExists',

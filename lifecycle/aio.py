@@ -231,10 +231,13 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.checkpoint`."""
         return await self._to_the_end(self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store)))
 
-    async def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
+    async def restore(
+        self, session_id: str, owner: str, *, make_room: bool = False, approval_pending: bool = False
+    ) -> Restored:
         """See `Lifecycle.restore`."""
         room = self._make_room if validate.flag('make_room', make_room) else None
-        return await self._to_the_end(self.pool.do(self.flows.restore(session_id, owner, self.store, room)))
+        pending = validate.flag('approval_pending', approval_pending)
+        return await self._to_the_end(self.pool.do(self.flows.restore(session_id, owner, self.store, room, pending)))
 
     async def notices(
         self, owner: str, *, after: str = '0', block_s: float | None = None

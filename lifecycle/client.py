@@ -220,16 +220,21 @@ class Lifecycle(Wiring):
         """
         return self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store))
 
-    def restore(self, session_id: str, owner: str, *, make_room: bool = False) -> Restored:
+    def restore(
+        self, session_id: str, owner: str, *, make_room: bool = False, approval_pending: bool = False
+    ) -> Restored:
         """Make a resumable session live again under `owner`, with its last checkpoint.
 
-        Its sandbox was released when it was evicted, so the result says `sandbox_reset=True`: tell the
-        agent its sandbox was wiped (unless an approval is pending). The hard deadline stays where it was.
+        Its sandbox was released when it was evicted (`sandbox_reset=True`), and a turn in flight when it left
+        is in `interrupted_turn`: `note` is the text to give the agent about both, or None with
+        `approval_pending=True` (a message injected while a tool call awaits approval would orphan its result;
+        tell the agent after the approval). The hard deadline stays where it was.
         Raises SessionNotLive if it is not resumable (never existed, expired, closed), SessionExists if
         another replica restored it first, CapacityExceeded when the pool is full.
         """
         room = self._make_room if validate.flag('make_room', make_room) else None
-        return self.pool.do(self.flows.restore(session_id, owner, self.store, room))
+        pending = validate.flag('approval_pending', approval_pending)
+        return self.pool.do(self.flows.restore(session_id, owner, self.store, room, pending))
 
     def notices(self, owner: str, *, after: str = '0', block_s: float | None = None) -> Iterator[Notice]:
         """Notices to replica `owner` after stream id `after`; with `block_s`, waits for more, forever."""

@@ -29,7 +29,16 @@ from lifecycle.errors import (
     SessionReaping,
 )
 from lifecycle.jobs import worktrees
-from lifecycle.models import Notice, NoticeKind, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.models import (
+    SANDBOX_RESET_NOTE,
+    Notice,
+    NoticeKind,
+    Reservation,
+    Restored,
+    SessionInfo,
+    SessionState,
+    interrupted_note,
+)
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
 from lifecycle.pool.claims import ClaimIndex
@@ -39,7 +48,7 @@ from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.sandboxes.base import extend_sandbox
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
-from lifecycle.stores.documents import info_from_document, record_of, to_epoch_ms
+from lifecycle.stores.documents import info_from_document, interrupted_of, record_of, to_epoch_ms
 
 log = logging.getLogger(__name__)
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
@@ -404,7 +413,12 @@ class Flows:
         return info.turn_seq
 
     def restore(
-        self, session_id: str, owner: str, store: SnapshotStore | None, make_room: Callable[[], bool] | None
+        self,
+        session_id: str,
+        owner: str,
+        store: SnapshotStore | None,
+        make_room: Callable[[], bool] | None,
+        approval_pending: bool = False,
     ) -> Steps[Restored]:
         """See `Lifecycle.restore`."""
         store = require(store, 'restore()')
@@ -419,7 +433,9 @@ class Flows:
                 raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
             if state == SessionState.LIVE and (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
-            raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state})')
+            cut = interrupted_of(document) if document is not None else None
+            also = f'; its turn {cut.seq} was cut off when it ended (see status())' if cut is not None else ''
+            raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state}){also}')
         resumable = resumable_of(document)
         ttl_s = (resumable.expires_at_ms - (yield NOW)) // 1000
         if ttl_s < 1:
@@ -441,7 +457,10 @@ class Flows:
             yield self.index.close(session_id, (yield NOW))
             raise SessionNotLive(f'session {session_id!r} was restored, ended or evicted again meanwhile')
         messages = yield Durable(store.messages, (session_id,))
-        return Restored(info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), messages)
+        interrupted = interrupted_of(restored)
+        notes = [SANDBOX_RESET_NOTE, *([interrupted_note(interrupted)] if interrupted is not None else [])]
+        return Restored(info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), messages,
+                        interrupted_turn=interrupted, note=None if approval_pending else '\n'.join(notes))  # fmt: skip
 
     def serve(
         self,

@@ -47,6 +47,21 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class InterruptedTurn:
+    """A turn that was in flight when its session left the pool (its hard deadline passed mid-turn, its replica
+    was lost mid-turn, or a turn never ended: a crash): recorded durably, so the app can say "your last request
+    was cut off" instead of taking partial state for lost work."""
+
+    seq: int  # the turn sequence it would have finished as
+    started_at_ms: int  # 0: unknown (a turn begun by a version that did not record starts)
+    owner: str  # the replica that ran it
+
+    @property
+    def started_at(self) -> datetime | None:
+        return to_datetime(self.started_at_ms) if self.started_at_ms else None
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     """A session as lifecycle sees it; `status()` never counts as activity."""
 
@@ -61,6 +76,7 @@ class SessionInfo:
     busy: bool
     turn_seq: int
     pinned: bool = False  # idle, LRU and make-room eviction leave it alone (see `pin`)
+    interrupted_turn: InterruptedTurn | None = None  # a session no longer live: the turn its end cut off
 
     @property
     def created_at(self) -> datetime:
@@ -131,12 +147,29 @@ class Notice:
     at_ms: int
 
 
+SANDBOX_RESET_NOTE = ('Note: this session was paused and has resumed. Its sandbox was reset: files, processes '
+                      'and installed packages from before are gone; recreate what you need.')  # fmt: skip
+
+
+def interrupted_note(turn: InterruptedTurn) -> str:
+    """What to tell the agent of a turn its session's end cut off."""
+    return (f'Note: the request of turn {turn.seq} was cut off before it finished; its partial work may be '
+            'missing. Check before relying on it, or ask the user to repeat it.')  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Restored:
-    """A session made live again by `restore()`: its last checkpoint, and a sandbox that was reset."""
+    """A session made live again by `restore()`: its last checkpoint, a sandbox that was reset, the turn its
+    eviction cut off (if one was in flight), and the note to give the agent about both.
+
+    `note` is None when the app restored with `approval_pending=True`: a message injected while a tool call
+    waits for approval would orphan that tool call's result. The app tells the agent after the approval.
+    """
 
     session: SessionInfo
     snapshot: dict[str, Any] | None
     checkpoint_seq: int
     messages: list[dict[str, Any]]
     sandbox_reset: bool = True
+    interrupted_turn: InterruptedTurn | None = None
+    note: str | None = None

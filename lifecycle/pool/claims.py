@@ -40,6 +40,7 @@ class Claim:
     meta: Meta | None  # None when a reclaimed session had already left the pool
     last_active_ms: int
     expires_at_ms: int
+    turn_started_ms: int | None = None  # a turn in flight at the claim: when it began (0 unknown); None: none
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,9 @@ class ClaimIndex:
         def parse(reply: list[Any]) -> Claim | str:
             if as_int(reply[0]) != 1:
                 return str(reply[1])
-            return Claim(
-                session_id, as_int(reply[1]), reason, Meta.unpack(reply[2]), as_int(reply[3]), as_int(reply[4])
-            )
+            started = as_int(reply[5]) if len(reply) > 5 else -1
+            return Claim(session_id, as_int(reply[1]), reason, Meta.unpack(reply[2]), as_int(reply[3]),
+                         as_int(reply[4]), started if started >= 0 else None)  # fmt: skip
 
         return Call(
             parse,
@@ -210,13 +211,14 @@ class ClaimIndex:
                 meta = None  # recovery then gives the claim up: the session stays as it is for reconcile
             expires_at = as_int(reply[5]) if reply[5] is not None else 0
             reason = ReapReason(reply[3]) if reply[3] in REASONS else ReapReason.IDLE
-            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at)
+            started = as_int(reply[7])
+            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at, started if started >= 0 else None)
             return Takeover(claim, as_int(reply[1]))
 
         return Call(
             parse,
             'reclaim_session',
-            (k.reaping, k.claims, k.epoch, k.meta_of(session_id), k.live, k.deadline),
+            (k.reaping, k.claims, k.epoch, k.meta_of(session_id), k.live, k.deadline, k.turns),
             (session_id, now_ms, lease_ms),
         )
 

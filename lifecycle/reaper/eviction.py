@@ -18,7 +18,7 @@ from typing import Any
 
 from lifecycle import policy
 from lifecycle.errors import LifecycleError, PersistenceError
-from lifecycle.models import NoticeKind, ReapReason, SessionState, to_datetime
+from lifecycle.models import InterruptedTurn, NoticeKind, ReapReason, SessionState, to_datetime
 from lifecycle.policy import Order
 from lifecycle.pool import calls
 from lifecycle.pool.calls import Call
@@ -51,7 +51,7 @@ class EvictionResult:
 def claim_record(claim: Claim) -> SessionRecord:
     """What MongoDB keeps of a claimed session (its record as the claim read it)."""
     assert claim.meta is not None
-    meta = claim.meta
+    meta, started = claim.meta, claim.turn_started_ms
     return SessionRecord(
         session_id=claim.session_id,
         owner=meta.owner,
@@ -61,6 +61,7 @@ def claim_record(claim: Claim) -> SessionRecord:
         last_active_at=to_datetime(claim.last_active_ms),
         expires_at=to_datetime(claim.expires_at_ms),
         turn_seq=meta.turn_seq,
+        interrupted_turn=InterruptedTurn(meta.turn_seq + 1, started, meta.owner) if started is not None else None,
     )
 
 

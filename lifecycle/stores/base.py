@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from lifecycle.models import ReapReason, SessionState
+from lifecycle.models import InterruptedTurn, ReapReason, SessionState
 
 
 class MarkOutcome(StrEnum):
@@ -32,6 +32,7 @@ class SessionRecord:
     last_active_at: datetime
     expires_at: datetime
     turn_seq: int
+    interrupted_turn: InterruptedTurn | None = None  # a turn in flight when it left the pool
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class SnapshotStore(Protocol):
         """Atomically raise the session's fence to `token`; returns the document as it was before."""
 
     def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
-        """Flip a resumable session back to live under `token`; returns the new document, or None."""
+        """Flip a resumable session back to live under `token` (clearing its `interrupted_turn`); returns the
+        document as it was, or None if it was not resumable under an older fence."""
 
     def load(self, session_id: str) -> Mapping[str, Any] | None:
         """The session document, or None."""

@@ -6,12 +6,33 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from lifecycle.models import SessionInfo, SessionState
+from lifecycle.models import InterruptedTurn, SessionInfo, SessionState, to_datetime
 from lifecycle.stores.base import SessionRecord
 
 
 def to_epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def interrupted_fields(turn: InterruptedTurn | None) -> dict[str, Any] | None:
+    """The document's `interrupted_turn`: None when no turn was cut off."""
+    if turn is None:
+        return None
+    started = to_datetime(turn.started_at_ms) if turn.started_at_ms else None
+    return {'seq': turn.seq, 'started_at': started, 'owner': turn.owner}
+
+
+def interrupted_of(document: Mapping[str, Any]) -> InterruptedTurn | None:
+    """The turn the document says its session's end cut off; None if none (or the field is unreadable)."""
+    turn = document.get('interrupted_turn')
+    if not isinstance(turn, Mapping):
+        return None
+    try:
+        started = turn.get('started_at')
+        return InterruptedTurn(int(turn['seq']), to_epoch_ms(started) if isinstance(started, datetime) else 0,
+                               str(turn.get('owner', '')))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def record_of(info: SessionInfo) -> SessionRecord:
@@ -44,4 +65,5 @@ def info_from_document(document: Mapping[str, Any] | None) -> SessionInfo | None
         expires_at_ms=to_epoch_ms(document['expires_at']) if 'expires_at' in document else 0,
         busy=False,
         turn_seq=int(document.get('turn_seq', 0)),
+        interrupted_turn=interrupted_of(document),
     )

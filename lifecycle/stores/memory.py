@@ -148,8 +148,10 @@ class InMemorySnapshotStore:
             document = self._sessions.get(session_id)
             if document is None or document.get('state') != SessionState.RESUMABLE or not below(document, token):
                 return None
+            before = copy.deepcopy(document)
+            document.pop('interrupted_turn', None)
             document.update(state=SessionState.LIVE.value, fence=token, owner=owner, restored_at=now, updated_at=now)
-            return copy.deepcopy(document)
+            return before
 
     def load(self, session_id: str) -> Mapping[str, Any] | None:
         with self._lock:

@@ -27,6 +27,7 @@ from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionE
 from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
+from lifecycle.stores.documents import interrupted_fields
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
@@ -177,6 +178,7 @@ def record_fields(record: SessionRecord) -> dict[str, Any]:
         'last_active_at': record.last_active_at,
         'expires_at': record.expires_at,
         'turn_seq': record.turn_seq,
+        'interrupted_turn': interrupted_fields(record.interrupted_turn),
     }
 
 
@@ -213,7 +215,8 @@ def _find(collection: str, *args: Any, sort: list[tuple[str, int]] | None = None
     return Op(collection, 'find', args, {'limit': limit} if limit else {}, listed=True, sort=sort)
 
 
-# What a session document carries from an earlier life of the same id (closed or expired, then activated anew).
+# What a session document carries from an earlier life of the same id (closed or expired, then activated anew);
+# not interrupted_turn: every record write sets it.
 PREVIOUS_LIFE = ('snapshot', 'checkpoint_seq', 'checkpointed_at', 'evicted_at', 'ended_at', 'reason',
                  'checkpoint_waived', 'restored_at')  # fmt: skip
 
@@ -366,11 +369,12 @@ class Plans:
     @staticmethod
     def restore_plan(session_id: str, token: int, owner: str) -> Plan[Mapping[str, Any] | None]:
         now = datetime.now(UTC)
+        # As it was (its turn cut off is this restore's to report, and is cleared for the life that follows).
         restored: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
             {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
             {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
-                      'updated_at': now}},
-        ), {'return_document': ReturnDocument.AFTER})  # fmt: skip
+                      'updated_at': now}, '$unset': {'interrupted_turn': ''}},
+        ), {'return_document': ReturnDocument.BEFORE})  # fmt: skip
         return restored
 
     @staticmethod

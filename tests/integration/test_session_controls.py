@@ -12,14 +12,16 @@ import redis.asyncio as aredis
 from lifecycle import (
     AsyncLifecycle,
     CapacityExceeded,
+    InterruptedTurn,
     InvalidTTL,
+    Lifecycle,
     PinLimitReached,
     SessionNotLive,
     SessionReaping,
     SessionState,
 )
 from lifecycle.errors import InvalidArgument
-from lifecycle.models import ReapReason, SweepKind
+from lifecycle.models import SANDBOX_RESET_NOTE, ReapReason, SweepKind
 from lifecycle.pool.claims import ClaimIndex
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.sandboxes import NoopDriver
@@ -283,3 +285,108 @@ def test_the_async_client_pins_and_unpins(make_reaper_settings: SettingsFactory,
             assert await lc.pin('s2') is True
 
     asyncio.run(run())
+
+
+# -- interrupted turns and the restore note ---------------------------------------------------------------
+
+
+def begin_turn_and_die(lc: Lifecycle, session_id: str) -> int:
+    """Begin a turn as a replica would, then never renew or end it (the replica died mid-turn); its start."""
+    started = lc.now_ms()
+    lc.pool.do(lc.flows.begin_turn(session_id, 'dead-turn', lc.store))
+    return started
+
+
+def test_a_restore_after_the_owner_died_mid_turn_returns_the_interrupted_turn(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, replica_ttl_s=30, busy_lease_s=60, idle_ttl_s=600))
+    lc = r.lc
+    lc.heartbeat('api-1')
+    lc.activate(lc.reserve('api-1'), 's1')
+    with lc.turn('s1'):
+        pass
+    lc.checkpoint('s1', {'turns': 1})
+    started = begin_turn_and_die(lc, 's1')
+    r.clock.advance(seconds=31)  # its heartbeat is lost, but the turn's busy lease still holds it
+    r.sweep(SweepKind.OWNER_LOST)
+    assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('s1', Outcome.KEPT, 'busy')]
+    r.results.clear()
+    r.clock.advance(seconds=30)  # the busy lease ran out: the turn will never end
+    r.sweep(SweepKind.OWNER_LOST)
+    assert idle_evicted(r.results) == ['s1']
+    cut = InterruptedTurn(seq=2, started_at_ms=started, owner='api-1')
+    assert lc.status('s1').interrupted_turn == cut  # type: ignore[union-attr]
+
+    restored = lc.restore('s1', 'api-2', approval_pending=True)
+    assert restored.interrupted_turn == cut
+    assert restored.note is None  # an approval is pending: a note now would orphan its tool result
+    assert restored.snapshot == {'turns': 1}
+
+    # Reported once: the life after the restore starts clean, and a clean idle eviction cuts nothing off.
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert idle_evicted(r.results) == ['s1', 's1']
+    again = lc.restore('s1', 'api-2')
+    assert again.interrupted_turn is None
+    assert again.note == SANDBOX_RESET_NOTE
+
+
+def test_the_restore_note_tells_of_the_reset_sandbox_and_the_turn_cut_off(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, busy_lease_s=60, idle_ttl_s=600))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    begin_turn_and_die(lc, 's1')  # a crash of the request (the replica lives on and heartbeats)
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert idle_evicted(r.results) == ['s1']
+    restored = lc.restore('s1', 'api-1')
+    assert restored.interrupted_turn is not None
+    assert restored.interrupted_turn.seq == 1
+    assert restored.note is not None
+    assert restored.note.startswith(SANDBOX_RESET_NOTE)
+    assert 'turn 1 was cut off' in restored.note
+    with pytest.raises(InvalidArgument, match="approval_pending must be True or False, got 'no'"):
+        lc.restore('s1', 'api-1', approval_pending='no')  # type: ignore[arg-type]
+
+
+def test_a_deadline_hit_mid_turn_is_recorded_with_the_expired_session(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, busy_lease_s=60))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=100)
+    lc.activate(lc.reserve('api-1'), 's2', ttl_seconds=100)
+    started = r.clock.now_ms()
+    with lc.turn('s1'):  # still running when the hard deadline passes
+        r.clock.advance(seconds=101)
+        r.sweep(SweepKind.EXPIRED)
+    assert sorted(x.session_id for x in r.results if x.outcome is Outcome.EXPIRED) == ['s1', 's2']
+    info = lc.status('s1')
+    assert info is not None
+    assert info.state is SessionState.EXPIRED
+    assert info.interrupted_turn == InterruptedTurn(seq=1, started_at_ms=started, owner='api-1')
+    assert lc.status('s2').interrupted_turn is None  # type: ignore[union-attr]
+    with pytest.raises(SessionNotLive, match=r"'s1' is not resumable \(state: expired\); its turn 1 was cut off"):
+        lc.restore('s1', 'api-1')
+
+
+def test_the_async_client_restores_with_and_without_the_note(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, idle_ttl_s=600))
+    for name in ('s1', 's2'):
+        r.lc.activate(r.lc.reserve('api-1'), name)
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+
+    async def run() -> tuple[str | None, str | None]:
+        client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        async with AsyncLifecycle(r.lc.settings, redis_client=client, clock=r.clock) as lc:
+            one = await lc.restore('s1', 'api-1')
+            two = await lc.restore('s2', 'api-1', approval_pending=True)
+            return one.note, two.note
+
+    assert asyncio.run(run()) == (SANDBOX_RESET_NOTE, None)

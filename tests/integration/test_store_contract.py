@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,8 +14,9 @@ import pymongo
 import pytest
 
 from lifecycle import InvalidArgument, PersistenceError
-from lifecycle.models import ReapReason, SessionState
+from lifecycle.models import InterruptedTurn, ReapReason, SessionState
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
+from lifecycle.stores.documents import interrupted_of
 from lifecycle.stores.memory import InMemorySnapshotStore
 from lifecycle.stores.mongo import AsyncMongoSnapshotStore, MongoSnapshotStore
 from tests.integration.reaper import fail
@@ -119,7 +121,24 @@ def test_writes_of_an_older_token_are_fenced_off(store: SnapshotStore) -> None:
     assert store.restore('s1', 29, 'api-2') is None
     restored = store.restore('s1', 31, 'api-2')
     assert restored is not None
-    assert (restored['state'], restored['fence'], restored['owner']) == ('live', 31, 'api-2')
+    assert (restored['state'], restored['fence']) == ('resumable', 30)  # as it was
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['fence'], document['owner']) == ('live', 31, 'api-2')
+
+
+def test_a_turn_cut_off_is_kept_with_the_eviction_and_reported_once_by_the_restore(store: SnapshotStore) -> None:
+    cut = InterruptedTurn(3, 1_700_000_000_000, 'api-1')
+    assert (
+        mark_one(store, replace(record(), interrupted_turn=cut), 20, ReapReason.OWNER_LOST, False) is MarkOutcome.DONE
+    )
+    assert interrupted_of(store.load('s1') or {}) == cut
+    restored = store.restore('s1', 21, 'api-2')
+    assert restored is not None
+    assert interrupted_of(restored) == cut
+    assert interrupted_of(store.load('s1') or {}) is None  # the life after the restore starts clean
+    store.end(replace(record(), interrupted_turn=InterruptedTurn(4, 0, 'api-2')), SessionState.EXPIRED, 22, 1000)
+    assert interrupted_of(store.load('s1') or {}) == InterruptedTurn(4, 0, 'api-2')
 
 
 def test_ended_sessions_are_never_marked_resumable(store: SnapshotStore) -> None:

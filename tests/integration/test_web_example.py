@@ -13,8 +13,9 @@ import httpx
 import pytest
 import uvicorn
 
-from examples.agent_service import SANDBOX_RESET_NOTE, create_app
+from examples.agent_service import create_app
 from lifecycle import FixedClock, Settings
+from lifecycle.models import SANDBOX_RESET_NOTE
 from lifecycle.ops.embedded import free_port
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind

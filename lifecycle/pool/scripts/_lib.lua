@@ -94,24 +94,42 @@ local function purge_reservations(k, now_ms, limit)
   return #expired
 end
 
--- Turn leases of one session: 'token=lease_ms,token=lease_ms'; expired ones are dropped on read.
+-- Turn leases of one session: 'token=lease_ms:start_ms,...' (entries written before turns kept their start have
+-- no ':start_ms'). Returns the current leases by token (expired ones are dropped), and every entry's start (a
+-- lapsed turn renewed keeps it).
 local function read_leases(turns_key, session_id, now_ms)
-  local leases = {}
+  local leases, starts = {}, {}
   local packed = redis.call('HGET', turns_key, session_id)
   if packed then
-    for token, lease in string.gmatch(packed, '([^,=]+)=(%d+)') do
+    for token, lease, start in string.gmatch(packed, '([^,=]+)=(%d+):?(%d*)') do
       if tonumber(lease) > now_ms then leases[token] = tonumber(lease) end
+      if start ~= '' then starts[token] = start end
     end
   end
-  return leases
+  return leases, starts
 end
 
--- Store the leases back and make the busy score their maximum (or clear busy when none is left).
--- Returns the number of turns still holding the session busy.
-local function write_leases(turns_key, busy_key, session_id, leases)
+-- The turn in flight the longest ago of those the entry lists, current or lapsed (a replica that died mid-turn
+-- never ended it): when it started ('0' when its entry predates starts), or nil when no turn is in flight.
+local function turn_in_flight(turns_key, session_id)
+  local packed = redis.call('HGET', turns_key, session_id)
+  if not packed then return nil end
+  local earliest = nil
+  for _, _, start in string.gmatch(packed, '([^,=]+)=(%d+):?(%d*)') do
+    local at = tonumber(start) or 0
+    if earliest == nil or at < earliest then earliest = at end
+  end
+  if earliest == nil then return nil end
+  return string.format('%d', earliest)
+end
+
+-- Store the leases back (each with its start, where known) and make the busy score their maximum (or clear
+-- busy when none is left). Returns the number of turns still holding the session busy.
+local function write_leases(turns_key, busy_key, session_id, leases, starts)
   local parts, latest = {}, nil
   for token, lease in pairs(leases) do
-    parts[#parts + 1] = token .. '=' .. string.format('%d', lease)
+    local start = starts[token]
+    parts[#parts + 1] = token .. '=' .. string.format('%d', lease) .. (start and (':' .. start) or '')
     if latest == nil or lease > latest then latest = lease end
   end
   if latest == nil then

@@ -21,8 +21,9 @@ local meta = unpack_meta(redis.call('HGET', KEYS[6], session_id))
 if not meta or not deadline then
   return {-4}
 end
-local leases = read_leases(KEYS[5], session_id, now)
+local leases, starts = read_leases(KEYS[5], session_id, now)
 leases[ARGV[2]] = tonumber(ARGV[4])
-write_leases(KEYS[5], KEYS[4], session_id, leases)
+starts[ARGV[2]] = ARGV[3]
+write_leases(KEYS[5], KEYS[4], session_id, leases, starts)
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)
 return {1, meta.seq}

@@ -4,7 +4,8 @@
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
--- Returns {1, token, record, last_active, expires_at} claimed, or {0, why} with why one of
+-- Returns {1, token, record, last_active, expires_at, turn_started} claimed (turn_started: when the turn in
+-- flight began, one the hard deadline cut or a lapsed one a dead replica never ended; '0' unknown, '-1' none), or {0, why} with why one of
 -- not_live, claimed, busy, pinned (idle, lru, make_room), not_due, expired (left to the expiry path), moved (touched
 -- since observed),
 -- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason.
@@ -31,7 +32,8 @@ else
   local busy = redis.call('ZSCORE', KEYS[3], session_id)
   if busy and tonumber(busy) > now then return {0, 'busy'} end
   -- The turns' own leases too: a busy entry lost to outside damage must not expose a turn in flight.
-  if next(read_leases(KEYS[9], session_id, now)) ~= nil then return {0, 'busy'} end
+  local leases = read_leases(KEYS[9], session_id, now)
+  if next(leases) ~= nil then return {0, 'busy'} end
   if reason ~= 'owner_lost' and redis.call('ZSCORE', KEYS[10], session_id) then return {0, 'pinned'} end
   if reason == 'idle' or reason == 'make_room' then
     if tonumber(last_active) > tonumber(ARGV[5]) then return {0, 'not_due'} end
@@ -49,4 +51,4 @@ end
 local token = redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[4], ARGV[4], session_id)
 redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason .. '|' .. string.format('%d', meta.seq))
-return {1, token, record, last_active, expires_at}
+return {1, token, record, last_active, expires_at, turn_in_flight(KEYS[9], session_id) or '-1'}

@@ -9,9 +9,9 @@
 local session_id, now = ARGV[1], tonumber(ARGV[3])
 local live = redis.call('ZSCORE', KEYS[1], session_id)
 local meta = unpack_meta(redis.call('HGET', KEYS[4], session_id))
-local leases = read_leases(KEYS[3], session_id, now)
+local leases, starts = read_leases(KEYS[3], session_id, now)
 leases[ARGV[2]] = nil
-write_leases(KEYS[3], KEYS[2], session_id, leases)
+write_leases(KEYS[3], KEYS[2], session_id, leases, starts)
 if not live or not meta then
   return {0}
 end

@@ -8,14 +8,14 @@ local session_id, token, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if not redis.call('ZSCORE', KEYS[1], session_id) then
   return 0
 end
-local leases = read_leases(KEYS[3], session_id, now)
+local leases, starts = read_leases(KEYS[3], session_id, now)
 local lapsed = leases[token] == nil
 -- A claim is only ever taken while no lease is current; a lapsed turn must not sneak back under it.
 if lapsed and redis.call('ZSCORE', KEYS[4], session_id) then
   return 3
 end
 leases[token] = tonumber(ARGV[4])
-write_leases(KEYS[3], KEYS[2], session_id, leases)
+write_leases(KEYS[3], KEYS[2], session_id, leases, starts)
 if lapsed then
   return 2
 end
