@@ -433,6 +433,11 @@ class Flows:
                 raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
             if state == SessionState.LIVE and (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
+            if state == SessionState.DELETED:
+                raise SessionNotLive(
+                    f'session {session_id!r} was deleted: it stayed resumable for '
+                    f'resumable_retention_s={self.settings.resumable_retention_s} s after its eviction'
+                )
             cut = interrupted_of(document) if document is not None else None
             also = f'; its turn {cut.seq} was cut off when it ended (see status())' if cut is not None else ''
             raise SessionNotLive(f'session {session_id!r} is not resumable (state: {state}){also}')

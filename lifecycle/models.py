@@ -21,6 +21,7 @@ class SessionState(StrEnum):
     RESUMABLE = 'resumable'
     EXPIRED = 'expired'
     CLOSED = 'closed'
+    DELETED = 'deleted'  # resumable past resumable_retention_s: its snapshot and messages are gone
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class SweepKind(StrEnum):
     WARNINGS = 'warnings'
     RECONCILE = 'reconcile'
     RUNS = 'runs'
+    RETENTION = 'retention'  # resumable sessions past resumable_retention_s: deleted
     WORKTREES = 'worktrees'  # per host: every host with a worktree root sweeps its own
 
 

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: PositiveInt = 300
     sweep_lock_timeout_s: PositiveInt = 60  # extended after every batch; a dead sweeper frees it this soon
 
+    # Resumable sessions are deleted (document snapshot and messages; a 'deleted' tombstone stays) this long after
+    # their eviction; None keeps them for good.
+    resumable_retention_s: PositiveInt | None = 30 * 86_400
+    retention_interval_s: PositiveInt = 3_600
+
     # Finished runs (a turn's buffered event frames, kept for late reconnects).
     run_retention_s: PositiveInt = 300
     max_finished_runs: PositiveInt = 256
@@ -360,6 +365,7 @@ class Settings(BaseSettings):
             SweepKind.RECONCILE: self.reconcile_interval_s,
             SweepKind.RUNS: self.runs_interval_s,
             SweepKind.WORKTREES: self.worktrees_interval_s,
+            SweepKind.RETENTION: self.retention_interval_s,
         }
         return intervals[kind]
 

@@ -16,6 +16,7 @@ SWEEP_TASKS = {
     SweepKind.RECONCILE: 'lifecycle.reconcile',
     SweepKind.RUNS: 'lifecycle.sweep_runs',
     SweepKind.WORKTREES: 'lifecycle.sweep_worktrees',
+    SweepKind.RETENTION: 'lifecycle.sweep_retention',
 }
 
 

@@ -75,6 +75,7 @@ def summary(report: SweepReport) -> dict[str, Any]:
         'drift': report.drift.describe() if report.drift else None,
         'rebuilt': dataclasses.asdict(report.rebuilt) if report.rebuilt else None,
         'dropped_runs': len(report.dropped_runs),
+        'deleted_sessions': report.deleted_sessions,
         'worktrees': [f'{a.path}:{a.verdict}' for a in report.worktrees.actions] if report.worktrees else [],
         'duration_ms': report.duration_ms,
     }
@@ -138,6 +139,11 @@ def sweep_warnings() -> dict[str, Any]:
 @shared_task(name='lifecycle.reconcile')
 def reconcile() -> dict[str, Any]:
     return sweep(SweepKind.RECONCILE)
+
+
+@shared_task(name='lifecycle.sweep_retention')
+def sweep_retention() -> dict[str, Any]:
+    return sweep(SweepKind.RETENTION)
 
 
 @shared_task(name='lifecycle.sweep_runs')

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lifecycle import policy, validate
@@ -37,6 +38,7 @@ __all__ = ['Dispatch', 'SweepKind', 'SweepReport', 'Sweeper']
 log = logging.getLogger(__name__)
 Dispatch = Callable[[Sequence[Order]], None]
 REPORTED_ORDERS = 1_000
+RETENTION_BATCH = 100  # resumable sessions deleted per MongoDB round (one update, one delete of their messages)
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
 
 
@@ -57,6 +59,7 @@ class SweepReport:
     drift: Drift | None = None
     rebuilt: Rebuilt | None = None
     dropped_runs: list[str] = field(default_factory=list)
+    deleted_sessions: int = 0  # resumable sessions past their retention (dry: due)
     worktrees: WorktreeReport | None = None
     duration_ms: int = 0
 
@@ -81,6 +84,7 @@ class Sweeper:
             SweepKind.RECONCILE: self._sweep_reconcile,
             SweepKind.RUNS: self._sweep_runs,
             SweepKind.WORKTREES: self._sweep_worktrees,
+            SweepKind.RETENTION: self._sweep_retention,
         }
 
     def sweep(self, kind: SweepKind, *, dry_run: bool = False, dedupe: bool = True) -> SweepReport:
@@ -516,6 +520,32 @@ class Sweeper:
 
     def _sweep_runs(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         report.dropped_runs = self.runs.prunable() if dry_run else self.runs.prune()
+
+    def _sweep_retention(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
+        """Delete resumable sessions evicted more than `resumable_retention_s` ago, RETENTION_BATCH at a time:
+        each document becomes a 'deleted' tombstone (restore refuses it, status says so), then its messages go."""
+        store, retention_s = self.evictor.store, self.settings.resumable_retention_s
+        if retention_s is None:
+            report.skipped = 'resumable_retention_s is unset: resumable sessions are kept'
+            return
+        if not self._needs_persistence(report) or store is None:
+            return
+        # The same clock as the eviction's `evicted_at` (the evicting worker's): seconds of skew are nothing
+        # against a retention of days.
+        before = datetime.now(UTC) - timedelta(seconds=retention_s)
+        if dry_run:
+            report.deleted_sessions = len(store.resumable_before(self.keys.prefix, before, RETENTION_BATCH))
+            return
+        while True:
+            deleted, purged = store.delete_resumable(self.keys.prefix, before, RETENTION_BATCH)
+            report.deleted_sessions += deleted
+            lock.extend()
+            if deleted < RETENTION_BATCH and purged < RETENTION_BATCH:
+                break
+        if report.deleted_sessions:
+            self.pool.run(calls.increment(self.keys.counters, 'deleted:retention', report.deleted_sessions))
+            log.info('retention deleted %d resumable sessions evicted before %s', report.deleted_sessions,
+                     before.isoformat())  # fmt: skip
 
     def _sweep_worktrees(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         root = self.settings.worktree_root

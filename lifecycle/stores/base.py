@@ -129,5 +129,14 @@ class SnapshotStore(Protocol):
     def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
         """Raise these sessions' fences to at least `token`: writes under an older one are refused from now on."""
 
+    def resumable_before(self, pool: str, before: datetime, limit: int) -> list[str]:
+        """Up to `limit` sessions of pool `pool` resumable since before `before` (evicted then, not restored)."""
+
+    def delete_resumable(self, pool: str, before: datetime, limit: int) -> tuple[int, int]:
+        """Delete up to `limit` of them: each document (still resumable, evicted before `before`: a restore that
+        got there first keeps it) becomes a 'deleted' tombstone without its snapshot, then the messages of up
+        to `limit` tombstones are deleted (a crash between the two steps leaves them for the next call).
+        Returns (tombstoned, message sets deleted); PersistenceError."""
+
     def highest_fence(self) -> int:
         """The highest fencing token any document holds (0 if none): a rebuilt pool's epoch starts above it."""

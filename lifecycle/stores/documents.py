@@ -52,7 +52,7 @@ def record_of(info: SessionInfo) -> SessionRecord:
 def info_from_document(document: Mapping[str, Any] | None) -> SessionInfo | None:
     """A session no longer live, as its MongoDB document describes it; None unless resumable or ended."""
     if document is None or document.get('state') not in (SessionState.RESUMABLE, SessionState.EXPIRED,
-                                                         SessionState.CLOSED):  # fmt: skip
+                                                         SessionState.CLOSED, SessionState.DELETED):  # fmt: skip
         return None
     return SessionInfo(
         session_id=document['_id'],

@@ -215,6 +215,25 @@ class InMemorySnapshotStore:
                     document = self._sessions[session_id]
                     document['fence'] = max(int(document.get('fence', 0)), token)
 
+    def resumable_before(self, pool: str, before: datetime, limit: int) -> list[str]:
+        with self._lock:
+            return self._retired(pool, before)[:limit]
+
+    def _retired(self, pool: str, before: datetime) -> list[str]:
+        return sorted(i for i, d in self._sessions.items() if d.get('state') == SessionState.RESUMABLE
+                      and 'evicted_at' in d and d['evicted_at'] < before and d.get('pool', pool) == pool)  # fmt: skip
+
+    def delete_resumable(self, pool: str, before: datetime, limit: int) -> tuple[int, int]:
+        now = datetime.now(UTC)
+        with self._lock:
+            retired = self._retired(pool, before)[:limit]
+            for session_id in retired:
+                document = self._sessions[session_id]
+                document.pop('snapshot', None)
+                document.update(state=SessionState.DELETED.value, deleted_at=now, updated_at=now)
+                self._messages.pop(session_id, None)
+            return len(retired), len(retired)
+
     def highest_fence(self) -> int:
         with self._lock:
             return max((int(d.get('fence', 0)) for d in self._sessions.values()), default=0)

@@ -218,12 +218,17 @@ def _find(collection: str, *args: Any, sort: list[tuple[str, int]] | None = None
 # What a session document carries from an earlier life of the same id (closed or expired, then activated anew);
 # not interrupted_turn: every record write sets it.
 PREVIOUS_LIFE = ('snapshot', 'checkpoint_seq', 'checkpointed_at', 'evicted_at', 'ended_at', 'reason',
-                 'checkpoint_waived', 'restored_at')  # fmt: skip
+                 'checkpoint_waived', 'restored_at', 'deleted_at')  # fmt: skip
 
 
 def _of_pool(pool: str) -> dict[str, Any]:
     """Documents of pool `pool`, and those written before activations named their pool (an upgraded pool's)."""
     return {'$or': [{'pool': pool}, {'pool': {'$exists': False}}]}
+
+
+def _retired(pool: str, before: datetime) -> dict[str, Any]:
+    """Resumable sessions of pool `pool` evicted before `before`: past their retention."""
+    return {'state': SessionState.RESUMABLE.value, 'evicted_at': {'$lt': before}, **_of_pool(pool)}
 
 
 def _not_resumable() -> dict[str, Any]:
@@ -250,6 +255,7 @@ class Plans:
     @staticmethod
     def ensure_indexes_plan() -> Plan[None]:
         yield Op('sessions', 'create_index', ([('state', 1), ('updated_at', 1)],), {'name': 'state_updated'})
+        yield Op('sessions', 'create_index', ([('state', 1), ('evicted_at', 1)],), {'name': 'state_evicted'})
         yield Op('messages', 'create_index', ([('session_id', 1), ('message_id', 1)],),
                  {'unique': True, 'name': 'session_message'})  # fmt: skip
         yield Op('messages', 'create_index', ([('session_id', 1), ('batch_ns', 1), ('index', 1)],),
@@ -439,6 +445,34 @@ class Plans:
         yield Op('sessions', 'update_many', ({'_id': {'$in': list(session_ids)}}, {'$max': {'fence': token}}))
 
     @staticmethod
+    def resumable_before_plan(pool: str, before: datetime, limit: int) -> Plan[list[str]]:
+        found = yield _find('sessions', _retired(pool, before), {'_id': 1}, limit=limit)
+        return [str(document['_id']) for document in found]
+
+    @staticmethod
+    def delete_resumable_plan(pool: str, before: datetime, limit: int) -> Plan[tuple[int, int]]:
+        """Tombstones first (conditional on the same filter: a restore meanwhile wins), then the messages of the
+        tombstones still marked `purge_pending`, then the mark: every step repeatable."""
+        ids = yield from Plans.resumable_before_plan(pool, before, limit)
+        deleted = 0
+        if ids:
+            now = datetime.now(UTC)
+            result = yield Op('sessions', 'update_many', ({'_id': {'$in': ids}, **_retired(pool, before)}, {
+                '$set': {'state': SessionState.DELETED.value, 'deleted_at': now, 'updated_at': now,
+                         'purge_pending': True},
+                '$unset': {'snapshot': ''},
+            }))  # fmt: skip
+            deleted = result.modified_count
+        tombstones = {'state': SessionState.DELETED.value, 'purge_pending': True, **_of_pool(pool)}
+        pending = yield _find('sessions', tombstones, {'_id': 1}, limit=limit)
+        purged = [str(document['_id']) for document in pending]
+        if purged:
+            yield Op('messages', 'delete_many', ({'session_id': {'$in': purged}},))
+            yield Op('sessions', 'update_many', ({'_id': {'$in': purged}, 'state': SessionState.DELETED.value},
+                                                 {'$unset': {'purge_pending': ''}}))  # fmt: skip
+        return deleted, len(purged)
+
+    @staticmethod
     def fence_high_plan() -> Plan[int]:
         found = yield _find('sessions', {'fence': {'$exists': True}}, {'fence': 1}, sort=[('fence', -1)], limit=1)
         return int(found[0]['fence']) if found else 0
@@ -572,6 +606,12 @@ class MongoSnapshotStore(_Connected):
     def highest_fence(self) -> int:
         return self._run(Plans.fence_high_plan(), 'fence read', '*')
 
+    def resumable_before(self, pool: str, before: datetime, limit: int) -> list[str]:
+        return self._run(Plans.resumable_before_plan(pool, before, limit), 'read of expired retention', pool)
+
+    def delete_resumable(self, pool: str, before: datetime, limit: int) -> tuple[int, int]:
+        return self._run(Plans.delete_resumable_plan(pool, before, limit), 'retention delete', pool)
+
     def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
         self._run(Plans.raise_fences_plan(session_ids, token), 'fence raise', session_ids)
 
@@ -674,6 +714,12 @@ class AsyncMongoSnapshotStore(_Connected):
 
     async def highest_fence(self) -> int:
         return await self._run(Plans.fence_high_plan(), 'fence read', '*')
+
+    async def resumable_before(self, pool: str, before: datetime, limit: int) -> list[str]:
+        return await self._run(Plans.resumable_before_plan(pool, before, limit), 'read of expired retention', pool)
+
+    async def delete_resumable(self, pool: str, before: datetime, limit: int) -> tuple[int, int]:
+        return await self._run(Plans.delete_resumable_plan(pool, before, limit), 'retention delete', pool)
 
     async def raise_fences(self, session_ids: Sequence[str], token: int) -> None:
         await self._run(Plans.raise_fences_plan(session_ids, token), 'fence raise', session_ids)

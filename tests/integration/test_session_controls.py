@@ -1,9 +1,11 @@
 """Session controls an app asks for at runtime (issue 16): `extend` a session's hard deadline, `pin` it against
-idle and LRU reaping, on real Redis and the MongoDB-wire server, through both clients."""
+idle and LRU reaping, learn which turn an eviction cut off, and have resumable sessions deleted after
+their retention, on real Redis and the MongoDB-wire server, through both clients."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from lifecycle import (
     InterruptedTurn,
     InvalidTTL,
     Lifecycle,
+    PersistenceError,
     PinLimitReached,
     SessionNotLive,
     SessionReaping,
@@ -23,10 +26,12 @@ from lifecycle import (
 from lifecycle.errors import InvalidArgument
 from lifecycle.models import SANDBOX_RESET_NOTE, ReapReason, SweepKind
 from lifecycle.pool.claims import ClaimIndex
+from lifecycle.reaper import sweeps
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.sandboxes import NoopDriver
 from tests.conftest import REDIS_URL, SettingsFactory
 from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import fail
 
 pytestmark = pytest.mark.integration
 HOUR_MS = 3_600_000
@@ -390,3 +395,84 @@ def test_the_async_client_restores_with_and_without_the_note(
             return one.note, two.note
 
     assert asyncio.run(run()) == (SANDBOX_RESET_NOTE, None)
+
+
+# -- retention of resumable sessions ----------------------------------------------------------------------
+
+
+def test_resumable_sessions_are_deleted_after_their_retention_in_bounded_batches(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweeps, 'RETENTION_BATCH', 2)
+    r = make_reaper(make_reaper_settings(max_sessions=8, idle_ttl_s=600, resumable_retention_s=1))
+    lc = r.lc
+    old = ['s1', 's2', 's3', 's4', 's5']
+    for name in [*old, 'back']:
+        lc.activate(lc.reserve('api-1'), name)
+        with lc.turn(name):
+            pass
+        lc.checkpoint(name, {'name': name}, [{'id': 'm1', 'text': name}])
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert sorted(idle_evicted(r.results)) == sorted([*old, 'back'])
+    lc.restore('back', 'api-1')  # restored: not resumable any more, never deleted
+    time.sleep(1.2)
+    lc.activate(lc.reserve('api-1'), 'late')
+    with lc.turn('late'):
+        pass
+    lc.checkpoint('late', {'name': 'late'})
+    r.clock.advance(seconds=601)
+    lc.touch('back')
+    r.sweep(SweepKind.IDLE)  # 'late' is evicted now: within its retention
+    assert idle_evicted(r.results)[-1] == 'late'
+
+    assert r.sweep(SweepKind.RETENTION, dry_run=True).deleted_sessions == 2  # one batch's worth, nothing deleted
+    assert lc.status('s1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    report = r.sweep(SweepKind.RETENTION)
+    assert report.deleted_sessions == 5  # in batches of 2
+    for name in old:
+        info = lc.status(name)
+        assert info is not None
+        assert info.state is SessionState.DELETED
+        document = r.document(name)
+        assert document is not None
+        assert 'snapshot' not in document
+        assert r.store is not None
+        assert r.store.messages(name) == []
+        with pytest.raises(SessionNotLive, match=f"'{name}' was deleted: it stayed resumable for "
+                                                 'resumable_retention_s=1 s'):  # fmt: skip
+            lc.restore(name, 'api-1')
+    assert lc.status('late').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    assert lc.status('back').state is SessionState.LIVE  # type: ignore[union-attr]
+    assert r.store.messages('back') == [{'id': 'm1', 'text': 'back'}]
+    assert lc.redis.hget(lc.pool.keys.counters, 'deleted:retention') == '5'
+    assert lc.stats().live == 1  # nothing in the pool moved
+
+
+def test_a_retention_sweep_cut_short_deletes_the_messages_on_the_next(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, mongo_admin: Any
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, idle_ttl_s=600, resumable_retention_s=1))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'n': 1}, [{'id': 'm1'}])
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    time.sleep(1.2)
+    fail(mongo_admin, 'delete', errorCode=8)
+    with pytest.raises(PersistenceError):
+        r.sweep(SweepKind.RETENTION)
+    mongo_admin.admin.command('configureFailPoint', 'failCommand', mode='off')
+    assert lc.status('s1').state is SessionState.DELETED  # type: ignore[union-attr]
+    assert r.store is not None
+    assert r.store.messages('s1') == [{'id': 'm1'}]  # the tombstone is marked: its messages go next time
+    assert r.sweep(SweepKind.RETENTION).deleted_sessions == 0
+    assert r.store.messages('s1') == []
+    assert 'purge_pending' not in (r.document('s1') or {})
+
+
+def test_retention_unset_keeps_resumable_sessions(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, resumable_retention_s=None))
+    assert r.sweep(SweepKind.RETENTION).skipped == 'resumable_retention_s is unset: resumable sessions are kept'
