@@ -30,7 +30,7 @@ from lifecycle.reaper import sweeps
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.sandboxes import NoopDriver
 from tests.conftest import REDIS_URL, SettingsFactory
-from tests.integration.conftest import ReaperFactory
+from tests.integration.conftest import ReaperFactory, Spawn, wait_for, worker_args
 from tests.integration.reaper import fail
 
 pytestmark = pytest.mark.integration
@@ -430,6 +430,8 @@ def test_resumable_sessions_are_deleted_after_their_retention_in_bounded_batches
     assert lc.status('s1').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     report = r.sweep(SweepKind.RETENTION)
     assert report.deleted_sessions == 5  # in batches of 2
+    store = r.store
+    assert store is not None
     for name in old:
         info = lc.status(name)
         assert info is not None
@@ -437,14 +439,13 @@ def test_resumable_sessions_are_deleted_after_their_retention_in_bounded_batches
         document = r.document(name)
         assert document is not None
         assert 'snapshot' not in document
-        assert r.store is not None
-        assert r.store.messages(name) == []
+        assert store.messages(name) == []
         with pytest.raises(SessionNotLive, match=f"'{name}' was deleted: it stayed resumable for "
                                                  'resumable_retention_s=1 s'):  # fmt: skip
             lc.restore(name, 'api-1')
     assert lc.status('late').state is SessionState.RESUMABLE  # type: ignore[union-attr]
     assert lc.status('back').state is SessionState.LIVE  # type: ignore[union-attr]
-    assert r.store.messages('back') == [{'id': 'm1', 'text': 'back'}]
+    assert store.messages('back') == [{'id': 'm1', 'text': 'back'}]
     assert lc.redis.hget(lc.pool.keys.counters, 'deleted:retention') == '5'
     assert lc.stats().live == 1  # nothing in the pool moved
 
@@ -476,3 +477,53 @@ def test_retention_unset_keeps_resumable_sessions(
 ) -> None:
     r = make_reaper(make_reaper_settings(max_sessions=3, resumable_retention_s=None))
     assert r.sweep(SweepKind.RETENTION).skipped == 'resumable_retention_s is unset: resumable sessions are kept'
+
+
+# -- all of it through a real worker and beat ---------------------------------------------------------------
+
+
+def state_of(lc: Lifecycle, session_id: str) -> SessionState | None:
+    info = lc.status(session_id)
+    return info.state if info is not None else None
+
+
+def test_pins_extensions_interrupted_turns_and_retention_through_a_real_worker(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+) -> None:
+    settings = make_reaper_settings(
+        broker_url=broker, max_sessions=6, max_pinned=2, idle_ttl_s=2, idle_interval_s=1, expired_interval_s=1,
+        owner_lost_interval_s=1, replica_ttl_s=3, busy_lease_s=3, warn_before_s=1, warnings_interval_s=1,
+        resumable_retention_s=2, retention_interval_s=1,
+    )  # fmt: skip
+    lc = Lifecycle(settings)
+    for name in ('idle', 'pinned', 'extended'):
+        lc.activate(lc.reserve('api-1'), name, ttl_seconds=4 if name == 'extended' else None)
+    lc.pin('pinned')
+    lc.pin('extended')  # a pin never outlasts the deadline: here it keeps idle reaping off the deadline's test
+    lc.extend('extended', 60)
+    lc.heartbeat('api-dead')
+    lc.activate(lc.reserve('api-dead'), 'cut')
+    begin_turn_and_die(lc, 'cut')
+    spawn(settings, *worker_args('w1'))
+    spawn(settings, 'beat')
+
+    wait_for(lambda: state_of(lc, 'cut') is SessionState.RESUMABLE, 60, 'owner-lost recovery of the dead turn')
+    wait_for(lambda: state_of(lc, 'idle') is SessionState.DELETED, 60, 'the idle session to pass its retention')
+    time.sleep(max(0, (lc.status('pinned').last_active_ms + 5_000 - lc.now_ms()) / 1000))  # type: ignore[union-attr]
+    assert state_of(lc, 'pinned') is SessionState.LIVE  # idle more than twice its timeout, under live sweeps
+    assert state_of(lc, 'extended') is SessionState.LIVE  # past the 4 s it was activated with
+
+    restored = lc.restore('cut', 'api-1')
+    assert restored.interrupted_turn is not None
+    assert (restored.interrupted_turn.seq, restored.interrupted_turn.owner) == (1, 'api-dead')
+    assert restored.note is not None
+    assert 'turn 1 was cut off' in restored.note
+    with pytest.raises(SessionNotLive, match="'idle' was deleted"):
+        lc.restore('idle', 'api-1')
+
+    lc.unpin('pinned')
+    wait_for(lambda: state_of(lc, 'pinned') is not SessionState.LIVE, 30, 'the unpinned session to be evicted')
+    assert lc.status('extended').expires_at_ms > lc.now_ms() + 30_000  # type: ignore[union-attr]
+    assert lc.store is not None
+    lc.store.close()
+    lc.disconnect()
