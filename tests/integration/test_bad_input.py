@@ -136,9 +136,19 @@ def test_checkpoint(lc: Lifecycle, snapshot_: Any, messages: Any, session_id: An
 
 
 @FUZZ
-@given(session_id=junk, owner=junk)
-def test_restore(lc: Lifecycle, session_id: Any, owner: Any) -> None:
+@given(session_id=junk, owner=junk, pending=junk)
+def test_restore(lc: Lifecycle, session_id: Any, owner: Any, pending: Any) -> None:
     refuses_cleanly(lc, lambda: lc.restore(session_id, owner))
+    refuses_cleanly(lc, lambda: lc.restore(session_id, owner, approval_pending=pending))
+
+
+@FUZZ
+@given(session_id=st.one_of(junk, st.just('live-1')), ttl=junk)
+def test_extend_pin_and_unpin(lc: Lifecycle, session_id: Any, ttl: Any) -> None:
+    live_session(lc)
+    refuses_cleanly(lc, lambda: lc.extend(session_id, ttl))
+    refuses_cleanly(lc, lambda: lc.pin(session_id))
+    refuses_cleanly(lc, lambda: lc.unpin(session_id))
 
 
 @FUZZ
@@ -188,6 +198,9 @@ def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, ses
                 lambda: lc.status(session_id),
                 lambda: lc.close(session_id),
                 lambda: lc.activate(session_id, 'x', ttl),
+                lambda: lc.extend(session_id, ttl),
+                lambda: lc.pin(session_id),
+                lambda: lc.unpin(session_id),
                 lambda: lc.heartbeat(owner),
                 lambda: lc.runs.start(session_id),
                 lambda: lc.runs.replay('r', after),
