@@ -22,6 +22,7 @@ from lifecycle.errors import (
     SessionReaping,
 )
 from lifecycle.models import InterruptedTurn, PoolStats, Reservation, Restored, SessionInfo, SessionState
+from lifecycle.pool.trail import Decision, Trail
 from lifecycle.settings import ProfilePolicy, Settings
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     'CapacityExceeded',
     'Clock',
     'ConfigurationError',
+    'Decision',
     'Fenced',
     'FixedClock',
     'InterruptedTurn',
@@ -55,5 +57,6 @@ __all__ = [
     'SessionState',
     'Settings',
     'SystemClock',
+    'Trail',
     'Turn',
 ]

@@ -24,6 +24,7 @@ from lifecycle.jobs.runs import AsyncRuns
 from lifecycle.models import Notice, PoolStats, Reservation, Restored, SessionInfo
 from lifecycle.pool.executor import AsyncExecutor, Executor, sync_twin
 from lifecycle.pool.stamper import AsyncStamper
+from lifecycle.pool.trail import Trail
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
@@ -122,6 +123,10 @@ class AsyncLifecycle(Wiring):
             sync = store is not None and not inspect.iscoroutinefunction(store.mark_resumable)
             self._evicting_store = store if sync else store_from_settings(self.settings)
         return make_room(pool, self._evicting_store, self.driver)
+
+    async def trail(self, session_id: str) -> Trail | None:
+        """See `Lifecycle.trail`."""
+        return await self.pool.do(self.flows.trail(session_id, self.store))
 
     async def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """See `Lifecycle.register_worktree`."""

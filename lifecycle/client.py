@@ -21,6 +21,7 @@ from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restore
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
 from lifecycle.pool.stamper import Stamper
+from lifecycle.pool.trail import Trail
 from lifecycle.reaper.eviction import Evictor, Outcome
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.settings import Settings
@@ -201,6 +202,13 @@ class Lifecycle(Wiring):
         Live sessions come from Redis; others (resumable, expired, closed) from MongoDB when configured.
         """
         return self.pool.do(self.flows.status(session_id, self.store))
+
+    def trail(self, session_id: str) -> Trail | None:
+        """Why the session was kept or reaped: its last decisions (kept busy, kept not checkpointed, pinned,
+        warned, aborted with the cause, ...; at most `trail_length`, oldest first, a repeat counted) and what last
+        stamped its activity. Of a live session from Redis, of one evicted or expired the trail its last write
+        recorded; None if unknown. Never counts as activity."""
+        return self.pool.do(self.flows.trail(session_id, self.store))
 
     def register_worktree(self, session_id: str, path: str | os.PathLike[str]) -> str:
         """Record that the git worktree at `path` (absolute, real) belongs to `session_id`, so the

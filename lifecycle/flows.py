@@ -44,6 +44,7 @@ from lifecycle.pool.calls import NOW, Durable, Steps
 from lifecycle.pool.claims import ClaimIndex
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
+from lifecycle.pool.trail import Trail, TrailIndex, trail_of_document
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.sandboxes.base import extend_sandbox
 from lifecycle.settings import Settings
@@ -380,6 +381,17 @@ class Flows:
         if info is not None or store is None:
             return info
         return info_from_document((yield Durable(store.load, (session_id,))))
+
+    def trail(self, session_id: str, store: SnapshotStore | None) -> Steps[Trail | None]:
+        """A live session's trail from Redis; one no longer live, the trail its eviction or expiry recorded."""
+        info: SessionInfo | None = yield self.index.status(session_id, (yield NOW))
+        if info is not None:
+            found: Trail | None = yield TrailIndex(self.keys, self.settings.trail_length).read(session_id)
+            return found or Trail('', ())
+        if store is None:
+            return None
+        document = yield Durable(store.load, (session_id,))
+        return trail_of_document(document.get('trail')) if document is not None else None
 
     def register_worktree(self, session_id: str, path: object) -> Steps[str]:
         normal, session_id = worktrees.registration(session_id, path, self.settings.worktree_root)  # type: ignore[arg-type]

@@ -60,6 +60,18 @@ class Order:
         return cls(session_id, reason, observed_ms=observed_ms)
 
 
+def idle_kept(candidates: Iterable[Candidate], limits: Callable[[str | None], Limits], now_ms: int
+              ) -> list[tuple[str, str]]:  # fmt: skip
+    """Sessions idle past their profile's timeout that the idle sweep keeps, with why (busy, pinned)."""
+    kept = []
+    for c in candidates:
+        if c.last_active_ms <= idle_cutoff_ms(now_ms, limits(c.profile).idle_ttl_s) and not c.reaping:
+            why = 'busy' if c.is_busy(now_ms) else 'pinned' if c.pinned else None
+            if why is not None:
+                kept.append((c.session_id, why))
+    return kept
+
+
 def idle_cutoff_ms(now_ms: int, idle_ttl_s: int) -> int:
     """The latest last_active at which a session with this idle timeout is due."""
     return now_ms - idle_ttl_s * 1000

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     # the pool's limit).
     max_pinned: NonNegativeInt | None = None
     max_pinned_per_tenant: PositiveInt | None = None
+    # The decision trail (lifecycle/pool/trail.py): the last decisions kept per live session (0: off), and
+    # whether touch() records which replica stamped (it then runs a script instead of one raw ZADD).
+    trail_length: NonNegativeInt = 6
+    trail_touch_sources: bool = False
+    replica_id: str | None = None  # this process's replica, named in the trail ('touch@api-1')
     require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
     # A session with unsaved turns whose owner was asked (checkpoint_requested) and gave none within the
     # grace: 'evict' it with its last durable checkpoint (recorded and counted), or 'keep' it live.
@@ -244,6 +249,13 @@ class Settings(BaseSettings):
         for name in value:
             if not _NAME.fullmatch(name):
                 raise ValueError(f'name {name!r} is not a valid tenant or profile id')
+        return value
+
+    @field_validator('replica_id')
+    @classmethod
+    def _valid_replica(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.fullmatch(value):
+            raise ValueError(f'replica_id {value!r} is not a valid id')
         return value
 
     @property

@@ -119,12 +119,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         document = dict(lc.store.load(args.session) or {}) if lc.store is not None else {}
         claim = lc.pool.run(calls.hash_get(lc.index.keys.claims, args.session))
         why = explain(lc, info, document) if info is not None and info.state in ('live', 'reaping') else None
+        trail = lc.trail(args.session) if damaged is None else None
     if info is None and not document and damaged is None:
         print(f'lifecycle: unknown session {args.session!r}', file=sys.stderr)
         return EXIT_PROBLEMS
     document.pop('snapshot', None)  # the app's own data: not ours to print
+    document.pop('trail', None)  # shown as the trail below
     data: dict[str, Any] = {'session': asdict(info) if info else damaged, 'document': document, 'claim': claim,
-                            'due': why.due if why else None, 'why': list(why.reasons) if why else []}  # fmt: skip
+                            'due': why.due if why else None, 'why': list(why.reasons) if why else [],
+                            'trail': asdict(trail) if trail else None}  # fmt: skip
 
     def render() -> None:
         table = Table(title=f'session {args.session}', show_header=False)
@@ -136,6 +139,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             table.add_row(key, when(key, value))
         if claim:
             table.add_row('claim (token|reason)', str(claim))
+        if trail is not None:
+            table.add_row('last stamped by', trail.source or 'unknown')
+            for d in trail.decisions:
+                repeat = f' (x{d.count})' if d.count > 1 else ''
+                table.add_row('decision', f'{when("at_ms", d.at_ms)}: {d.decision} ({d.reason}) {d.detail}{repeat}')
         for key, value in document.items():
             table.add_row(f'mongo.{key}', str(value))
         console.print(table)

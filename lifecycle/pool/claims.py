@@ -13,6 +13,7 @@ from lifecycle.models import NoticeKind, ReapReason
 from lifecycle.pool.calls import Arg, Call, as_int
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import Meta
+from lifecycle.pool.trail import Trail, unpack
 from lifecycle.settings import Settings
 
 REASONS = {reason.value for reason in ReapReason}
@@ -41,6 +42,7 @@ class Claim:
     last_active_ms: int
     expires_at_ms: int
     turn_started_ms: int | None = None  # a turn in flight at the claim: when it began (0 unknown); None: none
+    trail: Trail | None = None  # its decision trail as the claim read it
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,9 @@ class ClaimIndex:
         def parse(reply: list[Any]) -> Claim | str:
             if as_int(reply[0]) != 1:
                 return str(reply[1])
-            started = as_int(reply[5]) if len(reply) > 5 else -1
+            started = as_int(reply[5])
             return Claim(session_id, as_int(reply[1]), reason, Meta.unpack(reply[2]), as_int(reply[3]),
-                         as_int(reply[4]), started if started >= 0 else None)  # fmt: skip
+                         as_int(reply[4]), started if started >= 0 else None, unpack(reply[6] or None))  # fmt: skip
 
         return Call(
             parse,
@@ -159,6 +161,7 @@ class ClaimIndex:
                 k.replicas,
                 k.turns,
                 k.pinned,
+                k.trail,
             ),
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )

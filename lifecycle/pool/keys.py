@@ -92,6 +92,12 @@ class Keys:
         return f'{self.prefix}:pinned_tenants'
 
     @property
+    def trail(self) -> str:
+        """HASH session_id -> 'source;entry;...': what last stamped its activity and its last decisions (see
+        lifecycle/pool/trail.py); only live sessions, each capped at trail_length entries."""
+        return f'{self.prefix}:trail'
+
+    @property
     def reaping(self) -> str:
         """ZSET session_id -> eviction claim lease expiry (epoch ms); present while a worker evicts it."""
         return f'{self.prefix}:reaping'

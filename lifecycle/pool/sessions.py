@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from lifecycle import validate
@@ -247,6 +248,7 @@ class SessionIndex:
                 now_ms + ttl_s * 1000,
                 turn_seq,
                 now_ms if created_ms is None else created_ms,
+                f'activate@{reservation.owner}' if self.settings.trail_length else '',
             ),
         )
 
@@ -267,10 +269,24 @@ class SessionIndex:
         return self._stamped([part for session_id, at_ms in stamps for part in (at_ms, session_id)])
 
     def _stamped(self, members: list[Arg]) -> Call[int]:
-        """One ZADD XX GT CH of score, member pairs (nothing to send for none)."""
+        """One ZADD XX GT CH of score, member pairs (nothing to send for none); with the trail's touch sources
+        on, a script that also records who stamped each live one."""
         if not members:
             return Call(lambda reply: 0, command=('PING',))
+        if self._touch_source:
+            return Call(as_int, 'touch_sessions', (self.keys.live,), (self._touch_source, *members))
         return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+
+    @property
+    def _trail_flag(self) -> str:
+        """A turn script's argument: '1' when turns are recorded as the trail's source."""
+        return '1' if self.settings.trail_length else '0'
+
+    @cached_property
+    def _touch_source(self) -> str:
+        """'touch@<replica_id>' when touches are recorded in the trail, else ''."""
+        s = self.settings
+        return f'touch@{s.replica_id or "?"}' if s.trail_length and s.trail_touch_sources else ''
 
     def begin_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
         """Mark the session busy for one turn; returns its turn_seq before this turn."""
@@ -294,7 +310,7 @@ class SessionIndex:
             parse,
             'begin_turn',
             (k.live, k.deadline, k.reaping, k.busy, k.turns, k.meta_of(session_id)),
-            (session_id, token, now_ms, lease_ms),
+            (session_id, token, now_ms, lease_ms, self._trail_flag),
         )
 
     def renew_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
@@ -310,7 +326,7 @@ class SessionIndex:
             lambda reply: as_int(reply[1]) if as_int(reply[0]) == 1 else None,
             'end_turn',
             (k.live, k.busy, k.turns, k.meta_of(session_id), k.unsaved),
-            (session_id, token, now_ms),
+            (session_id, token, now_ms, self._trail_flag),
         )
 
     def extend(self, session_id: str, ttl_seconds: int, now_ms: int) -> Call[SessionInfo]:

@@ -20,14 +20,16 @@ from lifecycle import policy
 from lifecycle.errors import LifecycleError, PersistenceError
 from lifecycle.models import InterruptedTurn, NoticeKind, ReapReason, SessionState, to_datetime
 from lifecycle.policy import Order
-from lifecycle.pool import calls
+from lifecycle.pool import calls, trail
 from lifecycle.pool.calls import Call
 from lifecycle.pool.claims import Claim, ClaimIndex, Step
 from lifecycle.pool.executor import Executor
+from lifecycle.pool.trail import TrailIndex
 from lifecycle.sandboxes import SandboxDriver, SandboxError
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 
 log = logging.getLogger(__name__)
+GONE = ('not_live', 'gone')  # results about a session no longer in the pool: no trail to add to
 EXPIRY_FAILURES_IN_A_ROW = 3  # then a batch's remaining expiry writes are skipped (they are best effort)
 
 
@@ -62,6 +64,7 @@ def claim_record(claim: Claim) -> SessionRecord:
         expires_at=to_datetime(claim.expires_at_ms),
         turn_seq=meta.turn_seq,
         interrupted_turn=InterruptedTurn(meta.turn_seq + 1, started, meta.owner) if started is not None else None,
+        trail=claim.trail,
     )
 
 
@@ -82,8 +85,11 @@ class Evictor:
             os.kill(os.getpid(), signal.Signals[self.settings.crash_signal])
 
     def _record(self, results: Sequence[EvictionResult]) -> list[EvictionResult]:
-        """Log each decision (one line, with its fields) and add them to the shared counters."""
+        """Log each decision (one line, with its fields), add them to the shared counters, and to the trail of each
+        session still live (one that left takes its trail to MongoDB with its eviction or expiry write)."""
         counts: Counter[str] = Counter()
+        decided = [(r.session_id, trail.entry(r.outcome.value, r.reason.value, r.detail)) for r in results
+                   if r.outcome not in (Outcome.EVICTED, Outcome.EXPIRED) and r.detail not in GONE]  # fmt: skip
         for result in results:
             fields = {'session_id': result.session_id, 'reason': result.reason.value, 'outcome': result.outcome.value,
                       'detail': result.detail}  # fmt: skip
@@ -95,10 +101,11 @@ class Evictor:
                 counts[f'{name}:{result.detail}' if result.outcome is Outcome.ABORTED else name] += 1
             elif result.detail == 'damaged':
                 counts['damage:sessions_skipped'] += 1
-        if counts:
-            self.pool.run_each(
-                [calls.increment(self.pool.keys.counters, name, count) for name, count in counts.items()]
-            )
+        writes: list[Call[Any]] = [calls.increment(self.pool.keys.counters, name, n) for name, n in counts.items()]
+        if decided and self.settings.trail_length:
+            writes.append(TrailIndex(self.pool.keys, self.settings.trail_length).append(self.pool.now_ms(), decided))
+        if writes:
+            self.pool.run_each(writes)
         return list(results)
 
     def evict(self, session_id: str, reason: ReapReason, bound: int | str = 0, observed_ms: int = 0) -> EvictionResult:

@@ -23,12 +23,13 @@ from lifecycle.jobs.runs import BACKSTOP_MARGIN_S, Runs
 from lifecycle.jobs.worktrees import WorktreeCleaner, WorktreeReport
 from lifecycle.models import NoticeKind, ReapReason, SweepKind
 from lifecycle.policy import Candidate, Order
-from lifecycle.pool import calls
+from lifecycle.pool import calls, trail
 from lifecycle.pool.claims import ClaimIndex, Drift
 from lifecycle.pool.executor import Executor, first_error
 from lifecycle.pool.lock import SweepLock, sweep_lock
 from lifecycle.pool.records import read_records, record_calls
 from lifecycle.pool.sessions import Meta
+from lifecycle.pool.trail import TrailIndex
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
@@ -333,6 +334,10 @@ class Sweeper:
         # Live, but no record a sweep can read (lost, or a hand edit): reconcile rebuilds it, then it is judged.
         again = dict.fromkeys([c.session_id for c in mine] + [s for s, _ in live if s not in read], now)
         writes: list[calls.Call[Any]] = [calls.add(self.keys.idle_recheck, list(again.items()))] if again else []
+        kept = policy.idle_kept(mine, self.settings.limits, now)
+        if kept and self.settings.trail_length:
+            entries = [(session_id, trail.entry('kept', 'idle', why)) for session_id, why in kept]
+            writes.append(TrailIndex(self.keys, self.settings.trail_length).append(now, entries))
         if rechecked:  # what left the pool, or was active since, is off the list (added back first: never lost)
             writes.append(calls.remove(self.keys.idle_recheck, [s for s, _ in page if s not in again]))
         self.pool.run_many(writes)
@@ -471,6 +476,7 @@ class Sweeper:
     def _sweep_warnings(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         now = self.pool.now_ms()
         cursors = self.pool.run(calls.hash_all(self.keys.warn_cursor))
+        warned: list[tuple[str, str]] = []
         for idle_ttl_s in sorted(self.settings.idle_ttls_s):
             cursor = cursors.get(str(idle_ttl_s))
             low, high = policy.warning_window(
@@ -484,8 +490,11 @@ class Sweeper:
                     report.notices += 1
                     if not dry_run:
                         self.pool.run(self.claims.notice(c.owner, NoticeKind.WARNING, c.session_id, 'idle', now))
+                        warned.append((c.session_id, trail.entry('warned', 'idle')))
             if not dry_run:
                 self.pool.run(calls.hash_set(self.keys.warn_cursor, {str(idle_ttl_s): high}))
+        if warned and self.settings.trail_length:
+            self.pool.run(TrailIndex(self.keys, self.settings.trail_length).append(now, warned))
 
     def _sweep_reconcile(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         if dry_run:

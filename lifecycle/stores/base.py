@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from lifecycle.models import InterruptedTurn, ReapReason, SessionState
+from lifecycle.pool.trail import Trail
 
 
 class MarkOutcome(StrEnum):
@@ -33,6 +34,7 @@ class SessionRecord:
     expires_at: datetime
     turn_seq: int
     interrupted_turn: InterruptedTurn | None = None  # a turn in flight when it left the pool
+    trail: Trail | None = None  # its decision trail when it left the pool
 
 
 @dataclass(frozen=True)

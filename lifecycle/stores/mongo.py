@@ -179,6 +179,7 @@ def record_fields(record: SessionRecord) -> dict[str, Any]:
         'expires_at': record.expires_at,
         'turn_seq': record.turn_seq,
         'interrupted_turn': interrupted_fields(record.interrupted_turn),
+        'trail': record.trail.as_document() if record.trail is not None else None,
     }
 
 

@@ -46,6 +46,7 @@ ScriptName = Literal[
     'abort_claim',
     'activate_session',
     'append_event',
+    'append_trail',
     'begin_turn',
     'claim_cleaning',
     'claim_session',
@@ -77,6 +78,7 @@ ScriptName = Literal[
     'repair_records',
     'reserve_slot',
     'start_run',
+    'touch_sessions',
     'unpin_session',
 ]
 

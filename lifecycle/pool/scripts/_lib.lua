@@ -152,6 +152,21 @@ local function index_owner(k, owner, session_id)
   if owner ~= '' then redis.call('SADD', owned_key(k, owner), session_id) end
 end
 
+-- The decision trail (see Keys.trail): named after the live key, as the owner sets are.
+local function trail_key(k)
+  return string.match(k.live, '^(.*):[^:]*$') .. ':trail'
+end
+
+-- Record what stamped the session's activity ('touch@api-1'), keeping its decisions; '' records nothing (the
+-- trail is off).
+local function stamp_source(k, session_id, source)
+  if source == '' then return end
+  local trail = trail_key(k)
+  local packed = redis.call('HGET', trail, session_id)
+  local decisions = packed and string.match(packed, '^[^;]*(;.*)$') or ''
+  redis.call('HSET', trail, session_id, source .. decisions)
+end
+
 -- The pins (see Keys.pinned): named after the live key, as the owner sets are.
 local function pinned_keys(k)
   local prefix = string.match(k.live, '^(.*):[^:]*$')
@@ -165,6 +180,7 @@ local function drop_session(k, session_id, tenant, owner)
   if redis.call('ZREM', pinned, session_id) == 1 and tenant ~= '' then
     redis.call('ZREM', pinned_tenants, tenant_member(tenant, session_id))
   end
+  redis.call('HDEL', trail_key(k), session_id)
   redis.call('ZREM', k.live, session_id)
   redis.call('ZREM', k.deadline, session_id)
   redis.call('ZREM', k.busy, session_id)

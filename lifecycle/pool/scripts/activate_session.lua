@@ -6,7 +6,7 @@
 -- ARGV[1] reservation member 'token|owner|tenant'  ARGV[2] session_id  ARGV[3] profile ('' none)
 -- ARGV[4] now_ms  ARGV[5] expires_at_ms  ARGV[6] turn_seq to start from (a restored session goes on from
 -- its durable sequence, so no checkpoint taken before the restore can cover a turn after it)
--- ARGV[7] created_ms (a restored session keeps its creation time)
+-- ARGV[7] created_ms (a restored session keeps its creation time)  ARGV[8] the trail's source ('' trail off)
 -- Returns {1, record, last_active, expires_at} activated, {2, record, last_active, expires_at} when this
 -- reservation's owner already activated it (a resent call), {-1} reservation lost, {-2} session id taken,
 -- {-3} a cleaner is removing the session's worktree right now (retry shortly).
@@ -46,6 +46,7 @@ redis.call('ZADD', k.live, now, session_id)
 redis.call('ZADD', k.deadline, ARGV[5], session_id)
 redis.call('HSET', k.meta, session_id, record)
 index_owner(k, owner, session_id)
+stamp_source(k, session_id, ARGV[8])
 redis.call('ZREM', KEYS[9], session_id)
 redis.call('ZREM', KEYS[10], session_id)
 if tenant ~= '' then

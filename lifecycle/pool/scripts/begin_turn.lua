@@ -2,6 +2,7 @@
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] reaping ZSET  KEYS[4] busy ZSET  KEYS[5] turns HASH
 -- KEYS[6] meta bucket HASH
 -- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] busy lease expiry ms
+-- ARGV[5] 1: record the turn as the trail's source (the trail is on)
 -- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline, {-4} its record
 -- is missing or malformed (outside damage; reconcile repairs it). Nothing is written unless it returns 1.
 local session_id, now = ARGV[1], tonumber(ARGV[3])
@@ -26,4 +27,5 @@ leases[ARGV[2]] = tonumber(ARGV[4])
 starts[ARGV[2]] = ARGV[3]
 write_leases(KEYS[5], KEYS[4], session_id, leases, starts)
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)
+if ARGV[5] == '1' then stamp_source({live = KEYS[1]}, session_id, 'turn@' .. meta.owner) end
 return {1, meta.seq}

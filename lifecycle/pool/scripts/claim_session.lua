@@ -1,11 +1,13 @@
 -- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
 -- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET  KEYS[9] turns HASH  KEYS[10] pinned ZSET
+-- KEYS[11] trail HASH
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
--- Returns {1, token, record, last_active, expires_at, turn_started} claimed (turn_started: when the turn in
--- flight began, one the hard deadline cut or a lapsed one a dead replica never ended; '0' unknown, '-1' none), or {0, why} with why one of
+-- Returns {1, token, record, last_active, expires_at, turn_started, trail} claimed (turn_started: when the turn
+-- in flight began, one the hard deadline cut or a lapsed one a dead replica never ended; '0' unknown, '-1'
+-- none; trail: the session's packed trail, '' none, for the durable write), or {0, why} with why one of
 -- not_live, claimed, busy, pinned (idle, lru, make_room), not_due, expired (left to the expiry path), moved (touched
 -- since observed),
 -- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason.
@@ -51,4 +53,5 @@ end
 local token = redis.call('INCR', KEYS[7])
 redis.call('ZADD', KEYS[4], ARGV[4], session_id)
 redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason .. '|' .. string.format('%d', meta.seq))
-return {1, token, record, last_active, expires_at, turn_in_flight(KEYS[9], session_id) or '-1'}
+return {1, token, record, last_active, expires_at, turn_in_flight(KEYS[9], session_id) or '-1',
+        redis.call('HGET', KEYS[11], session_id) or ''}

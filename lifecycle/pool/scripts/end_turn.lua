@@ -2,7 +2,7 @@
 -- KEYS[1] live ZSET  KEYS[2] busy ZSET  KEYS[3] turns HASH  KEYS[4] meta bucket HASH
 -- KEYS[5] unsaved ZSET: a checkpoint request made before this turn was for turns before it; the grace of
 -- on_missing_checkpoint for this one starts at the request the next idle sweep makes
--- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms
+-- ARGV[1] session_id  ARGV[2] turn token  ARGV[3] now_ms  ARGV[4] 1: record the turn's end as the trail's source
 -- Returns {1, turn_seq} done, {0} the session left the live pool while the turn ran (or its record is
 -- damaged: the turn's lease is dropped either way). The sequence is bumped even while an eviction claim is
 -- in flight: the claim then sees a turn its durable write does not cover, and is undone.
@@ -18,5 +18,6 @@ end
 meta.seq = meta.seq + 1
 redis.call('HSET', KEYS[4], session_id, pack_meta(meta))
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, session_id)
+if ARGV[4] == '1' then stamp_source({live = KEYS[1]}, session_id, 'turn_end@' .. meta.owner) end
 redis.call('ZREM', KEYS[5], session_id)
 return {1, meta.seq}
