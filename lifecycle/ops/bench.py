@@ -32,6 +32,7 @@ from lifecycle.clock import FixedClock
 from lifecycle.models import ReapReason, SessionState
 from lifecycle.ops.embedded import owned_env, start_mongo, start_redis, stop_process, wait_until
 from lifecycle.pool.keys import Keys
+from lifecycle.pool.trail import entry
 from lifecycle.reaper.eviction import Evictor
 from lifecycle.reaper.sweeps import Sweeper, SweepKind
 from lifecycle.settings import Settings
@@ -363,6 +364,28 @@ def zset_entry_pair_bytes(client: redis.Redis, size: int) -> float:
     return per_id
 
 
+def trail_bytes(client: redis.Redis, settings: Settings, sessions: int) -> tuple[float, float]:
+    """Redis memory per session of full decision trails (`trail_length` decisions and a source each, as the
+    scripts write them) for `sessions` sessions, and the bytes of the packed values themselves."""
+    keys = Keys.for_prefix(settings.key_prefix)
+    decisions = [entry('kept', 'idle', 'busy'), entry('aborted', 'idle', 'not_checkpointed'),
+                 entry('warned', 'idle'), entry('kept', 'lru', 'moved'), entry('kept', 'idle', 'pinned'),
+                 entry('rolled_back', 'idle')]  # fmt: skip
+    before, payload = int(client.info('memory')['used_memory']), 0
+    for start in range(0, sessions, 10_000):
+        chunk: list[str] = []
+        for i in range(start, min(start + 10_000, sessions)):
+            at = 1_700_000_000_000 + i
+            packed = ';'.join(['turn_end@api-1'] + [f'{at + n},{decisions[n % len(decisions)]},{n + 1}'
+                                                     for n in range(settings.trail_length)])  # fmt: skip
+            chunk += [f'{uuid.UUID(int=i)}', packed]
+            payload += len(packed)
+        client.execute_command('HSET', keys.trail, *chunk)  # type: ignore[no-untyped-call]
+    per_session = (int(client.info('memory')['used_memory']) - before) / sessions
+    client.delete(keys.trail)
+    return per_session, payload / sessions
+
+
 def naive_scan_ms(client: redis.Redis, keys: Keys, cutoff_ms: int) -> float:
     """What one writes without an index scored by time: scan every session, keep the idle ones."""
     started = time.perf_counter()
@@ -494,6 +517,71 @@ def percentile(values: list[float], fraction: float) -> float:
 # -- the run ------------------------------------------------------------------------------------------
 
 
+def controls(base: Settings, client: redis.Redis, ids: list[str], seconds: float, add: Callable[[Figure], None]
+             ) -> None:  # fmt: skip
+    """extend, pin and touch with the decision trail on (touch sources too), against the raw commands that do the
+    same work; and the trail's memory at 100,000 sessions."""
+    traced = Settings(**{**base.model_dump(), 'trail_touch_sources': True, 'replica_id': 'bench'})
+    lc = Lifecycle(traced)
+    keys = lc.index.keys
+    assert isinstance(lc.store, MongoSnapshotStore)
+    sessions = lc.store.sessions
+    turn = itertools.cycle(ids)
+    ttl = itertools.count(3_600)
+
+    def ours_extend() -> int:
+        lc.extend(next(turn), next(ttl) % 80_000 + 1)
+        return 1
+
+    def raw_extend() -> int:  # the same work: the deadline index, then the durable $max
+        session_id, now = next(turn), time.time_ns() // 1_000_000
+        client.zadd(keys.deadline, {session_id: now + 3_600_000}, xx=True, gt=True)
+        sessions.update_one({'_id': session_id}, {'$max': {'expires_at': datetime.now(UTC)}})
+        return 1
+
+    def ours_pin() -> int:
+        session_id = next(turn)
+        lc.pin(session_id)
+        lc.unpin(session_id)
+        return 2
+
+    def raw_pin() -> int:
+        session_id = next(turn)
+        client.zadd(keys.pinned, {session_id: 1})
+        client.zrem(keys.pinned, session_id)
+        return 2
+
+    def ours_touch_many() -> int:
+        lc.touch_many(ids)
+        return len(ids)
+
+    def raw_touch_many() -> int:
+        client.zadd(keys.live, dict.fromkeys(ids, time.time_ns() // 1_000_000))
+        return len(ids)
+
+    def ours_touch() -> int:
+        lc.touch(next(turn))
+        return 1
+
+    def raw_touch() -> int:
+        client.zadd(keys.live, {next(turn): time.time_ns() // 1_000_000})
+        return 1
+
+    for name, ours, raw, unit, what in (
+        ('extend (Redis + MongoDB $max)', ours_extend, raw_extend, 'calls/s', 'ZADD deadline + update_one $max'),
+        ('pin + unpin', ours_pin, raw_pin, 'calls/s', 'ZADD + ZREM'),
+        ('touch_many (1,000), trail with touch sources', ours_touch_many, raw_touch_many, 'stamps/s',
+         'one multi-member ZADD'),
+        ('touch (one round trip), trail with touch sources', ours_touch, raw_touch, 'stamps/s', 'one ZADD'),
+    ):  # fmt: skip
+        measured = compare(lambda t, f=ours: rate(f, t), lambda t, f=raw: rate(f, t), seconds)  # type: ignore[misc]
+        add(measured.figure(name, unit, f'informational (raw: {what})', 0.0))
+    per_session, payload = trail_bytes(client, traced, 100_000)
+    add(Figure(f'decision trail memory per session at 100,000 (full: {traced.trail_length} decisions and a source)',
+               per_session, payload, 'bytes', '<= 400 bytes (raw: the packed value)', per_session <= 400))  # fmt: skip
+    lc.disconnect()
+
+
 def run_bench(
     quick: bool = False, processes: int = 4, as_json: bool = False, as_markdown: bool = False
 ) -> list[Figure]:
@@ -560,6 +648,9 @@ def run_bench(
                    coalesced >= 50 * single))  # fmt: skip
         add(Figure('coalesced stamp applied after (max of 50)', staleness_ms, None, 'ms', '<= flush interval + 10 ms',
                    staleness_ms <= 30))  # fmt: skip
+
+        console.print('session controls with the decision trail on ...')
+        controls(base, client, ids, sizes.seconds, add)
 
         console.print(f'sweep selection: 1,000 due in 10,000 and in {sizes.pool:,} ...')
         now = lc.now_ms()

@@ -352,15 +352,16 @@ class Plans:
 
     @staticmethod
     def extend_plan(session_id: str, created_at: datetime, expires_at: datetime) -> Plan[bool]:
-        """`$max`: extensions commute, so a late one never moves the deadline back; only this life's document (a
-        document written before lives recorded their creation is taken as this life's)."""
-        life = {'$or': [{'created_at': created_at}, {'created_at': {'$exists': False}}]}
-        states = [SessionState.LIVE.value, SessionState.RESUMABLE.value]
-        result = yield Op('sessions', 'update_one', (
-            {'_id': session_id, 'state': {'$in': states}, **life},
-            {'$max': {'expires_at': expires_at}, '$set': {'updated_at': datetime.now(UTC)}},
-        ))  # fmt: skip
-        return bool(result.matched_count)
+        """`$max`: extensions commute, so a late one never moves the deadline back; on this life's document only
+        (one written before lives recorded their creation is taken as this life's, in a second write). Plain
+        equalities beside `_id` (no `$or`): any MongoDB-wire server serves the write from the `_id` index."""
+        update = {'$max': {'expires_at': expires_at}, '$set': {'updated_at': datetime.now(UTC)}}
+        states = {'$in': [SessionState.LIVE.value, SessionState.RESUMABLE.value]}
+        for life in ({'created_at': created_at}, {'created_at': {'$exists': False}}):
+            result = yield Op('sessions', 'update_one', ({'_id': session_id, 'state': states, **life}, update))
+            if result.matched_count:
+                return True
+        return False
 
     @staticmethod
     def fence_plan(session_id: str, token: int) -> Plan[Mapping[str, Any] | None]:

@@ -16,9 +16,9 @@ def limits(profile: str | None) -> Limits:
 
 
 def candidate(session_id: str, idle_s: int, *, profile: str | None = None, busy_s: int | None = None,
-              reaping: bool = False) -> Candidate:  # fmt: skip
+              reaping: bool = False, pinned: bool = False) -> Candidate:  # fmt: skip
     busy = NOW + busy_s * 1000 if busy_s is not None else None
-    return Candidate(session_id, NOW - idle_s * 1000, 'api-1', profile, busy, reaping)
+    return Candidate(session_id, NOW - idle_s * 1000, 'api-1', profile, busy, reaping, pinned)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,19 @@ def test_idle_orders(idle_s: int, profile: str | None, busy_s: int | None, reapi
         assert orders == [Order('s', ReapReason.IDLE, idle_cutoff_ms=cutoff, observed_ms=NOW - idle_s * 1000)]
     else:
         assert orders == []
+
+
+def test_a_pinned_session_is_kept_by_the_idle_sweep_and_passed_over_by_lru_saying_why() -> None:
+    sessions = [
+        candidate('pinned', 7200, pinned=True),
+        candidate('busy', 7200, busy_s=10),
+        candidate('recent', 60, pinned=True),
+        candidate('due', 7200),
+        candidate('going', 7200, reaping=True),
+    ]
+    assert [o.session_id for o in policy.idle_orders(sessions, limits, NOW)] == ['due']
+    assert policy.idle_kept(sessions, limits, NOW) == [('pinned', 'pinned'), ('busy', 'busy')]
+    assert [o.session_id for o in policy.lru_orders(sessions, 5, 1, NOW)] == ['due']
 
 
 @pytest.mark.parametrize(('live', 'reaping', 'max_live', 'excess'), [(10, 0, 8, 2), (10, 2, 8, 0), (5, 0, 8, 0)])

@@ -163,6 +163,7 @@ local function stamp_source(k, session_id, source)
   if source == '' then return end
   local trail = trail_key(k)
   local packed = redis.call('HGET', trail, session_id)
+  if packed and string.sub(packed, 1, #source + 1) == source .. ';' or packed == source then return end
   local decisions = packed and string.match(packed, '^[^;]*(;.*)$') or ''
   redis.call('HSET', trail, session_id, source .. decisions)
 end

@@ -5,7 +5,8 @@
 local k, moved = {live = KEYS[1]}, 0
 for i = 2, #ARGV - 1, 2 do
   local session_id = ARGV[i + 1]
-  moved = moved + redis.call('ZADD', KEYS[1], 'XX', 'GT', 'CH', ARGV[i], session_id)
-  if redis.call('ZSCORE', KEYS[1], session_id) then stamp_source(k, session_id, ARGV[1]) end
+  local changed = redis.call('ZADD', KEYS[1], 'XX', 'GT', 'CH', ARGV[i], session_id)
+  moved = moved + changed
+  if changed == 1 or redis.call('ZSCORE', KEYS[1], session_id) then stamp_source(k, session_id, ARGV[1]) end
 end
 return moved
