@@ -367,13 +367,16 @@ class SessionIndex:
                 raise PinLimitReached(as_int(reply[1]), as_int(reply[2]), str(reply[3]))
             if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it was not pinned')
+            if code == -3:
+                raise SessionNotLive(f'session {session_id!r} is past its hard deadline; it was not pinned')
             if code == -1:
                 raise SessionNotLive(f'session {session_id!r} is not live; nothing was pinned')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; not pinned')
             return code == 1
 
-        return Call(parse, 'pin_session', (k.live, k.reaping, k.meta_of(session_id), k.pinned, k.pinned_tenants),
+        keys = (k.live, k.reaping, k.meta_of(session_id), k.pinned, k.pinned_tenants, k.deadline)
+        return Call(parse, 'pin_session', keys,
                     (session_id, now_ms, s.pin_limit, s.max_pinned_per_tenant or 0))  # fmt: skip
 
     def unpin(self, session_id: str) -> Call[bool]:

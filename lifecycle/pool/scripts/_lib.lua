@@ -16,6 +16,18 @@ local function replication_id()
   return string.match(info, '^%w+', at + 14) or '-'
 end
 
+-- Why a live session's app may not act on it now: -2 it is being evicted (a claim refuses even after its lease
+-- ran out: until a sweep resolves it, MongoDB may already say resumable), -1 it is not live, -3 it is past its
+-- hard deadline; else nil, with its activity and its deadline (nil: lost to outside damage).
+local function refusal(live_key, deadline_key, reaping_key, session_id, now)
+  if redis.call('ZSCORE', reaping_key, session_id) then return -2 end
+  local last_active = redis.call('ZSCORE', live_key, session_id)
+  if not last_active then return -1 end
+  local deadline = redis.call('ZSCORE', deadline_key, session_id)
+  if deadline and tonumber(deadline) <= now then return -3 end
+  return nil, last_active, deadline
+end
+
 -- The record as a table, or nil when it is missing or malformed (outside damage: a hand edit).
 local function unpack_meta(record)
   if not record then return nil end

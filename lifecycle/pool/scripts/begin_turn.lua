@@ -6,17 +6,9 @@
 -- Returns {1, turn_seq} busy, {-1} not live, {-2} being reaped, {-3} past its hard deadline, {-4} its record
 -- is missing or malformed (outside damage; reconcile repairs it). Nothing is written unless it returns 1.
 local session_id, now = ARGV[1], tonumber(ARGV[3])
--- An eviction claim refuses turns even after its lease ran out: until a sweep resolves it, MongoDB
--- may already say resumable.
-if redis.call('ZSCORE', KEYS[3], session_id) then
-  return {-2}
-end
-if not redis.call('ZSCORE', KEYS[1], session_id) then
-  return {-1}
-end
-local deadline = redis.call('ZSCORE', KEYS[2], session_id)
-if deadline and tonumber(deadline) <= now then
-  return {-3}
+local refused, _, deadline = refusal(KEYS[1], KEYS[2], KEYS[3], session_id, now)
+if refused then
+  return {refused}
 end
 local meta = unpack_meta(redis.call('HGET', KEYS[6], session_id))
 if not meta or not deadline then

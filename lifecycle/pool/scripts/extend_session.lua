@@ -7,16 +7,9 @@
 -- where it was when the cap leaves no room), {-1} not live, {-2} being reaped, {-3} past its hard deadline,
 -- {-4} its record or deadline is missing or malformed (outside damage). Nothing is written unless it returns 1.
 local session_id, now = ARGV[1], tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[3], session_id) then
-  return {-2}
-end
-local last_active = redis.call('ZSCORE', KEYS[1], session_id)
-if not last_active then
-  return {-1}
-end
-local deadline = redis.call('ZSCORE', KEYS[2], session_id)
-if deadline and tonumber(deadline) <= now then
-  return {-3}
+local refused, last_active, deadline = refusal(KEYS[1], KEYS[2], KEYS[3], session_id, now)
+if refused then
+  return {refused}
 end
 local record = redis.call('HGET', KEYS[4], session_id)
 local meta = unpack_meta(record)

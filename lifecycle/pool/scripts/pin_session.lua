@@ -2,15 +2,15 @@
 -- a lost owner's sessions are still recovered), within the pool's and its tenant's pin limits.
 -- KEYS[1] live ZSET  KEYS[2] reaping ZSET  KEYS[3] meta bucket HASH  KEYS[4] pinned ZSET
 -- KEYS[5] pinned_tenants ZSET (every score 0, 'tenant|session_id': a tenant's pins are one ZLEXCOUNT)
+-- KEYS[6] deadline ZSET
 -- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] most pinned sessions in the pool  ARGV[4] most per tenant (0: none)
--- Returns {1} pinned, {2} it was pinned already, {-1} not live, {-2} being evicted, {-4} its record is missing or
--- malformed (outside damage), {-5, pinned, limit} the pool's limit is reached, {-6, pinned, limit, tenant} its tenant's.
+-- Returns {1} pinned, {2} it was pinned already, {-1} not live, {-2} being evicted, {-3} past its hard deadline,
+-- {-4} its record is missing or malformed (outside damage), {-5, pinned, limit} the pool's limit is reached,
+-- {-6, pinned, limit, tenant} its tenant's.
 local session_id = ARGV[1]
-if redis.call('ZSCORE', KEYS[2], session_id) then
-  return {-2}
-end
-if not redis.call('ZSCORE', KEYS[1], session_id) then
-  return {-1}
+local refused = refusal(KEYS[1], KEYS[6], KEYS[2], session_id, tonumber(ARGV[2]))
+if refused then
+  return {refused}
 end
 local meta = unpack_meta(redis.call('HGET', KEYS[3], session_id))
 if not meta then
