@@ -136,9 +136,10 @@ class Settings(BaseSettings):
     max_pinned: NonNegativeInt | None = None
     max_pinned_per_tenant: PositiveInt | None = None
     # The decision trail (lifecycle/pool/trail.py): the last decisions kept per live session (0: off), and
-    # whether touch() records which replica stamped (it then runs a script instead of one raw ZADD).
+    # whether it also records what last stamped each session (a field for every live session, and touch() runs a
+    # script instead of one raw ZADD).
     trail_length: NonNegativeInt = 6
-    trail_touch_sources: bool = False
+    trail_sources: bool = False
     replica_id: str | None = None  # this process's replica, named in the trail ('touch@api-1')
     require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
     # A session with unsaved turns whose owner was asked (checkpoint_requested) and gave none within the

@@ -521,7 +521,7 @@ def controls(base: Settings, client: redis.Redis, ids: list[str], seconds: float
              ) -> None:  # fmt: skip
     """extend, pin and touch with the decision trail on (touch sources too), against the raw commands that do the
     same work; and the trail's memory at 100,000 sessions."""
-    traced = Settings(**{**base.model_dump(), 'trail_touch_sources': True, 'replica_id': 'bench'})
+    traced = Settings(**{**base.model_dump(), 'trail_sources': True, 'replica_id': 'bench'})
     lc = Lifecycle(traced)
     keys = lc.index.keys
     assert isinstance(lc.store, MongoSnapshotStore)

@@ -248,7 +248,7 @@ class SessionIndex:
                 now_ms + ttl_s * 1000,
                 turn_seq,
                 now_ms if created_ms is None else created_ms,
-                f'activate@{reservation.owner}' if self.settings.trail_length else '',
+                f'activate@{reservation.owner}' if self._sourced else '',
             ),
         )
 
@@ -277,16 +277,21 @@ class SessionIndex:
             return Call(as_int, 'touch_sessions', (self.keys.live,), (self._touch_source, *members))
         return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
 
+    @cached_property
+    def _sourced(self) -> bool:
+        """Whether stamps record their source in the trail."""
+        return bool(self.settings.trail_length and self.settings.trail_sources)
+
     @property
     def _trail_flag(self) -> str:
         """A turn script's argument: '1' when turns are recorded as the trail's source."""
-        return '1' if self.settings.trail_length else '0'
+        return '1' if self._sourced else '0'
 
     @cached_property
     def _touch_source(self) -> str:
         """'touch@<replica_id>' when touches are recorded in the trail, else ''."""
         s = self.settings
-        return f'touch@{s.replica_id or "?"}' if s.trail_length and s.trail_touch_sources else ''
+        return f'touch@{s.replica_id or "?"}' if self._sourced else ''
 
     def begin_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
         """Mark the session busy for one turn; returns its turn_seq before this turn."""

@@ -26,7 +26,9 @@ def test_the_trail_says_why_a_session_was_kept_then_reaped_and_what_stamped_it(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
 ) -> None:
     r = make_reaper(
-        make_reaper_settings(max_sessions=3, idle_ttl_s=600, busy_lease_s=3600, on_missing_checkpoint='keep')
+        make_reaper_settings(
+            max_sessions=3, idle_ttl_s=600, busy_lease_s=3600, on_missing_checkpoint='keep', trail_sources=True
+        )
     )
     lc = r.lc
     lc.activate(lc.reserve('api-1'), 's1')
@@ -67,6 +69,9 @@ def test_the_trail_is_capped_and_leaves_with_its_session(
     r = make_reaper(make_reaper_settings(max_sessions=3, trail_length=2))
     lc = r.lc
     lc.activate(lc.reserve('api-1'), 's1')
+    with lc.turn('s1'):
+        pass
+    assert lc.redis.hlen(lc.pool.keys.trail) == 0  # sources off (the default): no trail until a decision
     append = r.evictor._record  # the evictor's own path for a decision
     from lifecycle.models import ReapReason
     from lifecycle.reaper.eviction import EvictionResult
@@ -81,7 +86,7 @@ def test_the_trail_is_capped_and_leaves_with_its_session(
 def test_touch_sources_name_the_replica_and_the_trail_can_be_off(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
 ) -> None:
-    r = make_reaper(make_reaper_settings(max_sessions=3, trail_touch_sources=True, replica_id='api-2'))
+    r = make_reaper(make_reaper_settings(max_sessions=3, trail_sources=True, replica_id='api-2'))
     lc = r.lc
     for name in ('s1', 's2'):
         lc.activate(lc.reserve('api-1'), name)
@@ -106,7 +111,7 @@ def test_touch_sources_name_the_replica_and_the_trail_can_be_off(
 
 
 def test_the_async_client_reads_the_trail(make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> None:
-    r = make_reaper(make_reaper_settings(max_sessions=3))
+    r = make_reaper(make_reaper_settings(max_sessions=3, trail_sources=True))
 
     async def run() -> str:
         client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
