@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -570,12 +570,12 @@ def controls(base: Settings, client: redis.Redis, ids: list[str], seconds: float
     for name, ours, raw, unit, what in (
         ('extend (Redis + MongoDB $max)', ours_extend, raw_extend, 'calls/s', 'ZADD deadline + update_one $max'),
         ('pin + unpin', ours_pin, raw_pin, 'calls/s', 'ZADD + ZREM'),
-        ('touch_many (1,000), trail with touch sources', ours_touch_many, raw_touch_many, 'stamps/s',
+        ('touch_many (1,000), trail sources on', ours_touch_many, raw_touch_many, 'stamps/s',
          'one multi-member ZADD'),
-        ('touch (one round trip), trail with touch sources', ours_touch, raw_touch, 'stamps/s', 'one ZADD'),
+        ('touch (one round trip), trail sources on', ours_touch, raw_touch, 'stamps/s', 'one ZADD'),
     ):  # fmt: skip
         measured = compare(lambda t, f=ours: rate(f, t), lambda t, f=raw: rate(f, t), seconds)  # type: ignore[misc]
-        add(measured.figure(name, unit, f'informational (raw: {what})', 0.0))
+        add(replace(measured.figure(name, unit, f'informational (raw: {what})', 0.0), ok=None))
     per_session, payload = trail_bytes(client, traced, 100_000)
     add(Figure(f'decision trail memory per session at 100,000 (full: {traced.trail_length} decisions and a source)',
                per_session, payload, 'bytes', '<= 400 bytes (raw: the packed value)', per_session <= 400))  # fmt: skip
