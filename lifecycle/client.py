@@ -18,6 +18,7 @@ from lifecycle.errors import BackendUnavailable
 from lifecycle.flows import NOTICE_BATCH, SERVE_WAIT_MS, Turn, Wiring, new_token
 from lifecycle.jobs.runs import Runs
 from lifecycle.models import Notice, PoolStats, ReapReason, Reservation, Restored, SessionInfo
+from lifecycle.pool import calls
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
 from lifecycle.pool.stamper import Stamper
@@ -299,7 +300,11 @@ def make_room(pool: Executor, store: SnapshotStore | None, driver: SandboxDriver
     now = pool.now_ms()
     bound = now - pool.settings.min_idle_s * 1000
     index = SessionIndex(pool.settings, pool.keys)
-    for session_id, last_active in pool.run(index.live_below(bound, MAKE_ROOM_CANDIDATES)):
+    # Pinned sessions are passed over (the claim refuses them): read past as many as may be pinned.
+    oldest = pool.run(index.live_below(bound, MAKE_ROOM_CANDIDATES + pool.settings.pin_limit))
+    pinned = pool.run(calls.scores(pool.keys.pinned, [session_id for session_id, _ in oldest])) if oldest else []
+    unpinned = [(s, at) for (s, at), pin in zip(oldest, pinned, strict=True) if pin is None]
+    for session_id, last_active in unpinned[:MAKE_ROOM_CANDIDATES]:
         if evictor.evict(session_id, ReapReason.MAKE_ROOM, bound, last_active).outcome is Outcome.EVICTED:
             return True
     return False

@@ -160,8 +160,8 @@ class Settings(BaseSettings):
     sweep_lock_timeout_s: PositiveInt = 60  # extended after every batch; a dead sweeper frees it this soon
 
     # Resumable sessions are deleted (document snapshot and messages; a 'deleted' tombstone stays) this long after
-    # their eviction; None keeps them for good.
-    resumable_retention_s: PositiveInt | None = 30 * 86_400
+    # their eviction; None (the default: nothing is deleted unless asked) keeps them for good.
+    resumable_retention_s: PositiveInt | None = None
     retention_interval_s: PositiveInt = 3_600
 
     # Finished runs (a turn's buffered event frames, kept for late reconnects).

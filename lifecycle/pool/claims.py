@@ -215,15 +215,21 @@ class ClaimIndex:
             expires_at = as_int(reply[5]) if reply[5] is not None else 0
             reason = ReapReason(reply[3]) if reply[3] in REASONS else ReapReason.IDLE
             started = as_int(reply[7])
-            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at, started if started >= 0 else None)
+            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at, started if started >= 0 else None,
+                          unpack(reply[8] or None))  # fmt: skip
             return Takeover(claim, as_int(reply[1]))
 
         return Call(
             parse,
             'reclaim_session',
-            (k.reaping, k.claims, k.epoch, k.meta_of(session_id), k.live, k.deadline, k.turns),
+            (k.reaping, k.claims, k.epoch, k.meta_of(session_id), k.live, k.deadline, k.turns, k.trail),
             (session_id, now_ms, lease_ms),
         )
+
+    def forget_gone(self, kind: str, members: Sequence[str | bytes]) -> Call[int]:
+        """Remove pins, tenant pin members or trails (`kind`: see forget_gone.lua) of sessions no longer live."""
+        k = self.keys
+        return Call(as_int, 'forget_gone', (k.live, k.pinned, k.pinned_tenants, k.trail), (kind, *members))
 
     def request_checkpoints(self, session_ids: Sequence[str], now_ms: int) -> Call[int]:
         """Remember when each session's owner was first asked for a checkpoint (kept until one comes)."""

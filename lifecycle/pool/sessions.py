@@ -351,12 +351,12 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is not live')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record or deadline in Redis; not extended')
-            busy = as_int(reply[4]) > now_ms
-            return self._info(session_id, reply[1], reply[2], reply[3], busy=busy, reaping=False)
+            info = self._info(session_id, reply[1], reply[2], reply[3], busy=as_int(reply[4]) > now_ms, reaping=False)
+            return replace(info, pinned=as_int(reply[5]) == 1)
 
         profiles = [part for name in s.profiles for part in (name, s.limits(name).max_ttl_s * 1000)]
         k = self.keys
-        return Call(parse, 'extend_session', (k.live, k.deadline, k.reaping, k.meta_of(session_id), k.busy),
+        return Call(parse, 'extend_session', (k.live, k.deadline, k.reaping, k.meta_of(session_id), k.busy, k.pinned),
                     (session_id, now_ms, ttl_s * 1000, s.max_ttl_s * 1000, *profiles))  # fmt: skip
 
     def pin(self, session_id: str, now_ms: int) -> Call[bool]:

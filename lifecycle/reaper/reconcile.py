@@ -89,7 +89,7 @@ class Reconciler:
         rebuilt = self._rebuild_missing_records(now, lost_index, extend)
         dropped = self._drop_stray_tenants(extend)
         self._forget_requests_of_gone_sessions()
-        self._forget_pins_of_gone_sessions()
+        self._forget_what_gone_sessions_left()
         if failed:
             self.pool.run(calls.remove(self.keys.tenants, [rebuild_marker]))  # some records were not indexed
         purged, counter, truth, reserved_members, _ = self.pool.run(self.claims.reconcile_counters(now, rebuild_marker))
@@ -215,20 +215,21 @@ class Reconciler:
             live = self.pool.run(calls.scores(self.keys.live, page))
             self.pool.run(calls.remove(self.keys.unsaved, [s for s, at in zip(page, live, strict=True) if at is None]))
 
-    def _forget_pins_of_gone_sessions(self) -> None:
-        """Pins of sessions no longer live (left while outside damage hid them from their transition), and tenant
-        pin members of sessions not pinned: each would hold a pin nobody can use."""
+    def _forget_what_gone_sessions_left(self) -> None:
+        """Pins and trails of sessions no longer live, and tenant pin members of sessions not pinned (left while
+        outside damage hid a session from its transition): each checked and removed in one script a page."""
         k = self.keys
-        pinned = [member for member in self._scan(k.pinned) if validate.is_identifier(member)]
-        for start in range(0, len(pinned), PAGE):
-            page = pinned[start : start + PAGE]
-            live = self.pool.run(calls.scores(k.live, page))
-            self.pool.run(calls.remove(k.pinned, [s for s, at in zip(page, live, strict=True) if at is None]))
-        members = list(self._scan(k.pinned_tenants))
-        for start in range(0, len(members), PAGE):
-            page = members[start : start + PAGE]
-            held = self.pool.run(calls.scores(k.pinned, [member.partition('|')[2] for member in page]))
-            self.pool.run(calls.remove(k.pinned_tenants, [m for m, at in zip(page, held, strict=True) if at is None]))
+        scans = (('pins', self._scan(k.pinned)), ('tenant_pins', self._scan(k.pinned_tenants)),
+                 ('trails', self._hash_fields(k.trail)))  # fmt: skip
+        for kind, members in scans:
+            found = [calls.as_read(member) for member in members]
+            for start in range(0, len(found), PAGE):
+                self.pool.run(self.claims.forget_gone(kind, found[start : start + PAGE]))
+
+    def _hash_fields(self, key: str) -> Iterator[str]:
+        """Every field of hash `key` (HSCAN: each one present throughout is seen)."""
+        for page in self.pool.pages(lambda cursor: calls.hscan(key, cursor, PAGE)):
+            yield from page
 
     def _drop_stray_tenants(self, extend: Callable[[], None]) -> int:
         dropped, low = 0, '-'

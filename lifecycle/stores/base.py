@@ -95,8 +95,8 @@ class SnapshotStore(Protocol):
         """Atomically raise the session's fence to `token`; returns the document as it was before."""
 
     def restore(self, session_id: str, token: int, owner: str) -> Mapping[str, Any] | None:
-        """Flip a resumable session back to live under `token` (clearing its `interrupted_turn`); returns the
-        document as it was, or None if it was not resumable under an older fence."""
+        """Flip a resumable session back to live under `token`; returns the document as it was, or None if it was
+        not resumable under an older fence."""
 
     def load(self, session_id: str) -> Mapping[str, Any] | None:
         """The session document, or None."""

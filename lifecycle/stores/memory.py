@@ -149,7 +149,6 @@ class InMemorySnapshotStore:
             if document is None or document.get('state') != SessionState.RESUMABLE or not below(document, token):
                 return None
             before = copy.deepcopy(document)
-            document.pop('interrupted_turn', None)
             document.update(state=SessionState.LIVE.value, fence=token, owner=owner, restored_at=now, updated_at=now)
             return before
 

@@ -23,7 +23,7 @@ from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive
+from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive, SessionReaping
 from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
@@ -240,6 +240,9 @@ def refuse_activation(session_id: str, document: Mapping[str, Any] | None) -> No
     """Raise why an activation record could not be written over `document`."""
     if document is not None and document.get('state') == SessionState.RESUMABLE:
         raise SessionExists(f'session {session_id!r} is resumable in MongoDB: restore it, or use another id')
+    if document is not None and document.get('purge_pending'):
+        raise SessionReaping(f'session {session_id!r} is being deleted (its retention passed): its messages are '
+                             'going; retry shortly')  # fmt: skip
     raise Fenced(f'session {session_id!r} was written under a newer token; its activation was not recorded')
 
 
@@ -377,11 +380,12 @@ class Plans:
     @staticmethod
     def restore_plan(session_id: str, token: int, owner: str) -> Plan[Mapping[str, Any] | None]:
         now = datetime.now(UTC)
-        # As it was (its turn cut off is this restore's to report, and is cleared for the life that follows).
+        # As it was. Its interrupted_turn stays until the next record write (an eviction, an expiry, a close)
+        # replaces it: a restore whose reply was lost can be answered again from it.
         restored: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
             {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
             {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
-                      'updated_at': now}, '$unset': {'interrupted_turn': ''}},
+                      'updated_at': now}},
         ), {'return_document': ReturnDocument.BEFORE})  # fmt: skip
         return restored
 
@@ -404,8 +408,10 @@ class Plans:
                            'activated_at': now, 'updated_at': now},
                   '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
         try:
-            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **_below(token)},
-                                                update), {'upsert': True})  # fmt: skip
+            # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
+            purged = {'purge_pending': {'$exists': False}}
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged,
+                                                 **_below(token)}, update), {'upsert': True})  # fmt: skip
         except DuplicateKeyError:
             refuse_activation(record.session_id, (yield Op('sessions', 'find_one', ({'_id': record.session_id},))))
 

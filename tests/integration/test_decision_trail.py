@@ -9,9 +9,10 @@ import pytest
 import redis.asyncio as aredis
 
 from lifecycle import AsyncLifecycle, SessionState, Trail
-from lifecycle.models import SweepKind
+from lifecycle.models import ReapReason, SweepKind
+from lifecycle.pool.claims import ClaimIndex
 from lifecycle.reaper.eviction import Outcome
-from tests.conftest import REDIS_URL, SettingsFactory
+from tests.conftest import REDIS_URL, SettingsFactory, connect_raw_redis
 from tests.integration.conftest import ReaperFactory
 
 pytestmark = pytest.mark.integration
@@ -122,3 +123,29 @@ def test_the_async_client_reads_the_trail(make_reaper_settings: SettingsFactory,
             return trail.source
 
     assert asyncio.run(run()) == 'activate@api-1'
+
+
+def test_a_recovered_expiry_keeps_the_trail_and_reconcile_drops_trails_of_sessions_gone(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, busy_lease_s=3600, claim_lease_s=60))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=100)
+    with lc.turn('s1'):
+        r.clock.advance(seconds=1900)  # idle past the 30 min default, kept busy
+        r.sweep(SweepKind.IDLE)
+    assert decided(lc.trail('s1')) == [('kept', 'idle', 'busy', 1)]
+    # A worker claims it for expiry and dies; the next sweep's recovery completes the expiry.
+    now = r.clock.now_ms()
+    claims = ClaimIndex(lc.settings, lc.pool.keys)
+    assert not isinstance(lc.pool.run(claims.claim('s1', ReapReason.EXPIRED, now, 0, 0)), str)
+    r.clock.advance(seconds=61)
+    r.sweep(SweepKind.EXPIRED)
+    assert lc.status('s1').state is SessionState.EXPIRED  # type: ignore[union-attr]
+    assert decided(lc.trail('s1')) == [('kept', 'idle', 'busy', 1)]  # the takeover carried it to MongoDB
+
+    lc.redis.hset(lc.pool.keys.trail, 'ghost', ';1,kept,idle,busy,1')  # outside damage: a hand edit, bytes too
+    with connect_raw_redis() as raw:
+        raw.hset(lc.pool.keys.trail, b'odd\xff', b'x')
+    r.sweep(SweepKind.RECONCILE)
+    assert lc.redis.hlen(lc.pool.keys.trail) == 0

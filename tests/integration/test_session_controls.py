@@ -527,3 +527,62 @@ def test_pins_extensions_interrupted_turns_and_retention_through_a_real_worker(
     assert lc.store is not None
     lc.store.close()
     lc.disconnect()
+
+
+# -- found by review ------------------------------------------------------------------------------------------
+
+
+def test_an_id_whose_messages_are_still_being_deleted_is_not_activated_again(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, mongo_admin: Any
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, idle_ttl_s=600, resumable_retention_s=1))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'n': 1}, [{'id': 'old'}])
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    time.sleep(1.2)
+    fail(mongo_admin, 'delete', errorCode=8)
+    with pytest.raises(PersistenceError):
+        r.sweep(SweepKind.RETENTION)  # tombstoned; its messages not deleted yet (a crash here, say)
+    mongo_admin.admin.command('configureFailPoint', 'failCommand', mode='off')
+    with pytest.raises(SessionReaping, match="'s1' is being deleted"):
+        lc.activate(lc.reserve('api-1'), 's1')  # its old messages would become the new life's
+    assert lc.stats().live == 0  # the refused activation was undone, its slot given back
+    r.sweep(SweepKind.RETENTION)
+    lc.activate(lc.reserve('api-1'), 's1')
+    lc.checkpoint('s1', {'n': 2}, [{'id': 'new'}])
+    r.sweep(SweepKind.RETENTION)
+    assert r.store is not None
+    assert r.store.messages('s1') == [{'id': 'new'}]
+
+
+def test_make_room_reads_past_the_pinned_sessions(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=24, max_pinned=22, min_idle_s=60))
+    lc = r.lc
+    for i in range(24):
+        lc.activate(lc.reserve('api-1'), f's{i:02}')
+        if i < 22:
+            lc.pin(f's{i:02}')  # the 22 least recently active are pinned: more than make_room's 20 candidates
+        r.clock.advance(seconds=1)
+    r.clock.advance(seconds=120)
+    lc.release(lc.reserve('api-1', make_room=True))
+    assert lc.status('s22').state is SessionState.RESUMABLE  # type: ignore[union-attr]
+    assert lc.stats().live == 23
+
+
+def test_a_turn_start_is_known_though_another_entry_predates_starts(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    r = make_reaper(make_reaper_settings(max_sessions=3, idle_ttl_s=600, busy_lease_s=60))
+    lc = r.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    now = r.clock.now_ms()
+    # A rolling upgrade: one turn written by a version that kept no start, one that did; both lapsed since.
+    lc.redis.hset(lc.pool.keys.turns, 's1', f'old={now + 60_000},new={now + 60_000}:{now + 5}')
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert idle_evicted(r.results) == ['s1']
+    assert lc.status('s1').interrupted_turn == InterruptedTurn(1, now + 5, 'api-1')  # type: ignore[union-attr]

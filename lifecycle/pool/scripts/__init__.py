@@ -58,6 +58,7 @@ ScriptName = Literal[
     'extend_session',
     'finish_eviction',
     'finish_run',
+    'forget_gone',
     'forget_replicas',
     'mark_verified',
     'pin_session',

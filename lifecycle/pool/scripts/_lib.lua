@@ -122,17 +122,19 @@ local function read_leases(turns_key, session_id, now_ms)
 end
 
 -- The turn in flight the longest ago of those the entry lists, current or lapsed (a replica that died mid-turn
--- never ended it): when it started ('0' when its entry predates starts), or nil when no turn is in flight.
+-- never ended it): when it started ('0' when no entry says: written before starts were kept), or nil when no
+-- turn is in flight.
 local function turn_in_flight(turns_key, session_id)
   local packed = redis.call('HGET', turns_key, session_id)
   if not packed then return nil end
-  local earliest = nil
+  local any, earliest = false, nil
   for _, _, start in string.gmatch(packed, '([^,=]+)=(%d+):?(%d*)') do
-    local at = tonumber(start) or 0
-    if earliest == nil or at < earliest then earliest = at end
+    any = true
+    local at = tonumber(start)
+    if at and (earliest == nil or at < earliest) then earliest = at end
   end
-  if earliest == nil then return nil end
-  return string.format('%d', earliest)
+  if not any then return nil end
+  return string.format('%d', earliest or 0)
 end
 
 -- Store the leases back (each with its start, where known) and make the busy score their maximum (or clear

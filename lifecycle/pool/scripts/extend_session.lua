@@ -1,9 +1,10 @@
 -- extend_session: move a live session's hard deadline forward, never past max_ttl_s from its creation.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] reaping ZSET  KEYS[4] meta bucket HASH  KEYS[5] busy ZSET
+-- KEYS[6] pinned ZSET
 -- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] ttl_ms (the deadline wanted: now + ttl)
 -- ARGV[4] max_ttl_ms of the global policy (a profile not listed after it has it)
 -- ARGV[5], ARGV[6], ... pairs of profile, its max_ttl_ms
--- Returns {1, record, last_active, expires_at, busy lease ('0': none)} (expires_at: the deadline now; it never moves back, and stays
+-- Returns {1, record, last_active, expires_at, busy lease ('0': none), pinned (0 or 1)} (expires_at: the deadline now; it never moves back, and stays
 -- where it was when the cap leaves no room), {-1} not live, {-2} being reaped, {-3} past its hard deadline,
 -- {-4} its record or deadline is missing or malformed (outside damage). Nothing is written unless it returns 1.
 local session_id, now = ARGV[1], tonumber(ARGV[2])
@@ -25,4 +26,5 @@ if wanted > tonumber(deadline) then
   redis.call('ZADD', KEYS[2], wanted, session_id)
   deadline = string.format('%d', wanted)
 end
-return {1, record, last_active, deadline, redis.call('ZSCORE', KEYS[5], session_id) or '0'}
+return {1, record, last_active, deadline, redis.call('ZSCORE', KEYS[5], session_id) or '0',
+        redis.call('ZSCORE', KEYS[6], session_id) and 1 or 0}
