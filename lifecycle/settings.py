@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -20,8 +20,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from lifecycle.errors import ConfigurationError
 from lifecycle.models import Limits, SweepKind
 
 ENV_PREFIX = 'LIFECYCLE_'
@@ -90,6 +91,20 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: an error must never print the settings it was given (a password, a webhook secret).
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra='forbid', hide_input_in_errors=True)
+
+    if not TYPE_CHECKING:  # type checkers keep the keyword arguments pydantic derives from the fields
+
+        def __init__(self, **values: Any) -> None:
+            """As BaseSettings', but a LIFECYCLE_* variable a dict or list setting cannot be read from (not JSON)
+            is a ConfigurationError naming it, not pydantic-settings' own error (nor its value: maybe a secret)."""
+            try:
+                super().__init__(**values)
+            except SettingsError as exc:
+                field = re.search(r'field "(\w+)"', str(exc))
+                name = env(field.group(1)) if field else 'a LIFECYCLE_* variable'
+                raise ConfigurationError(
+                    f'invalid settings: {name} is not valid JSON (dict and list settings are read as JSON)'
+                ) from None
 
     redis_url: str = 'redis://127.0.0.1:6379/0'
     # Highly available Redis (see pool/servers.py): the master of a Sentinel group, found through these

@@ -246,6 +246,26 @@ def test_the_cli_refuses_bad_input_with_its_usage_code(
     assert 'Traceback' not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ('variable', 'value', 'says'),
+    [
+        ('LIFECYCLE_PROFILES', '{bad', 'LIFECYCLE_PROFILES is not valid JSON'),
+        ('LIFECYCLE_TENANT_LIMITS', '[1, 2', 'LIFECYCLE_TENANT_LIMITS is not valid JSON'),
+        ('LIFECYCLE_PROFILES', '[1]', 'LIFECYCLE_PROFILES: Input should be a valid dictionary'),
+    ],
+)
+def test_a_malformed_setting_is_one_line_naming_it(
+    make_reaper_settings: SettingsFactory, variable: str, value: str, says: str
+) -> None:
+    env = {**owned_env(make_reaper_settings()), variable: value}
+    done = subprocess.run([sys.executable, '-m', 'lifecycle.ops.cli', 'status'], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    assert says in done.stderr
+    assert 'Traceback' not in done.stderr
+    assert value not in done.stderr  # a value may be a secret: never echoed
+
+
 def test_nan_frames_are_refused(lc: Lifecycle) -> None:
     lc.runs.start('r1')
     with pytest.raises(LifecycleError, match='JSON'):
