@@ -38,6 +38,7 @@ from lifecycle.models import (
     SessionInfo,
     SessionState,
     interrupted_note,
+    to_epoch_ms,
 )
 from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
@@ -49,7 +50,7 @@ from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.sandboxes.base import extend_sandbox
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
-from lifecycle.stores.documents import info_from_document, interrupted_of, record_of, to_epoch_ms
+from lifecycle.stores.documents import info_from_document, interrupted_of, record_of
 
 log = logging.getLogger(__name__)
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first

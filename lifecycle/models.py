@@ -13,6 +13,11 @@ def to_datetime(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
 
 
+def to_epoch_ms(moment: datetime) -> int:
+    """The epoch milliseconds of a datetime (the inverse of `to_datetime`)."""
+    return int(moment.timestamp() * 1000)
+
+
 class SessionState(StrEnum):
     """Where a session is in its life (DESIGN.md section 2); values are stored in MongoDB."""
 

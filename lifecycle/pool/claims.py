@@ -45,6 +45,12 @@ class Claim:
     trail: Trail | None = None  # its decision trail as the claim read it
 
 
+def in_flight(turn_started: Any, packed_trail: Any) -> tuple[int | None, Trail | None]:
+    """A claim's turn in flight (its start, 0 unknown; None: no turn, the scripts' -1) and trail ('' none)."""
+    started = as_int(turn_started)
+    return (started if started >= 0 else None), unpack(packed_trail or None)
+
+
 @dataclass(frozen=True)
 class Takeover:
     """A stale claim taken over by recovery: `old_token` is the one a crashed or paused worker still holds."""
@@ -143,9 +149,8 @@ class ClaimIndex:
         def parse(reply: list[Any]) -> Claim | str:
             if as_int(reply[0]) != 1:
                 return str(reply[1])
-            started = as_int(reply[5])
             return Claim(session_id, as_int(reply[1]), reason, Meta.unpack(reply[2]), as_int(reply[3]),
-                         as_int(reply[4]), started if started >= 0 else None, unpack(reply[6] or None))  # fmt: skip
+                         as_int(reply[4]), *in_flight(reply[5], reply[6]))  # fmt: skip
 
         return Call(
             parse,
@@ -214,9 +219,7 @@ class ClaimIndex:
                 meta = None  # recovery then gives the claim up: the session stays as it is for reconcile
             expires_at = as_int(reply[5]) if reply[5] is not None else 0
             reason = ReapReason(reply[3]) if reply[3] in REASONS else ReapReason.IDLE
-            started = as_int(reply[7])
-            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at, started if started >= 0 else None,
-                          unpack(reply[8] or None))  # fmt: skip
+            claim = Claim(session_id, as_int(reply[2]), reason, meta, 0, expires_at, *in_flight(reply[7], reply[8]))
             return Takeover(claim, as_int(reply[1]))
 
         return Call(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lifecycle.models import to_datetime
+from lifecycle.models import to_datetime, to_epoch_ms
 from lifecycle.pool.calls import Arg, Call, as_int
 from lifecycle.pool.keys import Keys
 
@@ -82,7 +82,7 @@ def trail_of_document(found: Any) -> Trail | None:
     for item in found.get('decisions') or ():
         try:
             at = item['at']
-            decisions.append(Decision(int(at.timestamp() * 1000), str(item['decision']), str(item['reason']),
+            decisions.append(Decision(to_epoch_ms(at), str(item['decision']), str(item['reason']),
                                       str(item.get('detail', '')), int(item.get('count', 1))))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
@@ -96,12 +96,15 @@ class TrailIndex:
         self.keys = keys
         self.length = length
 
-    def append(self, now_ms: int, entries: Sequence[tuple[str, str]]) -> Call[int]:
-        """Record each (session_id, entry) at `now_ms` for the sessions still live; returns how many."""
+    def appends(self, now_ms: int, entries: Sequence[tuple[str, str]]) -> list[Call[int]]:
+        """The call recording each (session_id, entry) at `now_ms` for the sessions still live (it returns how
+        many); none when there is nothing to record or the trail is off."""
+        if not entries or not self.length:
+            return []
         args: list[Arg] = [self.length, now_ms]
         for session_id, text in entries:
             args += [session_id, text]
-        return Call(as_int, 'append_trail', (self.keys.trail, self.keys.live), tuple(args))
+        return [Call(as_int, 'append_trail', (self.keys.trail, self.keys.live), tuple(args))]
 
     def read(self, session_id: str) -> Call[Trail | None]:
         return Call(unpack, command=('HGET', self.keys.trail, session_id))

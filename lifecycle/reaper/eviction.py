@@ -75,6 +75,7 @@ class Evictor:
         self.pool = pool
         self.settings = pool.settings
         self.claims = ClaimIndex(pool.settings, pool.keys)
+        self.trail = TrailIndex(pool.keys, pool.settings.trail_length)
         self.store = store
         self.driver = driver
 
@@ -102,8 +103,7 @@ class Evictor:
             elif result.detail == 'damaged':
                 counts['damage:sessions_skipped'] += 1
         writes: list[Call[Any]] = [calls.increment(self.pool.keys.counters, name, n) for name, n in counts.items()]
-        if decided and self.settings.trail_length:
-            writes.append(TrailIndex(self.pool.keys, self.settings.trail_length).append(self.pool.now_ms(), decided))
+        writes += self.trail.appends(self.pool.now_ms(), decided)
         if writes:
             self.pool.run_each(writes)
         return list(results)

@@ -24,7 +24,7 @@ from typing import Any
 
 from lifecycle import validate
 from lifecycle.errors import LifecycleError
-from lifecycle.models import SessionState, to_datetime
+from lifecycle.models import SessionState, to_datetime, to_epoch_ms
 from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Readmitted
 from lifecycle.pool.executor import Executor
@@ -32,7 +32,6 @@ from lifecycle.pool.sessions import PoolState, SessionIndex
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.stores import SessionRecord, SnapshotStore
-from lifecycle.stores.documents import to_epoch_ms
 
 log = logging.getLogger(__name__)
 PAGE = 200

@@ -29,7 +29,6 @@ from lifecycle.pool.executor import Executor, first_error
 from lifecycle.pool.lock import SweepLock, sweep_lock
 from lifecycle.pool.records import read_records, record_calls
 from lifecycle.pool.sessions import Meta
-from lifecycle.pool.trail import TrailIndex
 from lifecycle.reaper.eviction import EvictionResult, Evictor
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
@@ -335,9 +334,7 @@ class Sweeper:
         again = dict.fromkeys([c.session_id for c in mine] + [s for s, _ in live if s not in read], now)
         writes: list[calls.Call[Any]] = [calls.add(self.keys.idle_recheck, list(again.items()))] if again else []
         kept = policy.idle_kept(mine, self.settings.limits, now)
-        if kept and self.settings.trail_length:
-            entries = [(session_id, trail.entry('kept', 'idle', why)) for session_id, why in kept]
-            writes.append(TrailIndex(self.keys, self.settings.trail_length).append(now, entries))
+        writes += self.evictor.trail.appends(now, [(s, trail.entry('kept', 'idle', why)) for s, why in kept])
         if rechecked:  # what left the pool, or was active since, is off the list (added back first: never lost)
             writes.append(calls.remove(self.keys.idle_recheck, [s for s, _ in page if s not in again]))
         self.pool.run_many(writes)
@@ -493,8 +490,7 @@ class Sweeper:
                         warned.append((c.session_id, trail.entry('warned', 'idle')))
             if not dry_run:
                 self.pool.run(calls.hash_set(self.keys.warn_cursor, {str(idle_ttl_s): high}))
-        if warned and self.settings.trail_length:
-            self.pool.run(TrailIndex(self.keys, self.settings.trail_length).append(now, warned))
+        self.pool.run_many(self.evictor.trail.appends(now, warned))
 
     def _sweep_reconcile(self, report: SweepReport, lock: SweepLock, dry_run: bool) -> None:
         if dry_run:

@@ -6,12 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from lifecycle.models import InterruptedTurn, SessionInfo, SessionState, to_datetime
+from lifecycle.models import InterruptedTurn, SessionInfo, SessionState, to_datetime, to_epoch_ms
 from lifecycle.stores.base import SessionRecord
-
-
-def to_epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def interrupted_fields(turn: InterruptedTurn | None) -> dict[str, Any] | None:

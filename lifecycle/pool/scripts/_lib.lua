@@ -156,46 +156,39 @@ local function write_leases(turns_key, busy_key, session_id, leases, starts)
   return #parts
 end
 
--- The SET of the sessions `owner` owns, '{prefix}:owned:<owner>' (see Keys.owned): named after the live
--- key, so it shares its hash tag (and Cluster slot).
+-- A key of the pool named after its live key ('{prefix}:<name>'), so it shares its hash tag (and Cluster slot):
+-- for the keys a script reaches through a session (its owner's set, its pins, its trail).
+local function pool_key(k, name)
+  return string.match(k.live, '^(.*):[^:]*$') .. ':' .. name
+end
+
+-- The SET of the sessions `owner` owns, '{prefix}:owned:<owner>' (see Keys.owned).
 local function owned_key(k, owner)
-  return string.match(k.live, '^(.*):[^:]*$') .. ':owned:' .. owner
+  return pool_key(k, 'owned:' .. owner)
 end
 
 local function index_owner(k, owner, session_id)
   if owner ~= '' then redis.call('SADD', owned_key(k, owner), session_id) end
 end
 
--- The decision trail (see Keys.trail): named after the live key, as the owner sets are.
-local function trail_key(k)
-  return string.match(k.live, '^(.*):[^:]*$') .. ':trail'
-end
-
 -- Record what stamped the session's activity ('touch@api-1'), keeping its decisions; '' records nothing (the
 -- trail is off).
 local function stamp_source(k, session_id, source)
   if source == '' then return end
-  local trail = trail_key(k)
+  local trail = pool_key(k, 'trail')
   local packed = redis.call('HGET', trail, session_id)
   if packed and string.sub(packed, 1, #source + 1) == source .. ';' or packed == source then return end
   local decisions = packed and string.match(packed, '^[^;]*(;.*)$') or ''
   redis.call('HSET', trail, session_id, source .. decisions)
 end
 
--- The pins (see Keys.pinned): named after the live key, as the owner sets are.
-local function pinned_keys(k)
-  local prefix = string.match(k.live, '^(.*):[^:]*$')
-  return prefix .. ':pinned', prefix .. ':pinned_tenants'
-end
-
 -- Remove a session from every live structure and give its slot back. The caller checked it is live.
 local function drop_session(k, session_id, tenant, owner)
   if owner and owner ~= '' then redis.call('SREM', owned_key(k, owner), session_id) end
-  local pinned, pinned_tenants = pinned_keys(k)
-  if redis.call('ZREM', pinned, session_id) == 1 and tenant ~= '' then
-    redis.call('ZREM', pinned_tenants, tenant_member(tenant, session_id))
+  if redis.call('ZREM', pool_key(k, 'pinned'), session_id) == 1 and tenant ~= '' then
+    redis.call('ZREM', pool_key(k, 'pinned_tenants'), tenant_member(tenant, session_id))
   end
-  redis.call('HDEL', trail_key(k), session_id)
+  redis.call('HDEL', pool_key(k, 'trail'), session_id)
   redis.call('ZREM', k.live, session_id)
   redis.call('ZREM', k.deadline, session_id)
   redis.call('ZREM', k.busy, session_id)
