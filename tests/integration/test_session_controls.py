@@ -169,6 +169,8 @@ def test_a_pinned_session_outlives_idle_sweeps_and_is_evicted_after_unpin(
     assert lc.pin('s1') is False  # pinned already
     assert lc.status('s1').pinned  # type: ignore[union-attr]
     assert not lc.status('s2').pinned  # type: ignore[union-attr]
+    assert lc.extend('s1', 60).pinned  # what extend answers says so too
+    assert not lc.extend('s2', 60).pinned
     r.clock.advance(seconds=601)
     r.sweep(SweepKind.IDLE)
     r.clock.advance(seconds=600)
