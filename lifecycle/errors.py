@@ -96,7 +96,15 @@ class ScriptFailed(LifecycleError):
 
 
 class PersistenceError(LifecycleError):
-    """MongoDB did not durably acknowledge a write; nothing was evicted."""
+    """MongoDB did not durably acknowledge a write; nothing was evicted.
+
+    `may_land`: whether the write may have applied, or may still apply (a timeout, a lost connection, a
+    write-concern error). False only when the server answered with a refusal: then nothing of it is left to land.
+    """
+
+    def __init__(self, message: str, *, may_land: bool = True) -> None:
+        super().__init__(message)
+        self.may_land = may_land
 
 
 class RunStateError(LifecycleError):

@@ -200,6 +200,11 @@ def hash_delete(key: str, fields: Sequence[str]) -> Call[int]:
     return Call(as_int, command=('HDEL', key, *fields))
 
 
+def next_token(epoch_key: str) -> Call[int]:
+    """A fresh fencing token: the epoch counter, raised by one."""
+    return Call(as_int, command=('INCR', epoch_key))
+
+
 def increment(key: str, field: str, by: int = 1) -> Call[int]:
     return Call(as_int, command=('HINCRBY', key, field, by))
 

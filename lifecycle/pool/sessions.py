@@ -29,7 +29,7 @@ from lifecycle.errors import (
     SessionReaping,
 )
 from lifecycle.models import Notice, NoticeKind, PoolStats, Reservation, SessionInfo, SessionState
-from lifecycle.pool.calls import Arg, Call, as_int, scored
+from lifecycle.pool.calls import Arg, Call, as_int, next_token, scored
 from lifecycle.pool.keys import Keys
 from lifecycle.settings import HARD_MAX_TTL_S, Settings
 
@@ -464,8 +464,8 @@ class SessionIndex:
         return Call(parse, 'read_next_free', (self.keys.reservations, self.keys.live), ())
 
     def next_token(self) -> Call[int]:
-        """A fresh fencing token (the epoch counter), for a client-side MongoDB write."""
-        return Call(as_int, command=('INCR', self.keys.epoch))
+        """A fresh fencing token, for a client-side MongoDB write."""
+        return next_token(self.keys.epoch)
 
     def live_below(self, last_active_ms: int, limit: int) -> Call[list[tuple[str, int]]]:
         """The least recently active live sessions with activity at or before `last_active_ms`."""

@@ -164,14 +164,8 @@ class Evictor:
         try:
             outcomes = self.store.mark_resumable(marks)
         except PersistenceError as exc:
-            self.pool.run_each([self.claims.abort(c) for c in claims.values()])
-            try:
-                self.store.revert(marks)  # the writes may have landed (a write-concern error)
-            except PersistenceError:
-                log.warning('could not revert %d sessions after a failed eviction write', len(marks))
             log.warning('eviction write of %d sessions failed: %s', len(claims), exc)
-            return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, 'persistence_error')
-                    for i, c in claims.items()}, set()  # fmt: skip
+            return self._fence_off(claims, marks, exc), set()
         refused = {i: (c, outcome) for (i, c), outcome in zip(claims.items(), outcomes, strict=True)
                    if outcome is not MarkOutcome.DONE}  # fmt: skip
         now = self.pool.now_ms()
@@ -187,6 +181,25 @@ class Evictor:
         return {i: EvictionResult(c.session_id, c.reason,
                                   Outcome.KEPT if outcome is MarkOutcome.FENCED else Outcome.ABORTED, outcome.value)
                 for i, (c, outcome) in refused.items()}, waived - set(refused)  # fmt: skip
+
+    def _fence_off(self, claims: Mapping[int, Claim], marks: Sequence[Mark], failure: PersistenceError
+                   ) -> dict[int, EvictionResult]:  # fmt: skip
+        """After a failed eviction write: shut it out in MongoDB (fences raised past the batch's tokens, what it
+        marked put back to live) before the sessions go back to their apps, so a write that lands late changes
+        nothing. If that fails too and the first write may yet land, the claims stay: once their lease runs out,
+        recovery raises the fence first and completes or rolls back each by what MongoDB holds."""
+        assert self.store is not None
+        try:
+            self.store.fence_off(marks, self.pool.run(calls.next_token(self.pool.keys.epoch)))
+        except PersistenceError as exc:
+            if failure.may_land:
+                log.warning('%d claims left to recovery: their eviction write may still land, and MongoDB did not '
+                            'take the fence: %s', len(claims), exc)  # fmt: skip
+                return {i: EvictionResult(c.session_id, c.reason, Outcome.SKIPPED, 'persistence_error')
+                        for i, c in claims.items()}  # fmt: skip
+        self.pool.run_each([self.claims.abort(c) for c in claims.values()])
+        return {i: EvictionResult(c.session_id, c.reason, Outcome.ABORTED, 'persistence_error')
+                for i, c in claims.items()}  # fmt: skip
 
     def _marks(self, claims: Mapping[int, Claim]) -> list[Mark]:
         """Each claim's eviction write, with whether it needs a checkpoint (see `policy.needs_checkpoint`)."""

@@ -76,12 +76,17 @@ class SnapshotStore(Protocol):
         batch; an outcome per mark. Sessions with no document that need no checkpoint get one.
 
         Raises PersistenceError when the batch's durability is unknown (any failure but a refusal):
-        then none of it counts, and the caller reverts each mark.
+        then none of it counts, and the caller fences the batch off (`fence_off`).
         """
 
     def revert(self, marks: Sequence[Mark]) -> None:
-        """Undo `mark_resumable` of these marks, each only where its own token wrote (best effort, after an
-        ambiguous failure); one write for the batch."""
+        """Undo `mark_resumable` of these marks, each only where its own token wrote (a turn finished after the
+        write); one write for the batch."""
+
+    def fence_off(self, marks: Sequence[Mark], token: int) -> None:
+        """After a failed `mark_resumable`: raise each mark's fence to at least `token` (a fresh one, above every
+        mark's), so a write of the batch that lands late changes nothing, and put back to live each document its
+        own mark made resumable; a missing document is created live. One write for the batch; PersistenceError."""
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         """Mark the session expired or closed under `token`; raises PersistenceError."""

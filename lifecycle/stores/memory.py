@@ -113,6 +113,16 @@ class InMemorySnapshotStore:
                 if document and document.get('state') == SessionState.RESUMABLE and document['fence'] == mark.token:
                     document.update(state=SessionState.LIVE.value, updated_at=now)
 
+    def fence_off(self, marks: Sequence[Mark], token: int) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            for mark in marks:
+                document = self._sessions.setdefault(mark.record.session_id, {'_id': mark.record.session_id})
+                if document.get('state') == SessionState.RESUMABLE and document.get('fence') == mark.token:
+                    document['state'] = SessionState.LIVE.value
+                document.setdefault('state', SessionState.LIVE.value)
+                document.update(fence=max(int(document.get('fence', 0)), token), updated_at=now)
+
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         now = datetime.now(UTC)
         with self._lock:

@@ -20,7 +20,7 @@ import bson
 import pymongo
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError, WriteConcernError
 from pymongo.write_concern import WriteConcern
 
 from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive, SessionReaping
@@ -246,6 +246,17 @@ def refuse_activation(session_id: str, document: Mapping[str, Any] | None) -> No
     raise Fenced(f'session {session_id!r} was written under a newer token; its activation was not recorded')
 
 
+def may_land(exc: PyMongoError) -> bool:
+    """Whether a failed write may have applied or may still apply. Only the server's own refusal says it did
+    not: not a timeout or a lost connection (it may be running yet), not a write-concern error (it applied), not
+    one the driver retried (the first try may be running yet)."""
+    if not isinstance(exc, OperationFailure) or isinstance(exc, WriteConcernError):
+        return True
+    details = exc.details or {}
+    return bool(details.get('writeConcernError') or details.get('writeConcernErrors')
+                or exc.has_error_label('RetryableWriteError'))  # fmt: skip
+
+
 def _insert_failed(exc: BulkWriteError) -> bool:
     """Whether an unordered insert failed for a reason other than documents that exist already."""
     details = exc.details
@@ -341,6 +352,25 @@ class Plans:
                  '$or': [{'_id': mark.record.session_id, 'fence': mark.token} for mark in marks]},
                 {'$set': {'state': SessionState.LIVE.value, 'updated_at': datetime.now(UTC)}},
             ))  # fmt: skip
+
+    @staticmethod
+    def fence_off_plan(marks: Sequence[Mark], token: int) -> Plan[None]:
+        """Shut a failed eviction write out, wherever it is: each document's fence raised to at least `token`
+        (one is created live where none exists, so a late insert of it collides), and one its mark made
+        resumable put back to live. One statement per mark by `_id`, in one unordered bulk write."""
+        now = datetime.now(UTC)
+
+        def off(mark: Mark) -> UpdateOne:
+            marked = {'$and': [{'$eq': ['$state', SessionState.RESUMABLE.value]}, {'$eq': ['$fence', mark.token]}]}
+            live = SessionState.LIVE.value
+            return UpdateOne({'_id': mark.record.session_id}, [{'$set': {
+                'state': {'$cond': [marked, live, {'$ifNull': ['$state', live]}]},
+                'fence': {'$max': ['$fence', token]},
+                'updated_at': now,
+            }}], upsert=True)  # fmt: skip
+
+        if marks:
+            yield Op('sessions', 'bulk_write', ([off(mark) for mark in marks],), {'ordered': False})
 
     @staticmethod
     def end_plan(record: SessionRecord, state: SessionState, token: int) -> Plan[None]:
@@ -513,7 +543,7 @@ class _Connected:
 
     @staticmethod
     def _failed(what: str, session_ids: str | Sequence[str], exc: PyMongoError) -> PersistenceError:
-        return PersistenceError(f'MongoDB {what} of {_subject(session_ids)} failed: {exc}')
+        return PersistenceError(f'MongoDB {what} of {_subject(session_ids)} failed: {exc}', may_land=may_land(exc))
 
 
 class MongoSnapshotStore(_Connected):
@@ -571,6 +601,9 @@ class MongoSnapshotStore(_Connected):
 
     def revert(self, marks: Sequence[Mark]) -> None:
         self._run(Plans.revert_plan(marks), 'revert', [m.record.session_id for m in marks])
+
+    def fence_off(self, marks: Sequence[Mark], token: int) -> None:
+        self._run(Plans.fence_off_plan(marks, token), 'fence', [m.record.session_id for m in marks])
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id, timeout_ms / 1000)
@@ -679,6 +712,9 @@ class AsyncMongoSnapshotStore(_Connected):
 
     async def revert(self, marks: Sequence[Mark]) -> None:
         await self._run(Plans.revert_plan(marks), 'revert', [m.record.session_id for m in marks])
+
+    async def fence_off(self, marks: Sequence[Mark], token: int) -> None:
+        await self._run(Plans.fence_off_plan(marks, token), 'fence', [m.record.session_id for m in marks])
 
     async def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         await self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,

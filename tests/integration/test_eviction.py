@@ -82,28 +82,63 @@ def test_idle_sessions_become_resumable_and_restore_with_a_reset_sandbox(reaper:
 def test_a_failed_eviction_write_evicts_nothing_and_the_next_clean_sweep_does(
     reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]], failure: str
 ) -> None:
+    """A refusal gives the sessions straight back. A failure that may have applied (a write-concern error, a lost
+    connection), with MongoDB refusing the fence too, leaves the claims to recovery: never live in Redis while
+    MongoDB may say resumable. Either way, once MongoDB is back, every session is evicted once."""
     for i in range(3):
         open_session(reaper, f's{i}')
     reaper.clock.advance(seconds=600)
     fail(mongo_admin, 'update', **FAILURES[failure])
     reaper.sweep(SweepKind.IDLE)
-    assert [(r.outcome, r.detail) for r in reaper.results] == [(Outcome.ABORTED, 'persistence_error')] * 3
+    refused = failure == 'error'
+    outcome = Outcome.ABORTED if refused else Outcome.SKIPPED
+    assert [(r.outcome, r.detail) for r in reaper.results] == [(outcome, 'persistence_error')] * 3
     stats = reaper.lc.stats()
-    assert (stats.live, stats.reaping, stats.slots) == (3, 0, 3)
+    assert (stats.live, stats.reaping, stats.slots) == (3, 0 if refused else 3, 3)
     for i in range(3):
-        assert reaper.lc.status(f's{i}').state is SessionState.LIVE  # type: ignore[union-attr]
+        state = reaper.lc.status(f's{i}').state  # type: ignore[union-attr]
+        assert state is (SessionState.LIVE if refused else SessionState.REAPING)
     assert kinds(reaper) == []
     counters = reaper.lc.redis.hgetall(reaper.lc.index.keys.counters)
-    assert counters['aborted:idle:persistence_error'] == '3'
+    assert counters[f'{outcome}:idle' + (':persistence_error' if refused else '')] == '3'
 
     mongo_admin.admin.command('configureFailPoint', 'failCommand', mode='off')
     reaper.results.clear()
-    reaper.clock.advance(seconds=1)  # the next sweep: what one keeps, the next one (at a later instant) looks at again
-    reaper.sweep(SweepKind.IDLE)
+    # The next sweep (at a later instant: what one keeps, the next one looks at again), past the claims' lease.
+    reaper.clock.advance(seconds=1 if refused else reaper.lc.settings.claim_lease_s + 1)
+    report = reaper.sweep(SweepKind.IDLE)
+    # The fence went in unconfirmed (write-concern) or not at all: MongoDB says live, so recovery rolls back.
+    assert [r.outcome for r in report.recovered] == ([] if refused else [Outcome.ROLLED_BACK] * 3)
     assert [r.outcome for r in reaper.results] == [Outcome.EVICTED] * 3
     assert reaper.lc.stats().live == 0
     for i in range(3):
         assert reaper.document(f's{i}')['state'] == 'resumable'  # type: ignore[index]
+
+
+@pytest.mark.parametrize('store_kind', ['mongo'])  # MongoDB's own fail points
+def test_an_eviction_write_that_lands_after_its_timeout_changes_nothing(
+    reaper: Reaper, mongo_admin: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    """Issue 18, hole 2: the write outlives its timeout (1 s), the sweep gives the sessions back to their app, then
+    the server runs the write. It must find them fenced off: never live in Redis and resumable in MongoDB."""
+    for i in range(3):
+        open_session(reaper, f's{i}')
+    reaper.clock.advance(seconds=600)
+    fail(mongo_admin, 'update', times=1, blockConnection=True, blockTimeMS=2_500)
+    reaper.sweep(SweepKind.IDLE)
+    assert [(r.outcome, r.detail) for r in reaper.results] == [(Outcome.ABORTED, 'persistence_error')] * 3
+    time.sleep(3)  # the blocked write has run by now
+    stats = reaper.lc.stats()
+    assert (stats.live, stats.reaping, stats.slots) == (3, 0, 3)
+    for i in range(3):
+        assert reaper.lc.status(f's{i}').state is SessionState.LIVE  # type: ignore[union-attr]
+        assert reaper.document(f's{i}')['state'] == 'live'  # type: ignore[index]
+
+    reaper.results.clear()
+    reaper.clock.advance(seconds=1)
+    reaper.sweep(SweepKind.IDLE)
+    assert [r.outcome for r in reaper.results] == [Outcome.EVICTED] * 3
+    assert all(reaper.document(f's{i}')['state'] == 'resumable' for i in range(3))  # type: ignore[index]
 
 
 def test_an_unsaved_turn_keeps_the_session_live_and_asks_its_owner_to_checkpoint(reaper: Reaper) -> None:

@@ -36,7 +36,7 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
-from lifecycle.errors import PoolRecovering, SessionDamaged
+from lifecycle.errors import PersistenceError, PoolRecovering, SessionDamaged
 from lifecycle.models import ReapReason
 from lifecycle.pool.claims import Claim, Step
 from lifecycle.reaper.sweeps import SweepKind
@@ -345,6 +345,25 @@ class PoolModel(RuleBasedStateMachine):
         if lc.pool.run(evictor.claims.extend(claim, self.now)) is Step.DONE:
             evictor.driver.release(claim.session_id, claim.reason.value)
 
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), lands=st.sampled_from(['before_the_fence', 'after_the_fence']))
+    def late_eviction_write(self, index: int, lands: str) -> None:
+        """An eviction write that outlives its timeout (issue 18, hole 2): the evictor fences it off and gives the
+        session back, and the write lands on the server before the fence, or after it."""
+        session = self.pick(self.live(), index)
+        evictor, lc = self.r.evictor, self.r.lc
+        # Due or not (the write's fate is the point here): any session not busy, not claimed, not pinned.
+        [claim] = lc.pool.run_each([evictor.claims.claim(session.session_id, ReapReason.IDLE, self.now, self.now)])
+        if not isinstance(claim, Claim):
+            return
+        assert self.r.store is not None
+        marks = evictor._marks({0: claim})
+        if lands == 'before_the_fence':
+            self.r.store.mark_resumable(marks)
+        evictor._fence_off({0: claim}, marks, PersistenceError('timed out'))
+        if lands == 'after_the_fence':
+            self.r.store.mark_resumable(marks)
+
     # -- outside damage ---------------------------------------------------------------------------
 
     @rule(value=st.sampled_from([None, 0, 1, 9]))
@@ -503,6 +522,16 @@ class PoolModel(RuleBasedStateMachine):
                     )
                 session.state = 'resumable'
             session.open_turns.clear()
+
+    @invariant()
+    def never_live_in_redis_and_resumable_in_mongodb(self) -> None:
+        """A session its app may use (live, no eviction claim on it) is never one MongoDB would restore."""
+        if self.reaper is None or self.lost:
+            return
+        for session_id in map(str, self.redis.zrange(self.keys.live, 0, -1)):
+            if self.redis.zscore(self.keys.reaping, session_id) is None:
+                document = self.r.document(session_id) or {}
+                assert document.get('state') != 'resumable', f'{session_id} is live in Redis and resumable in MongoDB'
 
     @invariant()
     def ended_sessions_stay_out_of_the_pool(self) -> None:

@@ -168,6 +168,29 @@ def test_every_failure_of_the_eviction_write_raises(
         mark_one(store, record(turn_seq=2), 50, ReapReason.IDLE, True)
 
 
+def test_a_fenced_off_eviction_write_changes_nothing_when_it_lands_late(store: SnapshotStore) -> None:
+    """Issue 18, hole 2: `fence_off` after a failed eviction write puts back what the batch's own marks wrote, creates
+    the missing document live, leaves others' writes alone, and a late copy of the same write then changes nothing."""
+    store.checkpoint('landed', {'v': 1}, None, 2)
+    store.checkpoint('others', {'v': 1}, None, 2)
+    assert mark_one(store, record('others'), 30, ReapReason.IDLE, True) is MarkOutcome.DONE
+    store.end(record('closed'), SessionState.CLOSED, 31, 1_000)
+    names = ['landed', 'missing', 'others', 'closed']
+    marks = [Mark(record(name), 40 + i, ReapReason.IDLE, needs_checkpoint=name != 'missing')
+             for i, name in enumerate(names)]  # fmt: skip
+    assert mark_one(store, record('landed'), 40, ReapReason.IDLE, True) is MarkOutcome.DONE  # it landed in time
+    store.fence_off(marks, 50)
+    states = {name: (store.load(name) or {}).get('state') for name in names}
+    assert states == {'landed': 'live', 'missing': 'live', 'others': 'resumable', 'closed': 'closed'}
+    assert all((store.load(name) or {})['fence'] == 50 for name in names)
+
+    late = store.mark_resumable(marks)  # the same write, landing now
+    assert late == [MarkOutcome.FENCED, MarkOutcome.FENCED, MarkOutcome.FENCED, MarkOutcome.ENDED]
+    assert {name: (store.load(name) or {}).get('state') for name in names} == states
+    store.fence_off(marks[:1], 45)  # a fence is never lowered
+    assert (store.load('landed') or {})['fence'] == 50
+
+
 def test_one_batch_gives_each_mark_its_own_outcome(store: SnapshotStore) -> None:
     store.checkpoint('saved', {'v': 1}, None, 2)
     store.checkpoint('stale', {'v': 1}, None, 1)
