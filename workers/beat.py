@@ -1,24 +1,59 @@
-"""Beat's scheduler: RedBeat, saying when this beat takes and loses the lead."""
+"""Beat's scheduler: RedBeat, riding out a Redis restart or failover, and saying when it takes and loses the lead."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from redbeat import RedBeatScheduler  # type: ignore[import-untyped]  # ships no type information
-from redis.exceptions import LockError
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis  # type: ignore[import-untyped]
+from redis.exceptions import ConnectionError, LockError, ReadOnlyError, TimeoutError
 
 log = logging.getLogger(__name__)
+UNREACHABLE = (ConnectionError, TimeoutError, ReadOnlyError)  # down, restarting, or failing over
 
 
 class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped base
-    """RedBeat's scheduler; a beat that loses its lock (it paused past the lock's timeout, or Redis lost the
-    key) says so in its log before it stops, so an operator sees why the standby took over."""
+    """RedBeat's scheduler, made to outlive Redis's outages.
+
+    Celery's beat exits on any exception a tick raises, and RedBeat's tick raises when Redis cannot be reached
+    (a restart, a failover) and, after it, when its lock is gone (Redis restarted empty, or this beat paused
+    past the lock's timeout); RedBeat also writes its schedule only at start. Here a tick that cannot reach
+    Redis tries again after `max_interval`; a beat whose lock is gone stands by and takes the lock again once
+    it is free; and the leader installs the schedule again when Redis lost it.
+    """
+
+    lock: Any = None  # redis-py's Lock while this beat leads (RedBeat's beat_init handler takes the first)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
-            wait: float = super().tick(*args, **kwargs)
+            if self.lock_key and self.lock is None and not self._lead():
+                return float(self.max_interval)  # another beat leads
+            wait: float = super().tick(*args, **kwargs)  # extends the lock first: only a leader goes on
+            self._install_if_lost()
         except LockError:
-            log.error('beat: lost the RedBeat lock %s: another beat leads the schedule now; stopping', self.lock_key)
-            raise
+            log.warning('beat: lost the RedBeat lock %s (Redis lost it, or this beat paused past its timeout); it '
+                        'leads again once it holds the lock', self.lock_key)  # fmt: skip
+            self.lock = None
+            return 0.0 if self._lead() else float(self.max_interval)  # free (Redis lost it): lead at once
+        except UNREACHABLE as exc:
+            log.warning('beat: Redis cannot be reached (%s); trying again in %s s', exc, self.max_interval)
+            return float(self.max_interval)
         return wait
+
+    def _lead(self) -> bool:
+        """Take the lock if it is free (never waiting: a tick must return); whether this beat leads now."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)  # RedBeat's: extend *to* the timeout
+        if not lock.acquire(blocking=False):
+            return False
+        log.info('beat: took the RedBeat lock %s; this beat leads the schedule', self.lock_key)
+        self.lock = lock
+        self._install_if_lost()
+        return True
+
+    def _install_if_lost(self) -> None:
+        """RedBeat's schedule keys are written at start only: a Redis that restarted empty has none to send."""
+        if not get_redis(self.app).exists(self.app.redbeat_conf.statics_key):
+            log.warning('beat: the schedule is gone from Redis (it restarted empty, or was flushed); installing it')
+            self.setup_schedule()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -103,6 +104,48 @@ def test_two_workers_and_two_beats_run_each_sweep_once_per_period(
     logs = [log.read_text(errors='replace') for log in sorted(tmp_path.glob('beat-*.log'))]
     assert all('beat: standing by for the RedBeat lock' in log for log in logs), logs
     assert sum('beat: Acquired lock' in log for log in logs) == 1, logs
+
+
+@pytest.mark.parametrize('broker_kind', ['redis'])
+@pytest.mark.timeout(240)
+def test_a_beat_paused_past_its_lock_hands_over_and_stands_by_when_it_resumes(
+    make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Issue 18: the leading beat freezes (SIGSTOP) past its lock's 30 s; the standby takes over, and the sweeps go
+    on. Resumed, the old leader finds its lock taken: it stands by (RedBeat's beat exited) and sends nothing. It
+    prints the measured takeover."""
+    settings = make_reaper_settings(broker_url=broker, idle_interval_s=1)
+    lc = Lifecycle(settings)
+    counters = lc.index.keys.counters
+    spawn(settings, *worker_args('w1'))
+    leader = spawn(settings, 'beat')
+    wait_for(lambda: lc.redis.hget(counters, 'sweep:idle') is not None, 60, 'the first sweep')
+    standby = spawn(settings, 'beat')
+    wait_for(lambda: 'standing by' in (tmp_path / 'beat-2.log').read_text(errors='replace'), 60, 'the standby')
+    os.kill(leader.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    swept = int(lc.redis.hget(counters, 'sweep:idle') or 0)
+    try:
+        wait_for(lambda: 'beat: Acquired lock' in (tmp_path / 'beat-2.log').read_text(errors='replace'), 60,
+                 'the standby to take the lock')  # fmt: skip
+        takeover_s = time.monotonic() - frozen
+        wait_for(lambda: int(lc.redis.hget(counters, 'sweep:idle') or 0) > swept + 1, 30, 'sweeps sent by it')
+        resumed_s = time.monotonic() - frozen
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    wait_for(lambda: 'lost the RedBeat lock' in (tmp_path / 'beat-1.log').read_text(errors='replace'), 30,
+             'the old leader to see it lost the lock')  # fmt: skip
+    time.sleep(6)  # a tick or more as a standby
+    print(
+        f'\nleader frozen: the standby took the lock after {takeover_s:.1f} s (lock 30 s + up to one 5 s tick), '
+        f'sweeps resumed after {resumed_s:.1f} s; the old leader is {"up" if leader.poll() is None else "gone"}'
+    )
+    assert leader.poll() is None
+    assert standby.poll() is None
+    old = (tmp_path / 'beat-1.log').read_text(errors='replace')
+    assert 'took the RedBeat lock' not in old  # it stood by
+    assert takeover_s <= 30 + 5 + 2
+    lc.disconnect()
 
 
 def test_a_worker_process_killed_mid_eviction_is_redelivered_and_recovered(

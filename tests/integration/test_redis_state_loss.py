@@ -19,13 +19,14 @@ from lifecycle.errors import LifecycleError, PoolRecovering
 from lifecycle.models import ReapReason, SweepKind
 from lifecycle.ops.cli import reaping_warnings
 from lifecycle.pool import calls
+from lifecycle.pool.keys import Keys
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes.process import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import SettingsFactory, group_alive, start_private_redis, stop_private_redis
 from tests.integration import procs
-from tests.integration.conftest import ReaperFactory, Spawn, worker_args
+from tests.integration.conftest import ReaperFactory, Spawn, wait_for, worker_args
 from tests.integration.reaper import Reaper
 
 CAP = 4
@@ -299,8 +300,8 @@ def test_a_redis_restarted_empty_under_replicas_a_worker_and_beat(
     """Issue 13's acceptance: three API replica processes, a worker and beat running; `redis-cli shutdown nosave`
     and a restart. During and after recovery the running sandboxes never exceed the cap, every checkpointed
     session is live again or restorable, none is lost or counted twice, and every call either works or fails
-    clearly. RedBeat keeps its schedule on the broker's Redis here: on the restarted one, a beat that loses its
-    lock stops (by design; its supervisor starts it again), which is not what this test watches."""
+    clearly. RedBeat keeps its schedule on the broker's Redis here (the beat riding out a restart is
+    `test_beat_and_worker_ride_out_a_redis_restart_and_the_sweeps_resume`)."""
     url, running = server
     cap = 12
     settings = make_reaper_settings(redis_url=url, max_sessions=cap, broker_url=broker, beat_redis_url=broker,
@@ -489,3 +490,44 @@ def test_after_a_rebuild_a_replica_that_heartbeats_must_vouch_for_its_sessions_w
     document = r.document('s2') or {}
     assert (document['state'], document['snapshot']) == ('resumable', {'owner': 'api-dead'})  # durable, restorable
     assert {s for s in ('s1', 's3') if lc.status(s).state is SessionState.LIVE} == {'s1', 's3'}  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(300)
+def test_beat_and_worker_ride_out_a_redis_restart_and_the_sweeps_resume(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, spawn: Spawn
+) -> None:
+    """Issue 18, hole 5: one Redis holds the pool, the broker and RedBeat's schedule and lock; it restarts empty
+    (down for 3 s). The beat must not exit (a tick during the outage, and the lock gone after it), the schedule
+    must be installed again, and the sweeps resume within one period plus the lock's TTL."""
+    url, running = server
+    base = url.rsplit('/', 1)[0]
+    settings = make_reaper_settings(redis_url=url, broker_url=f'{base}/2', beat_redis_url=f'{base}/3',
+                                    idle_interval_s=2, expired_interval_s=2)  # fmt: skip
+    spawn(settings, *worker_args('w1'))
+    beat = spawn(settings, 'beat')
+    counters = Keys.for_prefix(settings.key_prefix).counters
+    client = redis.Redis.from_url(url, decode_responses=True)
+
+    def swept() -> bool:
+        with contextlib.suppress(redis.ConnectionError):
+            return int(client.hget(counters, 'sweep:idle') or 0) > 0
+        return False
+
+    wait_for(swept, 60, 'the first idle sweep')
+    port = int(url.rsplit(':', 1)[1].split('/')[0])
+    with contextlib.suppress(redis.ConnectionError):  # the pool, the queue, the schedule and the lock go with it
+        client.shutdown(nosave=True)
+    running[0].wait(10)
+    time.sleep(3)  # the beat ticks at least once while Redis is down
+    _, running[0] = start_private_redis(port=port)
+    back = time.monotonic()
+    limit_s = 2 + 30 + 5  # one period, the lock's TTL, one beat tick
+    wait_for(lambda: swept() or beat.poll() is not None, limit_s + 30, 'an idle sweep after the restart')
+    gap = time.monotonic() - back
+    print(
+        f'\nRedis restarted empty (down 3 s): beat {"running" if beat.poll() is None else "exited"}; '
+        f'first idle sweep {gap:.1f} s after Redis was back'
+    )
+    assert beat.poll() is None, 'the beat exited'
+    assert gap <= limit_s
+    client.close()
