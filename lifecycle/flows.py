@@ -50,7 +50,7 @@ from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.sandboxes.base import extend_sandbox
 from lifecycle.settings import Settings
 from lifecycle.stores import SnapshotStore, store_from_settings
-from lifecycle.stores.documents import info_from_document, interrupted_of, record_of
+from lifecycle.stores.documents import checked_messages, checked_snapshot, info_from_document, interrupted_of, record_of
 
 log = logging.getLogger(__name__)
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
@@ -415,8 +415,11 @@ class Flows:
             # Never activated, or already ended or evicted (then a covering checkpoint was durable first):
             # a checkpoint now would create a document for a session that is not live, so nothing is written.
             raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
+        checked_snapshot(session_id, snapshot)  # bad input is refused before anything is written, Redis included
+        checked_messages(session_id, messages)
+        order = yield self.index.next_token()  # the pool's one counter orders the messages, not this host's clock
         try:
-            yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq))
+            yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq, order))
         except SessionNotLive as refused:
             if info.state is SessionState.REAPING:  # its eviction's durable write landed first
                 raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused

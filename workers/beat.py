@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis  # type: ignore[import-untyped]
@@ -19,13 +21,28 @@ class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped bas
     (a restart, a failover) and, after it, when its lock is gone (Redis restarted empty, or this beat paused
     past the lock's timeout); RedBeat also writes its schedule only at start. Here a tick that cannot reach
     Redis tries again after `max_interval`; a beat whose lock is gone stands by and takes the lock again once
-    it is free; and the leader installs the schedule again when Redis lost it.
+    it is free; and the leader installs the schedule again when Redis lost it. Its clock is Redis's.
     """
 
     lock: Any = None  # redis-py's Lock while this beat leads (RedBeat's beat_init handler takes the first)
 
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        # The schedule runs on Redis's clock (TIME), not this host's: beats whose clocks disagree then agree on
+        # when a sweep is due, and one taking over from another neither stalls nor sends a burst.
+        self.behind = timedelta(0)  # Redis's clock minus this host's, as of the last tick
+        local_now = app.now
+        app.now = lambda: local_now() + self.behind
+        with contextlib.suppress(*UNREACHABLE):
+            self._read_the_clock(app)
+        super().__init__(app, *args, **kwargs)
+
+    def _read_the_clock(self, app: Any) -> None:
+        seconds, micros = get_redis(app).time()
+        self.behind = datetime.fromtimestamp(seconds + micros / 1e6, UTC) - datetime.now(UTC)
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
+            self._read_the_clock(self.app)
             if self.lock_key and self.lock is None and not self._lead():
                 return float(self.max_interval)  # another beat leads
             wait: float = super().tick(*args, **kwargs)  # extends the lock first: only a leader goes on

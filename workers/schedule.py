@@ -21,10 +21,8 @@ SWEEP_TASKS = {
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Every sweep every `<kind>_interval_s`; a sweep message older than its interval expires unrun,
-    so sweeps queued while the workers were down do not pile up."""
-    schedule = {}
-    for kind, task in SWEEP_TASKS.items():
-        interval_s = float(settings.interval_s(kind))
-        schedule[f'lifecycle-{kind}'] = {'task': task, 'schedule': interval_s, 'options': {'expires': interval_s}}
-    return schedule
+    """Every sweep every `<kind>_interval_s`. No message expiry: Celery would stamp it with beat's clock and judge it
+    by the worker's, so a worker ahead by an interval would drop every sweep. Sweeps queued while the workers were
+    down run once; the rest skip as duplicates, judged by Redis's clock (see `Sweeper.sweep`)."""
+    return {f'lifecycle-{kind}': {'task': task, 'schedule': float(settings.interval_s(kind))}
+            for kind, task in SWEEP_TASKS.items()}  # fmt: skip

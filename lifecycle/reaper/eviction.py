@@ -210,7 +210,8 @@ class Evictor:
             seq = claim.meta.turn_seq if claim.meta is not None else 0
             needs = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=waive_after_s)
             strict = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=None)
-            marks.append(Mark(claim_record(claim), claim.token, claim.reason, needs, waived=strict and not needs))
+            marks.append(Mark(claim_record(claim), claim.token, claim.reason, needs, waived=strict and not needs,
+                              at=to_datetime(now)))  # fmt: skip
         return marks
 
     def _end_expired(self, claims: Sequence[Claim]) -> None:

@@ -14,14 +14,14 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from lifecycle import policy, validate
 from lifecycle.errors import LifecycleError, SessionDamaged
 from lifecycle.jobs.runs import BACKSTOP_MARGIN_S, Runs
 from lifecycle.jobs.worktrees import WorktreeCleaner, WorktreeReport
-from lifecycle.models import NoticeKind, ReapReason, SweepKind
+from lifecycle.models import NoticeKind, ReapReason, SweepKind, to_datetime
 from lifecycle.policy import Candidate, Order
 from lifecycle.pool import calls, trail
 from lifecycle.pool.claims import ClaimIndex, Drift
@@ -535,9 +535,8 @@ class Sweeper:
             return
         if not self._needs_persistence(report) or store is None:
             return
-        # The same clock as the eviction's `evicted_at` (the evicting worker's): seconds of skew are nothing
-        # against a retention of days.
-        before = datetime.now(UTC) - timedelta(seconds=retention_s)
+        # Lifecycle time, as the eviction's `evicted_at`: one clock, whatever this worker's says.
+        before = to_datetime(self.pool.now_ms()) - timedelta(seconds=retention_s)
         if dry_run:
             report.deleted_sessions = len(store.resumable_before(self.keys.prefix, before, RETENTION_BATCH))
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -43,6 +43,8 @@ class Mark:
 
     `needs_checkpoint`: only if a checkpoint covers its last finished turn (see `policy.needs_checkpoint`);
     `waived`: it would need one, but its owner was asked and the grace ran out (recorded in the document).
+    `at`: when the eviction was decided, by lifecycle time (Redis's clock), recorded as `evicted_at` and judged
+    by retention on the same clock; None: the writer's clock.
     """
 
     record: SessionRecord
@@ -50,6 +52,12 @@ class Mark:
     reason: ReapReason
     needs_checkpoint: bool = True
     waived: bool = False
+    at: datetime | None = None
+
+    @staticmethod
+    def evicted_at(marks: Sequence[Mark]) -> datetime:
+        """A batch's `evicted_at`: its marks' time (one sweep decided them), else this host's clock."""
+        return next((mark.at for mark in marks if mark.at is not None), None) or datetime.now(UTC)
 
 
 class SnapshotStore(Protocol):
@@ -67,9 +75,12 @@ class SnapshotStore(Protocol):
         snapshot: Mapping[str, Any],
         messages: Sequence[Mapping[str, Any]] | None,
         turn_seq: int,
+        order: int,
     ) -> None:
         """Durably save the app's snapshot (messages first, ordered), only while the document is live and
-        holds no later checkpoint (SessionNotLive / Fenced, nothing written); raises PersistenceError."""
+        holds no later checkpoint (SessionNotLive / Fenced, nothing written); raises PersistenceError. New
+        messages go after those of every checkpoint with a lower `order` (a fresh fencing token: one counter
+        orders every replica's checkpoints, whatever their clocks say)."""
 
     def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         """Durably mark sessions resumable, each under its token and its own checkpoint condition, in one

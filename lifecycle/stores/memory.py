@@ -16,10 +16,9 @@ from typing import Any
 from lifecycle.errors import InvalidArgument
 from lifecycle.models import SessionState
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
+from lifecycle.stores.documents import checked_messages, checked_snapshot
 from lifecycle.stores.mongo import (
     PREVIOUS_LIFE,
-    checked_messages,
-    checked_snapshot,
     mark_outcome,
     record_fields,
     refuse_activation,
@@ -45,7 +44,6 @@ class InMemorySnapshotStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, Document] = {}
         self._messages: dict[str, dict[object, tuple[int, int, dict[str, Any]]]] = {}
-        self._batches = 0
         self._pools: dict[str, str] = {}
         self._owners: dict[str, set[str]] = {}  # pool -> replicas that heartbeat
 
@@ -61,6 +59,7 @@ class InMemorySnapshotStore:
         snapshot: Mapping[str, Any],
         messages: Sequence[Mapping[str, Any]] | None,
         turn_seq: int,
+        order: int,
     ) -> None:
         checked = checked_messages(session_id, messages)
         snapshot = checked_snapshot(session_id, snapshot)
@@ -69,11 +68,10 @@ class InMemorySnapshotStore:
             current = self._sessions.get(session_id)
             if current is not None:
                 refuse_checkpoint(session_id, current, turn_seq)
-            self._batches += 1
             stored = self._messages.setdefault(session_id, {})
             for index, message in enumerate(checked):
-                order = stored[message['id']][:2] if message['id'] in stored else (self._batches, index)
-                stored[message['id']] = (*order, copy.deepcopy(dict(message)))
+                place = stored[message['id']][:2] if message['id'] in stored else (order, index)
+                stored[message['id']] = (*place, copy.deepcopy(dict(message)))
             document = self._sessions.setdefault(session_id, {'_id': session_id, 'state': 'live', 'fence': 0})
             document.update(snapshot=copy.deepcopy(dict(snapshot)), checkpointed_at=now, updated_at=now,
                             checkpoint_seq=turn_seq)  # fmt: skip
@@ -82,7 +80,7 @@ class InMemorySnapshotStore:
         ids = [mark.record.session_id for mark in marks]
         if len(set(ids)) != len(ids):
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
-        now = datetime.now(UTC)
+        now = Mark.evicted_at(marks)
         outcomes = []
         with self._lock:
             for mark in marks:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import bson
 import pymongo
-from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError, WriteConcernError
 from pymongo.write_concern import WriteConcern
@@ -27,16 +24,15 @@ from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionE
 from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
-from lifecycle.stores.documents import interrupted_fields
+from lifecycle.stores.documents import checked_messages, checked_snapshot, interrupted_fields
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
 T = TypeVar('T')
 DUPLICATE_KEY = 11000
-# MongoDB's maxBsonObjectSize is 16 MiB; a checkpoint's document also carries its own fields (times, ids,
-# state), so what the app hands in must leave them room.
-MAX_STORED_BYTES = 16 * 1024 * 1024 - 64 * 1024
-MAX_NESTING = 90  # MongoDB refuses documents nested more than 100 deep; ours wrap the app's in a few levels
+# A session's messages in conversation order: by the order the pool handed their checkpoint (one counter, never a
+# writer's clock), then their place in it; `batch_ns`, a writer's clock, orders only those written before (no order).
+MESSAGE_ORDER = [('order', 1), ('batch_ns', 1), ('index', 1)]
 MARK_INDEX = '_lifecycle_mark'  # scratch fields of the eviction update pipeline, removed by its last stage
 MARK_ELIGIBLE = '_lifecycle_eligible'
 
@@ -102,58 +98,6 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
         'evicted_at': now,
         'updated_at': now,
     }
-
-
-def nesting_depth(value: Any, limit: int) -> int:
-    """How deeply documents and arrays nest in `value`, counted up to `limit + 1` (no deeper: never recursion)."""
-    deepest, level = 0, [value]
-    while level and deepest <= limit:
-        level = [child for item in level if isinstance(item, Mapping | list | tuple)
-                 for child in (item.values() if isinstance(item, Mapping) else item)]  # fmt: skip
-        deepest += 1 if level else 0
-    return deepest
-
-
-def encoded_size(what: str, document: Mapping[str, Any]) -> int:
-    """How many bytes of BSON `document` takes; InvalidArgument, naming `what`, if MongoDB could not store it."""
-    if nesting_depth(document, MAX_NESTING) > MAX_NESTING:
-        raise InvalidArgument(f'{what} nests deeper than the {MAX_NESTING} levels MongoDB stores')
-    try:
-        size = len(bson.encode(document))
-    except (InvalidDocument, TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise InvalidArgument(f'{what} cannot be stored in MongoDB: {exc}') from exc
-    if size > MAX_STORED_BYTES:
-        raise InvalidArgument(f'{what} is {size:,} bytes of BSON; one MongoDB document holds {MAX_STORED_BYTES:,}')
-    return size
-
-
-def checked_snapshot(session_id: str, snapshot: object) -> Mapping[str, Any]:
-    """The snapshot, if it is a mapping MongoDB can store whole in the session document."""
-    if not isinstance(snapshot, Mapping):
-        raise InvalidArgument(f'snapshot of session {session_id!r} must be a mapping, got {type(snapshot).__name__}')
-    encoded_size(f'the snapshot of session {session_id!r}', {'snapshot': snapshot})
-    return snapshot
-
-
-def checked_messages(session_id: str, messages: object) -> list[Mapping[str, Any]]:
-    """The messages, if each is a mapping with a unique scalar "id" that MongoDB can store."""
-    if messages is None:
-        return []
-    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
-        raise InvalidArgument(f'messages of session {session_id!r} must be a list of mappings, got {messages!r:.80}')
-    seen: set[object] = set()
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidArgument(f'message {index} of session {session_id!r} is not a mapping: {message!r:.80}')
-        message_id = message.get('id')
-        if isinstance(message_id, bool) or not isinstance(message_id, str | int):
-            raise InvalidArgument(f'message {dict(message)!r:.120} of session {session_id!r} needs an "id" (a string '
-                                  'or an integer)')  # fmt: skip
-        if message_id in seen:
-            raise InvalidArgument(f'message id {message_id!r} appears twice in one checkpoint of {session_id!r}')
-        seen.add(message_id)
-        encoded_size(f'message {message_id!r} of session {session_id!r}', {'body': message})
-    return list(messages)
 
 
 def refuse_checkpoint(session_id: str, document: Mapping[str, Any], turn_seq: int) -> None:
@@ -273,22 +217,21 @@ class Plans:
         yield Op('sessions', 'create_index', ([('state', 1), ('evicted_at', 1)],), {'name': 'state_evicted'})
         yield Op('messages', 'create_index', ([('session_id', 1), ('message_id', 1)],),
                  {'unique': True, 'name': 'session_message'})  # fmt: skip
-        yield Op('messages', 'create_index', ([('session_id', 1), ('batch_ns', 1), ('index', 1)],),
-                 {'name': 'session_order'})  # fmt: skip
+        yield Op('messages', 'create_index', ([('session_id', 1), *MESSAGE_ORDER],), {'name': 'session_in_order'})
 
     @staticmethod
     def checkpoint_plan(
-        session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None, turn_seq: int
-    ) -> Plan[None]:
+        session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None, turn_seq: int,
+        order: int,
+    ) -> Plan[None]:  # fmt: skip
         """Strict: everything is encoded and size-checked before the first write (InvalidArgument, nothing
         written); refused (nothing written) unless the document is live and holds no later checkpoint; then
         the messages (ordered, idempotent upserts) and the session document, conditional on the same."""
         now = datetime.now(UTC)
-        batch_ns = time.time_ns()
         writes = [
             UpdateOne(
                 {'session_id': session_id, 'message_id': message['id']},
-                {'$set': {'body': dict(message)}, '$setOnInsert': {'batch_ns': batch_ns, 'index': index}},
+                {'$set': {'body': dict(message)}, '$setOnInsert': {'order': order, 'index': index}},
                 upsert=True,
             )
             for index, message in enumerate(checked_messages(session_id, messages))
@@ -322,7 +265,7 @@ class Plans:
         """
         if not marks:
             return []
-        now = datetime.now(UTC)
+        now = Mark.evicted_at(marks)
         ids = [mark.record.session_id for mark in marks]
         if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
@@ -517,7 +460,7 @@ class Plans:
 
     @staticmethod
     def messages_plan(session_id: str) -> Plan[list[dict[str, Any]]]:
-        found = yield _find('messages', {'session_id': session_id}, sort=[('batch_ns', 1), ('index', 1)])
+        found = yield _find('messages', {'session_id': session_id}, sort=MESSAGE_ORDER)
         return [document['body'] for document in found]
 
 
@@ -593,8 +536,8 @@ class MongoSnapshotStore(_Connected):
         self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
 
     def checkpoint(self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None,
-                   turn_seq: int) -> None:  # fmt: skip
-        self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq), 'checkpoint', session_id)
+                   turn_seq: int, order: int) -> None:  # fmt: skip
+        self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order), 'checkpoint', session_id)
 
     def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         return self._run(Plans.mark_plan(marks), 'eviction write', [m.record.session_id for m in marks])
@@ -704,8 +647,9 @@ class AsyncMongoSnapshotStore(_Connected):
         await self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
 
     async def checkpoint(self, session_id: str, snapshot: Mapping[str, Any],
-                         messages: Sequence[Mapping[str, Any]] | None, turn_seq: int) -> None:  # fmt: skip
-        await self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq), 'checkpoint', session_id)
+                         messages: Sequence[Mapping[str, Any]] | None, turn_seq: int, order: int) -> None:  # fmt: skip
+        await self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order), 'checkpoint',
+                        session_id)  # fmt: skip
 
     async def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         return await self._run(Plans.mark_plan(marks), 'eviction write', [m.record.session_id for m in marks])

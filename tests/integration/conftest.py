@@ -100,13 +100,14 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     started: list[subprocess.Popen[bytes]] = []
     logs: list[BinaryIO] = []
 
-    def start(settings: Settings, *args: str, crashes: bool = False) -> subprocess.Popen[bytes]:
+    def start(settings: Settings, *args: str, crashes: bool = False, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:  # fmt: skip
         suffix = 'crash' if crashes else 'log'  # a worker meant to crash logs its lost child's traceback
         log = open(tmp_path / f'{args[0]}-{len(started)}.{suffix}', 'wb')  # noqa: SIM115 (closed after the process)
         logs.append(log)
         process = subprocess.Popen(
             [sys.executable, '-m', 'celery', '-A', 'workers', *args, '--loglevel', 'INFO'],
-            cwd=ROOT, env=environment(settings), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**environment(settings), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         started.append(process)
         return process
@@ -146,6 +147,20 @@ def container_engine() -> Iterator[str]:
 
 def worker_args(name: str) -> tuple[str, ...]:
     return ('worker', '--concurrency', '2', '--hostname', f'{name}@%h', '--without-gossip', '--without-mingle')
+
+
+FAKETIME = Path('/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1')
+
+
+def skewed(offset_s: int) -> dict[str, str]:
+    """The environment that shifts a process's wall clock by `offset_s`."""
+    if not FAKETIME.exists():
+        if os.environ.get('CI'):
+            raise RuntimeError(f'{FAKETIME} is missing: apt-get install faketime')
+        pytest.skip('libfaketime is not installed (apt-get install faketime)')
+    # The monotonic clock moves with it (by a constant: harmless, it is only ever read relatively): libfaketime's
+    # sleep with a true monotonic clock and a negative offset fails (EINVAL).
+    return {'LD_PRELOAD': str(FAKETIME), 'FAKETIME': f'{offset_s:+d}s'}
 
 
 def wait_for(predicate: Callable[[], bool], within_s: float, what: str) -> None:

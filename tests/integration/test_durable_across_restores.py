@@ -195,7 +195,7 @@ def test_a_checkpoint_older_than_what_mongodb_holds_is_refused_and_writes_nothin
     assert lc.checkpoint('s1', {'turns': 2}, [{'id': 'm2', 'text': 'second'}]) == 2
     # A replica that read turn 1 before pausing now writes: a newer checkpoint is already there.
     with pytest.raises(Fenced, match='turn 2'):
-        store.checkpoint('s1', {'turns': 1}, [{'id': 'm2', 'text': 'stale'}], 1)
+        store.checkpoint('s1', {'turns': 1}, [{'id': 'm2', 'text': 'stale'}], 1, 1)
     assert reaper.document('s1')['snapshot'] == {'turns': 2}  # type: ignore[index]
     assert store.messages('s1') == [{'id': 'm2', 'text': 'second'}]
     reaper.clock.advance(seconds=600)
@@ -203,7 +203,7 @@ def test_a_checkpoint_older_than_what_mongodb_holds_is_refused_and_writes_nothin
     assert reaper.document('s1')['state'] == 'resumable'  # type: ignore[index]
     # ... or it arrives after the session was evicted: the evicted document keeps its checkpoint.
     with pytest.raises(SessionNotLive, match='resumable'):
-        store.checkpoint('s1', {'turns': 2}, None, 2)
+        store.checkpoint('s1', {'turns': 2}, None, 2, 2)
     assert lc.restore('s1', 'api-2').snapshot == {'turns': 2}
 
 

@@ -418,7 +418,7 @@ def test_resumable_sessions_are_deleted_after_their_retention_in_bounded_batches
     r.sweep(SweepKind.IDLE)
     assert sorted(idle_evicted(r.results)) == sorted([*old, 'back'])
     lc.restore('back', 'api-1')  # restored: not resumable any more, never deleted
-    time.sleep(1.2)
+    r.clock.advance(seconds=1.2)  # past the retention of 1 s, by lifecycle time (the clock `evicted_at` is on)
     lc.activate(lc.reserve('api-1'), 'late')
     with lc.turn('late'):
         pass
@@ -459,7 +459,7 @@ def delete_cut_short(r: Reaper, mongo_admin: Any, message_id: str) -> None:
     r.lc.checkpoint('s1', {'n': 1}, [{'id': message_id}])
     r.clock.advance(seconds=601)
     r.sweep(SweepKind.IDLE)
-    time.sleep(1.2)
+    r.clock.advance(seconds=1.2)  # past the retention of 1 s, by lifecycle time (the clock `evicted_at` is on)
     fail(mongo_admin, 'delete', errorCode=8)
     with pytest.raises(PersistenceError):
         r.sweep(SweepKind.RETENTION)

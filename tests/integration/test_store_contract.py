@@ -73,8 +73,8 @@ def mark_one(
 
 
 def test_checkpoint_writes_messages_in_order_then_the_document(store: SnapshotStore) -> None:
-    store.checkpoint('s1', {'agent': 'state-1'}, [{'id': 'm1', 'text': 'hi'}, {'id': 'm2', 'text': 'yo'}], 1)
-    store.checkpoint('s1', {'agent': 'state-2'}, [{'id': 'm2', 'text': 'yo!'}, {'id': 'm3', 'text': 'ok'}], 2)
+    store.checkpoint('s1', {'agent': 'state-1'}, [{'id': 'm1', 'text': 'hi'}, {'id': 'm2', 'text': 'yo'}], 1, 1)
+    store.checkpoint('s1', {'agent': 'state-2'}, [{'id': 'm2', 'text': 'yo!'}, {'id': 'm3', 'text': 'ok'}], 2, 2)
     assert [m['text'] for m in store.messages('s1')] == ['hi', 'yo!', 'ok']
     document = store.load('s1')
     assert document is not None
@@ -84,20 +84,20 @@ def test_checkpoint_writes_messages_in_order_then_the_document(store: SnapshotSt
 @MONGO_ONLY
 def test_checkpoint_is_strict(store: SnapshotStore, mongo_admin: Admin) -> None:
     with pytest.raises(InvalidArgument, match='needs an "id"'):
-        store.checkpoint('s1', {}, [{'text': 'no id'}], 1)
+        store.checkpoint('s1', {}, [{'text': 'no id'}], 1, 1)
     fail(mongo_admin, 'update', errorCode=8)
     with pytest.raises(PersistenceError, match="checkpoint of session 's1'"):
-        store.checkpoint('s1', {'v': 1}, [{'id': 'm1'}], 1)
+        store.checkpoint('s1', {'v': 1}, [{'id': 'm1'}], 1, 1)
     fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
     with pytest.raises(PersistenceError, match='replication'):
-        store.checkpoint('s1', {'v': 1}, None, 1)
+        store.checkpoint('s1', {'v': 1}, None, 1, 1)
 
 
 def test_mark_resumable_needs_a_covering_checkpoint(store: SnapshotStore) -> None:
     assert mark_one(store, record(turn_seq=2), 10, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
-    store.checkpoint('s1', {'v': 1}, None, 1)
+    store.checkpoint('s1', {'v': 1}, None, 1, 1)
     assert mark_one(store, record(turn_seq=2), 11, ReapReason.IDLE, True) is MarkOutcome.NOT_CHECKPOINTED
-    store.checkpoint('s1', {'v': 2}, None, 2)
+    store.checkpoint('s1', {'v': 2}, None, 2, 2)
     assert mark_one(store, record(turn_seq=2), 12, ReapReason.IDLE, True) is MarkOutcome.DONE
     document = store.load('s1')
     assert document is not None
@@ -162,7 +162,7 @@ def test_ended_sessions_are_never_marked_resumable(store: SnapshotStore) -> None
 def test_every_failure_of_the_eviction_write_raises(
     store: SnapshotStore, mongo_admin: Admin, failure: dict[str, Any]
 ) -> None:
-    store.checkpoint('s1', {'v': 1}, None, 2)
+    store.checkpoint('s1', {'v': 1}, None, 2, 2)
     fail(mongo_admin, 'update', **failure)
     with pytest.raises(PersistenceError, match="eviction write of session 's1'"):
         mark_one(store, record(turn_seq=2), 50, ReapReason.IDLE, True)
@@ -171,8 +171,8 @@ def test_every_failure_of_the_eviction_write_raises(
 def test_a_fenced_off_eviction_write_changes_nothing_when_it_lands_late(store: SnapshotStore) -> None:
     """Issue 18, hole 2: `fence_off` after a failed eviction write puts back what the batch's own marks wrote, creates
     the missing document live, leaves others' writes alone, and a late copy of the same write then changes nothing."""
-    store.checkpoint('landed', {'v': 1}, None, 2)
-    store.checkpoint('others', {'v': 1}, None, 2)
+    store.checkpoint('landed', {'v': 1}, None, 2, 2)
+    store.checkpoint('others', {'v': 1}, None, 2, 2)
     assert mark_one(store, record('others'), 30, ReapReason.IDLE, True) is MarkOutcome.DONE
     store.end(record('closed'), SessionState.CLOSED, 31, 1_000)
     names = ['landed', 'missing', 'others', 'closed']
@@ -192,9 +192,9 @@ def test_a_fenced_off_eviction_write_changes_nothing_when_it_lands_late(store: S
 
 
 def test_one_batch_gives_each_mark_its_own_outcome(store: SnapshotStore) -> None:
-    store.checkpoint('saved', {'v': 1}, None, 2)
-    store.checkpoint('stale', {'v': 1}, None, 1)
-    store.checkpoint('fenced', {'v': 1}, None, 2)
+    store.checkpoint('saved', {'v': 1}, None, 2, 2)
+    store.checkpoint('stale', {'v': 1}, None, 1, 1)
+    store.checkpoint('fenced', {'v': 1}, None, 2, 2)
     assert mark_one(store, record('fenced'), 70, ReapReason.IDLE, True) is MarkOutcome.DONE
     store.end(record('ended'), SessionState.CLOSED, 5, 1_000)
     before = {name: store.load(name) for name in ('stale', 'fenced')}
@@ -234,7 +234,7 @@ def test_a_batch_without_required_checkpoints_upserts_and_still_refuses_newer_fe
 @MONGO_ONLY
 def test_a_failed_batch_raises_naming_its_size(store: SnapshotStore, mongo_admin: Admin) -> None:
     for name in ('a', 'b'):
-        store.checkpoint(name, {'v': 1}, None, 2)
+        store.checkpoint(name, {'v': 1}, None, 2, 2)
     fail(mongo_admin, 'update', writeConcernError={'code': 64, 'errmsg': 'waiting for replication timed out'})
     with pytest.raises(PersistenceError, match=r"eviction write of 2 sessions \('a', \.\.\.\) failed.*replication"):
         store.mark_resumable([Mark(record(name), 9, ReapReason.IDLE) for name in ('a', 'b')])
@@ -243,7 +243,7 @@ def test_a_failed_batch_raises_naming_its_size(store: SnapshotStore, mongo_admin
 def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_written(
     store: SnapshotStore,
 ) -> None:
-    store.checkpoint('s1', {'v': 1}, [{'id': 'm1', 'text': 'kept'}], 1)
+    store.checkpoint('s1', {'v': 1}, [{'id': 'm1', 'text': 'kept'}], 1, 1)
     refused: list[tuple[Any, Any, str]] = [
         ({'blob': 'x' * (17 * 1024 * 1024)}, [{'id': 'm2'}], 'snapshot .* bytes of BSON'),
         ({'tags': {'a', 'b'}}, [{'id': 'm2'}], 'snapshot .* cannot be stored in MongoDB: .*set'),
@@ -257,7 +257,7 @@ def test_a_checkpoint_mongodb_could_not_store_is_refused_before_anything_is_writ
     ]
     for snapshot, messages, why in refused:
         with pytest.raises(InvalidArgument, match=why):
-            store.checkpoint('s1', snapshot, messages, 2)
+            store.checkpoint('s1', snapshot, messages, 2, 2)
     # Nothing of any refused checkpoint was written: not a message, not the snapshot.
     assert store.messages('s1') == [{'id': 'm1', 'text': 'kept'}]
     document = store.load('s1')
