@@ -22,7 +22,15 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from lifecycle.clock import Clock, RedisClock
 from lifecycle.errors import BackendUnavailable, LifecycleError, ScriptFailed
@@ -41,7 +49,10 @@ ENCODING_ERRORS = 'surrogateescape'
 DEFAULT_SOCKET_TIMEOUT_S = 5  # redis-py 8's, when a client is not given one
 # A Redis Cluster that lost a slot's master answers CLUSTERDOWN; one none of whose nodes answers raises
 # RedisClusterException (no RedisError), as do client-side mistakes: only the first is an outage.
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ClusterDownError)
+# Unreachable, or reachable but not taking writes now (a failover: a demoted master's READONLY, a replica's
+# MASTERDOWN, a cluster slot moving): nothing was written, and a retry is right.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, ReadOnlyError, MasterDownError,
+                     MovedError, TryAgainError)  # fmt: skip
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
@@ -89,6 +100,23 @@ def _sync_cluster(client: AsyncRedisCluster) -> SyncRedis:
     nodes = [ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]  # type: ignore[no-untyped-call]
     cluster: Any = RedisCluster(startup_nodes=nodes, **kwargs)
     return cluster  # type: ignore[no-any-return]
+
+
+def server_of(client: Any, url: str) -> str:
+    """The server errors name: the one `client` talks to (an injected client is not built from `url`), the master a
+    Sentinel names, or `url` for a cluster (any node)."""
+    pool = getattr(client, 'connection_pool', None)
+    if pool is None:
+        return url
+    if getattr(pool, 'service_name', None) is not None:
+        return f'the master {pool.service_name!r} of the sentinels'
+    options = pool.connection_kwargs
+    if options.get('path'):
+        return f'unix://{options["path"]}'
+    scheme = 'rediss' if 'ssl' in pool.connection_class.__name__.lower() else 'redis'
+    user, password = options.get('username') or '', options.get('password')
+    auth = f'{user}:{password}@' if password else f'{user}@' if user else ''  # errors redact the password
+    return f'{scheme}://{auth}{options.get("host", "localhost")}:{options.get("port", 6379)}/{options.get("db", 0)}'
 
 
 def unavailable(url: str, exc: Exception) -> BackendUnavailable:
@@ -153,7 +181,7 @@ class _Base:
         self.settings = settings
         self.keys = Keys.for_prefix(settings.key_prefix)
         self.clock = clock or RedisClock(settings.clock_refresh_s)
-        self.url = settings.redis_url
+        self.url = server_of(self.redis, settings.redis_url)
         # redis-py refuses scripts in a cluster pipeline: on a Redis Cluster a batch goes call by call.
         self.clustered = isinstance(self.redis, (RedisCluster, AsyncRedisCluster))
         self._scripts = {name: self.redis.register_script(source) for name, source in SOURCES.items()}

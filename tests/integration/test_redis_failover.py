@@ -244,3 +244,30 @@ def test_the_workers_reach_the_master_through_the_sentinels(group: Group, make_s
     from redbeat.schedulers import get_redis  # type: ignore[import-untyped]
 
     assert get_redis(app).info('server')['tcp_port'] == group.master_port
+
+
+def test_a_demoted_master_and_an_unreachable_server_are_unavailable_naming_the_real_server(
+    make_settings: SettingsFactory,
+) -> None:
+    """Issue 18's findings: a write to a replica (a master demoted by a failover) is READONLY, which is a retry
+    (BackendUnavailable), not a refusal; and the error names the server the client talks to, not the default URL
+    of settings it was not built from."""
+    master_url, master = start_private_redis()
+    master_port = master_url.rsplit(':', 1)[1].split('/')[0]
+    replica_url, replica = start_private_redis('--replicaof', '127.0.0.1', master_port)
+    replica_port = replica_url.rsplit(':', 1)[1].split('/')[0]
+    try:
+        demoted = f'Redis at redis://127.0.0.1:{replica_port}/0 is unavailable: .*read only replica'
+        with Lifecycle(make_settings(redis_url=replica_url)) as lc, pytest.raises(BackendUnavailable, match=demoted):
+            lc.reserve('api-1')
+        closed = free_port()
+        injected = redis.Redis(host='127.0.0.1', port=closed)
+        unreachable = f'Redis at redis://127.0.0.1:{closed}/0 is unavailable'
+        with (
+            Lifecycle(make_settings(), redis_client=injected) as lc,
+            pytest.raises(BackendUnavailable, match=unreachable),
+        ):
+            lc.reserve('api-1')
+    finally:
+        stop_private_redis(replica)
+        stop_private_redis(master)
