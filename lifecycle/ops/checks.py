@@ -40,7 +40,7 @@ def check_redis(pool: Executor) -> None:
         raise ConfigurationError('; '.join(problems))
 
 
-EXPECTED_INDEXES = {'sessions': {'state_updated'}, 'messages': {'session_message', 'session_order'}}
+EXPECTED_INDEXES = {'sessions': {'state_updated'}, 'messages': {'session_message', 'session_in_order'}}
 
 
 def mongo_problems(store: Any) -> list[str]:

@@ -201,8 +201,8 @@ def hash_delete(key: str, fields: Sequence[str]) -> Call[int]:
 
 
 def next_token(epoch_key: str) -> Call[int]:
-    """A fresh fencing token: the epoch counter, raised by one."""
-    return Call(as_int, command=('INCR', epoch_key))
+    """A fresh fencing token: the epoch counter, raised by one (lifted first on a new replication history)."""
+    return Call(as_int, 'next_token', (epoch_key,), ())
 
 
 def increment(key: str, field: str, by: int = 1) -> Call[int]:

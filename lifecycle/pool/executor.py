@@ -124,9 +124,15 @@ def unavailable(url: str, exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(f'Redis at {redacted(url)} is unavailable: {exc}')
 
 
+def not_taking_writes(exc: object) -> bool:
+    """Unreachable, or not taking writes now: CONNECTION_ERRORS, and a master cut off from its replicas under
+    `min-replicas-to-write` (NOREPLICAS, which redis-py has no class for)."""
+    return isinstance(exc, CONNECTION_ERRORS) or (isinstance(exc, redis.ResponseError) and 'NOREPLICAS' in str(exc))
+
+
 def translate(url: str, call: Call[Any] | None, exc: Exception) -> LifecycleError:
     """redis-py's error as a LifecycleError: unreachable (BackendUnavailable), or refused (ScriptFailed)."""
-    if isinstance(exc, CONNECTION_ERRORS) or (isinstance(exc, RedisClusterException) and 'connect' in str(exc)):
+    if not_taking_writes(exc) or (isinstance(exc, RedisClusterException) and 'connect' in str(exc)):
         return unavailable(url, exc)
     return ScriptFailed(f'Redis refused {call.name if call is not None else "a command"}: {exc}')
 
@@ -143,7 +149,7 @@ def parse_reply(call: Call[T], reply: Any) -> T:
 
 def each_result(url: str, call: Call[T], reply: Any) -> T | LifecycleError:
     """One call's result in a pipeline: its value, or the LifecycleError it ended with."""
-    if isinstance(reply, CONNECTION_ERRORS):
+    if not_taking_writes(reply):
         raise unavailable(url, reply) from reply
     if isinstance(reply, Exception):
         return translate(url, call, reply)
@@ -307,7 +313,7 @@ class Executor(_Base):
         answers; once the node is unreachable, the rest end with the same error (each would wait it out again)."""
         replies: list[Any] = []
         for call in calls:
-            if replies and isinstance(replies[-1], CONNECTION_ERRORS):
+            if replies and not_taking_writes(replies[-1]):
                 replies.append(replies[-1])
                 continue
             try:
@@ -414,7 +420,7 @@ class AsyncExecutor(_Base):
         if self.clustered:  # see Executor._call_by_call
             replies: list[Any] = []
             for call in calls:
-                if replies and isinstance(replies[-1], CONNECTION_ERRORS):
+                if replies and not_taking_writes(replies[-1]):
                     replies.append(replies[-1])
                     continue
                 try:

@@ -20,21 +20,30 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lifecycle import validate
 from lifecycle.errors import LifecycleError
-from lifecycle.models import SessionState, to_datetime, to_epoch_ms
+from lifecycle.models import SessionInfo, SessionState, to_datetime, to_epoch_ms
 from lifecycle.pool import calls
 from lifecycle.pool.claims import ClaimIndex, Readmitted
 from lifecycle.pool.executor import Executor
-from lifecycle.pool.sessions import PoolState, SessionIndex
+from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.stores import SessionRecord, SnapshotStore
 
 log = logging.getLogger(__name__)
 PAGE = 200
+ENDED = (SessionState.CLOSED.value, SessionState.EXPIRED.value, SessionState.RESUMABLE.value,
+         SessionState.DELETED.value)  # fmt: skip
+
+
+def same_life_as(document: Mapping[str, Any], info: SessionInfo) -> bool:
+    """Whether `document` records the life `info` is of (one written before lives recorded their creation is)."""
+    created = document.get('created_at')
+    return created is None or (isinstance(created, datetime) and to_epoch_ms(created) == info.created_at_ms)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Rebuilt:
     expired: int = 0
     unreadable: int = 0
     epoch: int = 0
+    ended: int = 0  # live in Redis, ended in MongoDB (a close or an eviction the failover lost): ended again
 
 
 def readmitted(document: Mapping[str, Any]) -> Readmitted:
@@ -87,9 +97,10 @@ class Rebuilder:
         proposed = secrets.token_hex(8)
         generation = self.store.claim_generation(keys.prefix, proposed)
         # First, above every token the lost Redis may have issued (those of claims and writes never durable too):
-        # lifecycle time in ms outruns any counter unless it issued more than a token a millisecond since the last
-        # lift. Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
-        epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), now) + 1))
+        # Redis's clock in ms (the one each replication history's first token lifts the epoch to, see fresh_token
+        # in _lib.lua) outruns any counter unless it issued more than a token a millisecond since the last lift.
+        # Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
+        epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), self.pool.server_ms()) + 1))
         readmitted_total, expired, unreadable, after = 0, 0, 0, ''
         owners: set[str] = set()
         while True:
@@ -119,13 +130,14 @@ class Rebuilder:
                 readmitted_total += self.pool.run(self.claims.readmit(missing, now))
                 owners.update(s.owner for s in missing)
             extend()
+        ended = self._end_what_mongodb_ended(now, extend)
         self._await_heartbeats(owners, now)
         # A new pool (MongoDB never recorded it) lost nothing: no sandbox can be left over from its sessions.
         orphaned = self._orphan_unvouched_sandboxes(now) if generation != proposed else 0
         Reconciler(self.pool, self.store).repair(extend)
         verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
-        rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch)
-        if readmitted_total or orphaned or expired or unreadable or not verified:
+        rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch, ended)
+        if readmitted_total or orphaned or expired or unreadable or ended or not verified:
             cause = 'lost its state' if not state.initialised else 'restarted or failed over'
             log.warning('pool %s rebuilt from MongoDB after Redis %s: %s', keys.prefix, cause, rebuilt)
             counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
@@ -140,6 +152,30 @@ class Rebuilder:
         vouching = owners & set(self.store.heartbeating_owners(self.pool.keys.prefix)) if owners else set()
         if vouching:
             self.pool.run_many([self.index.heartbeat(owner, now_ms) for owner in sorted(vouching)])
+
+    def _end_what_mongodb_ended(self, now_ms: int, extend: Callable[[], None]) -> int:
+        """Sessions Redis holds live whose life MongoDB recorded as ended (closed, expired, evicted, deleted): a
+        failover (or an older snapshot) lost the close, or the eviction's finish, that Redis had acknowledged.
+        Each ends again, as a close: a closed session never comes back live. Another life of the same id (one
+        being activated now: Redis first, then MongoDB) is left alone, and so is a session claimed now (an
+        eviction or expiry in flight finishes it)."""
+        ended, cursor = 0, 0
+        while True:
+            cursor, ids = self.pool.run(calls.zscan(self.pool.keys.live, cursor, PAGE))
+            documents = self.store.load_many(ids) if ids else {}
+            gone = [i for i in ids if documents.get(i, {}).get('state') in ENDED]
+            if gone:
+                infos = self.pool.run_each([self.index.status(i, now_ms) for i in gone])
+                same_life = [info.session_id for info in infos if isinstance(info, SessionInfo)
+                             and same_life_as(documents[info.session_id], info)]  # fmt: skip
+                closes = self.pool.run_each([self.index.close(i, now_ms) for i in same_life])
+                ended += sum(1 for closed in closes if isinstance(closed, Closed))
+                if same_life:
+                    log.warning('%d sessions live in Redis had ended in MongoDB (a failover lost their end): '
+                                'ended again (%s, ...)', len(same_life), same_life[0])  # fmt: skip
+            extend()
+            if cursor == 0:
+                return ended
 
     def _missing(self, sessions: list[Readmitted]) -> list[Readmitted]:
         """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have

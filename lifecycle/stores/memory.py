@@ -34,7 +34,7 @@ def below(document: Mapping[str, Any], token: int) -> bool:
     return 'fence' not in document or document['fence'] < token
 
 
-LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool')  # what MongoDB's load_many projects
+LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool', 'created_at')  # what MongoDB's load_many projects
 
 
 class InMemorySnapshotStore:

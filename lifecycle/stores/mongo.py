@@ -370,7 +370,9 @@ class Plans:
     @staticmethod
     def load_many_plan(session_ids: Sequence[str]) -> Plan[dict[str, Mapping[str, Any]]]:
         found = yield _find(
-            'sessions', {'_id': {'$in': list(session_ids)}}, {'state': 1, 'checkpoint_seq': 1, 'pool': 1}
+            'sessions',
+            {'_id': {'$in': list(session_ids)}},
+            {'state': 1, 'checkpoint_seq': 1, 'pool': 1, 'created_at': 1},
         )
         return {document['_id']: document for document in found}
 

@@ -112,6 +112,8 @@ class Storm:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: set[str] = field(default_factory=set)  # activations acknowledged, not closed: sandboxes running
+    closed: set[str] = field(default_factory=set)  # closes acknowledged (close() returned True)
+    tokens: list[int] = field(default_factory=list)  # fencing tokens handed out, as a writer would take them
     most_running: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -130,14 +132,20 @@ class Storm:
                     with self.lock:  # its sandbox stops first: the slot is free only once close() has run
                         self.running.discard(session_id)
                     try:
-                        self.lc.close(session_id)  # True, or False if the reaper took it: either way it is gone
+                        closed = self.lc.close(session_id)  # True, or False if the reaper took it: gone either way
                     except LifecycleError:
                         with self.lock:  # not closed: it runs on
                             self.running.add(session_id)
                         raise
                     mine.pop(0)
+                    if closed:
+                        with self.lock:
+                            self.closed.add(session_id)
                     self.count('closed')
                     continue
+                token = self.lc.pool.run(self.lc.index.next_token())  # what a checkpoint or restore takes
+                with self.lock:
+                    self.tokens.append(token)
                 reservation = self.lc.reserve(f'api-{worker}')
                 session_id = f'w{worker}-{n}'
                 self.lc.activate(reservation, session_id)
@@ -187,9 +195,11 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
             master.set(f'ballast-{n}', b'x' * 8_000_000)
     time.sleep(1.5)
     group.processes['master'].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
     group.processes['master'].wait(10)
     sleeper.join()
     wait_for(lambda: group.master_address() == ('127.0.0.1', group.replica_port), 'the sentinels to promote')
+    promoted_after_s = time.monotonic() - killed
     promoted = redis.Redis(port=group.replica_port, decode_responses=True)
     wait_for(lambda: promoted.info('replication')['role'] == 'master', 'the replica to take the role')
     time.sleep(1)  # the storm meets the promoted master before the pool is verified: it must refuse
@@ -202,6 +212,15 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
         thread.join(30)
 
     live = set(promoted.zrange(lc.index.keys.live, 0, -1))
+    reissued = len(storm.tokens) - len(set(storm.tokens))
+    revived = storm.closed & live
+    print(
+        f'\nmaster killed, replica promoted {promoted_after_s:.1f} s later (sentinel down-after 1 s); fencing tokens '
+        f'handed out: {len(storm.tokens)}, issued twice: {reissued}; sessions closed: {len(storm.closed)}, live '
+        f'again after the failover: {len(revived)}'
+    )
+    assert reissued == 0
+    assert not revived
     assert storm.running <= live  # every session its caller was told runs is in the pool
     assert len(live) <= CAP
     assert storm.most_running <= CAP
@@ -211,7 +230,8 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     # run), each readmitted; reservations it never got, each refused at activation (ReservationLost).
     print(
         f'\nwrites lost in the failover and repaired: {report.rebuilt.readmitted} activations, readmitted from '
-        f'MongoDB; {storm.counts.get("reservation lost in the failover", 0)} reservations, refused clearly; '
+        f'MongoDB; {report.rebuilt.ended} closes or evictions lost, ended again; '
+        f'{storm.counts.get("reservation lost in the failover", 0)} reservations, refused clearly; '
         f'most running at once: {storm.most_running} (cap {CAP}); calls: {dict(sorted(storm.counts.items()))}'
     )
     assert report.rebuilt.readmitted > 0, 'the replica missed no activation: not the lossy failover this tests'
@@ -249,9 +269,9 @@ def test_the_workers_reach_the_master_through_the_sentinels(group: Group, make_s
 def test_a_demoted_master_and_an_unreachable_server_are_unavailable_naming_the_real_server(
     make_settings: SettingsFactory,
 ) -> None:
-    """Issue 18's findings: a write to a replica (a master demoted by a failover) is READONLY, which is a retry
-    (BackendUnavailable), not a refusal; and the error names the server the client talks to, not the default URL
-    of settings it was not built from."""
+    """Issue 18's findings: a write to a replica (a master demoted by a failover) is READONLY, and one to a master
+    short of `min-replicas-to-write` NOREPLICAS: each a retry (BackendUnavailable), not a refusal; and the error
+    names the server the client talks to, not the default URL of settings it was not built from."""
     master_url, master = start_private_redis()
     master_port = master_url.rsplit(':', 1)[1].split('/')[0]
     replica_url, replica = start_private_redis('--replicaof', '127.0.0.1', master_port)
@@ -266,6 +286,14 @@ def test_a_demoted_master_and_an_unreachable_server_are_unavailable_naming_the_r
         with (
             Lifecycle(make_settings(), redis_client=injected) as lc,
             pytest.raises(BackendUnavailable, match=unreachable),
+        ):
+            lc.reserve('api-1')
+        # A master short of its replicas under min-replicas-to-write refuses writes (NOREPLICAS): a retry too.
+        with redis.Redis.from_url(master_url) as master_client:
+            master_client.config_set('min-replicas-to-write', 2)
+        with (
+            Lifecycle(make_settings(redis_url=master_url)) as lc,
+            pytest.raises(BackendUnavailable, match='NOREPLICAS'),
         ):
             lc.reserve('api-1')
     finally:

@@ -61,6 +61,7 @@ ScriptName = Literal[
     'forget_gone',
     'forget_replicas',
     'mark_verified',
+    'next_token',
     'pin_session',
     'migrate_records',
     'pool_state',

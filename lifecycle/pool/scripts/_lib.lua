@@ -16,6 +16,21 @@ local function replication_id()
   return string.match(info, '^%w+', at + 14) or '-'
 end
 
+-- A fresh fencing token (INCR of the epoch). Tokens never repeat, even after a failover to a replica that missed
+-- the last ones, or a restart from an older snapshot: the first token of each replication history first lifts the
+-- epoch to Redis's clock in ms, above every token issued before unless they came faster than one a millisecond
+-- since the last lift (as the rebuild's lift). The history the epoch was last lifted on is '<epoch>_history'.
+local function fresh_token(epoch_key)
+  local history_key, replid = epoch_key .. '_history', replication_id()
+  if redis.call('GET', history_key) ~= replid then
+    local time = redis.call('TIME')
+    local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    if tonumber(redis.call('GET', epoch_key) or '0') < now_ms then redis.call('SET', epoch_key, now_ms) end
+    redis.call('SET', history_key, replid)
+  end
+  return redis.call('INCR', epoch_key)
+end
+
 -- Why a live session's app may not act on it now: -2 it is being evicted (a claim refuses even after its lease
 -- ran out: until a sweep resolves it, MongoDB may already say resumable), -1 it is not live, -3 it is past its
 -- hard deadline; else nil, with its activity and its deadline (nil: lost to outside damage).

@@ -50,7 +50,7 @@ else
     return {0, 'bad_reason'}
   end
 end
-local token = redis.call('INCR', KEYS[7])
+local token = fresh_token(KEYS[7])
 redis.call('ZADD', KEYS[4], ARGV[4], session_id)
 redis.call('HSET', KEYS[5], session_id, token .. '|' .. reason .. '|' .. string.format('%d', meta.seq))
 return {1, token, record, last_active, expires_at, turn_in_flight(KEYS[9], session_id) or '-1',

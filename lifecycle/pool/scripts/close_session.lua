@@ -28,4 +28,4 @@ drop_session(k, session_id, meta.tenant, meta.owner)
 local now = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[11], now, session_id)
 redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now - 60000)
-return {1, record, last_active, expires_at, redis.call('INCR', KEYS[10])}
+return {1, record, last_active, expires_at, fresh_token(KEYS[10])}

@@ -20,7 +20,7 @@ if redis.call('ZSCORE', KEYS[5], session_id) then record = redis.call('HGET', KE
 -- now: recovery checks the durable write covers it, and every later step sees a turn finished after it.
 local meta = unpack_meta(record)
 local seq = claim.seq or (meta and meta.seq)
-local token = redis.call('INCR', KEYS[3])
+local token = fresh_token(KEYS[3])
 redis.call('ZADD', KEYS[1], ARGV[3], session_id)
 redis.call('HSET', KEYS[2], session_id, token .. '|' .. claim.reason .. (seq and ('|' .. string.format('%d', seq)) or ''))
 return {1, claim.token, token, claim.reason, record, redis.call('ZSCORE', KEYS[6], session_id), claim.seq or -1,
