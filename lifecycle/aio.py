@@ -231,10 +231,16 @@ class AsyncLifecycle(Wiring):
         return await self.pool.do(self.flows.status(session_id, self.store))
 
     async def checkpoint(
-        self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        tenure: int | None = None,
     ) -> int:
         """See `Lifecycle.checkpoint`."""
-        return await self._to_the_end(self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store)))
+        steps = self.flows.checkpoint(session_id, snapshot, messages, self.store, tenure)
+        return await self._to_the_end(self.pool.do(steps))
 
     async def restore(
         self, session_id: str, owner: str, *, make_room: bool = False, approval_pending: bool = False

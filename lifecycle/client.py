@@ -217,7 +217,12 @@ class Lifecycle(Wiring):
         return self.pool.do(self.flows.register_worktree(session_id, path))
 
     def checkpoint(
-        self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None = None
+        self,
+        session_id: str,
+        snapshot: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        tenure: int | None = None,
     ) -> int:
         """Durably save the app's snapshot of a live session (messages first, in order, then the document).
 
@@ -226,8 +231,12 @@ class Lifecycle(Wiring):
         InvalidArgument for a snapshot or message MongoDB cannot store (naming it), SessionNotLive for a
         session that is not live. Raises PersistenceError unless MongoDB acknowledged every write with
         `w: majority, j: true` (messages are idempotent upserts: checkpointing again converges).
+
+        `tenure`: the `SessionInfo.tenure` of the activate() or restore() this replica's copy came from. A replica
+        that paused while the session was evicted and restored elsewhere is then refused (Fenced), and nothing
+        it wrote counts: the new owner's state stays. Without it, the checkpoint is not fenced.
         """
-        return self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store))
+        return self.pool.do(self.flows.checkpoint(session_id, snapshot, messages, self.store, tenure))
 
     def restore(
         self, session_id: str, owner: str, *, make_room: bool = False, approval_pending: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lifecycle import validate
@@ -309,11 +309,12 @@ class Flows:
         info: SessionInfo = yield self.index.activate(reservation, session_id, ttl_seconds, profile, (yield NOW))
         if store is not None:
             try:
-                token = yield self.index.next_token()
+                token: int = yield self.index.next_token()
                 yield Durable(store.activated, (record_of(info), token, self.keys.prefix))
             except LifecycleError:
                 yield self.index.close(session_id, (yield NOW))
                 raise
+            return replace(info, tenure=token)
         return info
 
     def touch(self, session_ids: Sequence[str], store: SnapshotStore | None) -> Steps[int]:
@@ -405,9 +406,11 @@ class Flows:
         snapshot: Mapping[str, Any],
         messages: Sequence[Mapping[str, Any]] | None,
         store: SnapshotStore | None,
+        tenure: int | None = None,
     ) -> Steps[int]:
         """See `Lifecycle.checkpoint`."""
         store = require(store, 'checkpoint()')
+        tenure = validate.optional_token('tenure', tenure)
         info: SessionInfo | None = yield self.index.status(validate.identifier('session_id', session_id), (yield NOW))
         if info is None:
             if (yield from self.lost(store)):
@@ -419,7 +422,7 @@ class Flows:
         checked_messages(session_id, messages)
         order = yield self.index.next_token()  # the pool's one counter orders the messages, not this host's clock
         try:
-            yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq, order))
+            yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq, order, tenure))
         except SessionNotLive as refused:
             if info.state is SessionState.REAPING:  # its eviction's durable write landed first
                 raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused
@@ -469,8 +472,9 @@ class Flows:
         except LifecycleError:
             yield self.index.release(reservation)
             raise
+        tenure: int = yield self.index.next_token()
         try:
-            restored = yield Durable(store.restore, (session_id, (yield self.index.next_token()), owner))
+            restored = yield Durable(store.restore, (session_id, tenure, owner))
         except PersistenceError:
             yield self.index.close(session_id, (yield NOW))
             raise
@@ -480,8 +484,9 @@ class Flows:
         messages = yield Durable(store.messages, (session_id,))
         interrupted = interrupted_of(restored)
         notes = [SANDBOX_RESET_NOTE, *([interrupted_note(interrupted)] if interrupted is not None else [])]
-        return Restored(info, restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)), messages,
-                        interrupted_turn=interrupted, note=None if approval_pending else '\n'.join(notes))  # fmt: skip
+        return Restored(replace(info, tenure=tenure), restored.get('snapshot'), int(restored.get('checkpoint_seq', 0)),
+                        messages, interrupted_turn=interrupted,
+                        note=None if approval_pending else '\n'.join(notes))  # fmt: skip
 
     def serve(
         self,

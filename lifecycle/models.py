@@ -83,6 +83,10 @@ class SessionInfo:
     turn_seq: int
     pinned: bool = False  # idle, LRU and make-room eviction leave it alone (see `pin`)
     interrupted_turn: InterruptedTurn | None = None  # a session no longer live: the turn its end cut off
+    # The fencing token of the activation or restore that made this copy of the session (with MongoDB; from
+    # activate() and restore()): pass it to checkpoint(), and a replica that paused across an eviction and a
+    # restore elsewhere is refused (Fenced) instead of overwriting the new owner's state.
+    tenure: int | None = None
 
     @property
     def created_at(self) -> datetime:

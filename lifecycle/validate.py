@@ -77,6 +77,14 @@ def count(kind: str, value: object, maximum: int) -> int:
     return value
 
 
+def optional_token(kind: str, value: object) -> int | None:
+    """Return `value` if it is None or a fencing token (a whole number of at least 1, below 1e14)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 10**14):
+        raise InvalidArgument(f'{kind} must be a fencing token from activate() or restore() (or None), got '
+                              f'{value!r:.80}')  # fmt: skip
+    return value
+
+
 def flag(kind: str, value: object) -> bool:
     """Return `value` if it is a bool (a string such as 'no' is not)."""
     if not isinstance(value, bool):

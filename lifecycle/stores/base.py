@@ -76,11 +76,14 @@ class SnapshotStore(Protocol):
         messages: Sequence[Mapping[str, Any]] | None,
         turn_seq: int,
         order: int,
+        tenure: int | None = None,
     ) -> None:
-        """Durably save the app's snapshot (messages first, ordered), only while the document is live and
-        holds no later checkpoint (SessionNotLive / Fenced, nothing written); raises PersistenceError. New
-        messages go after those of every checkpoint with a lower `order` (a fresh fencing token: one counter
-        orders every replica's checkpoints, whatever their clocks say)."""
+        """Durably save the app's snapshot (messages first, ordered), only while the document is live, holds no
+        later checkpoint and, given a `tenure` (the token of the activation or restore the caller's copy of the
+        session came from), is still of that tenure (SessionNotLive / Fenced, nothing that counts written);
+        raises PersistenceError. New messages go after those of every checkpoint with a lower `order` (a fresh
+        fencing token: one counter orders every replica's checkpoints, whatever their clocks say); none written
+        by a newer tenure is overwritten, and messages count once their checkpoint commits."""
 
     def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         """Durably mark sessions resumable, each under its token and its own checkpoint condition, in one

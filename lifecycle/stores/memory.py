@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lifecycle.errors import InvalidArgument
+from lifecycle.errors import Fenced, InvalidArgument
 from lifecycle.models import SessionState
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.documents import checked_messages, checked_snapshot
@@ -23,6 +23,7 @@ from lifecycle.stores.mongo import (
     record_fields,
     refuse_activation,
     refuse_checkpoint,
+    visible,
 )
 
 Document = dict[str, Any]
@@ -43,7 +44,7 @@ class InMemorySnapshotStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: dict[str, Document] = {}
-        self._messages: dict[str, dict[object, tuple[int, int, dict[str, Any]]]] = {}
+        self._messages: dict[str, dict[object, dict[str, Any]]] = {}  # session -> message id -> stored message
         self._pools: dict[str, str] = {}
         self._owners: dict[str, set[str]] = {}  # pool -> replicas that heartbeat
 
@@ -60,6 +61,7 @@ class InMemorySnapshotStore:
         messages: Sequence[Mapping[str, Any]] | None,
         turn_seq: int,
         order: int,
+        tenure: int | None = None,
     ) -> None:
         checked = checked_messages(session_id, messages)
         snapshot = checked_snapshot(session_id, snapshot)
@@ -67,14 +69,23 @@ class InMemorySnapshotStore:
         with self._lock:
             current = self._sessions.get(session_id)
             if current is not None:
-                refuse_checkpoint(session_id, current, turn_seq)
+                refuse_checkpoint(session_id, current, turn_seq, tenure)
+            mine = tenure if tenure is not None else (current or {}).get('tenure')
             stored = self._messages.setdefault(session_id, {})
+            newer = [m['id'] for m in checked if m['id'] in stored and (stored[m['id']].get('written_by') or 0) >
+                     (mine if mine is not None else float('inf'))]  # fmt: skip
+            if newer:
+                raise Fenced(f'session {session_id!r}: a message of this checkpoint was written by a newer tenure '
+                             f'than {mine}; the checkpoint was not written')  # fmt: skip
             for index, message in enumerate(checked):
-                place = stored[message['id']][:2] if message['id'] in stored else (order, index)
-                stored[message['id']] = (*place, copy.deepcopy(dict(message)))
+                entry = stored.get(message['id']) or {'order': order, 'index': index, 'tenure': mine}
+                stored[message['id']] = {**entry, 'body': copy.deepcopy(dict(message)), 'written_by': mine}
             document = self._sessions.setdefault(session_id, {'_id': session_id, 'state': 'live', 'fence': 0})
             document.update(snapshot=copy.deepcopy(dict(snapshot)), checkpointed_at=now, updated_at=now,
                             checkpoint_seq=turn_seq)  # fmt: skip
+            if mine is not None:
+                committed = document.setdefault('committed', {})
+                committed[str(mine)] = max(committed.get(str(mine), order), order)
 
     def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         ids = [mark.record.session_id for mark in marks]
@@ -157,7 +168,8 @@ class InMemorySnapshotStore:
             if document is None or document.get('state') != SessionState.RESUMABLE or not below(document, token):
                 return None
             before = copy.deepcopy(document)
-            document.update(state=SessionState.LIVE.value, fence=token, owner=owner, restored_at=now, updated_at=now)
+            document.update(state=SessionState.LIVE.value, fence=token, tenure=token, owner=owner, restored_at=now,
+                            updated_at=now)  # fmt: skip
             return before
 
     def load(self, session_id: str) -> Mapping[str, Any] | None:
@@ -176,8 +188,9 @@ class InMemorySnapshotStore:
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         with self._lock:
-            stored = sorted(self._messages.get(session_id, {}).values(), key=lambda entry: entry[:2])
-            return [copy.deepcopy(body) for _, _, body in stored]
+            document = self._sessions.get(session_id)
+            stored = sorted(self._messages.get(session_id, {}).values(), key=lambda e: (e['order'], e['index']))
+            return [copy.deepcopy(entry['body']) for entry in stored if visible(document, entry)]
 
     def activated(self, record: SessionRecord, token: int, pool: str) -> None:
         now = datetime.now(UTC)
@@ -188,7 +201,7 @@ class InMemorySnapshotStore:
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
             for name in PREVIOUS_LIFE:
                 document.pop(name, None)
-            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, pool=pool,
+            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, tenure=token, pool=pool,
                             activated_at=now, updated_at=now)  # fmt: skip
 
     def generation_of(self, pool: str) -> str | None:

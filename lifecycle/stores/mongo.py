@@ -100,12 +100,40 @@ def _marked_document(mark: Mark, now: datetime) -> Document:
     }
 
 
-def refuse_checkpoint(session_id: str, document: Mapping[str, Any], turn_seq: int) -> None:
-    """Raise if a checkpoint at `turn_seq` must not be written over `document`."""
+def message_write(session_id: str, message: Mapping[str, Any], order: int, index: int, tenure: int | None
+                  ) -> UpdateOne:  # fmt: skip
+    """One message's idempotent upsert, placed by `order` and `index` when first written. With a tenure, never over
+    a message a newer tenure wrote (that upsert collides on the unique index instead), and tagged with it."""
+    found: dict[str, Any] = {'session_id': session_id, 'message_id': message['id']}
+    placed: dict[str, Any] = {'order': order, 'index': index}
+    written: dict[str, Any] = {'body': dict(message)}
+    if tenure is not None:
+        found['$or'] = [{'written_by': {'$lte': tenure}}, {'written_by': {'$exists': False}}]
+        placed['tenure'] = tenure
+        written['written_by'] = tenure
+    return UpdateOne(found, {'$set': written, '$setOnInsert': placed}, upsert=True)
+
+
+def visible(document: Mapping[str, Any] | None, message: Mapping[str, Any]) -> bool:
+    """Whether a stored message counts: one its tenure's checkpoint committed (its order at most the highest that
+    tenure committed), or one written before messages had tenures. A stale replica's late messages never count."""
+    tenure = message.get('tenure')
+    if tenure is None:
+        return True
+    committed = ((document or {}).get('committed') or {}).get(str(tenure))
+    return isinstance(committed, int) and int(message.get('order', 0)) <= committed
+
+
+def refuse_checkpoint(session_id: str, document: Mapping[str, Any], turn_seq: int, tenure: int | None = None) -> None:
+    """Raise if a checkpoint at `turn_seq` (of `tenure`, if given) must not be written over `document`."""
     state = document.get('state')
     if state != SessionState.LIVE.value:
         raise SessionNotLive(f'session {session_id!r} is {state} in MongoDB (evicted or ended meanwhile); '
                              'the checkpoint was not written')  # fmt: skip
+    held_tenure = document.get('tenure')
+    if tenure is not None and held_tenure is not None and held_tenure != tenure:
+        raise Fenced(f'session {session_id!r} was activated or restored again (tenure {held_tenure}) since this '
+                     f'checkpoint\'s tenure {tenure}: a stale replica\'s checkpoint, not written')  # fmt: skip
     held = document.get('checkpoint_seq')
     if isinstance(held, int) and held > turn_seq:
         raise Fenced(f'session {session_id!r} already holds a checkpoint of turn {held}; this one (turn '
@@ -222,38 +250,46 @@ class Plans:
     @staticmethod
     def checkpoint_plan(
         session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None, turn_seq: int,
-        order: int,
+        order: int, tenure: int | None = None,
     ) -> Plan[None]:  # fmt: skip
         """Strict: everything is encoded and size-checked before the first write (InvalidArgument, nothing
-        written); refused (nothing written) unless the document is live and holds no later checkpoint; then
-        the messages (ordered, idempotent upserts) and the session document, conditional on the same."""
+        written); refused (nothing written) unless the document is live, of this tenure, and holds no later
+        checkpoint; then the messages (ordered, idempotent upserts, never over a newer tenure's) and the session
+        document, conditional on the same. The messages count once the document commits their order (see
+        `visible`): a checkpoint cut short or refused after them leaves none a reader sees."""
         now = datetime.now(UTC)
-        writes = [
-            UpdateOne(
-                {'session_id': session_id, 'message_id': message['id']},
-                {'$set': {'body': dict(message)}, '$setOnInsert': {'order': order, 'index': index}},
-                upsert=True,
-            )
-            for index, message in enumerate(checked_messages(session_id, messages))
-        ]
+        checked = checked_messages(session_id, messages)
         fields: dict[str, Any] = {'snapshot': dict(checked_snapshot(session_id, snapshot)), 'checkpointed_at': now,
                                   'updated_at': now, 'checkpoint_seq': turn_seq}  # fmt: skip
         # Only a live document, and never over a later checkpoint: a replica that paused across an eviction,
         # or behind another replica's checkpoint, must not put an older snapshot in front of a newer one.
         not_later = [{'checkpoint_seq': {'$lte': turn_seq}}, {'checkpoint_seq': {'$exists': False}}]
-        condition = {'state': SessionState.LIVE.value, '$or': not_later}
-        current = yield Op('sessions', 'find_one', ({'_id': session_id}, {'state': 1, 'checkpoint_seq': 1}))
+        condition: dict[str, Any] = {'state': SessionState.LIVE.value, '$or': not_later}
+        if tenure is not None:  # and only by the activation or restore it belongs to
+            condition['tenure'] = tenure
+        current = yield Op('sessions', 'find_one', ({'_id': session_id}, {'state': 1, 'checkpoint_seq': 1,
+                                                                          'tenure': 1}))  # fmt: skip
         if current is not None:
-            refuse_checkpoint(session_id, current, turn_seq)
+            refuse_checkpoint(session_id, current, turn_seq, tenure)
+        mine = tenure if tenure is not None else (current or {}).get('tenure')
+        writes = [message_write(session_id, message, order, index, mine) for index, message in enumerate(checked)]
         if writes:
-            yield Op('messages', 'bulk_write', (writes,), {'ordered': True})
+            try:
+                yield Op('messages', 'bulk_write', (writes,), {'ordered': True})
+            except BulkWriteError as exc:
+                if _insert_failed(exc):
+                    raise
+                raise Fenced(f'session {session_id!r}: a message of this checkpoint was written by a newer tenure '
+                             f'than {mine}; the checkpoint was not written') from None  # fmt: skip
+        update: dict[str, Any] = {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}}
+        if mine is not None:
+            update['$max'] = {f'committed.{mine}': order}
         try:
-            yield Op('sessions', 'update_one', (
-                {'_id': session_id, **condition},
-                {'$set': fields, '$setOnInsert': {'state': SessionState.LIVE.value, 'fence': 0}},
-            ), {'upsert': True})  # fmt: skip
+            yield Op('sessions', 'update_one', ({'_id': session_id, **condition}, update), {'upsert': True})
         except DuplicateKeyError:  # it changed between the read and the write
-            refuse_checkpoint(session_id, (yield Op('sessions', 'find_one', ({'_id': session_id},))) or {}, turn_seq)
+            found = (yield Op('sessions', 'find_one', ({'_id': session_id},))) or {}
+            refuse_checkpoint(session_id, found, turn_seq, tenure)
+            raise Fenced(f'session {session_id!r} changed under its checkpoint; nothing of it counts') from None
 
     @staticmethod
     def mark_plan(marks: Sequence[Mark]) -> Plan[list[MarkOutcome]]:
@@ -357,8 +393,8 @@ class Plans:
         # replaces it: a restore whose reply was lost can be answered again from it.
         restored: Mapping[str, Any] | None = yield Op('sessions', 'find_one_and_update', (
             {'_id': session_id, 'state': SessionState.RESUMABLE.value, **_below(token)},
-            {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'owner': owner, 'restored_at': now,
-                      'updated_at': now}},
+            {'$set': {'state': SessionState.LIVE.value, 'fence': token, 'tenure': token, 'owner': owner,
+                      'restored_at': now, 'updated_at': now}},
         ), {'return_document': ReturnDocument.BEFORE})  # fmt: skip
         return restored
 
@@ -379,8 +415,8 @@ class Plans:
     @staticmethod
     def activated_plan(record: SessionRecord, token: int, pool: str) -> Plan[None]:
         now = datetime.now(UTC)
-        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token, 'pool': pool,
-                           'activated_at': now, 'updated_at': now},
+        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token, 'tenure': token,
+                           'pool': pool, 'activated_at': now, 'updated_at': now},
                   '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
         try:
             # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
@@ -462,8 +498,9 @@ class Plans:
 
     @staticmethod
     def messages_plan(session_id: str) -> Plan[list[dict[str, Any]]]:
+        session = yield Op('sessions', 'find_one', ({'_id': session_id}, {'committed': 1}))
         found = yield _find('messages', {'session_id': session_id}, sort=MESSAGE_ORDER)
-        return [document['body'] for document in found]
+        return [message['body'] for message in found if visible(session, message)]
 
 
 def client_options(timeout_ms: int) -> dict[str, Any]:
@@ -538,8 +575,9 @@ class MongoSnapshotStore(_Connected):
         self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
 
     def checkpoint(self, session_id: str, snapshot: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None,
-                   turn_seq: int, order: int) -> None:  # fmt: skip
-        self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order), 'checkpoint', session_id)
+                   turn_seq: int, order: int, tenure: int | None = None) -> None:  # fmt: skip
+        self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order, tenure), 'checkpoint',
+                  session_id)  # fmt: skip
 
     def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:
         return self._run(Plans.mark_plan(marks), 'eviction write', [m.record.session_id for m in marks])
@@ -649,8 +687,9 @@ class AsyncMongoSnapshotStore(_Connected):
         await self._run(Plans.ensure_indexes_plan(), 'index creation', '*')
 
     async def checkpoint(self, session_id: str, snapshot: Mapping[str, Any],
-                         messages: Sequence[Mapping[str, Any]] | None, turn_seq: int, order: int) -> None:  # fmt: skip
-        await self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order), 'checkpoint',
+                         messages: Sequence[Mapping[str, Any]] | None, turn_seq: int, order: int,
+                         tenure: int | None = None) -> None:  # fmt: skip
+        await self._run(Plans.checkpoint_plan(session_id, snapshot, messages, turn_seq, order, tenure), 'checkpoint',
                         session_id)  # fmt: skip
 
     async def mark_resumable(self, marks: Sequence[Mark]) -> list[MarkOutcome]:

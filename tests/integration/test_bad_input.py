@@ -135,6 +135,17 @@ def test_checkpoint(lc: Lifecycle, snapshot_: Any, messages: Any, session_id: An
     refuses_cleanly(lc, lambda: lc.checkpoint(session_id, snapshot_, messages))
 
 
+def is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 10**14
+
+
+@FUZZ
+@given(tenure=junk.filter(lambda value: value is not None and not is_token(value)))
+def test_checkpoint_tenure(lc: Lifecycle, tenure: Any) -> None:
+    live_session(lc)
+    refuses_cleanly(lc, lambda: lc.checkpoint('live-1', {'v': 1}, [{'id': 'm1'}], tenure=tenure))
+
+
 @FUZZ
 @given(session_id=junk, owner=junk, pending=junk)
 def test_restore(lc: Lifecycle, session_id: Any, owner: Any, pending: Any) -> None:
@@ -201,6 +212,7 @@ def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, ses
                 lambda: lc.extend(session_id, ttl),
                 lambda: lc.pin(session_id),
                 lambda: lc.unpin(session_id),
+                lambda: lc.checkpoint(session_id, {'v': 1}, tenure=ttl),
                 lambda: lc.heartbeat(owner),
                 lambda: lc.runs.start(session_id),
                 lambda: lc.runs.replay('r', after),

@@ -1,0 +1,124 @@
+"""Issue 18, hole 1: a replica that paused (SIGSTOP) while its session was evicted and restored elsewhere must not
+overwrite the new owner's state when it resumes. Its checkpoint carries the tenure (the fencing token of the
+activation it came from); MongoDB takes only a checkpoint of the session's current tenure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from lifecycle import FixedClock
+from lifecycle.errors import Fenced
+from lifecycle.models import ReapReason
+from lifecycle.ops.embedded import owned_env
+from lifecycle.steps import Done, advance
+from lifecycle.stores.mongo import MongoSnapshotStore, Plans
+from tests.conftest import SettingsFactory
+from tests.integration.conftest import ReaperFactory
+
+REPLICA_A = """
+import sys
+from lifecycle import Lifecycle
+from lifecycle.errors import Fenced
+with Lifecycle() as lc:
+    info = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'by': 'A', 'turns': 0}, [{'id': 'm1', 'text': 'hello'}], tenure=info.tenure)
+    print(info.tenure, flush=True)
+    sys.stdin.readline()  # paused here (SIGSTOP) while the session is evicted and restored by B
+    try:
+        lc.checkpoint('s1', {'by': 'A', 'turns': 1}, [{'id': 'm1', 'text': 'hello'}, {'id': 'm2', 'text': 'A, late'}],
+                      tenure=info.tenure)
+        print('written', flush=True)
+    except Fenced as refused:
+        print('fenced:', refused, flush=True)
+"""
+
+
+def test_a_replica_paused_across_an_eviction_and_a_restore_cannot_overwrite_the_new_owner(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    settings = make_reaper_settings(idle_ttl_s=600)
+    with subprocess.Popen([sys.executable, '-c', REPLICA_A], env=owned_env(settings), stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as a:  # fmt: skip
+        try:
+            assert a.stdout is not None
+            assert a.stdin is not None
+            tenure_a = int(a.stdout.readline())
+            os.kill(a.pid, signal.SIGSTOP)
+            r = make_reaper(settings)
+            r.clock = FixedClock(r.lc.pool.server_ms())  # the reaper's time: now, by Redis
+            r.lc.pool.clock = r.clock
+            r.clock.advance(seconds=601)
+            assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+            restored = r.lc.restore('s1', 'api-b')  # B takes it over and runs a turn
+            assert restored.session.tenure is not None
+            assert restored.session.tenure > tenure_a
+            with r.lc.turn('s1'):
+                pass
+            b_messages = [{'id': 'm1', 'text': 'hello'}, {'id': 'm2', 'text': 'B, turn 1'}]
+            r.lc.checkpoint('s1', {'by': 'B', 'turns': 1}, b_messages, tenure=restored.session.tenure)
+            os.kill(a.pid, signal.SIGCONT)
+            a.stdin.write('go\n')
+            a.stdin.flush()
+            outcome = a.stdout.readline().strip()
+            a.wait(30)
+            print(f'\nreplica A (tenure {tenure_a}) resumed after B restored (tenure {restored.session.tenure}): '
+                  f'{outcome}')  # fmt: skip
+            assert outcome.startswith('fenced:'), (outcome, a.stderr.read() if a.stderr else '')
+            document = r.document('s1') or {}
+            assert document['snapshot'] == {'by': 'B', 'turns': 1}  # MongoDB holds B's state
+            assert r.store is not None
+            assert r.store.messages('s1') == b_messages
+        finally:
+            if a.poll() is None:
+                os.kill(a.pid, signal.SIGCONT)
+                a.kill()
+                a.wait(10)
+
+
+def drive(plan: Any, store: MongoSnapshotStore, step: Any, stop_before: str | None = None) -> Any:
+    """Run a store plan's operations on `store`, from `step`, until the next one is `stop_before` (returned) or the
+    plan ends (None), as the store runs them: an operation's error goes back into the plan."""
+    while not isinstance(step, Done):
+        if step.method == stop_before:
+            return step
+        try:
+            result = getattr(store.collections[step.collection], step.method)(*step.args, **step.kwargs)
+            result = list(result.sort(step.sort) if step.sort else result) if step.listed else result
+        except Exception as exc:
+            step = advance(plan, error=exc)
+        else:
+            step = advance(plan, result)
+    return None
+
+
+def test_a_stale_checkpoint_that_passed_its_check_before_the_restore_counts_for_nothing(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A paused between its check and its writes: its new message lands, one over B's is refused, its document
+    write never comes, and nothing it wrote is visible; B's messages are never overwritten."""
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600))
+    store = r.store
+    assert isinstance(store, MongoSnapshotStore)
+    info = r.lc.activate(r.lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    r.lc.checkpoint('s1', {'by': 'A'}, [{'id': 'm1', 'text': 'hello'}], tenure=info.tenure)
+    messages = [{'id': 'm9', 'text': 'A only'}, {'id': 'm2', 'text': 'A'}]
+    order = r.lc.pool.run(r.lc.index.next_token())
+    stale = Plans.checkpoint_plan('s1', {'by': 'A, late'}, messages, 1, order, info.tenure)
+    paused_at = drive(stale, store, advance(stale), stop_before='bulk_write')  # A checked: its tenure; it pauses
+    assert paused_at is not None
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+    restored = r.lc.restore('s1', 'api-b')
+    b_messages = [{'id': 'm1', 'text': 'hello'}, {'id': 'm2', 'text': 'B'}]
+    r.lc.checkpoint('s1', {'by': 'B'}, b_messages, tenure=restored.session.tenure)
+    with pytest.raises(Fenced):  # A resumes
+        drive(stale, store, paused_at)
+    assert store.messages('s1') == b_messages  # m9 landed, and counts for nothing
+    assert store.message_docs.count_documents({'session_id': 's1', 'message_id': 'm9'}) == 1
+    assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
