@@ -8,6 +8,7 @@ Run longer with LIFECYCLE_TEST_MODEL_EXAMPLES (default 150, about a minute) and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -36,7 +37,7 @@ from lifecycle import (
     SessionReaping,
     Settings,
 )
-from lifecycle.errors import PersistenceError, PoolRecovering, SessionDamaged
+from lifecycle.errors import Fenced, PersistenceError, PoolRecovering, SessionDamaged
 from lifecycle.models import ReapReason
 from lifecycle.pool.claims import Claim, Step
 from lifecycle.reaper.sweeps import SweepKind
@@ -65,6 +66,7 @@ class Session:
     open_turns: dict[str, int] = field(default_factory=dict)  # turn token -> busy lease as last renewed
     deadline_damaged: bool = False
     tenant_lost: bool = False  # its record and the tenant index were lost together: filed under '?'
+    tenures: list[int] = field(default_factory=list)  # of its activation and each restore; the last is current
 
 
 @dataclass
@@ -174,7 +176,8 @@ class PoolModel(RuleBasedStateMachine):
             return
         assert held.lease_ms > self.now, 'a reservation past its lease was activated'
         r = held.reservation
-        self.sessions[session_id] = Session(session_id, r.owner, r.tenant, info.expires_at_ms)
+        assert info.tenure is not None
+        self.sessions[session_id] = Session(session_id, r.owner, r.tenant, info.expires_at_ms, tenures=[info.tenure])
 
     @precondition(lambda self: self.held)
     @rule(index=st.integers(0, 20))
@@ -239,7 +242,7 @@ class PoolModel(RuleBasedStateMachine):
     def checkpoint(self, index: int) -> None:
         session = self.pick(self.live(), index)
         try:
-            self.r.lc.checkpoint(session.session_id, {'turns': session.turns})
+            self.r.lc.checkpoint(session.session_id, {'turns': session.turns}, tenure=session.tenures[-1])
         except PoolRecovering:
             assert self.lost, 'checkpoint() said the pool is recovering when it is not'
             return
@@ -291,6 +294,18 @@ class PoolModel(RuleBasedStateMachine):
             session.tenant = None
         session.deadline_ms = restored.session.expires_at_ms
         session.open_turns.clear()
+        assert restored.session.tenure is not None
+        assert restored.session.tenure > session.tenures[-1]
+        session.tenures.append(restored.session.tenure)
+
+    @precondition(lambda self: any(s.state == 'live' and len(s.tenures) > 1 for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50))
+    def stale_checkpoint(self, index: int) -> None:
+        """A replica that held the session before its eviction and restore wakes up and checkpoints (issue 18,
+        hole 1): refused, and the stale snapshot (turns -1) never reaches MongoDB (the eviction invariant checks)."""
+        session = self.pick([s for s in self.live() if len(s.tenures) > 1], index)
+        with contextlib.suppress(PoolRecovering, SessionDamaged, SessionReaping), pytest.raises(Fenced):
+            self.r.lc.checkpoint(session.session_id, {'turns': -1}, tenure=session.tenures[0])
 
     @rule(owner=st.sampled_from(OWNERS))
     def heartbeat(self, owner: str) -> None:
