@@ -562,14 +562,17 @@ class MongoSnapshotStore(_Connected):
         with self._guard(what, session_ids, timeout_s):
             step: Op | Done[T] = advance(plan)
             while not isinstance(step, Done):
-                try:
-                    result = getattr(self.collections[step.collection], step.method)(*step.args, **step.kwargs)
-                    result = list(result.sort(step.sort) if step.sort else result) if step.listed else result
-                except PyMongoError as exc:
-                    step = advance(plan, error=exc)
-                else:
-                    step = advance(plan, result)
+                step = self.step(plan, step)
             return step.value
+
+    def step(self, plan: Plan[T], op: Op) -> Op | Done[T]:
+        """Run one operation of `plan` and advance it: the result, or the driver's error, goes back into the plan."""
+        try:
+            result = getattr(self.collections[op.collection], op.method)(*op.args, **op.kwargs)
+            result = list(result.sort(op.sort) if op.sort else result) if op.listed else result
+        except PyMongoError as exc:
+            return advance(plan, error=exc)
+        return advance(plan, result)
 
     def ensure_indexes(self) -> None:
         self._run(Plans.ensure_indexes_plan(), 'index creation', '*')

@@ -82,18 +82,12 @@ def test_a_replica_paused_across_an_eviction_and_a_restore_cannot_overwrite_the_
 
 
 def drive(plan: Any, store: MongoSnapshotStore, step: Any, stop_before: str | None = None) -> Any:
-    """Run a store plan's operations on `store`, from `step`, until the next one is `stop_before` (returned) or the
-    plan ends (None), as the store runs them: an operation's error goes back into the plan."""
+    """Run a store plan's operations on `store` as the store runs them, from `step`, until the next one is
+    `stop_before` (returned) or the plan ends (None)."""
     while not isinstance(step, Done):
         if step.method == stop_before:
             return step
-        try:
-            result = getattr(store.collections[step.collection], step.method)(*step.args, **step.kwargs)
-            result = list(result.sort(step.sort) if step.sort else result) if step.listed else result
-        except Exception as exc:
-            step = advance(plan, error=exc)
-        else:
-            step = advance(plan, result)
+        step = store.step(plan, step)
     return None
 
 
