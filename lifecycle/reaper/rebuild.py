@@ -36,8 +36,9 @@ from lifecycle.stores import SessionRecord, SnapshotStore
 
 log = logging.getLogger(__name__)
 PAGE = 200
-ENDED = (SessionState.CLOSED.value, SessionState.EXPIRED.value, SessionState.RESUMABLE.value,
-         SessionState.DELETED.value)  # fmt: skip
+# Not resumable: a restore makes the session live in Redis before it flips MongoDB back to live, and one in flight
+# must not be ended. A lost eviction finish (live in Redis, resumable in MongoDB) is evicted again by its next sweep.
+ENDED = (SessionState.CLOSED.value, SessionState.EXPIRED.value, SessionState.DELETED.value)
 
 
 def same_life_as(document: Mapping[str, Any], info: SessionInfo) -> bool:
@@ -57,7 +58,7 @@ class Rebuilt:
     expired: int = 0
     unreadable: int = 0
     epoch: int = 0
-    ended: int = 0  # live in Redis, ended in MongoDB (a close or an eviction the failover lost): ended again
+    ended: int = 0  # live in Redis, ended in MongoDB (a close or an expiry the failover lost): ended again
 
 
 def readmitted(document: Mapping[str, Any]) -> Readmitted:
@@ -154,8 +155,8 @@ class Rebuilder:
             self.pool.run_many([self.index.heartbeat(owner, now_ms) for owner in sorted(vouching)])
 
     def _end_what_mongodb_ended(self, now_ms: int, extend: Callable[[], None]) -> int:
-        """Sessions Redis holds live whose life MongoDB recorded as ended (closed, expired, evicted, deleted): a
-        failover (or an older snapshot) lost the close, or the eviction's finish, that Redis had acknowledged.
+        """Sessions Redis holds live whose life MongoDB recorded as ended (closed, expired, deleted): a failover (or
+        an older snapshot) lost the close, or the expiry, that Redis had acknowledged.
         Each ends again, as a close: a closed session never comes back live. Another life of the same id (one
         being activated now: Redis first, then MongoDB) is left alone, and so is a session claimed now (an
         eviction or expiry in flight finishes it)."""

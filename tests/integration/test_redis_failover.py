@@ -230,7 +230,7 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     # run), each readmitted; reservations it never got, each refused at activation (ReservationLost).
     print(
         f'\nwrites lost in the failover and repaired: {report.rebuilt.readmitted} activations, readmitted from '
-        f'MongoDB; {report.rebuilt.ended} closes or evictions lost, ended again; '
+        f'MongoDB; {report.rebuilt.ended} closes or expiries lost, ended again; '
         f'{storm.counts.get("reservation lost in the failover", 0)} reservations, refused clearly; '
         f'most running at once: {storm.most_running} (cap {CAP}); calls: {dict(sorted(storm.counts.items()))}'
     )
