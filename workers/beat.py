@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis  # type: ignore[import-untyped]
-from redis.exceptions import ConnectionError, LockError, ReadOnlyError, TimeoutError
+from redis.exceptions import ConnectionError, LockError, MasterDownError, ReadOnlyError, ResponseError, TimeoutError
 
 log = logging.getLogger(__name__)
-UNREACHABLE = (ConnectionError, TimeoutError, ReadOnlyError)  # down, restarting, or failing over
+UNREACHABLE = (ConnectionError, TimeoutError, ReadOnlyError, MasterDownError)  # down, restarting, failing over
 
 
 class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped base
@@ -51,9 +51,12 @@ class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped bas
             log.warning('beat: lost the RedBeat lock %s (Redis lost it, or this beat paused past its timeout); it '
                         'leads again once it holds the lock', self.lock_key)  # fmt: skip
             self.lock = None
-            return 0.0 if self._lead() else float(self.max_interval)  # free (Redis lost it): lead at once
-        except UNREACHABLE as exc:
-            log.warning('beat: Redis cannot be reached (%s); trying again in %s s', exc, self.max_interval)
+            return float(self.max_interval)
+        except (*UNREACHABLE, ResponseError) as exc:
+            if not isinstance(exc, UNREACHABLE) and 'NOREPLICAS' not in str(exc):
+                raise  # a refusal of another kind is not an outage
+            log.warning('beat: Redis cannot be reached or takes no writes (%s); trying again in %s s', exc,
+                        self.max_interval)  # fmt: skip
             return float(self.max_interval)
         return wait
 

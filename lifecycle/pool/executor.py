@@ -114,8 +114,8 @@ def server_of(client: Any, url: str) -> str:
     if options.get('path'):
         return f'unix://{options["path"]}'
     scheme = 'rediss' if 'ssl' in pool.connection_class.__name__.lower() else 'redis'
-    user, password = options.get('username') or '', options.get('password')
-    auth = f'{user}:{password}@' if password else f'{user}@' if user else ''  # errors redact the password
+    user = options.get('username') or ''
+    auth = f'{user}:***@' if options.get('password') else f'{user}@' if user else ''  # never the password itself
     return f'{scheme}://{auth}{options.get("host", "localhost")}:{options.get("port", 6379)}/{options.get("db", 0)}'
 
 

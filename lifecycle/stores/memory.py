@@ -130,7 +130,9 @@ class InMemorySnapshotStore:
                 if document.get('state') == SessionState.RESUMABLE and document.get('fence') == mark.token:
                     document['state'] = SessionState.LIVE.value
                 document.setdefault('state', SessionState.LIVE.value)
-                document.update(fence=max(int(document.get('fence', 0)), token), updated_at=now)
+                if int(document.get('fence', 0)) <= mark.token:  # a newer token's fence is not ours to move
+                    document['fence'] = max(int(document.get('fence', 0)), token)
+                document['updated_at'] = now
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
         now = datetime.now(UTC)

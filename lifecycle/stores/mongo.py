@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 
 import pymongo
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 from pymongo.write_concern import WriteConcern
 
 from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive, SessionReaping
@@ -222,8 +229,8 @@ def may_land(exc: PyMongoError) -> bool:
     """Whether a failed write may have applied or may still apply. Only the server's own refusal says it did
     not: not a timeout or a lost connection (it may be running yet), not a write-concern error (it applied), not
     one the driver retried (the first try may be running yet)."""
-    if not isinstance(exc, OperationFailure) or isinstance(exc, WriteConcernError):
-        return True
+    if not isinstance(exc, OperationFailure) or isinstance(exc, WriteConcernError | ExecutionTimeout):
+        return True  # (a multi-document write stopped at its deadline may have applied in part)
     details = exc.details or {}
     return bool(details.get('writeConcernError') or details.get('writeConcernErrors')
                 or exc.has_error_label('RetryableWriteError'))  # fmt: skip
@@ -344,7 +351,9 @@ class Plans:
             live = SessionState.LIVE.value
             return UpdateOne({'_id': mark.record.session_id}, [{'$set': {
                 'state': {'$cond': [marked, live, {'$ifNull': ['$state', live]}]},
-                'fence': {'$max': ['$fence', token]},
+                # Only where this mark's late write could still land (a newer token's fence is not ours to move).
+                'fence': {'$cond': [{'$lte': [{'$ifNull': ['$fence', 0]}, mark.token]}, {'$max': ['$fence', token]},
+                                    '$fence']},
                 'updated_at': now,
             }}], upsert=True)  # fmt: skip
 
