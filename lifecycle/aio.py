@@ -150,15 +150,15 @@ class AsyncLifecycle(Wiring):
         """See `Lifecycle.release`."""
         return await self.pool.run(self.index.release(reservation, validate.flag('failed', failed)))
 
-    async def touch(self, session_id: str) -> bool:
+    async def touch(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.touch`."""
         if self.settings.touch_flush_ms:
             if self._stamper is None:
                 self._stamper = AsyncStamper(self.pool, self.index, self.settings.touch_flush_ms / 1000,
                                              self.settings.touch_max_pending)  # fmt: skip
-            await self._stamper.touch(session_id)
+            await self._stamper.touch(session_id, tenure)
             return True
-        return await self.pool.do(self.flows.touch([session_id], self.store)) == 1
+        return await self.pool.do(self.flows.touch([session_id], self.store, tenure)) == 1
 
     async def flush_touches(self) -> int:
         """See `Lifecycle.flush_touches`."""
@@ -169,14 +169,14 @@ class AsyncLifecycle(Wiring):
         return await self.pool.do(self.flows.touch(session_ids, self.store))
 
     @asynccontextmanager
-    async def turn(self, session_id: str) -> AsyncIterator[Turn]:
+    async def turn(self, session_id: str, *, tenure: int | None = None) -> AsyncIterator[Turn]:
         """See `Lifecycle.turn`; the heartbeat is an asyncio task.
 
         If the body is cancelled (a shutdown), the end of the turn is still recorded, shielded from the
         cancellation, and the cancellation propagates.
         """
         token = new_token()
-        turn = await self.pool.do(self.flows.begin_turn(session_id, token, self.store))
+        turn = await self.pool.do(self.flows.begin_turn(session_id, token, self.store, tenure))
         renew = AsyncRepeater(f'turn-{session_id}', self.settings.busy_lease_s / 3,
                               lambda: self.pool.do(self.flows.renew_turn(turn, token))).start()  # fmt: skip
         body_failed = False
@@ -189,15 +189,15 @@ class AsyncLifecycle(Wiring):
             # Scheduled before anything is awaited: a cancellation that keeps firing (anyio's cancel scopes, which
             # Starlette uses when a client disconnects) cannot stop the end of the turn from being recorded.
             try:
-                turn.finished_seq = await self._to_the_end(self._end_turn(renew, session_id, token))
+                turn.finished_seq = await self._to_the_end(self._end_turn(renew, turn, token))
             except BackendUnavailable:
                 if not body_failed:
                     raise
                 log.warning('turn on %s: could not record its end; the busy lease will lapse', session_id)
 
-    async def _end_turn(self, renew: AsyncRepeater, session_id: str, token: str) -> int | None:
+    async def _end_turn(self, renew: AsyncRepeater, turn: Turn, token: str) -> int | None:
         await renew.stop()
-        return await self.pool.do(self.flows.end_turn(session_id, token))
+        return await self.pool.do(self.flows.end_turn(turn, token))
 
     async def _to_the_end(self, operation: Awaitable[T]) -> T:
         """Run an operation of several writes to its end even if the caller is cancelled (a shutdown, a client
@@ -209,22 +209,22 @@ class AsyncLifecycle(Wiring):
         task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never "unretrieved"
         return await asyncio.shield(task)
 
-    async def close(self, session_id: str) -> bool:
+    async def close(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.close`."""
-        return await self._to_the_end(self.pool.do(self.flows.close(session_id, self.store)))
+        return await self._to_the_end(self.pool.do(self.flows.close(session_id, self.store, tenure)))
 
-    async def extend(self, session_id: str, ttl_seconds: int) -> SessionInfo:
+    async def extend(self, session_id: str, ttl_seconds: int, *, tenure: int | None = None) -> SessionInfo:
         """See `Lifecycle.extend`."""
         return await self._to_the_end(self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store,
-                                                                     self.driver)))  # fmt: skip
+                                                                     self.driver, tenure)))  # fmt: skip
 
-    async def pin(self, session_id: str) -> bool:
+    async def pin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.pin`."""
-        return await self.pool.run(self.index.pin(session_id, await self.pool.now_ms()))
+        return await self.pool.run(self.index.pin(session_id, await self.pool.now_ms(), tenure))
 
-    async def unpin(self, session_id: str) -> bool:
+    async def unpin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.unpin`."""
-        return await self.pool.run(self.index.unpin(session_id))
+        return await self.pool.run(self.index.unpin(session_id, tenure))
 
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""

@@ -38,6 +38,11 @@ class Lifecycle(Wiring):
 
     Thread-safe: one instance per process is enough (redis-py pools its connections). Every dependency
     can be injected: a Redis client (TLS, Sentinel, a test double), a clock, a store, a sandbox driver.
+
+    Fencing: `activate()` and `restore()` return `SessionInfo.tenure`. Pass it as `tenure=` to every later call on
+    that session from this replica's copy (touch, turn, checkpoint, extend, pin, unpin, close): a replica that
+    paused while the session was evicted and restored elsewhere is then refused (Fenced) and changes nothing of
+    the new owner's session. Without it, a call is not fenced.
     """
 
     def __init__(
@@ -119,17 +124,18 @@ class Lifecycle(Wiring):
         sandbox could not be created: counted once (`lifecycle_failed_starts_total`)."""
         return self.pool.run(self.index.release(reservation, validate.flag('failed', failed)))
 
-    def touch(self, session_id: str) -> bool:
+    def touch(self, session_id: str, *, tenure: int | None = None) -> bool:
         """Stamp genuine activity (a user message, a turn start or end; never a poll). True if the session is
         live (its activity now at this time or later: a stamp never moves it back); False if it is not.
+        With a stale `tenure` (see the class), Fenced (coalesced: the stamp is dropped, and logged).
 
         With `touch_flush_ms` > 0 it returns True at once and the stamp goes out coalesced with others within
         that many ms (see `flush_touches`); `touch_many` always sends at once, with the reply.
         """
         if self.settings.touch_flush_ms:
-            self._stamper.touch(session_id)
+            self._stamper.touch(session_id, tenure)
             return True
-        return self.pool.do(self.flows.touch([session_id], self.store)) == 1
+        return self.pool.do(self.flows.touch([session_id], self.store, tenure)) == 1
 
     @cached_property
     def _stamper(self) -> Stamper:
@@ -145,14 +151,15 @@ class Lifecycle(Wiring):
         return self.pool.do(self.flows.touch(session_ids, self.store))
 
     @contextmanager
-    def turn(self, session_id: str) -> Iterator[Turn]:
+    def turn(self, session_id: str, *, tenure: int | None = None) -> Iterator[Turn]:
         """Hold the session busy while the body runs, renewing the busy lease from a heartbeat thread.
 
-        Raises SessionNotLive or SessionReaping before the body runs. On exit the busy lease is
-        dropped, the turn sequence bumped and activity stamped.
+        Raises SessionNotLive or SessionReaping (Fenced, with a stale `tenure`) before the body runs. On exit
+        the busy lease is dropped, the turn sequence bumped and activity stamped; a turn whose session was
+        evicted and restored meanwhile touches nothing of the new life (`finished_seq` is None).
         """
         token = new_token()
-        turn = self.pool.do(self.flows.begin_turn(session_id, token, self.store))
+        turn = self.pool.do(self.flows.begin_turn(session_id, token, self.store, tenure))
         renew = Repeater(f'turn-{session_id}', self.settings.busy_lease_s / 3,
                          lambda: self.pool.do(self.flows.renew_turn(turn, token))).start()  # fmt: skip
         body_failed = False
@@ -164,38 +171,39 @@ class Lifecycle(Wiring):
         finally:
             renew.stop()
             try:
-                turn.finished_seq = self.pool.do(self.flows.end_turn(session_id, token))
+                turn.finished_seq = self.pool.do(self.flows.end_turn(turn, token))
             except BackendUnavailable:
                 # The busy lease runs out on its own; never hide the body's own exception.
                 if not body_failed:
                     raise
                 log.warning('turn on %s: could not record its end; the busy lease will lapse', session_id)
 
-    def close(self, session_id: str) -> bool:
-        """End a live session and give its slot back; False if it was not live.
+    def close(self, session_id: str, *, tenure: int | None = None) -> bool:
+        """End a live session and give its slot back; False if it was not live; Fenced with a stale `tenure`.
 
         With MongoDB configured, its document is marked closed (best effort: the slot is back either way).
         """
-        return self.pool.do(self.flows.close(session_id, self.store))
+        return self.pool.do(self.flows.close(session_id, self.store, tenure))
 
-    def extend(self, session_id: str, ttl_seconds: int) -> SessionInfo:
+    def extend(self, session_id: str, ttl_seconds: int, *, tenure: int | None = None) -> SessionInfo:
         """Move a live session's hard deadline to `ttl_seconds` from now, never back and never past its profile's
         `max_ttl_s` from creation (`expires_at` of the result says where it is). Recorded in MongoDB too, and
         the sandbox driver is told where it can move its sandbox's own deadline (the docker driver cannot: a
         container keeps the deadline it started with). SessionReaping while it is being evicted, SessionNotLive
-        if it is not live or past its deadline; PersistenceError if MongoDB did not record it (retry)."""
-        return self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store, self.driver))
+        if it is not live or past its deadline; PersistenceError if MongoDB did not record it (retry); Fenced
+        with a stale `tenure`."""
+        return self.pool.do(self.flows.extend(session_id, ttl_seconds, self.store, self.driver, tenure))
 
-    def pin(self, session_id: str) -> bool:
+    def pin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """Keep a live session from idle, LRU and make-room eviction until `unpin` (its hard deadline still ends
         it, and a lost replica's sessions are still recovered); True if it was not pinned yet. PinLimitReached at
         `max_pinned` in the pool (or `max_pinned_per_tenant` for its tenant); SessionNotLive, SessionReaping.
         Pins live in Redis: a pool rebuilt after Redis lost its state has none (its sessions stay resumable)."""
-        return self.pool.run(self.index.pin(session_id, self.pool.now_ms()))
+        return self.pool.run(self.index.pin(session_id, self.pool.now_ms(), tenure))
 
-    def unpin(self, session_id: str) -> bool:
+    def unpin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """Let idle and LRU eviction take the session again (the next idle sweep judges it); True if it was pinned."""
-        return self.pool.run(self.index.unpin(session_id))
+        return self.pool.run(self.index.unpin(session_id, tenure))
 
     def status(self, session_id: str) -> SessionInfo | None:
         """The session as lifecycle sees it, without counting as activity; None if unknown.

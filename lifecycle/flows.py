@@ -44,7 +44,7 @@ from lifecycle.pool import calls
 from lifecycle.pool.calls import NOW, Durable, Steps
 from lifecycle.pool.claims import ClaimIndex
 from lifecycle.pool.keys import Keys
-from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
+from lifecycle.pool.sessions import Closed, PoolState, SessionIndex, stale
 from lifecycle.pool.trail import Trail, TrailIndex, trail_of_document
 from lifecycle.sandboxes import SandboxDriver, driver_from_settings
 from lifecycle.sandboxes.base import extend_sandbox
@@ -69,6 +69,7 @@ class Turn:
     seq: int
     finished_seq: int | None = None
     lease_lapsed: bool = False
+    tenure: int | None = None  # the life it began in: its renewals and its end touch no later one
 
 
 @dataclass(frozen=True)
@@ -307,18 +308,16 @@ class Flows:
         """Activate in Redis; with MongoDB, then record the activation durably (what a pool that lost its Redis
         is rebuilt from). If that record cannot be written, the activation is undone and the slot given back."""
         info: SessionInfo = yield self.index.activate(reservation, session_id, ttl_seconds, profile, (yield NOW))
-        if store is not None:
+        if store is not None and info.tenure is not None:  # drawn by the activation, in its record
             try:
-                token: int = yield self.index.next_token()
-                yield Durable(store.activated, (record_of(info), token, self.keys.prefix))
+                yield Durable(store.activated, (record_of(info), info.tenure, self.keys.prefix))
             except LifecycleError:
                 yield self.index.close(session_id, (yield NOW))
                 raise
-            return replace(info, tenure=token)
         return info
 
-    def touch(self, session_ids: Sequence[str], store: SnapshotStore | None) -> Steps[int]:
-        stamped: int = yield self.index.touch(session_ids, (yield NOW))
+    def touch(self, session_ids: Sequence[str], store: SnapshotStore | None, tenure: int | None = None) -> Steps[int]:
+        stamped: int = yield self.index.touch(session_ids, (yield NOW), tenure)
         if stamped == len(session_ids):
             return stamped
         # ZADD's CH counts only stamps that moved: a session stamped in this millisecond already is live all the
@@ -329,26 +328,29 @@ class Flows:
             raise self._missing(f'session {session_ids[0]!r} is' if len(session_ids) == 1 else 'sessions are')
         return live
 
-    def begin_turn(self, session_id: str, token: str, store: SnapshotStore | None) -> Steps[Turn]:
+    def begin_turn(
+        self, session_id: str, token: str, store: SnapshotStore | None, tenure: int | None = None
+    ) -> Steps[Turn]:
         try:
-            return Turn(session_id, (yield self.index.begin_turn(session_id, token, (yield NOW))))
+            seq, began = yield self.index.begin_turn(session_id, token, (yield NOW), tenure)
+            return Turn(session_id, seq, tenure=began)
         except SessionNotLive:
             if (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is') from None
             raise
 
     def renew_turn(self, turn: Turn, token: str) -> Steps[None]:
-        if (yield self.index.renew_turn(turn.session_id, token, (yield NOW))) != 1:
+        if (yield self.index.renew_turn(turn.session_id, token, (yield NOW), turn.tenure)) != 1:
             turn.lease_lapsed = True
             log.warning('turn on %s: busy lease had lapsed or the session left the pool', turn.session_id)
 
-    def end_turn(self, session_id: str, token: str) -> Steps[int | None]:
-        finished: int | None = yield self.index.end_turn(session_id, token, (yield NOW))
+    def end_turn(self, turn: Turn, token: str) -> Steps[int | None]:
+        finished: int | None = yield self.index.end_turn(turn.session_id, token, (yield NOW), turn.tenure)
         return finished
 
-    def close(self, session_id: str, store: SnapshotStore | None) -> Steps[bool]:
+    def close(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:
         """End a live session; with a store, mark its document closed (best effort)."""
-        closed: Closed | None = yield self.index.close(session_id, (yield NOW))
+        closed: Closed | None = yield self.index.close(session_id, (yield NOW), tenure)
         if closed is None:
             if (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
@@ -362,11 +364,16 @@ class Flows:
         return True
 
     def extend(
-        self, session_id: str, ttl_seconds: int, store: SnapshotStore | None, driver: SandboxDriver
+        self,
+        session_id: str,
+        ttl_seconds: int,
+        store: SnapshotStore | None,
+        driver: SandboxDriver,
+        tenure: int | None = None,
     ) -> Steps[SessionInfo]:
         """Move the hard deadline in Redis (atomically with the deadline index), then in MongoDB (what a restore
         and a rebuilt pool read), then tell the sandbox driver, where it can move its sandbox's own deadline."""
-        info: SessionInfo = yield self.index.extend(session_id, ttl_seconds, (yield NOW))
+        info: SessionInfo = yield self.index.extend(session_id, ttl_seconds, (yield NOW), tenure)
         if store is not None:
             try:
                 yield Durable(store.extend, (info.session_id, info.created_at, info.expires_at))
@@ -420,6 +427,8 @@ class Flows:
             raise SessionNotLive(f'session {session_id!r} is not live; nothing was checkpointed')
         checked_snapshot(session_id, snapshot)  # bad input is refused before anything is written, Redis included
         checked_messages(session_id, messages)
+        if tenure is not None and info.tenure is not None and tenure != info.tenure:
+            raise stale(session_id, tenure, 'nothing was checkpointed')  # MongoDB's write would refuse it too
         order = yield self.index.next_token()  # the pool's one counter orders the messages, not this host's clock
         try:
             yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq, order, tenure))
@@ -472,7 +481,7 @@ class Flows:
         except LifecycleError:
             yield self.index.release(reservation)
             raise
-        tenure: int = yield self.index.next_token()
+        tenure = info.tenure if info.tenure is not None else (yield self.index.next_token())
         try:
             restored = yield Durable(store.restore, (session_id, tenure, owner))
         except PersistenceError:
@@ -509,7 +518,7 @@ class Flows:
                     saved = yield Durable(snapshot, (notice.session_id,), inline=True)
                     args = checkpoint_args(notice.session_id, saved)
                     if args is not None:
-                        yield from self.checkpoint(notice.session_id, *args, store)
+                        yield from self.checkpoint(notice.session_id, *args, store, notice.tenure)
                 if on_notice is not None:
                     yield Durable(on_notice, (notice,), inline=True)
             except LifecycleError as exc:  # the session left meanwhile, say: the next request will come

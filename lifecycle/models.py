@@ -156,6 +156,9 @@ class Notice:
     session_id: str
     reason: str
     at_ms: int
+    # The tenure of the session's life the notice is about (None: unknown): serve_notices checkpoints with it, so
+    # a notice answered late, after the session was restored elsewhere, is refused instead of overwriting it.
+    tenure: int | None = None
 
 
 SANDBOX_RESET_NOTE = ('Note: this session was paused and has resumed. Its sandbox was reset: files, processes '

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis  # type: ignore[import-untyped]
-from redis.exceptions import ConnectionError, LockError, MasterDownError, ReadOnlyError, ResponseError, TimeoutError
+from redis.exceptions import LockError, RedisError
+
+from lifecycle.pool.executor import CONNECTION_ERRORS, not_taking_writes
 
 log = logging.getLogger(__name__)
-UNREACHABLE = (ConnectionError, TimeoutError, ReadOnlyError, MasterDownError)  # down, restarting, failing over
 
 
 class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped base
@@ -32,7 +33,7 @@ class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped bas
         self.behind = timedelta(0)  # Redis's clock minus this host's, as of the last tick
         local_now = app.now
         app.now = lambda: local_now() + self.behind
-        with contextlib.suppress(*UNREACHABLE):
+        with contextlib.suppress(*CONNECTION_ERRORS):  # down, restarting, failing over
             self._read_the_clock(app)
         super().__init__(app, *args, **kwargs)
 
@@ -52,8 +53,8 @@ class LeaderScheduler(RedBeatScheduler):  # type: ignore[misc]  # an untyped bas
                         'leads again once it holds the lock', self.lock_key)  # fmt: skip
             self.lock = None
             return float(self.max_interval)
-        except (*UNREACHABLE, ResponseError) as exc:
-            if not isinstance(exc, UNREACHABLE) and 'NOREPLICAS' not in str(exc):
+        except RedisError as exc:
+            if not not_taking_writes(exc):
                 raise  # a refusal of another kind is not an outage
             log.warning('beat: Redis cannot be reached or takes no writes (%s); trying again in %s s', exc,
                         self.max_interval)  # fmt: skip

@@ -70,6 +70,7 @@ class Readmitted:
     created_ms: int
     turn_seq: int
     expires_at_ms: int
+    tenure: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,13 +251,16 @@ class ClaimIndex:
             command=('ZMSCORE', self.keys.unsaved, *session_ids),
         )
 
-    def notice(self, owner: str, kind: NoticeKind, session_id: str, reason: str, now_ms: int) -> Call[str]:
-        """Post one notice to `owner`'s capped inbox."""
+    def notice(
+        self, owner: str, kind: NoticeKind, session_id: str, reason: str, now_ms: int, tenure: int | None = None
+    ) -> Call[str]:
+        """Post one notice to `owner`'s capped inbox (with the tenure of the session's life it is about)."""
+        about: tuple[Arg, ...] = () if tenure is None else ('tenure', tenure)
         return Call(
             str,
             command=(
                 'XADD', self.keys.inbox(owner), 'MAXLEN', '~', self.settings.notice_maxlen, '*',
-                'kind', kind.value, 'session_id', session_id, 'reason', reason, 'at_ms', now_ms,
+                'kind', kind.value, 'session_id', session_id, 'reason', reason, 'at_ms', now_ms, *about,
             ),
         )  # fmt: skip
 
@@ -310,7 +314,8 @@ class ClaimIndex:
         k = self.keys
         args: list[Arg] = [now_ms]
         for d in documents:
-            args += [d.session_id, d.owner, d.tenant or '', d.profile or '', d.created_ms, d.turn_seq, d.expires_at_ms]
+            args += [d.session_id, d.owner, d.tenant or '', d.profile or '', d.created_ms, d.turn_seq, d.expires_at_ms,
+                     '' if d.tenure is None else d.tenure]  # fmt: skip
         buckets = (k.meta_of(d.session_id) for d in documents)
         return Call(as_int, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, k.closed, *buckets),
                     tuple(args))  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 from lifecycle import validate
 from lifecycle.errors import (
     CapacityExceeded,
+    Fenced,
     InvalidArgument,
     InvalidTTL,
     PinLimitReached,
@@ -42,7 +43,7 @@ UNKNOWN_TENANT = '?'  # in a record: its tenant was lost with the tenant index (
 
 @dataclass(frozen=True)
 class Meta:
-    """The packed per-session record ('owner|tenant|profile|created_ms|turn_seq')."""
+    """The packed per-session record ('owner|tenant|profile|created_ms|turn_seq|tenure'; see _lib.lua)."""
 
     owner: str
     tenant: str | None
@@ -50,18 +51,33 @@ class Meta:
     created_ms: int
     turn_seq: int
     filed_under: str = ''  # the tenant index files it under this: the tenant, '?' (see below), or '' for none
+    tenure: int | None = None  # the fencing token of this life (None: written before tenures, or a stand-in)
 
     @classmethod
     def unpack(cls, record: str) -> Meta:
         """The record's fields; SessionDamaged if it is not a record these scripts wrote (a hand edit)."""
         parts = record.split('|') if isinstance(record, str) else []
-        if len(parts) != 5 or not parts[3].isdigit() or not parts[4].isdigit():
+        if len(parts) not in (5, 6) or not all(part.isdigit() for part in parts[3:]):
             raise SessionDamaged(f'session record {record!r} is malformed; the reconcile sweep reports it')
-        owner, tenant, profile, created, seq = parts
+        owner, tenant, profile, created, seq = parts[:5]
         # '?': a stand-in record whose tenant outside damage erased. The scripts count it against every capped
         # tenant; to the app (and in MongoDB, so a restore can admit it again) it has none.
         return cls(owner, tenant if tenant not in ('', UNKNOWN_TENANT) else None, profile or None, int(created),
-                   int(seq), tenant)  # fmt: skip
+                   int(seq), tenant, int(parts[5]) if len(parts) == 6 else None)  # fmt: skip
+
+
+NOTHING_STAMPED: Call[int] = Call(lambda reply: 0, command=('PING',))  # a batch of no stamps: nothing to send
+
+
+def stale(session_id: str, tenure: int | None, changed: str = 'nothing was changed') -> Fenced:
+    """The refusal of a call made with a tenure the session's record no longer holds (see _lib.lua's stale)."""
+    return Fenced(f'session {session_id!r} was evicted and restored or activated again since tenure {tenure}: '
+                  f'this copy of it is stale, {changed}')  # fmt: skip
+
+
+def tenure_arg(tenure: int | None) -> Arg:
+    """A caller's tenure as a script argument ('' none); InvalidArgument unless it is a fencing token."""
+    return '' if tenure is None else validate.optional_token('tenure', tenure)  # type: ignore[return-value]
 
 
 def _parse_notices(reply: Any) -> tuple[list[Notice], str | None]:
@@ -76,8 +92,9 @@ def _parse_notices(reply: Any) -> tuple[list[Notice], str | None]:
     notices = []
     for entry_id, f in entries:
         try:
+            tenure = f.get('tenure')
             notices.append(Notice(entry_id, NoticeKind(f['kind']), str(f['session_id']), str(f.get('reason', '')),
-                                  as_int(f.get('at_ms', 0))))  # fmt: skip
+                                  as_int(f.get('at_ms', 0)), as_int(tenure) if tenure else None))  # fmt: skip
         except (KeyError, ValueError, TypeError):
             log.warning('notice %s passed over: %r is no notice this version reads', entry_id, f)
     return notices, (str(entries[-1][0]) if entries else None)
@@ -239,6 +256,7 @@ class SessionIndex:
                 k.reaping,
                 k.unsaved,
                 k.closed,
+                k.epoch,
             ),
             (
                 reserved,
@@ -252,30 +270,50 @@ class SessionIndex:
             ),
         )
 
-    def touch(self, session_ids: Sequence[str], now_ms: int) -> Call[int]:
+    def touch(self, session_ids: Sequence[str], now_ms: int, tenure: int | None = None) -> Call[int]:
         """Stamp genuine activity on the live ones of `session_ids`; one raw ZADD.
 
         Returns how many sessions' activity moved forward. `XX` never adds a session that is not
         live; `GT` never moves activity back (a replica a few ms behind cannot undo a newer stamp).
+        With a `tenure` (of a replica's copy of the session), a stale one is refused: Fenced.
         """
         ids = validate.identifiers('session_id', session_ids)
+        if not ids:
+            return NOTHING_STAMPED
+        if tenure is not None or self._touch_source:
+            tenure = validate.optional_token('tenure', tenure)
+            return self._scripted([(session_id, now_ms, tenure) for session_id in ids], refuse=True)
         members: list[Arg] = [now_ms] * (2 * len(ids))
         members[1::2] = ids  # laid out by slicing: this is touch_many's hot path
-        return self._stamped(members)
-
-    def stamp(self, stamps: Sequence[tuple[str, int]]) -> Call[int]:
-        """Stamp each of `stamps` (session_id, at_ms; ids validated by the caller) at its own time: a coalesced
-        batch of touches, one raw ZADD XX GT like `touch`."""
-        return self._stamped([part for session_id, at_ms in stamps for part in (at_ms, session_id)])
-
-    def _stamped(self, members: list[Arg]) -> Call[int]:
-        """One ZADD XX GT CH of score, member pairs (nothing to send for none); with the trail's touch sources
-        on, a script that also records who stamped each live one."""
-        if not members:
-            return Call(lambda reply: 0, command=('PING',))
-        if self._touch_source:
-            return Call(as_int, 'touch_sessions', (self.keys.live,), (self._touch_source, *members))
         return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+
+    def stamp(self, stamps: Sequence[tuple[str, int, int | None]]) -> Call[int]:
+        """Stamp each of `stamps` (session_id, at_ms, tenure or None; validated by the caller) at its own time: a
+        coalesced batch of touches, one raw ZADD XX GT like `touch` (a stale tenure's stamp is dropped)."""
+        if not stamps:
+            return NOTHING_STAMPED
+        if self._touch_source or any(tenure is not None for _, _, tenure in stamps):
+            return self._scripted(stamps, refuse=False)
+        members = [part for session_id, at_ms, _ in stamps for part in (at_ms, session_id)]
+        return Call(as_int, command=('ZADD', self.keys.live, 'XX', 'GT', 'CH', *members))
+
+    def _scripted(self, stamps: Sequence[tuple[str, int, int | None]], *, refuse: bool) -> Call[int]:
+        """The stamps through touch_sessions.lua, which judges their tenures and records the trail's sources;
+        a stale tenure's stamp is refused (Fenced, if `refuse`: touch's one session)."""
+
+        def parse(reply: list[Any]) -> int:
+            moved, refused = as_int(reply[0]), as_int(reply[1])
+            if refused and refuse:
+                raise stale(stamps[0][0], stamps[0][2], 'its activity was not stamped')
+            if refused:
+                log.info('%d activity stamps of stale copies of sessions refused', refused)
+            return moved
+
+        args: list[Arg] = [self._touch_source]
+        for session_id, at_ms, tenure in stamps:
+            args += [at_ms, session_id, tenure_arg(tenure)]
+        buckets = (self.keys.meta_of(session_id) for session_id, _, _ in stamps)
+        return Call(parse, 'touch_sessions', (self.keys.live, *buckets), tuple(args))
 
     @cached_property
     def _sourced(self) -> bool:
@@ -293,12 +331,15 @@ class SessionIndex:
         s = self.settings
         return f'touch@{s.replica_id or "?"}' if self._sourced else ''
 
-    def begin_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
-        """Mark the session busy for one turn; returns its turn_seq before this turn."""
+    def begin_turn(
+        self, session_id: str, token: str, now_ms: int, tenure: int | None = None
+    ) -> Call[tuple[int, int | None]]:
+        """Mark the session busy for one turn; returns its turn_seq before this turn, and the tenure it began under
+        (its end and its lease's renewals are of that life only)."""
         session_id = validate.identifier('session_id', session_id)
         k = self.keys
 
-        def parse(reply: list[Any]) -> int:
+        def parse(reply: list[Any]) -> tuple[int, int | None]:
             code = as_int(reply[0])
             if code == -2:
                 raise SessionReaping(f'session {session_id!r} is being evicted; retry, then restore it')
@@ -308,33 +349,38 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is not live')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; nothing was changed')
-            return as_int(reply[1])
+            if code == -7:
+                raise stale(session_id, tenure, 'no turn began')
+            return as_int(reply[1]), (as_int(reply[2]) if len(reply) > 2 and reply[2] else None)
 
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
         return Call(
             parse,
             'begin_turn',
             (k.live, k.deadline, k.reaping, k.busy, k.turns, k.meta_of(session_id)),
-            (session_id, token, now_ms, lease_ms, self._trail_flag),
+            (session_id, token, now_ms, lease_ms, self._trail_flag, tenure_arg(tenure)),
         )
 
-    def renew_turn(self, session_id: str, token: str, now_ms: int) -> Call[int]:
-        """Extend one turn's busy lease: 1 renewed, 2 renewed after a lapse, 0 no longer live."""
+    def renew_turn(self, session_id: str, token: str, now_ms: int, tenure: int | None = None) -> Call[int]:
+        """Extend one turn's busy lease: 1 renewed, 2 renewed after a lapse, 0 no longer live (or restored since
+        the turn began under `tenure`)."""
         k = self.keys
         lease_ms = now_ms + self.settings.busy_lease_s * 1000
-        return Call(as_int, 'renew_turn', (k.live, k.busy, k.turns, k.reaping), (session_id, token, now_ms, lease_ms))
+        return Call(as_int, 'renew_turn', (k.live, k.busy, k.turns, k.reaping, k.meta_of(session_id)),
+                    (session_id, token, now_ms, lease_ms, tenure_arg(tenure)))  # fmt: skip
 
-    def end_turn(self, session_id: str, token: str, now_ms: int) -> Call[int | None]:
-        """Finish one turn; returns the new turn_seq, or None if the session left the pool meanwhile."""
+    def end_turn(self, session_id: str, token: str, now_ms: int, tenure: int | None = None) -> Call[int | None]:
+        """Finish one turn; returns the new turn_seq, or None if the session left the pool meanwhile (or was
+        restored since the turn began under `tenure`: the new life's sequence is not touched)."""
         k = self.keys
         return Call(
             lambda reply: as_int(reply[1]) if as_int(reply[0]) == 1 else None,
             'end_turn',
             (k.live, k.busy, k.turns, k.meta_of(session_id), k.unsaved),
-            (session_id, token, now_ms, self._trail_flag),
+            (session_id, token, now_ms, self._trail_flag, tenure_arg(tenure)),
         )
 
-    def extend(self, session_id: str, ttl_seconds: int, now_ms: int) -> Call[SessionInfo]:
+    def extend(self, session_id: str, ttl_seconds: int, now_ms: int, tenure: int | None = None) -> Call[SessionInfo]:
         """Move the session's hard deadline to `ttl_seconds` from now, never back and never past its profile's
         `max_ttl_s` from creation (the deadline returned says where it is)."""
         session_id = validate.identifier('session_id', session_id)
@@ -351,15 +397,17 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is not live')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record or deadline in Redis; not extended')
+            if code == -7:
+                raise stale(session_id, tenure, 'its deadline was not moved')
             info = self._info(session_id, reply[1], reply[2], reply[3], busy=as_int(reply[4]) > now_ms, reaping=False)
             return replace(info, pinned=as_int(reply[5]) == 1)
 
         profiles = [part for name in s.profiles for part in (name, s.limits(name).max_ttl_s * 1000)]
         k = self.keys
         return Call(parse, 'extend_session', (k.live, k.deadline, k.reaping, k.meta_of(session_id), k.busy, k.pinned),
-                    (session_id, now_ms, ttl_s * 1000, s.max_ttl_s * 1000, *profiles))  # fmt: skip
+                    (session_id, now_ms, ttl_s * 1000, s.max_ttl_s * 1000, tenure_arg(tenure), *profiles))  # fmt: skip
 
-    def pin(self, session_id: str, now_ms: int) -> Call[bool]:
+    def pin(self, session_id: str, now_ms: int, tenure: int | None = None) -> Call[bool]:
         """Keep the session from idle, LRU and make-room eviction; True if it was not pinned yet."""
         session_id = validate.identifier('session_id', session_id)
         s, k = self.settings, self.keys
@@ -378,20 +426,28 @@ class SessionIndex:
                 raise SessionNotLive(f'session {session_id!r} is not live; nothing was pinned')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record in Redis; not pinned')
+            if code == -7:
+                raise stale(session_id, tenure, 'it was not pinned')
             return code == 1
 
         keys = (k.live, k.reaping, k.meta_of(session_id), k.pinned, k.pinned_tenants, k.deadline)
         return Call(parse, 'pin_session', keys,
-                    (session_id, now_ms, s.pin_limit, s.max_pinned_per_tenant or 0))  # fmt: skip
+                    (session_id, now_ms, s.pin_limit, s.max_pinned_per_tenant or 0, tenure_arg(tenure)))  # fmt: skip
 
-    def unpin(self, session_id: str) -> Call[bool]:
+    def unpin(self, session_id: str, tenure: int | None = None) -> Call[bool]:
         """Let idle and LRU eviction take the session again; True if it was pinned."""
         session_id = validate.identifier('session_id', session_id)
         k = self.keys
-        return Call(lambda reply: as_int(reply) == 1, 'unpin_session', (k.meta_of(session_id), k.pinned,
-                                                                          k.pinned_tenants), (session_id,))  # fmt: skip
 
-    def close(self, session_id: str, now_ms: int) -> Call[Closed | None]:
+        def parse(reply: Any) -> bool:
+            if as_int(reply) == -7:
+                raise stale(session_id, tenure, 'it was not unpinned')
+            return as_int(reply) == 1
+
+        return Call(parse, 'unpin_session', (k.meta_of(session_id), k.pinned, k.pinned_tenants),
+                    (session_id, tenure_arg(tenure)))  # fmt: skip
+
+    def close(self, session_id: str, now_ms: int, tenure: int | None = None) -> Call[Closed | None]:
         """End a live session and give its slot back; returns it as it was (with the fencing token of its durable
         record), or None if it was not live."""
         session_id = validate.identifier('session_id', session_id)
@@ -403,6 +459,8 @@ class SessionIndex:
                 raise SessionReaping(f'session {session_id!r} is being evicted; it will be resumable')
             if code == -4:
                 raise SessionDamaged(f'session {session_id!r} has lost its record or deadline in Redis; not closed')
+            if code == -7:
+                raise stale(session_id, tenure, 'it was not closed')
             if code != 1:
                 return None
             info = self._info(session_id, reply[1], reply[2], reply[3], busy=False, reaping=False)
@@ -413,7 +471,7 @@ class SessionIndex:
             'close_session',
             (k.live, k.deadline, k.busy, k.turns, k.meta_of(session_id), k.reaping, k.slots, k.tenants,
              k.reservations, k.epoch, k.closed),
-            (session_id, now_ms),
+            (session_id, now_ms, tenure_arg(tenure)),
         )  # fmt: skip
 
     def status(self, session_id: str, now_ms: int) -> Call[SessionInfo | None]:
@@ -517,4 +575,5 @@ class SessionIndex:
             expires_at_ms=as_int(expires_at),
             busy=busy,
             turn_seq=meta.turn_seq,
+            tenure=meta.tenure,
         )

@@ -6,7 +6,8 @@ seconds at least, so the idle deadline it moves is never judged on a stale stamp
 revives a session that left the pool meanwhile and `GT` never moves activity back, so a late batch is as safe
 as an immediate touch. A flush that fails (Redis down) puts its stamps back, merged with newer ones: none is
 lost while the process runs, and `close()` sends what is pending. More than `max_pending` sessions waiting is
-backpressure: the caller that finds the buffer full sends it itself, so memory stays bounded.
+backpressure: the caller that finds the buffer full sends it itself, so memory stays bounded. A stamp made with
+a tenure (see `Lifecycle`) goes through a script that drops it if that copy of the session is stale.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ RETRY_S = 1.0  # while Redis is down, the flusher tries (and logs) once a second
 CHUNK = 10_000  # sessions per ZADD: one command stays short on the server however many are pending
 
 
-def keep_latest(pending: dict[str, int], session_id: str, at_ms: int) -> None:
+Pending = dict[str, tuple[int, int | None]]  # session id -> (at_ms, the tenure it was stamped with, or None)
+
+
+def keep_latest(pending: Pending, session_id: str, at_ms: int, tenure: int | None) -> None:
     """Record a stamp in `pending` unless a later one of the session waits there already."""
-    if pending.get(session_id, -1) < at_ms:
-        pending[session_id] = at_ms
+    if pending.get(session_id, (-1, None))[0] < at_ms:
+        pending[session_id] = (at_ms, tenure)
 
 
-def send(index: SessionIndex, stamps: list[tuple[str, int]]) -> Steps[int]:
+def send(index: SessionIndex, stamps: list[tuple[str, int, int | None]]) -> Steps[int]:
     """Both stampers' flush, as steps: the stamps in ZADDs of at most CHUNK; how many sessions' activity moved.
     Sending a chunk again after a failure is harmless: `GT` leaves a stamp already applied where it is."""
     moved = 0
@@ -48,7 +52,7 @@ class Stamper:
     def __init__(self, pool: Executor, index: SessionIndex, interval_s: float, max_pending: int = 100_000) -> None:
         self.pool, self.index = pool, index
         self.max_pending = max_pending
-        self._pending: dict[str, int] = {}
+        self._pending: Pending = {}
         self._lock = threading.Lock()  # guards _pending
         self._sending = threading.Lock()  # one flush at a time, so a batch is never overtaken by a later one
         self._repeater = Repeater('lifecycle-stamper', interval_s, self._beat, retry_s=RETRY_S).start()
@@ -56,11 +60,12 @@ class Stamper:
     def _beat(self) -> None:
         self.flush()
 
-    def touch(self, session_id: str) -> None:
+    def touch(self, session_id: str, tenure: int | None = None) -> None:
         validate.identifier('session_id', session_id)
+        validate.optional_token('tenure', tenure)
         at_ms = self.pool.now_ms()
         with self._lock:
-            keep_latest(self._pending, session_id, at_ms)
+            keep_latest(self._pending, session_id, at_ms, tenure)
             full = len(self._pending) >= self.max_pending
         if full:
             self.flush()  # backpressure: the caller pays for the round trip
@@ -74,14 +79,14 @@ class Stamper:
         stamps back) if Redis cannot take them."""
         with self._sending:
             with self._lock:
-                stamps = list(self._pending.items())
+                stamps = [(session_id, at_ms, tenure) for session_id, (at_ms, tenure) in self._pending.items()]
                 self._pending = {}
             try:
                 return self.pool.do(send(self.index, stamps))
             except LifecycleError:
                 with self._lock:
-                    for session_id, at_ms in stamps:
-                        keep_latest(self._pending, session_id, at_ms)
+                    for stamp in stamps:
+                        keep_latest(self._pending, *stamp)
                 raise
 
     def close(self) -> None:
@@ -99,16 +104,17 @@ class AsyncStamper:
     def __init__(self, pool: AsyncExecutor, index: SessionIndex, interval_s: float, max_pending: int = 100_000) -> None:
         self.pool, self.index = pool, index
         self.max_pending = max_pending
-        self._pending: dict[str, int] = {}
+        self._pending: Pending = {}
         self._sending = asyncio.Lock()
         self._repeater = AsyncRepeater('lifecycle-stamper', interval_s, self._beat, retry_s=RETRY_S).start()
 
     async def _beat(self) -> None:
         await self.flush()
 
-    async def touch(self, session_id: str) -> None:
+    async def touch(self, session_id: str, tenure: int | None = None) -> None:
         validate.identifier('session_id', session_id)
-        keep_latest(self._pending, session_id, await self.pool.now_ms())
+        validate.optional_token('tenure', tenure)
+        keep_latest(self._pending, session_id, await self.pool.now_ms(), tenure)
         if len(self._pending) >= self.max_pending:
             await self.flush()
 
@@ -117,13 +123,13 @@ class AsyncStamper:
 
     async def flush(self) -> int:
         async with self._sending:
-            stamps = list(self._pending.items())
+            stamps = [(session_id, at_ms, tenure) for session_id, (at_ms, tenure) in self._pending.items()]
             self._pending = {}
             try:
                 return await self.pool.do(send(self.index, stamps))
             except (LifecycleError, asyncio.CancelledError):
-                for session_id, at_ms in stamps:
-                    keep_latest(self._pending, session_id, at_ms)
+                for stamp in stamps:
+                    keep_latest(self._pending, *stamp)
                 raise
 
     async def close(self) -> None:

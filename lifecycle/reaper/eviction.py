@@ -171,8 +171,8 @@ class Evictor:
         now = self.pool.now_ms()
         calls: list[Call[Any]] = [self.claims.abort(c) for c, _ in refused.values()]
         unsaved = [c for c, outcome in refused.values() if outcome is MarkOutcome.NOT_CHECKPOINTED]
-        calls += [self.claims.notice(c.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, c.session_id, c.reason.value, now)
-                  for c in unsaved if c.meta is not None]  # fmt: skip
+        calls += [self.claims.notice(c.meta.owner, NoticeKind.CHECKPOINT_REQUESTED, c.session_id, c.reason.value, now,
+                                     c.meta.tenure) for c in unsaved if c.meta is not None]  # fmt: skip
         if unsaved:  # when its owner was first asked: the grace of on_missing_checkpoint counts from then
             calls.append(self.claims.request_checkpoints([c.session_id for c in unsaved], now))
         if calls:

@@ -64,6 +64,7 @@ class Rebuilt:
 def readmitted(document: Mapping[str, Any]) -> Readmitted:
     """The session a live document describes; LifecycleError/ValueError-family if it is unusable."""
     created = document.get('created_at')
+    tenure = validate.optional_token('tenure', document.get('tenure'))  # its replica's copy keeps its fence
     return Readmitted(
         session_id=validate.identifier('session_id', document['_id']),
         owner=validate.identifier('owner', document['owner']),
@@ -74,6 +75,7 @@ def readmitted(document: Mapping[str, Any]) -> Readmitted:
         # taken before the loss may cover it; it must checkpoint again before it can be evicted as resumable.
         turn_seq=max(int(document.get('turn_seq', 0)), int(document.get('checkpoint_seq', 0) or 0)) + 1,
         expires_at_ms=to_epoch_ms(document['expires_at']),
+        tenure=int(tenure) if tenure is not None else None,  # a plain int: BSON's Int64 is not one Redis can take
     )
 
 

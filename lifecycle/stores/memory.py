@@ -198,7 +198,9 @@ class InMemorySnapshotStore:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.get(record.session_id)
-            if document is not None and (document.get('state') == SessionState.RESUMABLE or not below(document, token)):
+            resent = document is not None and document.get('fence') == token == document.get('tenure')
+            if document is not None and (document.get('state') == SessionState.RESUMABLE
+                                         or not (below(document, token) or resent)):  # fmt: skip
                 refuse_activation(record.session_id, copy.deepcopy(document))
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
             for name in PREVIOUS_LIFE:

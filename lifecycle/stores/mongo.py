@@ -430,8 +430,10 @@ class Plans:
         try:
             # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
             purged = {'purge_pending': {'$exists': False}}
-            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged,
-                                                 **_below(token)}, update), {'upsert': True})  # fmt: skip
+            # The tenure is drawn by the activation in Redis: a resent activate() writes this same token again.
+            fresh = {'$or': [*_below(token)['$or'], {'fence': token, 'tenure': token}]}
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged, **fresh},
+                                                update), {'upsert': True})  # fmt: skip
         except DuplicateKeyError:
             refuse_activation(record.session_id, (yield Op('sessions', 'find_one', ({'_id': record.session_id},))))
 

@@ -141,9 +141,24 @@ def is_token(value: Any) -> bool:
 
 @FUZZ
 @given(tenure=junk.filter(lambda value: value is not None and not is_token(value)))
-def test_checkpoint_tenure(lc: Lifecycle, tenure: Any) -> None:
+def test_every_call_that_takes_a_tenure(lc: Lifecycle, tenure: Any) -> None:
     live_session(lc)
-    refuses_cleanly(lc, lambda: lc.checkpoint('live-1', {'v': 1}, [{'id': 'm1'}], tenure=tenure))
+
+    def turn() -> None:
+        with lc.turn('live-1', tenure=tenure):
+            pass
+
+    for call in (
+        lambda: lc.checkpoint('live-1', {'v': 1}, [{'id': 'm1'}], tenure=tenure),
+        lambda: lc.touch('live-1', tenure=tenure),
+        turn,
+        lambda: lc.extend('live-1', 60, tenure=tenure),
+        lambda: lc.pin('live-1', tenure=tenure),
+        lambda: lc.unpin('live-1', tenure=tenure),
+        lambda: lc.close('live-1', tenure=tenure),
+    ):
+        refuses_cleanly(lc, call)
+    assert lc.status('live-1') is not None  # none of them was let through
 
 
 @FUZZ
@@ -205,13 +220,18 @@ def test_the_async_client(make_reaper_settings: SettingsFactory, owner: Any, ses
             for call in (
                 lambda: lc.reserve(owner),
                 lambda: lc.touch(session_id),
+                lambda: lc.touch('x', tenure=after),
                 lambda: lc.touch_many(session_id),
                 lambda: lc.status(session_id),
                 lambda: lc.close(session_id),
                 lambda: lc.activate(session_id, 'x', ttl),
                 lambda: lc.extend(session_id, ttl),
+                lambda: lc.extend('x', 60, tenure=after),
                 lambda: lc.pin(session_id),
+                lambda: lc.pin('x', tenure=after),
                 lambda: lc.unpin(session_id),
+                lambda: lc.unpin('x', tenure=after),
+                lambda: lc.close('x', tenure=after),
                 lambda: lc.checkpoint(session_id, {'v': 1}, tenure=ttl),
                 lambda: lc.heartbeat(owner),
                 lambda: lc.runs.start(session_id),

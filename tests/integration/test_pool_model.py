@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from lifecycle import (
 from lifecycle.errors import Fenced, PersistenceError, PoolRecovering, SessionDamaged
 from lifecycle.models import ReapReason
 from lifecycle.pool.claims import Claim, Step
+from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind
 from lifecycle.stores.mongo import MongoSnapshotStore
 from tests.conftest import REDIS_URL
@@ -48,6 +50,7 @@ from tests.integration.reaper import Reaper, build_reaper
 CAP, TENANT_CAP, MAX_LIVE = 4, 2, 3
 OWNERS = ('api-1', 'api-2')
 TENANTS = (None, 'acme', 'globex')
+STALE_WRITES = st.sampled_from(['checkpoint', 'close', 'extend', 'pin', 'touch', 'turn'])
 EXAMPLES = int(os.environ.get('LIFECYCLE_TEST_MODEL_EXAMPLES', '150'))
 STEPS = int(os.environ.get('LIFECYCLE_TEST_MODEL_STEPS', '50'))
 
@@ -67,6 +70,7 @@ class Session:
     deadline_damaged: bool = False
     tenant_lost: bool = False  # its record and the tenant index were lost together: filed under '?'
     tenures: list[int] = field(default_factory=list)  # of its activation and each restore; the last is current
+    tenureless: bool = False  # its record was erased (outside damage) in this life: a stale tenure passes
 
 
 @dataclass
@@ -273,8 +277,9 @@ class PoolModel(RuleBasedStateMachine):
         session.open_turns.clear()
 
     @precondition(lambda self: any(s.state == 'resumable' for s in self.sessions.values()))
-    @rule(index=st.integers(0, 50), owner=st.sampled_from(OWNERS))
-    def restore(self, index: int, owner: str) -> None:
+    @rule(index=st.integers(0, 50), owner=st.sampled_from(OWNERS), then=st.one_of(st.none(), STALE_WRITES))
+    def restore(self, index: int, owner: str, then: str | None) -> None:
+        """Restore; `then`: the replica that held it before writes at once with its stale tenure."""
         session = self.pick([s for s in self.sessions.values() if s.state == 'resumable'], index)
         try:
             restored = self.r.lc.restore(session.session_id, owner)
@@ -294,18 +299,36 @@ class PoolModel(RuleBasedStateMachine):
             session.tenant = None
         session.deadline_ms = restored.session.expires_at_ms
         session.open_turns.clear()
+        session.tenureless = False
         assert restored.session.tenure is not None
         assert restored.session.tenure > session.tenures[-1]
         session.tenures.append(restored.session.tenure)
+        if then is not None:
+            self.write_stale(session, then)
 
     @precondition(lambda self: any(s.state == 'live' and len(s.tenures) > 1 for s in self.sessions.values()))
-    @rule(index=st.integers(0, 50))
-    def stale_checkpoint(self, index: int) -> None:
-        """A replica that held the session before its eviction and restore wakes up and checkpoints (issue 18,
-        hole 1): refused, and the stale snapshot (turns -1) never reaches MongoDB (the eviction invariant checks)."""
-        session = self.pick([s for s in self.live() if len(s.tenures) > 1], index)
-        with contextlib.suppress(PoolRecovering, SessionDamaged, SessionReaping), pytest.raises(Fenced):
-            self.r.lc.checkpoint(session.session_id, {'turns': -1}, tenure=session.tenures[0])
+    @rule(index=st.integers(0, 50), call=STALE_WRITES)
+    def stale_write(self, index: int, call: str) -> None:
+        """A replica that held the session before its eviction and restore wakes up and writes (issue 18, hole 1):
+        refused, and nothing changes (a stale close would end the live session, a stale turn or pin would keep it
+        from eviction: the invariants check; the stale snapshot, turns -1, never reaches MongoDB)."""
+        self.write_stale(self.pick([s for s in self.live() if len(s.tenures) > 1], index), call)
+
+    def write_stale(self, session: Session, call: str) -> None:
+        if session.tenureless:
+            return
+        lc, session_id, stale = self.r.lc, session.session_id, session.tenures[0]
+        writes: dict[str, Callable[[], object]] = {
+            'checkpoint': lambda: lc.checkpoint(session_id, {'turns': -1}, tenure=stale),
+            'close': lambda: lc.close(session_id, tenure=stale),
+            'extend': lambda: lc.extend(session_id, 300, tenure=stale),
+            'pin': lambda: lc.pin(session_id, tenure=stale),
+            'touch': lambda: lc.touch(session_id, tenure=stale),
+            'turn': lambda: lc.pool.do(lc.flows.begin_turn(session_id, secrets.token_hex(6), lc.store, stale)),
+        }
+        refused_first = (PoolRecovering, SessionDamaged, SessionReaping, SessionNotLive)  # past its deadline, say
+        with contextlib.suppress(*refused_first), pytest.raises(Fenced):
+            writes[call]()
 
     @rule(owner=st.sampled_from(OWNERS))
     def heartbeat(self, owner: str) -> None:
@@ -343,6 +366,19 @@ class PoolModel(RuleBasedStateMachine):
         for session in self.sessions.values():
             session.deadline_damaged = False
         self.assert_counters_equal_the_sets()
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), owner=st.sampled_from(OWNERS), then=st.one_of(st.none(), STALE_WRITES))
+    def evict_and_restore(self, index: int, owner: str, then: str | None) -> None:
+        """A checkpoint, a worker's eviction of that session at once (idle long enough or not; unless it is busy
+        or pinned), and a restore, `then` the replica that held it before writing with its stale tenure: the
+        path of issue 18's hole 1, made common enough for the model to walk it often."""
+        session = self.pick(self.live(), index)
+        self.checkpoint(index)
+        if self.r.evictor.evict(session.session_id, ReapReason.IDLE, self.now).outcome is Outcome.EVICTED:
+            self.sessions_leave_only_durably_and_never_busy()  # the model learns it is resumable now
+            self.restore([s.session_id for s in self.sessions.values() if s.state == 'resumable'].index(
+                session.session_id), owner, then)  # fmt: skip
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
     @rule(index=st.integers(0, 50), stop_after=st.sampled_from(['claim', 'persist', 'release']))
@@ -405,6 +441,7 @@ class PoolModel(RuleBasedStateMachine):
             self.redis.zrem(self.keys.busy, session.session_id)
         else:
             self.redis.hdel(self.keys.meta_of(session.session_id), session.session_id)
+            session.tenureless = True  # its stand-in record will not know its tenure (see _lib.lua's stale)
         self.damage.add(entry)
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))

@@ -4,6 +4,7 @@ owner never answers a checkpoint request goes after a grace, as on_missing_check
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -198,6 +199,34 @@ def test_serve_notices_answers_checkpoint_requests_from_the_apps_snapshot(
         server.stop()
     restored = lc.restore('s1', 'api-1')
     assert (restored.snapshot, restored.messages) == ({'agent': 's1'}, [{'id': 'm1', 'text': 'hi'}])
+
+
+def test_a_checkpoint_request_answered_after_the_session_was_restored_elsewhere_is_refused(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replica A is asked for a checkpoint and answers late: meanwhile the session was checkpointed, evicted and
+    restored by B. The notice carries the tenure of A's life of the session, so A's answer is refused (Fenced,
+    logged) and MongoDB keeps B's snapshot. Before, serve_notices checkpointed unfenced over B's state."""
+    r = reaper_with(make_reaper_settings, make_reaper)
+    lc = r.lc
+    info = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=7200)
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)  # asks api-a for a checkpoint; A is paused and does not read its inbox yet
+    [request] = [n for n in lc.notices('api-a') if n.kind is NoticeKind.CHECKPOINT_REQUESTED]
+    assert request.tenure == info.tenure
+    lc.checkpoint('s1', {'by': 'A, in time'}, tenure=info.tenure)
+    r.clock.advance(seconds=1)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, '')
+    restored = lc.restore('s1', 'api-b')
+    lc.checkpoint('s1', {'by': 'B'}, tenure=restored.session.tenure)
+    answered: list[Notice] = []
+    with caplog.at_level(logging.INFO, logger='lifecycle.flows'):  # A resumes serving its inbox where it paused
+        lc.pool.do(lc.flows.serve('api-a', ['0'], None, lambda sid: {'by': 'A, late'}, answered.append, lc.store))
+    assert [n.kind for n in answered] == [NoticeKind.EVICTED]  # the request was refused, so not passed on
+    assert 'this copy of it is stale, nothing was checkpointed' in caplog.text
+    assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
 
 
 def test_the_async_client_serves_notices_with_a_coroutine(

@@ -1,9 +1,12 @@
 """Issue 18, hole 1: a replica that paused (SIGSTOP) while its session was evicted and restored elsewhere must not
 overwrite the new owner's state when it resumes. Its checkpoint carries the tenure (the fencing token of the
-activation it came from); MongoDB takes only a checkpoint of the session's current tenure."""
+activation it came from); MongoDB takes only a checkpoint of the session's current tenure. Every other write it
+makes on the session's behalf (touch, turn, extend, pin, unpin, close) is refused in Redis the same way: the
+session's record there holds its current tenure."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,6 +77,101 @@ def test_a_replica_paused_across_an_eviction_and_a_restore_cannot_overwrite_the_
             assert document['snapshot'] == {'by': 'B', 'turns': 1}  # MongoDB holds B's state
             assert r.store is not None
             assert r.store.messages('s1') == b_messages
+        finally:
+            if a.poll() is None:
+                os.kill(a.pid, signal.SIGCONT)
+                a.kill()
+                a.wait(10)
+
+
+REPLICA_A_EVERY_WRITE = """
+import json, sys
+from lifecycle import Lifecycle
+from lifecycle.errors import Fenced, LifecycleError
+with Lifecycle() as lc:
+    info = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=info.tenure)
+    t = info.tenure
+    outcomes = {}
+    with lc.turn('s1') as turn:  # a turn in flight, its tenure taken from the session: paused mid-turn
+        print(t, flush=True)
+        sys.stdin.readline()  # SIGSTOPped here while the session is evicted, restored by B, and B runs a turn
+    outcomes['turn in flight ended'] = turn.finished_seq
+    calls = {
+        'touch': lambda: lc.touch('s1', tenure=t),
+        'turn': lambda: lc.turn('s1', tenure=t).__enter__(),
+        'extend': lambda: lc.extend('s1', 7200, tenure=t),
+        'pin': lambda: lc.pin('s1', tenure=t),
+        'unpin': lambda: lc.unpin('s1', tenure=t),
+        'checkpoint': lambda: lc.checkpoint('s1', {'by': 'A, late'}, tenure=t),
+        'close': lambda: lc.close('s1', tenure=t),
+    }
+    for name, call in calls.items():
+        try:
+            outcomes[name] = repr(call())
+        except Fenced as refused:
+            outcomes[name] = 'fenced: ' + str(refused)
+        except LifecycleError as other:
+            outcomes[name] = type(other).__name__ + ': ' + str(other)
+    print(json.dumps(outcomes), flush=True)
+"""
+
+
+def test_every_write_of_a_replica_paused_across_an_eviction_and_a_restore_is_refused(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A paused mid-turn; B restores the session and runs a turn; A resumes: its turn's end and lease renewals touch
+    nothing of B's life, and its touch, turn, extend, pin, unpin, checkpoint and close are each refused (Fenced)."""
+    settings = make_reaper_settings(idle_ttl_s=600, busy_lease_s=3)
+    pipe = subprocess.PIPE
+    with subprocess.Popen([sys.executable, '-c', REPLICA_A_EVERY_WRITE], env=owned_env(settings), text=True,
+                          stdin=pipe, stdout=pipe, stderr=pipe) as a:  # fmt: skip
+        try:
+            assert a.stdout is not None
+            assert a.stdin is not None
+            tenure_a = int(a.stdout.readline())
+            os.kill(a.pid, signal.SIGSTOP)
+            r = make_reaper(settings)
+            r.clock = FixedClock(r.lc.pool.server_ms())
+            r.lc.pool.clock = r.clock
+            r.clock.advance(seconds=601)  # A's busy lease lapsed long ago, by the reaper's time
+            assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+            restored = r.lc.restore('s1', 'api-b')
+            tenure_b = restored.session.tenure
+            assert tenure_b is not None
+            assert tenure_b > tenure_a
+            with r.lc.turn('s1', tenure=tenure_b):
+                pass
+            r.lc.checkpoint('s1', {'by': 'B'}, tenure=tenure_b)
+            before = r.lc.status('s1')
+            assert before is not None
+            os.kill(a.pid, signal.SIGCONT)
+            a.stdin.write('go\n')
+            a.stdin.flush()
+            line = a.stdout.readline()
+            a.wait(30)
+            assert line, a.stderr.read() if a.stderr else ''
+            outcomes = json.loads(line)
+            print(f'\nreplica A (tenure {tenure_a}) resumed after B restored (tenure {tenure_b}):')
+            for name, outcome in outcomes.items():
+                print(f'  {name}: {outcome}')
+            assert outcomes.pop('turn in flight ended') is None  # its end bumped nothing of B's life
+            assert {name: outcome.split(':')[0] for name, outcome in outcomes.items()} == dict.fromkeys(
+                outcomes, 'fenced'
+            )
+            assert set(outcomes) == {'touch', 'turn', 'extend', 'pin', 'unpin', 'checkpoint', 'close'}
+            after = r.lc.status('s1')  # B's session, exactly as B left it
+            assert after is not None
+            assert (after.owner, after.tenure, after.turn_seq, after.busy, after.pinned) == (
+                'api-b',
+                tenure_b,
+                before.turn_seq,
+                False,
+                False,
+            )
+            assert (after.last_active_ms, after.expires_at_ms) == (before.last_active_ms, before.expires_at_ms)
+            document = r.document('s1') or {}
+            assert (document['state'], document['snapshot'], document['tenure']) == ('live', {'by': 'B'}, tenure_b)
         finally:
             if a.poll() is None:
                 os.kill(a.pid, signal.SIGCONT)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import redis
 
-from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle import FixedClock, Lifecycle, SessionInfo, Settings
 from lifecycle.pool.records import read_records
 
 
-def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | None = None) -> None:
-    lc.activate(lc.reserve(owner, tenant), session_id)
+def live(lc: Lifecycle, session_id: str, owner: str = 'api-1', tenant: str | None = None) -> SessionInfo:
+    return lc.activate(lc.reserve(owner, tenant), session_id)
 
 
 def test_a_session_record_lives_in_its_own_bucket_and_leaves_with_it(lc: Lifecycle) -> None:
-    live(lc, 'chat-1', tenant='acme')
+    info = live(lc, 'chat-1', tenant='acme')
     k = lc.index.keys
     created = lc.now_ms()
-    assert lc.redis.hgetall(k.meta_of('chat-1')) == {'chat-1': f'api-1|acme||{created}|0'}
+    assert info.tenure is not None  # the activation's fencing token, kept in the record
+    assert lc.redis.hgetall(k.meta_of('chat-1')) == {'chat-1': f'api-1|acme||{created}|0|{info.tenure}'}
     lc.close('chat-1')
     assert not lc.redis.exists(k.meta_of('chat-1'))
 

@@ -1,5 +1,7 @@
 -- _lib: helpers prepended to every script (not a script of its own).
--- A session record is 'owner|tenant|profile|created_ms|turn_seq'; '' stands for none.
+-- A session record is 'owner|tenant|profile|created_ms|turn_seq|tenure'; '' stands for none. The tenure is the
+-- fencing token drawn when this life of the session was activated or restored (records written before tenures,
+-- and a rebuild's stand-ins, have none: see stale).
 -- Scripts validate everything they read before their first write, and answer state they cannot use (a
 -- damaged record, a missing index entry) with a status code, never a Lua error: Redis does not roll back
 -- the writes a script made before an error.
@@ -46,13 +48,25 @@ end
 -- The record as a table, or nil when it is missing or malformed (outside damage: a hand edit).
 local function unpack_meta(record)
   if not record then return nil end
-  local owner, tenant, profile, created, seq = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(%d+)|(%d+)$')
-  if not owner then return nil end
-  return {owner = owner, tenant = tenant, profile = profile, created = created, seq = tonumber(seq)}
+  local owner, tenant, profile, created, seq, tenure = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(%d+)|(%d+)|(%d+)$')
+  if not owner then
+    owner, tenant, profile, created, seq = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(%d+)|(%d+)$')
+    if not owner then return nil end
+  end
+  return {owner = owner, tenant = tenant, profile = profile, created = created, seq = tonumber(seq), tenure = tenure}
 end
 
 local function pack_meta(m)
-  return table.concat({m.owner, m.tenant, m.profile, m.created, string.format('%d', m.seq)}, '|')
+  local fields = {m.owner, m.tenant, m.profile, m.created, string.format('%d', m.seq)}
+  if m.tenure then fields[6] = m.tenure end
+  return table.concat(fields, '|')
+end
+
+-- Whether a call made on behalf of the copy of a session of `tenure` ('': the caller gave none) comes from an
+-- earlier life than the record's: a replica that paused while the session was evicted and restored elsewhere.
+-- Such a call is refused and changes nothing. A record without a tenure cannot tell, and lets it through.
+local function stale(meta, tenure)
+  return tenure ~= '' and meta.tenure ~= nil and meta.tenure ~= tenure
 end
 
 -- The tenant index is one sorted set, every score 0, of 'tenant|session_id' (a live session) and

@@ -4,9 +4,10 @@
 -- KEYS[5] pinned_tenants ZSET (every score 0, 'tenant|session_id': a tenant's pins are one ZLEXCOUNT)
 -- KEYS[6] deadline ZSET
 -- ARGV[1] session_id  ARGV[2] now_ms  ARGV[3] most pinned sessions in the pool  ARGV[4] most per tenant (0: none)
+-- ARGV[5] the caller's tenure ('' none)
 -- Returns {1} pinned, {2} it was pinned already, {-1} not live, {-2} being evicted, {-3} past its hard deadline,
 -- {-4} its record is missing or malformed (outside damage), {-5, pinned, limit} the pool's limit is reached,
--- {-6, pinned, limit, tenant} its tenant's.
+-- {-6, pinned, limit, tenant} its tenant's, {-7} the caller's tenure is stale (see stale).
 local session_id = ARGV[1]
 local refused = refusal(KEYS[1], KEYS[6], KEYS[2], session_id, tonumber(ARGV[2]))
 if refused then
@@ -15,6 +16,9 @@ end
 local meta = unpack_meta(redis.call('HGET', KEYS[3], session_id))
 if not meta then
   return {-4}
+end
+if stale(meta, ARGV[5]) then
+  return {-7}
 end
 if redis.call('ZSCORE', KEYS[4], session_id) then
   return {2}

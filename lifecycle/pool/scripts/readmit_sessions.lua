@@ -4,20 +4,21 @@
 -- sit over it, and admission refuses until it is under.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] tenants ZSET  KEYS[4] slots STRING  KEYS[5] closed ZSET
 -- KEYS[5 + i] the meta bucket of session i
--- ARGV[1] now_ms  then per session i, 7 fields from ARGV[7i - 5]: session_id, owner, tenant ('' none),
--- profile ('' none), created_ms, turn_seq, expires_at_ms
+-- ARGV[1] now_ms  then per session i, 8 fields from ARGV[8i - 6]: session_id, owner, tenant ('' none),
+-- profile ('' none), created_ms, turn_seq, expires_at_ms, tenure ('' none: recorded before tenures)
 -- Returns how many sessions were taken back (one the pool already holds is left as it is, and one its app
 -- closed within the last minute stays closed: MongoDB may not have recorded the close yet).
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
 local taken = 0
 for i = 1, #KEYS - 5 do
-  local base = 7 * i - 5
+  local base = 8 * i - 6
   local session_id, tenant = ARGV[base], ARGV[base + 2]
   if not redis.call('ZSCORE', KEYS[1], session_id) and not redis.call('HGET', KEYS[5 + i], session_id)
      and not redis.call('ZSCORE', KEYS[5], session_id) then
     local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
-                              created = ARGV[base + 4], seq = tonumber(ARGV[base + 5])})
+                              created = ARGV[base + 4], seq = tonumber(ARGV[base + 5]),
+                              tenure = ARGV[base + 7] ~= '' and ARGV[base + 7] or nil})
     redis.call('HSET', KEYS[5 + i], session_id, record)
     redis.call('ZADD', KEYS[1], now, session_id)
     index_owner(k, ARGV[base + 1], session_id)
