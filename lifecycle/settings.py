@@ -34,7 +34,9 @@ _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 
 def redacted(url: str) -> str:
     """`url` without its password, for error messages and logs."""
-    return re.sub(r'//([^:/@]*):[^/]*@', r'//\1:***@', url)  # up to the last '@' before the path
+    # Up to the last '@' of all: a password with an unencoded '/' or '@' (a wrong URL, named by the error that
+    # refuses it) is hidden whole; an '@' further on only hides more.
+    return re.sub(r'//([^:/@]*):.*@', r'//\1:***@', url)
 
 
 def describe_error(error: ValidationError) -> str:

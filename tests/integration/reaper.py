@@ -70,4 +70,5 @@ FAILURES: dict[str, dict[str, Any]] = {
     'error': {'errorCode': 8},
     'write-concern': {'writeConcernError': {'code': 64, 'errmsg': 'waiting for replication timed out'}},
     'closed-connection': {'closeConnection': True},
+    'max-time-expired': {'errorCode': 50},  # the write's deadline (maxTimeMS) passed: part of it may have applied
 }

@@ -191,6 +191,17 @@ def test_a_fenced_off_eviction_write_changes_nothing_when_it_lands_late(store: S
     assert (store.load('landed') or {})['fence'] == 50
 
 
+def test_a_stale_fence_off_never_moves_a_newer_evictions_fence(store: SnapshotStore) -> None:
+    """`fence_off` raises only the fences its own marks' late writes could still pass: a paused worker's, drawn after
+    a newer eviction's token, leaves that eviction's fence alone (its recovery judges the session by it)."""
+    store.checkpoint('s', {'v': 1}, None, 2, 2)
+    stale = Mark(record('s'), 40, ReapReason.IDLE, True)
+    assert mark_one(store, record('s'), 50, ReapReason.IDLE, True) is MarkOutcome.DONE  # a newer eviction landed
+    store.fence_off([stale], 60)  # the paused worker's fence, drawn after it
+    document = store.load('s') or {}
+    assert (document['state'], document['fence']) == ('resumable', 50)
+
+
 def test_one_batch_gives_each_mark_its_own_outcome(store: SnapshotStore) -> None:
     store.checkpoint('saved', {'v': 1}, None, 2, 2)
     store.checkpoint('stale', {'v': 1}, None, 1, 1)

@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from lifecycle import ProfilePolicy, Settings
 from lifecycle.models import Limits
+from lifecycle.settings import redacted
 
 
 def test_defaults_match_the_design() -> None:
@@ -167,3 +168,18 @@ def test_the_docker_api_version_is_auto_or_a_version() -> None:
     for bad in ('v1.41', 'latest', '1', ''):
         with pytest.raises(ValidationError, match='sandbox_docker_api_version'):
             Settings(sandbox_docker_api_version=bad)
+
+
+@pytest.mark.parametrize(
+    ('url', 'shown'),
+    [
+        ('redis://user:p@ss@host:6379/0', 'redis://user:***@host:6379/0'),
+        ('redis://user:p/ss@host:6379/0', 'redis://user:***@host:6379/0'),  # a '/' unencoded: the URL is wrong
+        ('http://:pa/ss/w@host/0', 'http://:***@host/0'),  # (named in the error that refuses its scheme)
+        ('rediss://u:a%2Fb@h/0', 'rediss://u:***@h/0'),
+        ('redis://host:6379/0', 'redis://host:6379/0'),
+        ('redis://user@host/0', 'redis://user@host/0'),
+    ],
+)
+def test_no_part_of_a_password_is_ever_shown(url: str, shown: str) -> None:
+    assert redacted(url) == shown
