@@ -531,3 +531,32 @@ def test_beat_and_worker_ride_out_a_redis_restart_and_the_sweeps_resume(
     assert beat.poll() is None, 'the beat exited'
     assert gap <= limit_s
     client.close()
+
+
+def test_beat_rides_out_a_master_that_takes_no_writes_for_want_of_replicas(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, broker: str, spawn: Spawn
+) -> None:
+    """A master under `min-replicas-to-write` whose replicas are gone refuses every write (NOREPLICAS) until they are
+    back: the beat (its schedule and lock on that master, with the pool) must stand by through it, not exit, and
+    the sweeps resume once writes are taken again. (The broker is another Redis: Celery's worker exits on a broker
+    that refuses its BRPOP, and its supervisor restarts it; see deploy/.)"""
+    url, _ = server
+    base = url.rsplit('/', 1)[0]
+    settings = make_reaper_settings(redis_url=url, broker_url=broker, beat_redis_url=f'{base}/3',
+                                    idle_interval_s=2, expired_interval_s=2)  # fmt: skip
+    spawn(settings, *worker_args('w1'))
+    beat = spawn(settings, 'beat')
+    counters = Keys.for_prefix(settings.key_prefix).counters
+    client = redis.Redis.from_url(url, decode_responses=True)
+
+    def sweeps() -> int:
+        return int(client.hget(counters, 'sweep:idle') or 0)
+
+    wait_for(lambda: sweeps() > 0, 60, 'the first idle sweep')
+    client.config_set('min-replicas-to-write', 1)  # no replica: every write is refused
+    time.sleep(7)  # the beat ticks (every 5 s at most) while no write is taken
+    client.config_set('min-replicas-to-write', 0)
+    before = sweeps()
+    wait_for(lambda: sweeps() > before or beat.poll() is not None, 30, 'an idle sweep once writes are taken again')
+    assert beat.poll() is None, 'the beat exited'
+    client.close()
