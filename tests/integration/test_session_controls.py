@@ -516,16 +516,16 @@ def test_pins_extensions_interrupted_turns_and_retention_through_a_real_worker(
     spawn(settings, 'beat')
 
     wait_for(lambda: state_of(lc, 'cut') is SessionState.RESUMABLE, 60, 'owner-lost recovery of the dead turn')
-    wait_for(lambda: state_of(lc, 'idle') is SessionState.DELETED, 60, 'the idle session to pass its retention')
-    time.sleep(max(0, (lc.status('pinned').last_active_ms + 5_000 - lc.now_ms()) / 1000))  # type: ignore[union-attr]
-    assert state_of(lc, 'pinned') is SessionState.LIVE  # idle more than twice its timeout, under live sweeps
-    assert state_of(lc, 'extended') is SessionState.LIVE  # past the 4 s it was activated with
-
-    restored = lc.restore('cut', 'api-1')
+    restored = lc.restore('cut', 'api-1')  # at once: its retention (2 s) runs from its eviction
     assert restored.interrupted_turn is not None
     assert (restored.interrupted_turn.seq, restored.interrupted_turn.owner) == (1, 'api-dead')
     assert restored.note is not None
     assert 'turn 1 was cut off' in restored.note
+
+    wait_for(lambda: state_of(lc, 'idle') is SessionState.DELETED, 60, 'the idle session to pass its retention')
+    time.sleep(max(0, (lc.status('pinned').last_active_ms + 5_000 - lc.now_ms()) / 1000))  # type: ignore[union-attr]
+    assert state_of(lc, 'pinned') is SessionState.LIVE  # idle more than twice its timeout, under live sweeps
+    assert state_of(lc, 'extended') is SessionState.LIVE  # past the 4 s it was activated with
     with pytest.raises(SessionNotLive, match="'idle' was deleted"):
         lc.restore('idle', 'api-1')
 
