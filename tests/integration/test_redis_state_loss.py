@@ -7,7 +7,7 @@ import contextlib
 import multiprocessing
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -493,6 +493,25 @@ def test_after_a_rebuild_a_replica_that_heartbeats_must_vouch_for_its_sessions_w
 
 
 @pytest.mark.timeout(300)
+def sweeping(
+    url: str, broker_url: str, make_reaper_settings: SettingsFactory, spawn: Spawn
+) -> tuple[subprocess.Popen[bytes], redis.Redis, Callable[[], int]]:
+    """A worker and a beat (RedBeat on `url`, database 3) sweeping the pool on `url` every 2 s, once the first idle
+    sweep ran: the beat process, a client of `url`, and how many idle sweeps have run."""
+    settings = make_reaper_settings(redis_url=url, broker_url=broker_url, beat_redis_url=url.rsplit('/', 1)[0] + '/3',
+                                    idle_interval_s=2, expired_interval_s=2)  # fmt: skip
+    spawn(settings, *worker_args('w1'))
+    beat = spawn(settings, 'beat')
+    counters = Keys.for_prefix(settings.key_prefix).counters
+    client = redis.Redis.from_url(url, decode_responses=True)
+
+    def sweeps() -> int:
+        return int(client.hget(counters, 'sweep:idle') or 0)
+
+    wait_for(lambda: sweeps() > 0, 60, 'the first idle sweep')
+    return beat, client, sweeps
+
+
 def test_beat_and_worker_ride_out_a_redis_restart_and_the_sweeps_resume(
     server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, spawn: Spawn
 ) -> None:
@@ -500,20 +519,13 @@ def test_beat_and_worker_ride_out_a_redis_restart_and_the_sweeps_resume(
     (down for 3 s). The beat must not exit (a tick during the outage, and the lock gone after it), the schedule
     must be installed again, and the sweeps resume within one period plus the lock's TTL."""
     url, running = server
-    base = url.rsplit('/', 1)[0]
-    settings = make_reaper_settings(redis_url=url, broker_url=f'{base}/2', beat_redis_url=f'{base}/3',
-                                    idle_interval_s=2, expired_interval_s=2)  # fmt: skip
-    spawn(settings, *worker_args('w1'))
-    beat = spawn(settings, 'beat')
-    counters = Keys.for_prefix(settings.key_prefix).counters
-    client = redis.Redis.from_url(url, decode_responses=True)
+    beat, client, sweeps = sweeping(url, url.rsplit('/', 1)[0] + '/2', make_reaper_settings, spawn)
 
     def swept() -> bool:
         with contextlib.suppress(redis.ConnectionError):
-            return int(client.hget(counters, 'sweep:idle') or 0) > 0
+            return sweeps() > 0
         return False
 
-    wait_for(swept, 60, 'the first idle sweep')
     port = int(url.rsplit(':', 1)[1].split('/')[0])
     with contextlib.suppress(redis.ConnectionError):  # the pool, the queue, the schedule and the lock go with it
         client.shutdown(nosave=True)
@@ -540,19 +552,7 @@ def test_beat_rides_out_a_master_that_takes_no_writes_for_want_of_replicas(
     back: the beat (its schedule and lock on that master, with the pool) must stand by through it, not exit, and
     the sweeps resume once writes are taken again. (The broker is another Redis: Celery's worker exits on a broker
     that refuses its BRPOP, and its supervisor restarts it; see deploy/.)"""
-    url, _ = server
-    base = url.rsplit('/', 1)[0]
-    settings = make_reaper_settings(redis_url=url, broker_url=broker, beat_redis_url=f'{base}/3',
-                                    idle_interval_s=2, expired_interval_s=2)  # fmt: skip
-    spawn(settings, *worker_args('w1'))
-    beat = spawn(settings, 'beat')
-    counters = Keys.for_prefix(settings.key_prefix).counters
-    client = redis.Redis.from_url(url, decode_responses=True)
-
-    def sweeps() -> int:
-        return int(client.hget(counters, 'sweep:idle') or 0)
-
-    wait_for(lambda: sweeps() > 0, 60, 'the first idle sweep')
+    beat, client, sweeps = sweeping(server[0], broker, make_reaper_settings, spawn)
     client.config_set('min-replicas-to-write', 1)  # no replica: every write is refused
     time.sleep(7)  # the beat ticks (every 5 s at most) while no write is taken
     client.config_set('min-replicas-to-write', 0)

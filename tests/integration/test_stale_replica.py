@@ -11,11 +11,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from lifecycle import FixedClock
+from lifecycle import FixedClock, Settings
 from lifecycle.errors import Fenced
 from lifecycle.models import ReapReason
 from lifecycle.ops.embedded import owned_env
@@ -23,6 +26,7 @@ from lifecycle.steps import Done, advance
 from lifecycle.stores.mongo import MongoSnapshotStore, Plans
 from tests.conftest import SettingsFactory
 from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
 
 REPLICA_A = """
 import sys
@@ -42,46 +46,69 @@ with Lifecycle() as lc:
 """
 
 
-def test_a_replica_paused_across_an_eviction_and_a_restore_cannot_overwrite_the_new_owner(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
-) -> None:
-    settings = make_reaper_settings(idle_ttl_s=600)
-    with subprocess.Popen([sys.executable, '-c', REPLICA_A], env=owned_env(settings), stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as a:  # fmt: skip
+@dataclass
+class Paused:
+    """Replica A, a real process, SIGSTOPped after printing its tenure of s1; s1 then evicted by a reaper on
+    Redis's time, 601 s on (A's busy lease long lapsed)."""
+
+    process: subprocess.Popen[str]
+    tenure: int
+    reaper: Reaper
+
+    def resume(self) -> str:
+        """SIGCONT A, let it go on, and return the line it prints."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.process.stdin.write('go\n')
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        self.process.wait(30)
+        assert line, self.process.stderr.read() if self.process.stderr else ''
+        return line.strip()
+
+
+@contextmanager
+def paused_replica(script: str, settings: Settings, make_reaper: ReaperFactory) -> Iterator[Paused]:
+    pipe = subprocess.PIPE
+    with subprocess.Popen([sys.executable, '-c', script], env=owned_env(settings), text=True,
+                          stdin=pipe, stdout=pipe, stderr=pipe) as a:  # fmt: skip
         try:
             assert a.stdout is not None
-            assert a.stdin is not None
-            tenure_a = int(a.stdout.readline())
+            tenure = int(a.stdout.readline())
             os.kill(a.pid, signal.SIGSTOP)
             r = make_reaper(settings)
             r.clock = FixedClock(r.lc.pool.server_ms())  # the reaper's time: now, by Redis
             r.lc.pool.clock = r.clock
             r.clock.advance(seconds=601)
             assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
-            restored = r.lc.restore('s1', 'api-b')  # B takes it over and runs a turn
-            assert restored.session.tenure is not None
-            assert restored.session.tenure > tenure_a
-            with r.lc.turn('s1'):
-                pass
-            b_messages = [{'id': 'm1', 'text': 'hello'}, {'id': 'm2', 'text': 'B, turn 1'}]
-            r.lc.checkpoint('s1', {'by': 'B', 'turns': 1}, b_messages, tenure=restored.session.tenure)
-            os.kill(a.pid, signal.SIGCONT)
-            a.stdin.write('go\n')
-            a.stdin.flush()
-            outcome = a.stdout.readline().strip()
-            a.wait(30)
-            print(f'\nreplica A (tenure {tenure_a}) resumed after B restored (tenure {restored.session.tenure}): '
-                  f'{outcome}')  # fmt: skip
-            assert outcome.startswith('fenced:'), (outcome, a.stderr.read() if a.stderr else '')
-            document = r.document('s1') or {}
-            assert document['snapshot'] == {'by': 'B', 'turns': 1}  # MongoDB holds B's state
-            assert r.store is not None
-            assert r.store.messages('s1') == b_messages
+            yield Paused(a, tenure, r)
         finally:
             if a.poll() is None:
                 os.kill(a.pid, signal.SIGCONT)
                 a.kill()
                 a.wait(10)
+
+
+def test_a_replica_paused_across_an_eviction_and_a_restore_cannot_overwrite_the_new_owner(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    with paused_replica(REPLICA_A, make_reaper_settings(idle_ttl_s=600), make_reaper) as a:
+        r = a.reaper
+        restored = r.lc.restore('s1', 'api-b')  # B takes it over and runs a turn
+        assert restored.session.tenure is not None
+        assert restored.session.tenure > a.tenure
+        with r.lc.turn('s1'):
+            pass
+        b_messages = [{'id': 'm1', 'text': 'hello'}, {'id': 'm2', 'text': 'B, turn 1'}]
+        r.lc.checkpoint('s1', {'by': 'B', 'turns': 1}, b_messages, tenure=restored.session.tenure)
+        outcome = a.resume()
+        print(f'\nreplica A (tenure {a.tenure}) resumed after B restored (tenure {restored.session.tenure}): {outcome}')
+        assert outcome.startswith('fenced:'), outcome
+        document = r.document('s1') or {}
+        assert document['snapshot'] == {'by': 'B', 'turns': 1}  # MongoDB holds B's state
+        assert r.store is not None
+        assert r.store.messages('s1') == b_messages
 
 
 REPLICA_A_EVERY_WRITE = """
@@ -123,60 +150,31 @@ def test_every_write_of_a_replica_paused_across_an_eviction_and_a_restore_is_ref
     """A paused mid-turn; B restores the session and runs a turn; A resumes: its turn's end and lease renewals touch
     nothing of B's life, and its touch, turn, extend, pin, unpin, checkpoint and close are each refused (Fenced)."""
     settings = make_reaper_settings(idle_ttl_s=600, busy_lease_s=3)
-    pipe = subprocess.PIPE
-    with subprocess.Popen([sys.executable, '-c', REPLICA_A_EVERY_WRITE], env=owned_env(settings), text=True,
-                          stdin=pipe, stdout=pipe, stderr=pipe) as a:  # fmt: skip
-        try:
-            assert a.stdout is not None
-            assert a.stdin is not None
-            tenure_a = int(a.stdout.readline())
-            os.kill(a.pid, signal.SIGSTOP)
-            r = make_reaper(settings)
-            r.clock = FixedClock(r.lc.pool.server_ms())
-            r.lc.pool.clock = r.clock
-            r.clock.advance(seconds=601)  # A's busy lease lapsed long ago, by the reaper's time
-            assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
-            restored = r.lc.restore('s1', 'api-b')
-            tenure_b = restored.session.tenure
-            assert tenure_b is not None
-            assert tenure_b > tenure_a
-            with r.lc.turn('s1', tenure=tenure_b):
-                pass
-            r.lc.checkpoint('s1', {'by': 'B'}, tenure=tenure_b)
-            before = r.lc.status('s1')
-            assert before is not None
-            os.kill(a.pid, signal.SIGCONT)
-            a.stdin.write('go\n')
-            a.stdin.flush()
-            line = a.stdout.readline()
-            a.wait(30)
-            assert line, a.stderr.read() if a.stderr else ''
-            outcomes = json.loads(line)
-            print(f'\nreplica A (tenure {tenure_a}) resumed after B restored (tenure {tenure_b}):')
-            for name, outcome in outcomes.items():
-                print(f'  {name}: {outcome}')
-            assert outcomes.pop('turn in flight ended') is None  # its end bumped nothing of B's life
-            assert {name: outcome.split(':')[0] for name, outcome in outcomes.items()} == dict.fromkeys(
-                outcomes, 'fenced'
-            )
-            assert set(outcomes) == {'touch', 'turn', 'extend', 'pin', 'unpin', 'checkpoint', 'close'}
-            after = r.lc.status('s1')  # B's session, exactly as B left it
-            assert after is not None
-            assert (after.owner, after.tenure, after.turn_seq, after.busy, after.pinned) == (
-                'api-b',
-                tenure_b,
-                before.turn_seq,
-                False,
-                False,
-            )
-            assert (after.last_active_ms, after.expires_at_ms) == (before.last_active_ms, before.expires_at_ms)
-            document = r.document('s1') or {}
-            assert (document['state'], document['snapshot'], document['tenure']) == ('live', {'by': 'B'}, tenure_b)
-        finally:
-            if a.poll() is None:
-                os.kill(a.pid, signal.SIGCONT)
-                a.kill()
-                a.wait(10)
+    with paused_replica(REPLICA_A_EVERY_WRITE, settings, make_reaper) as a:
+        r = a.reaper
+        restored = r.lc.restore('s1', 'api-b')
+        tenure_b = restored.session.tenure
+        assert tenure_b is not None
+        assert tenure_b > a.tenure
+        with r.lc.turn('s1', tenure=tenure_b):
+            pass
+        r.lc.checkpoint('s1', {'by': 'B'}, tenure=tenure_b)
+        before = r.lc.status('s1')
+        assert before is not None
+        outcomes = json.loads(a.resume())
+        print(f'\nreplica A (tenure {a.tenure}) resumed after B restored (tenure {tenure_b}):')
+        for name, outcome in outcomes.items():
+            print(f'  {name}: {outcome}')
+        assert outcomes.pop('turn in flight ended') is None  # its end bumped nothing of B's life
+        assert {name: outcome.split(':')[0] for name, outcome in outcomes.items()} == dict.fromkeys(outcomes, 'fenced')
+        assert set(outcomes) == {'touch', 'turn', 'extend', 'pin', 'unpin', 'checkpoint', 'close'}
+        after = r.lc.status('s1')  # B's session, exactly as B left it
+        assert after is not None
+        assert (after.owner, after.tenure, after.turn_seq, after.busy, after.pinned) == (
+            'api-b', tenure_b, before.turn_seq, False, False)  # fmt: skip
+        assert (after.last_active_ms, after.expires_at_ms) == (before.last_active_ms, before.expires_at_ms)
+        document = r.document('s1') or {}
+        assert (document['state'], document['snapshot'], document['tenure']) == ('live', {'by': 'B'}, tenure_b)
 
 
 def drive(plan: Any, store: MongoSnapshotStore, step: Any, stop_before: str | None = None) -> Any:
