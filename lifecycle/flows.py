@@ -18,6 +18,7 @@ from lifecycle.clock import Clock
 from lifecycle.errors import (
     CapacityExceeded,
     ConfigurationError,
+    Fenced,
     InvalidArgument,
     LifecycleError,
     PersistenceError,
@@ -312,9 +313,17 @@ class Flows:
             try:
                 yield Durable(store.activated, (record_of(info), info.tenure, self.keys.prefix))
             except LifecycleError:
-                yield self.index.close(session_id, (yield NOW))
+                yield from self._undo(session_id, info.tenure)
                 raise
         return info
+
+    def _undo(self, session_id: str, tenure: int | None) -> Steps[None]:
+        """Undo an activation in Redis whose durable record was not written: close it, but only the life it began
+        (a replica paused before that write may find the session evicted and restored by another since)."""
+        try:
+            yield self.index.close(session_id, (yield NOW), tenure)
+        except Fenced:
+            log.warning('session %s was not closed: it was restored elsewhere (tenure %s is stale)', session_id, tenure)
 
     def touch(self, session_ids: Sequence[str], store: SnapshotStore | None, tenure: int | None = None) -> Steps[int]:
         stamped: int = yield self.index.touch(session_ids, (yield NOW), tenure)
@@ -485,10 +494,10 @@ class Flows:
         try:
             restored = yield Durable(store.restore, (session_id, tenure, owner))
         except PersistenceError:
-            yield self.index.close(session_id, (yield NOW))
+            yield from self._undo(session_id, info.tenure)
             raise
         if restored is None:
-            yield self.index.close(session_id, (yield NOW))
+            yield from self._undo(session_id, info.tenure)
             raise SessionNotLive(f'session {session_id!r} was restored, ended or evicted again meanwhile')
         messages = yield Durable(store.messages, (session_id,))
         interrupted = interrupted_of(restored)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from lifecycle import FixedClock, Settings
+from lifecycle import FixedClock, Lifecycle, Settings
 from lifecycle.errors import Fenced
 from lifecycle.models import ReapReason
 from lifecycle.ops.embedded import owned_env
+from lifecycle.sandboxes import NoopDriver
 from lifecycle.steps import Done, advance
 from lifecycle.stores.mongo import MongoSnapshotStore, Plans
 from tests.conftest import SettingsFactory
@@ -212,3 +214,73 @@ def test_a_stale_checkpoint_that_passed_its_check_before_the_restore_counts_for_
     assert store.messages('s1') == b_messages  # m9 landed, and counts for nothing
     assert store.message_docs.count_documents({'session_id': 's1', 'message_id': 'm9'}) == 1
     assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
+
+
+class PausedBefore:
+    """A's store: its first call to `method` waits (A paused between its Redis activation and its durable write)
+    until `go` is set; every other call is the real store's."""
+
+    def __init__(self, store: Any, method: str) -> None:
+        self.store, self.method = store, method
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.store, name)
+        if name != self.method or self.reached.is_set():
+            return real
+
+        def paused(*args: Any) -> Any:
+            self.reached.set()
+            assert self.go.wait(30)
+            return real(*args)
+
+        return paused
+
+
+@pytest.mark.parametrize('path', ['activate', 'restore'])
+def test_a_replica_paused_before_its_durable_activation_write_leaves_the_new_owner_s_session_alone(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, path: str
+) -> None:
+    """A activates (or restores) s1 in Redis and pauses before MongoDB records it; meanwhile s1 is evicted and B
+    restores it. A resumes: MongoDB refuses A's stale write, and A's undo must not close B's session (it closed
+    it: B's life ended in Redis while MongoDB still held it live)."""
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600))
+    assert r.store is not None
+    if path == 'restore':  # s1 resumable: A restores it
+        r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=3600)
+        r.lc.checkpoint('s1', {'by': 'first'})
+        r.clock.advance(seconds=601)
+        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+    store = PausedBefore(r.store, 'activated' if path == 'activate' else 'restore')
+    a = Lifecycle(r.lc.settings, clock=r.clock, store=store, driver=NoopDriver())
+    failures: list[BaseException] = []
+
+    def replica_a() -> None:
+        try:
+            if path == 'activate':
+                a.activate(a.reserve('api-a'), 's1', ttl_seconds=3600)
+            else:
+                a.restore('s1', 'api-a')
+        except BaseException as error:  # the test reads it
+            failures.append(error)
+
+    thread = threading.Thread(target=replica_a)
+    thread.start()
+    try:
+        assert store.reached.wait(30)
+        if path == 'activate':  # never checkpointed: its eviction still leaves it resumable, fenced above A
+            r.lc.checkpoint('s1', {'by': 'A, through the pool'})
+        r.clock.advance(seconds=601)
+        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+        restored = r.lc.restore('s1', 'api-b')
+    finally:
+        store.go.set()
+        thread.join(30)
+        a.disconnect()
+    assert len(failures) == 1
+    print(f'\nreplica A, resumed after B restored s1: {type(failures[0]).__name__}: {failures[0]}')
+    held = r.lc.status('s1')  # B's session, still live in Redis, as MongoDB says
+    assert held is not None
+    assert (held.owner, held.tenure) == ('api-b', restored.session.tenure)
+    document = r.document('s1') or {}
+    assert (document['state'], document['tenure']) == ('live', restored.session.tenure)
