@@ -424,14 +424,16 @@ class Plans:
     @staticmethod
     def activated_plan(record: SessionRecord, token: int, pool: str) -> Plan[None]:
         now = datetime.now(UTC)
-        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token, 'tenure': token,
-                           'pool': pool, 'activated_at': now, 'updated_at': now},
+        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'tenure': token, 'pool': pool,
+                           'activated_at': now, 'updated_at': now},
+                  '$max': {'fence': token},  # a resend leaves a fence raised since where it is
                   '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
         try:
             # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
             purged = {'purge_pending': {'$exists': False}}
-            # The tenure is drawn by the activation in Redis: a resent activate() writes this same token again.
-            fresh = {'$or': [*_below(token)['$or'], {'fence': token, 'tenure': token}]}
+            # The tenure is drawn by the activation in Redis: a resent activate() writes this same token again, over
+            # its own life, whatever fence a failed eviction or a rebuild raised over it meanwhile.
+            fresh = {'$or': [*_below(token)['$or'], {'state': SessionState.LIVE.value, 'tenure': token}]}
             yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged, **fresh},
                                                 update), {'upsert': True})  # fmt: skip
         except DuplicateKeyError:

@@ -14,6 +14,7 @@ import pymongo
 import pytest
 
 from lifecycle import InvalidArgument, PersistenceError
+from lifecycle.errors import Fenced
 from lifecycle.models import InterruptedTurn, ReapReason, SessionState
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 from lifecycle.stores.documents import interrupted_of
@@ -282,3 +283,23 @@ def test_heartbeating_owners_are_recorded_once_per_pool(store: SnapshotStore) ->
         store.announce_owner(pool, owner)
     assert store.heartbeating_owners('{a}') == ['api-1', 'api-2']
     assert store.heartbeating_owners('{b}') == ['api-9']
+
+
+@pytest.mark.parametrize('raise_it', ['raise_fence', 'raise_fences', 'fence_off'])
+def test_a_resent_activation_is_recorded_after_a_fence_was_raised_over_it(store: SnapshotStore, raise_it: str) -> None:
+    """activate() resent (the same reservation: Redis hands back the same tenure) after a failed eviction or a
+    rebuild raised the session's fence: MongoDB takes it as the same life, and its fence stays where it was raised
+    (it refused the resend, and the undo closed the replica's own session)."""
+    store.activated(record(), 20, 'pool')
+    if raise_it == 'raise_fence':
+        store.raise_fence('s1', 30)
+    elif raise_it == 'raise_fences':
+        store.raise_fences(['s1'], 30)
+    else:
+        store.fence_off([Mark(record(), 20, ReapReason.IDLE, needs_checkpoint=False)], 30)
+    store.activated(record(), 20, 'pool')
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['tenure'], document['fence']) == ('live', 20, 30)
+    with pytest.raises(Fenced):  # a different life's token below the fence is still refused
+        store.activated(record(), 21, 'pool')
