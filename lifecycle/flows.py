@@ -367,9 +367,15 @@ class Flows:
         if store is not None:
             try:  # its token came with the close, from the state that held it: above every fence MongoDB holds
                 record = record_of(closed.info)
-                yield Durable(store.end, (record, SessionState.CLOSED, closed.token, self.settings.mongo_timeout_ms))
+                ended = yield Durable(store.end, (record, SessionState.CLOSED, closed.token,
+                                                  self.settings.mongo_timeout_ms))  # fmt: skip
             except PersistenceError as exc:
                 log.warning('closed %s, but MongoDB did not record it: %s', session_id, exc)
+            else:
+                if not ended:  # Redis held an earlier life (it lost an eviction and a restore): not this one's close
+                    yield calls.remove(self.keys.closed, [session_id])  # so the rebuild gives the later one back
+                    raise stale(session_id, closed.info.tenure, 'only a stale copy of it in Redis was closed; MongoDB '
+                                'holds its later life, which the pool takes back when it is rebuilt')  # fmt: skip
         return True
 
     def extend(

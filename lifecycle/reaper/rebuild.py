@@ -124,7 +124,7 @@ class Rebuilder:
                     expired += 1
                 else:
                     due.append(session)
-            missing = self._missing(due)
+            missing = self._missing(due, now)
             if missing:
                 # Their fences go up to the new epoch first: a write still in flight from before the loss (an
                 # eviction's, say) can no longer land on a session the pool now holds live again. Only theirs: a
@@ -169,25 +169,37 @@ class Rebuilder:
             gone = [i for i in ids if documents.get(i, {}).get('state') in ENDED]
             if gone:
                 infos = self.pool.run_each([self.index.status(i, now_ms) for i in gone])
-                same_life = [info.session_id for info in infos if isinstance(info, SessionInfo)
+                same_life = [info for info in infos if isinstance(info, SessionInfo)
                              and same_life_as(documents[info.session_id], info)]  # fmt: skip
-                closes = self.pool.run_each([self.index.close(i, now_ms) for i in same_life])
+                # Each as it was read: a life that replaced it since is not this one's to end.
+                closes = self.pool.run_each([self.index.close(i.session_id, now_ms, i.tenure) for i in same_life])
                 ended += sum(1 for closed in closes if isinstance(closed, Closed))
                 if same_life:
                     log.warning('%d sessions live in Redis had ended in MongoDB (a failover lost their end): '
-                                'ended again (%s, ...)', len(same_life), same_life[0])  # fmt: skip
+                                'ended again (%s, ...)', len(same_life), same_life[0].session_id)  # fmt: skip
             extend()
             if cursor == 0:
                 return ended
 
-    def _missing(self, sessions: list[Readmitted]) -> list[Readmitted]:
+    def _missing(self, sessions: list[Readmitted], now_ms: int) -> list[Readmitted]:
         """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have
-        recorded that close yet: see `Keys.closed`)."""
+        recorded that close yet: see `Keys.closed`); and those it holds an earlier life of (a lower tenure: it
+        lost their eviction and the restore MongoDB recorded), whose replica's writes would otherwise be taken
+        and the current owner's refused."""
         ids = [s.session_id for s in sessions]
         live, closed = self.pool.run_many(
             [calls.scores(self.pool.keys.live, ids), calls.scores(self.pool.keys.closed, ids)]
         )
-        return [s for s, held, ended in zip(sessions, live, closed, strict=True) if held is None and ended is None]
+        missing = [s for s, held, ended in zip(sessions, live, closed, strict=True) if held is None and ended is None]
+        held = [s for s, at in zip(sessions, live, strict=True) if at is not None and s.tenure is not None]
+        infos = self.pool.run_each([self.index.status(s.session_id, now_ms) for s in held]) if held else []
+        earlier = [s for s, info in zip(held, infos, strict=True) if isinstance(info, SessionInfo)
+                   and info.tenure is not None and s.tenure is not None and info.tenure < s.tenure]  # fmt: skip
+        if earlier:
+            log.warning('%d sessions held in Redis as an earlier life than MongoDB records (a failover lost their '
+                        'eviction and restore): given back to the later one (%s, ...)', len(earlier),
+                        earlier[0].session_id)  # fmt: skip
+        return missing + earlier
 
     def _orphan_unvouched_sandboxes(self, now_ms: int) -> int:
         """The sandbox driver's leases are the other witness: a sandbox still running whose session the rebuilt

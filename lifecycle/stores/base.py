@@ -35,6 +35,7 @@ class SessionRecord:
     turn_seq: int
     interrupted_turn: InterruptedTurn | None = None  # a turn in flight when it left the pool
     trail: Trail | None = None  # its decision trail when it left the pool
+    tenure: int | None = None  # the life Redis held (None: any); an end of it never lands on a later life
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ class SnapshotStore(Protocol):
         mark's), so a write of the batch that lands late changes nothing, and put back to live each document its
         own mark made resumable; a missing document is created live. One write for the batch; PersistenceError."""
 
-    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
-        """Mark the session expired or closed under `token`; raises PersistenceError."""
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> bool:
+        """Mark the session expired or closed under `token`; False when a later life than the record's holds the
+        document (the end was of a stale copy: nothing written). PersistenceError."""
 
     def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
         """Move the recorded hard deadline of the session's life that began at `created_at` to at least

@@ -103,6 +103,7 @@ def record_of(info: SessionInfo) -> SessionRecord:
         last_active_at=info.last_active,
         expires_at=info.expires_at,
         turn_seq=info.turn_seq,
+        tenure=info.tenure,
     )
 
 

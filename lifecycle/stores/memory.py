@@ -134,12 +134,14 @@ class InMemorySnapshotStore:
                     document['fence'] = max(int(document.get('fence', 0)), token)
                 document['updated_at'] = now
 
-    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> bool:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
-            if below(document, token):
+            later_life = record.tenure is not None and document.get('tenure', record.tenure) != record.tenure
+            if below(document, token) and not later_life:
                 document.update(record_fields(record), state=state.value, fence=token, ended_at=now, updated_at=now)
+            return not (later_life and document.get('state') != state.value)
 
     def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
         with self._lock:

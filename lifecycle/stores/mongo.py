@@ -49,6 +49,11 @@ def _below(token: int) -> dict[str, Any]:
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
 
 
+def _of_life(tenure: int) -> dict[str, Any]:
+    """Filter: the document records the life of `tenure` (or one from before lives recorded theirs)."""
+    return {'$or': [{'tenure': tenure}, {'tenure': {'$exists': False}}]}
+
+
 def _subject(session_ids: str | Sequence[str]) -> str:
     """'session 's1'', or '40 sessions ('s1', ...)' for a batch."""
     if isinstance(session_ids, str) or len(session_ids) == 1:
@@ -361,15 +366,22 @@ class Plans:
             yield Op('sessions', 'bulk_write', ([off(mark) for mark in marks],), {'ordered': False})
 
     @staticmethod
-    def end_plan(record: SessionRecord, state: SessionState, token: int) -> Plan[None]:
+    def end_plan(record: SessionRecord, state: SessionState, token: int) -> Plan[bool]:
         now = datetime.now(UTC)
         update = {'$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now,
                            'updated_at': now}}  # fmt: skip
+        life = {} if record.tenure is None else {'$and': [_of_life(record.tenure)]}
         try:
-            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_below(token)}, update), {'upsert': True})
-        except DuplicateKeyError:  # a newer token wrote the document already: this end is not its last word
-            log.warning('%s of %s not recorded: a newer token wrote it (token %d)', state.value, record.session_id,
-                        token)  # fmt: skip
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_below(token), **life}, update),
+                     {'upsert': True})  # fmt: skip
+        except DuplicateKeyError:  # a newer token, or a later life, wrote the document: this end is not its last word
+            log.warning('%s of %s not recorded: a newer token or life wrote it (token %d)', state.value,
+                        record.session_id, token)  # fmt: skip
+            if life:
+                later = yield Op('sessions', 'find_one', ({'_id': record.session_id, 'tenure': {'$ne': record.tenure},
+                                                           'state': {'$ne': state.value}},))  # fmt: skip
+                return later is None
+        return True
 
     @staticmethod
     def extend_plan(session_id: str, created_at: datetime, expires_at: datetime) -> Plan[bool]:
@@ -604,8 +616,9 @@ class MongoSnapshotStore(_Connected):
     def fence_off(self, marks: Sequence[Mark], token: int) -> None:
         self._run(Plans.fence_off_plan(marks, token), 'fence', [m.record.session_id for m in marks])
 
-    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
-        self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id, timeout_ms / 1000)
+    def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> bool:
+        return self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,
+                         timeout_ms / 1000)  # fmt: skip
 
     def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
         return self._run(Plans.extend_plan(session_id, created_at, expires_at), 'deadline write', session_id)
@@ -717,8 +730,8 @@ class AsyncMongoSnapshotStore(_Connected):
     async def fence_off(self, marks: Sequence[Mark], token: int) -> None:
         await self._run(Plans.fence_off_plan(marks, token), 'fence', [m.record.session_id for m in marks])
 
-    async def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> None:
-        await self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,
+    async def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> bool:
+        return await self._run(Plans.end_plan(record, state, token), f'{state.value} write', record.session_id,
                         timeout_ms / 1000)  # fmt: skip
 
     async def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:

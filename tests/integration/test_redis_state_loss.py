@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from lifecycle import CapacityExceeded, Lifecycle, SessionState
-from lifecycle.errors import LifecycleError, PoolRecovering
+from lifecycle.errors import Fenced, LifecycleError, PoolRecovering
 from lifecycle.models import ReapReason, SweepKind
 from lifecycle.ops.cli import reaping_warnings
 from lifecycle.pool import calls
@@ -560,3 +560,64 @@ def test_beat_rides_out_a_master_that_takes_no_writes_for_want_of_replicas(
     wait_for(lambda: sweeps() > before or beat.poll() is not None, 30, 'an idle sweep once writes are taken again')
     assert beat.poll() is None, 'the beat exited'
     client.close()
+
+
+def test_a_redis_that_lost_an_eviction_and_a_restore_gives_the_pool_back_to_the_life_mongodb_holds(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+) -> None:
+    """Redis comes back from a snapshot taken while A held s1: it lost s1's eviction and B's restore, and holds
+    A's earlier life (its tenure). The rebuild gives s1 back to the life MongoDB holds (B's): B's writes go
+    through, A's are refused. And A's close, should it come before the rebuild, never marks B's life closed in
+    MongoDB (before: the rebuild left A's record, B's touch was Fenced, and A's close ended B's life)."""
+    url, process = start_private_redis('--dir', str(tmp_path))
+    port = int(url.rsplit(':', 1)[1].split('/')[0])
+    try:
+        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+        lc = r.lc
+        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+        a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=3600)
+        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+        lc.checkpoint('s2', {'by': 'A'})
+        lc.redis.save()  # the snapshot Redis will come back from: A holds s1 and s2
+        r.clock.advance(seconds=601)
+        for name in ('s1', 's2'):
+            assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+        b1 = lc.restore('s1', 'api-b').session
+        b2 = lc.restore('s2', 'api-b').session
+        assert b1.tenure is not None
+        assert a.tenure is not None
+        assert b1.tenure > a.tenure
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(url).shutdown(nosave=True)
+        process.wait(10)
+        _, process = start_private_redis('--dir', str(tmp_path), port=port)
+        held = lc.status('s1')
+        assert held is not None
+        assert (held.owner, held.tenure) == ('api-a', a.tenure)  # A's life is back in Redis
+
+        # Before the rebuild, A's close of s2 is taken by its stale copy in Redis, but not by MongoDB: A is told.
+        with pytest.raises(Fenced, match='only a stale copy'):
+            lc.close('s2', tenure=a2.tenure)
+        s2 = r.document('s2') or {}
+        assert (s2['state'], s2['tenure']) == ('live', b2.tenure)
+
+        report = r.sweep(SweepKind.EXPIRED)
+        assert report.rebuilt is not None
+        print(f'\nrebuilt after a restart that lost an eviction and a restore: {report.rebuilt}')
+        assert report.rebuilt.readmitted == 2  # s1 replaced in place, s2 taken back
+        for name, b in (('s1', b1), ('s2', b2)):
+            now = lc.status(name)
+            assert now is not None
+            assert (now.owner, now.tenure) == ('api-b', b.tenure)  # the life MongoDB holds
+        assert (lc.stats().live, lc.stats().slots) == (2, 2)
+        r.clock.advance(seconds=1)
+        assert lc.touch('s1', tenure=b1.tenure)
+        assert lc.touch('s2', tenure=b2.tenure)
+        with pytest.raises(Fenced):
+            lc.touch('s1', tenure=a.tenure)
+        with pytest.raises(Fenced):
+            lc.close('s1', tenure=a.tenure)
+        document = r.document('s1') or {}
+        assert (document['state'], document['tenure'], document['owner']) == ('live', b1.tenure, 'api-b')
+    finally:
+        stop_private_redis(process)

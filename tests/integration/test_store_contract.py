@@ -303,3 +303,18 @@ def test_a_resent_activation_is_recorded_after_a_fence_was_raised_over_it(store:
     assert (document['state'], document['tenure'], document['fence']) == ('live', 20, 30)
     with pytest.raises(Fenced):  # a different life's token below the fence is still refused
         store.activated(record(), 21, 'pool')
+
+
+def test_an_end_of_an_earlier_life_never_lands_on_a_later_one(store: SnapshotStore) -> None:
+    """A close from a stale copy of the session (its tenure 20) after MongoDB recorded a later life (tenure 30):
+    nothing written, and the store says so; the end of the life it holds, or of a record without a tenure, lands."""
+    store.activated(record(), 30, 'pool')
+    assert store.end(replace(record(), tenure=20), SessionState.CLOSED, 40, 5000) is False
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['tenure'], document['fence']) == ('live', 30, 30)
+    assert store.end(replace(record(), tenure=30), SessionState.CLOSED, 41, 5000) is True
+    assert store.end(replace(record(), tenure=20), SessionState.CLOSED, 42, 5000) is True  # already ended: said
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['fence']) == ('closed', 41)

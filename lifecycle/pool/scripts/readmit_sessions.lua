@@ -6,19 +6,35 @@
 -- KEYS[5 + i] the meta bucket of session i
 -- ARGV[1] now_ms  then per session i, 8 fields from ARGV[8i - 6]: session_id, owner, tenant ('' none),
 -- profile ('' none), created_ms, turn_seq, expires_at_ms, tenure ('' none: recorded before tenures)
--- Returns how many sessions were taken back (one the pool already holds is left as it is, and one its app
--- closed within the last minute stays closed: MongoDB may not have recorded the close yet).
+-- Returns how many sessions were taken back (one its app closed within the last minute stays closed: MongoDB
+-- may not have recorded the close yet). One the pool already holds is left as it is, unless it holds an earlier
+-- life of it (a lower tenure: a failover lost its eviction and the restore MongoDB recorded): that life's record
+-- is replaced by this one, in place (its slot stays counted), and its turns and pin go with it.
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
 local taken = 0
 for i = 1, #KEYS - 5 do
   local base = 8 * i - 6
   local session_id, tenant = ARGV[base], ARGV[base + 2]
-  if not redis.call('ZSCORE', KEYS[1], session_id) and not redis.call('HGET', KEYS[5 + i], session_id)
-     and not redis.call('ZSCORE', KEYS[5], session_id) then
+  local tenure = ARGV[base + 7]
+  local held = redis.call('HGET', KEYS[5 + i], session_id)
+  local live = redis.call('ZSCORE', KEYS[1], session_id)
+  local earlier = live and held and unpack_meta(held)
+  local superseded = earlier and earlier.tenure and tenure ~= '' and tonumber(earlier.tenure) < tonumber(tenure)
+  local absent = not live and not held and not redis.call('ZSCORE', KEYS[5], session_id)
+  if superseded then
+    if earlier.owner ~= '' then redis.call('SREM', owned_key(k, earlier.owner), session_id) end
+    if earlier.tenant ~= '' then redis.call('ZREM', KEYS[3], tenant_member(earlier.tenant, session_id)) end
+    if redis.call('ZREM', pool_key(k, 'pinned'), session_id) == 1 and earlier.tenant ~= '' then
+      redis.call('ZREM', pool_key(k, 'pinned_tenants'), tenant_member(earlier.tenant, session_id))
+    end
+    redis.call('ZREM', pool_key(k, 'busy'), session_id)
+    redis.call('HDEL', pool_key(k, 'turns'), session_id)
+  end
+  if superseded or absent then
     local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
                               created = ARGV[base + 4], seq = tonumber(ARGV[base + 5]),
-                              tenure = ARGV[base + 7] ~= '' and ARGV[base + 7] or nil})
+                              tenure = tenure ~= '' and tenure or nil})
     redis.call('HSET', KEYS[5 + i], session_id, record)
     redis.call('ZADD', KEYS[1], now, session_id)
     index_owner(k, ARGV[base + 1], session_id)
@@ -26,7 +42,7 @@ for i = 1, #KEYS - 5 do
     if tenant ~= '' then
       redis.call('ZADD', KEYS[3], 0, tenant_member(tenant, session_id))
     end
-    if redis.call('EXISTS', KEYS[4]) == 1 then
+    if absent and redis.call('EXISTS', KEYS[4]) == 1 then
       redis.call('INCR', KEYS[4])
     end
     taken = taken + 1
