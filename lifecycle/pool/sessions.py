@@ -57,7 +57,7 @@ class Meta:
     def unpack(cls, record: str) -> Meta:
         """The record's fields; SessionDamaged if it is not a record these scripts wrote (a hand edit)."""
         parts = record.split('|') if isinstance(record, str) else []
-        if len(parts) not in (5, 6) or not all(part.isdigit() for part in parts[3:]):
+        if len(parts) not in (5, 6) or not all(part.isascii() and part.isdigit() for part in parts[3:]):
             raise SessionDamaged(f'session record {record!r} is malformed; the reconcile sweep reports it')
         owner, tenant, profile, created, seq = parts[:5]
         # '?': a stand-in record whose tenant outside damage erased. The scripts count it against every capped
@@ -281,7 +281,6 @@ class SessionIndex:
         if not ids:
             return NOTHING_STAMPED
         if tenure is not None or self._touch_source:
-            tenure = validate.optional_token('tenure', tenure)
             return self._scripted([(session_id, now_ms, tenure) for session_id in ids], refuse=True)
         members: list[Arg] = [now_ms] * (2 * len(ids))
         members[1::2] = ids  # laid out by slicing: this is touch_many's hot path

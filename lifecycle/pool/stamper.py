@@ -32,8 +32,14 @@ Pending = dict[str, tuple[int, int | None]]  # session id -> (at_ms, the tenure 
 
 
 def keep_latest(pending: Pending, session_id: str, at_ms: int, tenure: int | None) -> None:
-    """Record a stamp in `pending` unless a later one of the session waits there already."""
-    if pending.get(session_id, (-1, None))[0] < at_ms:
+    """Record a stamp in `pending` unless a later one of the session waits there already, or one of a later life
+    (a higher tenure: a stale copy's stamp never displaces the current life's, which its flush would refuse)."""
+    waiting_at, waiting_tenure = pending.get(session_id, (-1, None))
+    if tenure is not None and waiting_tenure is not None and tenure != waiting_tenure:
+        newer = tenure > waiting_tenure
+    else:
+        newer = waiting_at < at_ms
+    if newer:
         pending[session_id] = (at_ms, tenure)
 
 

@@ -69,7 +69,7 @@ def unpack(packed: str | None) -> Trail | None:
     decisions = []
     for part in entries:
         fields = part.split(',')
-        if len(fields) == 5 and fields[0].isdigit() and fields[4].isdigit():
+        if len(fields) == 5 and all(f.isascii() and f.isdigit() for f in (fields[0], fields[4])):  # not '²'
             decisions.append(Decision(int(fields[0]), fields[1], fields[2], fields[3], int(fields[4])))
     return Trail(source, tuple(decisions))
 

@@ -475,3 +475,20 @@ def test_a_member_that_is_not_utf8_closing_a_page_of_a_tie_never_stops_a_sweep(
     reaper.clock.advance(seconds=lc.settings.replica_ttl_s)
     assert reaper.sweep(SweepKind.OWNER_LOST).ordered == 0  # s1 left; the foreign entry is dropped
     assert lc.redis.scard(keys.owned('api-1')) == 0
+
+
+@pytest.mark.parametrize('record', ['api-1|||²|0', 'api-1|||1|0|\u0661\u0662', 'api-1|||1|0|'])
+def test_a_record_hand_edited_with_non_ascii_digits_is_damage_not_a_crash(
+    reaper: Reaper, real_redis: redis.Redis, record: str
+) -> None:
+    """Python's str.isdigit() takes '²' and Arabic-Indic digits that int() refuses (or reads as a number the
+    scripts never wrote): status() raised ValueError and the reconcile sweep stopped on it."""
+    lc = reaper.lc
+    lc.activate(lc.reserve('api-1'), 's1')
+    real_redis.hset(lc.index.keys.meta_of('s1'), 's1', record)
+    with pytest.raises(SessionDamaged):
+        lc.status('s1')
+    report = reaper.sweep(SweepKind.RECONCILE)
+    assert report.drift is not None
+    assert report.drift.records_rebuilt == 1
+    assert lc.status('s1') is not None

@@ -158,3 +158,22 @@ def test_the_flusher_sends_stamps_by_itself(make_settings: SettingsFactory, redi
         assert time.monotonic() < deadline, 'the flusher never sent the stamp'
         time.sleep(0.01)
     lc.disconnect()
+
+
+def test_a_stale_copy_s_later_stamp_never_displaces_the_current_life_s(coalescing: Lifecycle) -> None:
+    """Two handlers of one replica touch s0: one with its current tenure, then one still holding a copy from
+    before s0 was restored (a lower tenure), later. The current life's stamp is the one sent (before: the stale
+    one replaced it while both waited, and the flush refused it: s0's activity never moved)."""
+    lc, clock = coalescing, coalescing.pool.clock
+    assert isinstance(clock, FixedClock)
+    [session_id] = open_sessions(lc, 1)
+    status = lc.status(session_id)
+    assert status is not None
+    assert status.tenure is not None
+    clock.advance(seconds=5)
+    current = clock.now_ms()
+    lc.touch(session_id, tenure=status.tenure)
+    clock.advance(seconds=1)
+    lc.touch(session_id, tenure=status.tenure - 1)  # a stale copy's, later
+    assert lc.flush_touches() == 1
+    assert live_scores(lc)[session_id] == current

@@ -13,7 +13,8 @@ def test_an_entry_never_holds_the_separators_and_stays_short() -> None:
 
 
 def test_a_packed_trail_reads_back_and_a_hand_edited_entry_is_left_out() -> None:
-    packed = 'turn_end@api-1;1700000000000,kept,idle,busy,3;junk;1700000000500,warned,idle,,1'
+    # '²' passes str.isdigit() and not int(): a hand edit of it raised ValueError.
+    packed = 'turn_end@api-1;1700000000000,kept,idle,busy,3;junk;²,kept,idle,,1;1700000000500,warned,idle,,1'
     decisions = (Decision(1_700_000_000_000, 'kept', 'idle', 'busy', 3), Decision(1_700_000_000_500, 'warned', 'idle'))
     assert unpack(packed) == Trail('turn_end@api-1', decisions)
     assert unpack('') == Trail('', ())
