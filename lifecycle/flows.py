@@ -250,7 +250,10 @@ class Flows:
             # MongoDB, then the state again: a session activated meanwhile by another replica (which readied the
             # pool before it could reserve) is then seen with the pool ready, never taken for a lost one.
             knows_live = generation != proposed and (yield Durable(store.live_documents, (self.keys.prefix, '', 1)))
-            if knows_live and not (yield self.index.pool_state()).ready:
+            # And a server that kept sessions (a restart, a failover) may hold some whose close it lost: only the
+            # rebuild ends those again, even once MongoDB knows no session live.
+            held = state.initialised and (yield calls.cardinality(self.keys.live)) > 0
+            if (knows_live or held) and not (yield self.index.pool_state()).ready:
                 raise self._recovering(state, generation)
             if generation != proposed:  # tokens the lost writes issued may be in MongoDB's fences: start above them
                 highest = yield Durable(store.highest_fence)

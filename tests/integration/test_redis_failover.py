@@ -245,6 +245,64 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     replica.close()
 
 
+@pytest.mark.parametrize('guarded', [True, False], ids=['min-replicas-to-write', 'unguarded'])
+def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
+    group: Group, make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, guarded: bool
+) -> None:
+    """Issue 18, hole 4, as it was seen: the master frozen (SIGSTOP) for 4 s under the storm, the sentinels promote
+    the replica, and the master resumes (SIGCONT) and takes writes from the clients still connected to it until
+    the sentinels demote it; its resync then throws them away. No fencing token is handed out twice and no
+    session whose close() returned comes back live: the rebuild (run here once the old master is demoted) ends
+    each lost close again, and readmits each lost activation. `min-replicas-to-write 1` (as the README says to
+    run) shrinks what the old master takes to its lag bound; it prints what each costs. Before, a replica's
+    first reservation verified the pool without the rebuild once MongoDB knew no session live, and the lost
+    closes stayed live."""
+    with redis.Redis(port=group.master_port) as master:
+        if guarded:
+            master.config_set('min-replicas-to-write', 1)
+            master.config_set('min-replicas-max-lag', 2)
+    settings = make_reaper_settings(redis_url='redis://sentinel-managed/0', redis_sentinels=group.sentinels,
+                                    redis_sentinel_master=MASTER, max_sessions=CAP)  # fmt: skip
+    reaper = make_reaper(settings)
+    lc = reaper.lc
+    storm = Storm(lc)
+    threads = [threading.Thread(target=storm.work, args=(i,), daemon=True) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: storm.counts.get('activated', 0) >= 30, 'the storm to get going')
+    frozen = group.processes['master']
+    frozen.send_signal(signal.SIGSTOP)
+    try:  # 4 s: under the clients' socket timeout (5 s), so the calls in flight wait for it and go on there
+        time.sleep(4)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    wait_for(lambda: group.master_address() == ('127.0.0.1', group.replica_port), 'the sentinels to promote')
+    with redis.Redis(port=group.master_port, decode_responses=True) as old:
+        wait_for(lambda: old.info('replication')['role'] == 'slave', 'the sentinels to demote the old master')
+        wait_for(lambda: old.info('replication').get('master_link_status') == 'up', 'its resync')
+    report = reaper.sweep(SweepKind.EXPIRED)  # the promoted master's pool is verified against MongoDB
+    time.sleep(1)
+    storm.stop.set()
+    for thread in threads:
+        thread.join(30)
+    report_after = reaper.sweep(SweepKind.EXPIRED)
+    promoted = redis.Redis(port=group.replica_port, decode_responses=True)
+    live = set(promoted.zrange(lc.index.keys.live, 0, -1))
+    reissued = len(storm.tokens) - len(set(storm.tokens))
+    revived = storm.closed & live
+    print(
+        f'\nmaster frozen 4 s past its failover ({"min-replicas-to-write 1" if guarded else "unguarded"}): fencing '
+        f'tokens handed out: {len(storm.tokens)}, issued twice: {reissued}; sessions closed: {len(storm.closed)}, '
+        f'live again: {len(revived)}; rebuilt: {report.rebuilt}; calls: {dict(sorted(storm.counts.items()))}'
+    )
+    assert report.rebuilt is not None
+    assert report_after.rebuilt is None  # verified once, and it stays so
+    assert reissued == 0
+    assert not revived  # each close the old master took and lost is ended again by the rebuild
+    assert len(live) <= CAP
+    promoted.close()
+
+
 def test_the_workers_reach_the_master_through_the_sentinels(group: Group, make_settings: SettingsFactory) -> None:
     """The pool's clients, Celery's broker and RedBeat all find the master through the same sentinels."""
     from workers.app import create_app
