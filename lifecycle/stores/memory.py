@@ -138,7 +138,7 @@ class InMemorySnapshotStore:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
-            later_life = record.tenure is not None and document.get('tenure', record.tenure) != record.tenure
+            later_life = record.tenure is not None and (document.get('tenure') or 0) > record.tenure
             if below(document, token) and not later_life:
                 document.update(record_fields(record), state=state.value, fence=token, ended_at=now, updated_at=now)
             return not (later_life and document.get('state') != state.value)

@@ -49,9 +49,10 @@ def _below(token: int) -> dict[str, Any]:
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
 
 
-def _of_life(tenure: int) -> dict[str, Any]:
-    """Filter: the document records the life of `tenure` (or one from before lives recorded theirs)."""
-    return {'$or': [{'tenure': tenure}, {'tenure': {'$exists': False}}]}
+def _no_later_life(tenure: int) -> dict[str, Any]:
+    """Filter: the document records no life later than that of `tenure` (this one, an earlier one whose restore or
+    activation is in flight, or one from before lives recorded theirs)."""
+    return {'$or': [{'tenure': {'$lte': tenure}}, {'tenure': {'$exists': False}}]}
 
 
 def _subject(session_ids: str | Sequence[str]) -> str:
@@ -370,7 +371,7 @@ class Plans:
         now = datetime.now(UTC)
         update = {'$set': {**record_fields(record), 'state': state.value, 'fence': token, 'ended_at': now,
                            'updated_at': now}}  # fmt: skip
-        life = {} if record.tenure is None else {'$and': [_of_life(record.tenure)]}
+        life = {} if record.tenure is None else {'$and': [_no_later_life(record.tenure)]}
         try:
             yield Op('sessions', 'update_one', ({'_id': record.session_id, **_below(token), **life}, update),
                      {'upsert': True})  # fmt: skip
@@ -378,7 +379,7 @@ class Plans:
             log.warning('%s of %s not recorded: a newer token or life wrote it (token %d)', state.value,
                         record.session_id, token)  # fmt: skip
             if life:
-                later = yield Op('sessions', 'find_one', ({'_id': record.session_id, 'tenure': {'$ne': record.tenure},
+                later = yield Op('sessions', 'find_one', ({'_id': record.session_id, 'tenure': {'$gt': record.tenure},
                                                            'state': {'$ne': state.value}},))  # fmt: skip
                 return later is None
         return True

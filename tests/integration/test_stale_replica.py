@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from lifecycle import FixedClock, Lifecycle, Settings
+from lifecycle import FixedClock, Lifecycle, SessionState, Settings
 from lifecycle.errors import Fenced
-from lifecycle.models import ReapReason
+from lifecycle.models import ReapReason, SweepKind
 from lifecycle.ops.embedded import owned_env
 from lifecycle.sandboxes import NoopDriver
 from lifecycle.steps import Done, advance
@@ -284,3 +284,53 @@ def test_a_replica_paused_before_its_durable_activation_write_leaves_the_new_own
     assert (held.owner, held.tenure) == ('api-b', restored.session.tenure)
     document = r.document('s1') or {}
     assert (document['state'], document['tenure']) == ('live', restored.session.tenure)
+
+
+@pytest.mark.parametrize('path', ['activate', 'restore'])
+def test_a_close_while_an_activation_or_restore_is_in_flight_is_the_user_s_close(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, path: str
+) -> None:
+    """A activates s1 (an id whose earlier life expired) or restores it, and is between Redis and MongoDB when
+    another replica closes it: the close is of the newest life (MongoDB holds an earlier one), so it lands; A's
+    write then finds it closed and is undone. (Fencing ends by life once wrongly refused this close: Fenced, and
+    A's write then made s1 live in MongoDB and nowhere in Redis, for good.)"""
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600))
+    if path == 'restore':
+        r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=3600)
+        r.lc.checkpoint('s1', {'by': 'first'})
+        r.clock.advance(seconds=601)
+        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+    else:
+        r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=60)
+        r.clock.advance(seconds=61)
+        r.sweep(SweepKind.EXPIRED)
+        assert (r.document('s1') or {})['state'] == 'expired'
+    store = PausedBefore(r.store, 'activated' if path == 'activate' else 'restore')
+    a = Lifecycle(r.lc.settings, clock=r.clock, store=store, driver=NoopDriver())
+    failures: list[BaseException] = []
+
+    def replica_a() -> None:
+        try:
+            if path == 'activate':
+                a.activate(a.reserve('api-a'), 's1', ttl_seconds=3600)
+            else:
+                a.restore('s1', 'api-a')
+        except BaseException as error:  # the test reads it
+            failures.append(error)
+
+    thread = threading.Thread(target=replica_a)
+    thread.start()
+    try:
+        assert store.reached.wait(30)
+        assert r.lc.close('s1')  # the user ends it through another replica
+    finally:
+        store.go.set()
+        thread.join(30)
+        a.disconnect()
+    assert len(failures) == 1  # A is told: its activation or restore did not stand
+    print(f'\nreplica A, after the close: {type(failures[0]).__name__}: {failures[0]}')
+    status = r.lc.status('s1')  # not in Redis: MongoDB's word
+    assert status is not None
+    assert status.state is SessionState.CLOSED
+    assert r.lc.stats().live == 0
+    assert (r.document('s1') or {})['state'] == 'closed'

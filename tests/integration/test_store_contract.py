@@ -318,3 +318,13 @@ def test_an_end_of_an_earlier_life_never_lands_on_a_later_one(store: SnapshotSto
     document = store.load('s1')
     assert document is not None
     assert (document['state'], document['fence']) == ('closed', 41)
+
+
+def test_an_end_of_a_life_whose_record_is_still_in_flight_lands(store: SnapshotStore) -> None:
+    """Closed while its restore (or activation) is between Redis and MongoDB: the document holds the earlier
+    life (tenure 20), the close is of the newer one (30), and it is the user's: it lands."""
+    store.activated(record(), 20, 'pool')
+    assert store.end(replace(record(), tenure=30), SessionState.CLOSED, 31, 5000) is True
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['fence']) == ('closed', 41)
