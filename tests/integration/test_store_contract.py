@@ -327,4 +327,4 @@ def test_an_end_of_a_life_whose_record_is_still_in_flight_lands(store: SnapshotS
     assert store.end(replace(record(), tenure=30), SessionState.CLOSED, 31, 5000) is True
     document = store.load('s1')
     assert document is not None
-    assert (document['state'], document['fence']) == ('closed', 41)
+    assert (document['state'], document['fence']) == ('closed', 31)
