@@ -200,17 +200,14 @@ class InMemorySnapshotStore:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.get(record.session_id)
-            resent = (
-                document is not None and document.get('state') == SessionState.LIVE and document.get('tenure') == token
-            )
-            if document is not None and (document.get('state') == SessionState.RESUMABLE
-                                         or not (below(document, token) or resent)):  # fmt: skip
+            if document is not None and document.get('state') == SessionState.LIVE and document.get('tenure') == token:
+                return  # a resend: its own life, left as it is
+            if document is not None and (document.get('state') == SessionState.RESUMABLE or not below(document, token)):
                 refuse_activation(record.session_id, copy.deepcopy(document))
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
             for name in PREVIOUS_LIFE:
                 document.pop(name, None)
-            fence = max(token, document.get('fence', 0))  # a resend leaves a fence raised since where it is
-            document.update(record_fields(record), state=SessionState.LIVE.value, fence=fence, tenure=token, pool=pool,
+            document.update(record_fields(record), state=SessionState.LIVE.value, fence=token, tenure=token, pool=pool,
                             activated_at=now, updated_at=now)  # fmt: skip
 
     def generation_of(self, pool: str) -> str | None:

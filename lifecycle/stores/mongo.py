@@ -437,20 +437,21 @@ class Plans:
     @staticmethod
     def activated_plan(record: SessionRecord, token: int, pool: str) -> Plan[None]:
         now = datetime.now(UTC)
-        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'tenure': token, 'pool': pool,
-                           'activated_at': now, 'updated_at': now},
-                  '$max': {'fence': token},  # a resend leaves a fence raised since where it is
+        update = {'$set': {**record_fields(record), 'state': SessionState.LIVE.value, 'fence': token, 'tenure': token,
+                           'pool': pool, 'activated_at': now, 'updated_at': now},
                   '$unset': dict.fromkeys(PREVIOUS_LIFE, '')}  # fmt: skip
+        # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
+        purged = {'purge_pending': {'$exists': False}}
         try:
-            # Not over a tombstone whose messages are still being deleted: they would take the new life's with them.
-            purged = {'purge_pending': {'$exists': False}}
-            # The tenure is drawn by the activation in Redis: a resent activate() writes this same token again, over
-            # its own life, whatever fence a failed eviction or a rebuild raised over it meanwhile.
-            fresh = {'$or': [*_below(token)['$or'], {'state': SessionState.LIVE.value, 'tenure': token}]}
-            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged, **fresh},
-                                                update), {'upsert': True})  # fmt: skip
+            yield Op('sessions', 'update_one', ({'_id': record.session_id, **_not_resumable(), **purged,
+                                                 **_below(token)}, update), {'upsert': True})  # fmt: skip
         except DuplicateKeyError:
-            refuse_activation(record.session_id, (yield Op('sessions', 'find_one', ({'_id': record.session_id},))))
+            found = yield Op('sessions', 'find_one', ({'_id': record.session_id},))
+            # The tenure is drawn by the activation in Redis: a resent activate() finds its own life recorded,
+            # and leaves it as it is (a checkpoint may have followed it; a failed eviction or a rebuild may have
+            # raised its fence since).
+            if not (found and found.get('state') == SessionState.LIVE.value and found.get('tenure') == token):
+                refuse_activation(record.session_id, found)
 
     @staticmethod
     def generation_plan(pool: str, generation: str) -> Plan[str]:

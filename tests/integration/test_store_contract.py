@@ -288,19 +288,22 @@ def test_heartbeating_owners_are_recorded_once_per_pool(store: SnapshotStore) ->
 @pytest.mark.parametrize('raise_it', ['raise_fence', 'raise_fences', 'fence_off'])
 def test_a_resent_activation_is_recorded_after_a_fence_was_raised_over_it(store: SnapshotStore, raise_it: str) -> None:
     """activate() resent (the same reservation: Redis hands back the same tenure) after a failed eviction or a
-    rebuild raised the session's fence: MongoDB takes it as the same life, and its fence stays where it was raised
-    (it refused the resend, and the undo closed the replica's own session)."""
+    rebuild raised the session's fence: MongoDB takes it as the same life, left as it is (its fence where it was
+    raised, the checkpoint taken since) (it refused the resend, and the undo closed the replica's own session)."""
     store.activated(record(), 20, 'pool')
+    store.checkpoint('s1', {'agent': 'state'}, [{'id': 'm1'}], 2, 21, 20)
     if raise_it == 'raise_fence':
         store.raise_fence('s1', 30)
     elif raise_it == 'raise_fences':
         store.raise_fences(['s1'], 30)
     else:
         store.fence_off([Mark(record(), 20, ReapReason.IDLE, needs_checkpoint=False)], 30)
-    store.activated(record(), 20, 'pool')
+    store.activated(record(turn_seq=0), 20, 'pool')
     document = store.load('s1')
     assert document is not None
     assert (document['state'], document['tenure'], document['fence']) == ('live', 20, 30)
+    # It leaves its life as it is: the checkpoint taken since stays (a resend once wiped it).
+    assert (document['snapshot'], document['checkpoint_seq'], document['turn_seq']) == ({'agent': 'state'}, 2, 2)
     with pytest.raises(Fenced):  # a different life's token below the fence is still refused
         store.activated(record(), 21, 'pool')
 
