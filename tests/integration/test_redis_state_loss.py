@@ -621,3 +621,43 @@ def test_a_redis_that_lost_an_eviction_and_a_restore_gives_the_pool_back_to_the_
         assert (document['state'], document['tenure'], document['owner']) == ('live', b1.tenure, 'api-b')
     finally:
         stop_private_redis(process)
+
+
+def test_a_life_given_back_by_the_rebuild_keeps_nothing_of_the_earlier_one(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+) -> None:
+    """The earlier life Redis came back with had been asked for a checkpoint (and the trail recorded it): the life
+    the rebuild gives the session back to is asked afresh, never waived for that old request (before: its
+    idle eviction went ahead as checkpoint_waived without B ever being asked), and its trail starts empty."""
+    url, process = start_private_redis('--dir', str(tmp_path))
+    port = int(url.rsplit(':', 1)[1].split('/')[0])
+    try:
+        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600, checkpoint_grace_s=60,
+                                             trail_length=5))  # fmt: skip
+        lc, keys = r.lc, r.lc.index.keys
+        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+        with lc.turn('s1', tenure=a.tenure):  # a turn not checkpointed
+            pass
+        r.clock.advance(seconds=601)
+        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).detail == 'not_checkpointed'  # A is asked
+        assert lc.redis.zscore(keys.unsaved, 's1') is not None
+        lc.redis.save()  # the snapshot Redis will come back from: A's life, its checkpoint requested
+        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+        b = lc.restore('s1', 'api-b').session
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(url).shutdown(nosave=True)
+        process.wait(10)
+        _, process = start_private_redis('--dir', str(tmp_path), port=port)
+        report = r.sweep(SweepKind.EXPIRED)
+        assert report.rebuilt is not None
+        status = lc.status('s1')
+        assert status is not None
+        assert (status.owner, status.tenure) == ('api-b', b.tenure)
+        assert lc.redis.zscore(keys.unsaved, 's1') is None
+        assert lc.redis.hget(keys.trail, 's1') is None
+        r.clock.advance(seconds=601)
+        result = r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms())
+        assert (result.outcome, result.detail) == (Outcome.ABORTED, 'not_checkpointed')  # B is asked, not waived
+    finally:
+        stop_private_redis(process)

@@ -9,7 +9,8 @@
 -- Returns how many sessions were taken back (one its app closed within the last minute stays closed: MongoDB
 -- may not have recorded the close yet). One the pool already holds is left as it is, unless it holds an earlier
 -- life of it (a lower tenure: a failover lost its eviction and the restore MongoDB recorded): that life's record
--- is replaced by this one, in place (its slot stays counted), and its turns and pin go with it.
+-- is replaced by this one, in place (its slot stays counted), and its turns, pin, checkpoint request and trail go
+-- with it. (An eviction claim of it in flight finds its durable write fenced: the rebuild raised the fence.)
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
 local taken = 0
@@ -30,6 +31,8 @@ for i = 1, #KEYS - 5 do
     end
     redis.call('ZREM', pool_key(k, 'busy'), session_id)
     redis.call('HDEL', pool_key(k, 'turns'), session_id)
+    redis.call('ZREM', pool_key(k, 'unsaved'), session_id)  -- its checkpoint request was the earlier life's
+    redis.call('HDEL', pool_key(k, 'trail'), session_id)
   end
   if superseded or absent then
     local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
