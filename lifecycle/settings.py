@@ -72,7 +72,7 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
     addresses = []
     for entry in value.split(','):
         host, _, port = entry.strip().rpartition(':')
-        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65_536:
             raise ValueError(f'redis_sentinels entry {entry.strip()!r} is not host:port')
         addresses.append((host.strip('[]'), int(port)))
     return addresses

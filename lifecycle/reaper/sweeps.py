@@ -308,7 +308,7 @@ class Sweeper:
             return {}
         cursors = {}
         for ttl, cursor in stored.items():
-            if ttl.isdigit() and cursor.isdigit():  # anything else is a hand edit: that pass starts over
+            if all(n.isascii() and n.isdigit() for n in (ttl, cursor)):  # else a hand edit: that pass starts over
                 cursors[int(ttl)] = int(cursor)
         return cursors
 

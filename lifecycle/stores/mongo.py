@@ -541,7 +541,7 @@ class _Connected:
     def __init__(self, client: Any, database: str, timeout_ms: int, write_concern: str) -> None:
         self.client = client
         self.timeout_s = timeout_ms / 1000
-        w: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+        w: int | str = int(write_concern) if write_concern.isascii() and write_concern.isdigit() else write_concern
         db = client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
         self.collections = {name: db[name] for name in ('sessions', 'messages', 'pools', 'owners')}
         self.sessions, self.message_docs = self.collections['sessions'], self.collections['messages']

@@ -220,7 +220,9 @@ def test_a_session_whose_record_was_rebuilt_is_judged_by_the_global_timeout(
     assert (r.results[-1].session_id, r.results[-1].detail) == ('kept', 'not_checkpointed')  # a stand-in's rule
 
 
-@pytest.mark.parametrize('damage', ['cursor ahead', 'cursor of another type', 'recheck set of another type'])
+@pytest.mark.parametrize(
+    'damage', ['cursor ahead', 'cursor of another type', 'recheck set of another type', "a cursor of '²'"]
+)
 def test_an_idle_sweep_starts_over_from_damaged_cursors(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, damage: str
 ) -> None:
@@ -233,6 +235,8 @@ def test_an_idle_sweep_starts_over_from_damaged_cursors(
     assert r.sweep(SweepKind.IDLE).ordered == 0  # not idle yet: the cursors are written
     if damage == 'cursor ahead':
         r.lc.redis.hset(keys.idle_cursor, '60', 10**15)
+    elif damage == "a cursor of '²'":  # str.isdigit() takes it, int() does not: the sweep raised ValueError
+        r.lc.redis.hset(keys.idle_cursor, '60', '1²')
     else:
         damaged = keys.idle_cursor if damage == 'cursor of another type' else keys.idle_recheck
         r.lc.redis.delete(damaged)
