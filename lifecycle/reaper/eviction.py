@@ -65,6 +65,7 @@ def claim_record(claim: Claim) -> SessionRecord:
         turn_seq=meta.turn_seq,
         interrupted_turn=InterruptedTurn(meta.turn_seq + 1, started, meta.owner) if started is not None else None,
         trail=claim.trail,
+        tenure=meta.tenure,
     )
 
 

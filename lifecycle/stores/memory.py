@@ -19,6 +19,7 @@ from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.documents import checked_messages, checked_snapshot
 from lifecycle.stores.mongo import (
     PREVIOUS_LIFE,
+    later_life,
     mark_outcome,
     record_fields,
     refuse_activation,
@@ -99,7 +100,7 @@ class InMemorySnapshotStore:
                 if document is None and not mark.needs_checkpoint:
                     document = self._sessions[mark.record.session_id] = {'_id': mark.record.session_id}
                 elif document is None or not self._may_mark(document, mark):
-                    outcomes.append(mark_outcome(document, mark.token))
+                    outcomes.append(mark_outcome(document, mark))
                     continue
                 document.update(record_fields(mark.record), state=SessionState.RESUMABLE.value, fence=mark.token,
                                 reason=mark.reason.value, checkpoint_waived=mark.waived, evicted_at=now,
@@ -112,7 +113,8 @@ class InMemorySnapshotStore:
         """MongoSnapshotStore's filter: still live (or resumable), an older fence, and a covering checkpoint."""
         held = document.get('checkpoint_seq')
         covered = not mark.needs_checkpoint or (held is not None and held >= mark.record.turn_seq)
-        return document.get('state') in EVICTABLE and below(document, mark.token) and covered
+        return (document.get('state') in EVICTABLE and below(document, mark.token) and covered
+                and not later_life(document, mark.record.tenure))  # fmt: skip
 
     def revert(self, marks: Sequence[Mark]) -> None:
         now = datetime.now(UTC)
@@ -138,10 +140,10 @@ class InMemorySnapshotStore:
         now = datetime.now(UTC)
         with self._lock:
             document = self._sessions.setdefault(record.session_id, {'_id': record.session_id})
-            later_life = record.tenure is not None and (document.get('tenure') or 0) > record.tenure
-            if below(document, token) and not later_life:
+            later = later_life(document, record.tenure)
+            if below(document, token) and not later:
                 document.update(record_fields(record), state=state.value, fence=token, ended_at=now, updated_at=now)
-            return not (later_life and document.get('state') != state.value)
+            return not (later and document.get('state') != state.value)
 
     def extend(self, session_id: str, created_at: datetime, expires_at: datetime) -> bool:
         with self._lock:

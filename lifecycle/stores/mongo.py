@@ -49,6 +49,14 @@ def _below(token: int) -> dict[str, Any]:
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
 
 
+ANY_LIFE = 10**15  # above every tenure (tokens stay below 1e14): a record without one is of any life
+
+
+def later_life(document: Mapping[str, Any], tenure: int | None) -> bool:
+    """Whether `document` records a later life of its session than that of `tenure` (None: any)."""
+    return tenure is not None and (document.get('tenure') or 0) > tenure
+
+
 def _no_later_life(tenure: int) -> dict[str, Any]:
     """Filter: the document records no life later than that of `tenure` (this one, an earlier one whose restore or
     activation is in flight, or one from before lives recorded theirs)."""
@@ -83,6 +91,8 @@ def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
 
     eligible = {'$and': [
         {'$lt': [{'$ifNull': ['$fence', -1]}, own([m.token for m in marks])]},
+        # Not over a later life than the one Redis held (a stale copy a lossy failover brought back).
+        {'$lte': [{'$ifNull': ['$tenure', 0]}, own([m.record.tenure or ANY_LIFE for m in marks])]},
         {'$or': [{'$not': [own([m.needs_checkpoint for m in marks])]},
                  {'$gte': [{'$ifNull': ['$checkpoint_seq', -1]}, own([m.record.turn_seq for m in marks])]}]},
     ]}  # fmt: skip
@@ -168,15 +178,16 @@ def record_fields(record: SessionRecord) -> dict[str, Any]:
     }
 
 
-def mark_outcome(document: Mapping[str, Any] | None, token: int) -> MarkOutcome:
+def mark_outcome(document: Mapping[str, Any] | None, mark: Mark) -> MarkOutcome:
     """How one mark of a batch ended, from the document as it is now (`fence` is unique to each claim)."""
+    token = mark.token
     if document is None:
         return MarkOutcome.NOT_CHECKPOINTED
     if document.get('state') == SessionState.RESUMABLE and document.get('fence') == token:
         return MarkOutcome.DONE
     if document.get('state') in (SessionState.EXPIRED.value, SessionState.CLOSED.value):
         return MarkOutcome.ENDED
-    if document.get('fence', 0) >= token:
+    if document.get('fence', 0) >= token or later_life(document, mark.record.tenure):
         return MarkOutcome.FENCED
     return MarkOutcome.NOT_CHECKPOINTED
 
@@ -321,9 +332,9 @@ class Plans:
         # Which marks landed is read back (by `_id`, as the write): the matched documents include those whose
         # own condition failed, left as they were.
         yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
-        fences = _find('sessions', {'_id': {'$in': ids}}, {'state': 1, 'fence': 1})
+        fences = _find('sessions', {'_id': {'$in': ids}}, {'state': 1, 'fence': 1, 'tenure': 1})
         found = {doc['_id']: doc for doc in (yield fences)}
-        if all(mark_outcome(found.get(mark.record.session_id), mark.token) is MarkOutcome.DONE for mark in marks):
+        if all(mark_outcome(found.get(mark.record.session_id), mark) is MarkOutcome.DONE for mark in marks):
             return [MarkOutcome.DONE] * len(marks)
         missing = [mark for mark in marks if mark.record.session_id not in found and not mark.needs_checkpoint]
         if missing:
@@ -334,7 +345,7 @@ class Plans:
                 if _insert_failed(exc):
                     raise
             found = {doc['_id']: doc for doc in (yield fences)}
-        return [mark_outcome(found.get(mark.record.session_id), mark.token) for mark in marks]
+        return [mark_outcome(found.get(mark.record.session_id), mark) for mark in marks]
 
     @staticmethod
     def revert_plan(marks: Sequence[Mark]) -> Plan[None]:

@@ -661,3 +661,55 @@ def test_a_life_given_back_by_the_rebuild_keeps_nothing_of_the_earlier_one(
         assert (result.outcome, result.detail) == (Outcome.ABORTED, 'not_checkpointed')  # B is asked, not waived
     finally:
         stop_private_redis(process)
+
+
+def test_a_stale_copy_s_eviction_or_expiry_before_the_rebuild_never_lands_on_the_later_life(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+) -> None:
+    """Redis came back holding A's earlier life of s1 (B restored it since, ran a turn, checkpointed and extended
+    it): that copy looks idle, and the idle sweep runs before the expiry sweep's rebuild. Its eviction write is
+    refused by the later life MongoDB holds (before: B's live life was made resumable under A's owner and A's
+    deadline); the rebuild then gives s1 back to B. An expiry of a stale copy leaves the later life alone too."""
+    url, process = start_private_redis('--dir', str(tmp_path))
+    port = int(url.rsplit(':', 1)[1].split('/')[0])
+    try:
+        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+        lc = r.lc
+        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+        a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=700)
+        lc.checkpoint('s2', {'by': 'A'}, tenure=a2.tenure)
+        lc.redis.save()  # the snapshot Redis will come back from: A's lives
+        r.clock.advance(seconds=601)
+        for name in ('s1', 's2'):
+            assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+        b = lc.restore('s1', 'api-b').session
+        with lc.turn('s1', tenure=b.tenure):
+            pass
+        lc.checkpoint('s1', {'by': 'B'}, tenure=b.tenure)
+        lc.extend('s1', 7200, tenure=b.tenure)
+        b2 = lc.restore('s2', 'api-b').session
+        lc.extend('s2', 7200, tenure=b2.tenure)
+        before = {name: r.document(name) or {} for name in ('s1', 's2')}
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(url).shutdown(nosave=True)
+        process.wait(10)
+        _, process = start_private_redis('--dir', str(tmp_path), port=port)
+        r.clock.advance(seconds=120)  # A's copy of s1 idle; A's copy of s2 past the deadline it had
+        r.sweep(SweepKind.IDLE)
+        expired = r.evictor.evict('s2', ReapReason.EXPIRED, r.clock.now_ms())  # as the expiry sweep's task would
+        swept = [(x.session_id, x.outcome, x.detail) for x in r.results]
+        print(f'\nthe stale copies, swept before the rebuild: {swept}, {expired}')
+        assert ('s1', Outcome.KEPT, 'fenced') in swept
+        for name, life in (('s1', b), ('s2', b2)):
+            document = r.document(name) or {}
+            assert (document['state'], document['owner'], document['tenure']) == ('live', 'api-b', life.tenure)
+            assert document['expires_at'] == before[name]['expires_at']
+        assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
+        r.sweep(SweepKind.EXPIRED)  # the rebuild
+        for name, life in (('s1', b), ('s2', b2)):
+            status = lc.status(name)
+            assert status is not None
+            assert (status.state, status.owner, status.tenure) == (SessionState.LIVE, 'api-b', life.tenure)
+    finally:
+        stop_private_redis(process)

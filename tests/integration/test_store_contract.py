@@ -331,3 +331,15 @@ def test_an_end_of_a_life_whose_record_is_still_in_flight_lands(store: SnapshotS
     document = store.load('s1')
     assert document is not None
     assert (document['state'], document['fence']) == ('closed', 31)
+
+
+def test_an_eviction_of_an_earlier_life_never_lands_on_a_later_one(store: SnapshotStore) -> None:
+    """A stale copy of the session (tenure 20) evicted with a fresh token (50) after MongoDB recorded a later life
+    (30): refused as fenced, the later life as it was; a record without a tenure (of any life) still lands."""
+    store.activated(record(), 30, 'pool')
+    [outcome] = store.mark_resumable([Mark(replace(record(), tenure=20), 50, ReapReason.IDLE, needs_checkpoint=False)])
+    assert outcome is MarkOutcome.FENCED
+    document = store.load('s1')
+    assert document is not None
+    assert (document['state'], document['tenure'], document['fence']) == ('live', 30, 30)
+    assert mark_one(store, record(), 51, ReapReason.IDLE, False) is MarkOutcome.DONE
