@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lifecycle import validate
 from lifecycle.clock import Clock
@@ -42,7 +42,7 @@ from lifecycle.models import (
     to_epoch_ms,
 )
 from lifecycle.pool import calls
-from lifecycle.pool.calls import NOW, Durable, Steps
+from lifecycle.pool.calls import NOW, Call, Durable, Steps
 from lifecycle.pool.claims import ClaimIndex
 from lifecycle.pool.keys import Keys
 from lifecycle.pool.sessions import Closed, PoolState, SessionIndex, stale
@@ -54,6 +54,7 @@ from lifecycle.stores import SnapshotStore, store_from_settings
 from lifecycle.stores.documents import checked_messages, checked_snapshot, info_from_document, interrupted_of, record_of
 
 log = logging.getLogger(__name__)
+T = TypeVar('T')
 MAKE_ROOM_ATTEMPTS = 3  # other replicas may take the freed slot first
 RETRY_SOON_S = 1  # a pool that failed over while being verified: the next try verifies it again
 NOTICE_BATCH = 100
@@ -267,8 +268,8 @@ class Flows:
         what = ('lost the state of' if not state.initialised
                 else 'restarted or failed over (a new replication history) since it verified')  # fmt: skip
         return PoolRecovering(
-            f'Redis {what} pool {self.keys.prefix} (generation {generation}) while MongoDB knows live sessions: '
-            'admission resumes once the expiry sweep has rebuilt it',
+            f'Redis {what} pool {self.keys.prefix} (generation {generation}) while sessions may be missing or '
+            'stale: admission resumes once the expiry sweep has rebuilt it',
             self.settings.expired_interval_s,
         )
 
@@ -301,6 +302,25 @@ class Flows:
             self.settings.expired_interval_s,
         )
 
+    def _owned(self, call: Call[T], session_id: str, store: SnapshotStore | None) -> Steps[T]:
+        """`call`, a write made with a tenure. Its refusal (Fenced) while the pool is not verified may be Redis's:
+        a restart or failover that lost an eviction and a restore brings back an earlier life, which the rebuild
+        replaces with the one MongoDB holds. Then it is PoolRecovering: retry once the pool is rebuilt."""
+        try:
+            done: T = yield call
+        except Fenced:
+            if (yield from self.lost(store)):
+                raise self._unsure(session_id) from None
+            raise
+        return done
+
+    def _unsure(self, session_id: str) -> PoolRecovering:
+        return PoolRecovering(
+            f'session {session_id!r} may be held in an earlier life: Redis restarted or failed over, and the expiry '
+            f'sweep has not rebuilt pool {self.keys.prefix} from MongoDB yet',
+            self.settings.expired_interval_s,
+        )
+
     def activate(
         self,
         reservation: Reservation,
@@ -329,7 +349,8 @@ class Flows:
             log.warning('session %s was not closed: it was restored elsewhere (tenure %s is stale)', session_id, tenure)
 
     def touch(self, session_ids: Sequence[str], store: SnapshotStore | None, tenure: int | None = None) -> Steps[int]:
-        stamped: int = yield self.index.touch(session_ids, (yield NOW), tenure)
+        touch = self.index.touch(session_ids, (yield NOW), tenure)
+        stamped: int = yield from self._owned(touch, session_ids[0] if session_ids else '', store)
         if stamped == len(session_ids):
             return stamped
         # ZADD's CH counts only stamps that moved: a session stamped in this millisecond already is live all the
@@ -344,7 +365,8 @@ class Flows:
         self, session_id: str, token: str, store: SnapshotStore | None, tenure: int | None = None
     ) -> Steps[Turn]:
         try:
-            seq, began = yield self.index.begin_turn(session_id, token, (yield NOW), tenure)
+            seq, began = yield from self._owned(self.index.begin_turn(session_id, token, (yield NOW), tenure),
+                                                session_id, store)  # fmt: skip
             return Turn(session_id, seq, tenure=began)
         except SessionNotLive:
             if (yield from self.lost(store)):
@@ -362,7 +384,8 @@ class Flows:
 
     def close(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:
         """End a live session; with a store, mark its document closed (best effort)."""
-        closed: Closed | None = yield self.index.close(session_id, (yield NOW), tenure)
+        closed: Closed | None = yield from self._owned(self.index.close(session_id, (yield NOW), tenure), session_id,
+                                                       store)  # fmt: skip
         if closed is None:
             if (yield from self.lost(store)):
                 raise self._missing(f'session {session_id!r} is')
@@ -377,6 +400,8 @@ class Flows:
             else:
                 if not ended:  # Redis held an earlier life (it lost an eviction and a restore): not this one's close
                     yield calls.remove(self.keys.closed, [session_id])  # so the rebuild gives the later one back
+                    if (yield from self.lost(store)):  # perhaps the later life is this caller's: it retries after
+                        raise self._unsure(session_id)
                     raise stale(session_id, closed.info.tenure, 'only a stale copy of it in Redis was closed; MongoDB '
                                 'holds its later life, which the pool takes back when it is rebuilt')  # fmt: skip
         return True
@@ -391,7 +416,8 @@ class Flows:
     ) -> Steps[SessionInfo]:
         """Move the hard deadline in Redis (atomically with the deadline index), then in MongoDB (what a restore
         and a rebuilt pool read), then tell the sandbox driver, where it can move its sandbox's own deadline."""
-        info: SessionInfo = yield self.index.extend(session_id, ttl_seconds, (yield NOW), tenure)
+        info: SessionInfo = yield from self._owned(self.index.extend(session_id, ttl_seconds, (yield NOW), tenure),
+                                                   session_id, store)  # fmt: skip
         if store is not None:
             try:
                 yield Durable(store.extend, (info.session_id, info.created_at, info.expires_at))
@@ -446,6 +472,8 @@ class Flows:
         checked_snapshot(session_id, snapshot)  # bad input is refused before anything is written, Redis included
         checked_messages(session_id, messages)
         if tenure is not None and info.tenure is not None and tenure != info.tenure:
+            if (yield from self.lost(store)):
+                raise self._unsure(session_id)
             raise stale(session_id, tenure, 'nothing was checkpointed')  # MongoDB's write would refuse it too
         order = yield self.index.next_token()  # the pool's one counter orders the messages, not this host's clock
         try:

@@ -234,7 +234,7 @@ def load_pool(
     set): `due` of them idle past `idle_ttl_s`, the rest idle `idle_s`; the last `lost` owned by a replica whose
     heartbeat lapsed."""
     ids = [str(uuid.uuid4()) for _ in range(size)]  # 36 characters, like most apps' session ids
-    record = '{owner}|tenant-0042||{created}|3'
+    record = '{owner}|tenant-0042||{created}|3|{tenure}'  # a tenure is a fencing token: 13 digits today
     for start in range(0, size, 10_000):
         chunk = ids[start : start + 10_000]
         pipe = client.pipeline(transaction=False)
@@ -249,7 +249,8 @@ def load_pool(
         for i, sid in enumerate(chunk):
             owner = LOST_REPLICA if start + i >= size - lost else 'api-replica-07'
             owners.setdefault(owner, []).append(sid)
-            buckets.setdefault(keys.meta_of(sid), {})[sid] = record.format(owner=owner, created=now_ms)
+            buckets.setdefault(keys.meta_of(sid), {})[sid] = record.format(owner=owner, created=now_ms,
+                                                                           tenure=now_ms + start + i)  # fmt: skip
         for bucket, records in buckets.items():
             pipe.hset(bucket, mapping=records)
         for owner, members in owners.items():

@@ -47,6 +47,15 @@ def same_life_as(document: Mapping[str, Any], info: SessionInfo) -> bool:
     return created is None or (isinstance(created, datetime) and to_epoch_ms(created) == info.created_at_ms)
 
 
+def over_in_mongodb(document: Mapping[str, Any], info: SessionInfo) -> bool:
+    """Whether the life `info` is of is over by `document`: ended (that life), or superseded by a later one that is
+    not live (resumable, or ended itself; a later live one is given back by the readmit)."""
+    if document.get('state') in ENDED and same_life_as(document, info):
+        return True
+    later = document.get('tenure')
+    return info.tenure is not None and isinstance(later, int) and later > info.tenure
+
+
 @dataclass(frozen=True)
 class Rebuilt:
     """What a rebuild did."""
@@ -158,25 +167,29 @@ class Rebuilder:
 
     def _end_what_mongodb_ended(self, now_ms: int, extend: Callable[[], None]) -> int:
         """Sessions Redis holds live whose life MongoDB recorded as ended (closed, expired, deleted): a failover (or
-        an older snapshot) lost the close, or the expiry, that Redis had acknowledged.
-        Each ends again, as a close: a closed session never comes back live. Another life of the same id (one
-        being activated now: Redis first, then MongoDB) is left alone, and so is a session claimed now (an
-        eviction or expiry in flight finishes it)."""
+        an older snapshot) lost the close, or the expiry, that Redis had acknowledged. And copies of an earlier
+        life than a resumable or ended one MongoDB holds (a lower tenure: it lost an eviction and the restore, and
+        perhaps the eviction, after it): MongoDB refuses their eviction, and the later life could not be restored
+        while they hold the id.
+        Each ends again in Redis, as a close: a closed session never comes back live. Another life of the same id
+        (one being activated or restored now: Redis first, then MongoDB) is left alone, and so is a session
+        claimed now (an eviction or expiry in flight finishes it)."""
         ended, cursor = 0, 0
         while True:
             cursor, ids = self.pool.run(calls.zscan(self.pool.keys.live, cursor, PAGE))
             documents = self.store.load_many(ids) if ids else {}
-            gone = [i for i in ids if documents.get(i, {}).get('state') in ENDED]
+            gone = [i for i in ids if documents.get(i, {}).get('state') in (*ENDED, SessionState.RESUMABLE.value)]
             if gone:
                 infos = self.pool.run_each([self.index.status(i, now_ms) for i in gone])
-                same_life = [info for info in infos if isinstance(info, SessionInfo)
-                             and same_life_as(documents[info.session_id], info)]  # fmt: skip
+                over = [info for info in infos if isinstance(info, SessionInfo)
+                        and over_in_mongodb(documents[info.session_id], info)]  # fmt: skip
                 # Each as it was read: a life that replaced it since is not this one's to end.
-                closes = self.pool.run_each([self.index.close(i.session_id, now_ms, i.tenure) for i in same_life])
+                closes = self.pool.run_each([self.index.close(i.session_id, now_ms, i.tenure) for i in over])
                 ended += sum(1 for closed in closes if isinstance(closed, Closed))
-                if same_life:
-                    log.warning('%d sessions live in Redis had ended in MongoDB (a failover lost their end): '
-                                'ended again (%s, ...)', len(same_life), same_life[0].session_id)  # fmt: skip
+                if over:
+                    log.warning('%d sessions live in Redis had ended in MongoDB, or been evicted and restored since '
+                                '(a failover lost it): ended again (%s, ...)', len(over),
+                                over[0].session_id)  # fmt: skip
             extend()
             if cursor == 0:
                 return ended

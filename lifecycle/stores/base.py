@@ -123,7 +123,8 @@ class SnapshotStore(Protocol):
         """The session document, or None."""
 
     def load_many(self, session_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-        """The documents of those sessions that have one (state, checkpoint and pool only), by session id."""
+        """The documents of those sessions that have one (`LOAD_MANY_FIELDS` only: state, checkpoint, pool, life),
+        by session id."""
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
         """The checkpointed messages of a session, in order."""

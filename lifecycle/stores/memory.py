@@ -18,6 +18,7 @@ from lifecycle.models import SessionState
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.documents import checked_messages, checked_snapshot
 from lifecycle.stores.mongo import (
+    LOAD_MANY_FIELDS,
     PREVIOUS_LIFE,
     later_life,
     mark_outcome,
@@ -34,9 +35,6 @@ EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
 def below(document: Mapping[str, Any], token: int) -> bool:
     """The document's fence is older than `token` (or it has none yet)."""
     return 'fence' not in document or document['fence'] < token
-
-
-LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool', 'created_at')  # what MongoDB's load_many projects
 
 
 class InMemorySnapshotStore:

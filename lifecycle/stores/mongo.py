@@ -49,6 +49,7 @@ def _below(token: int) -> dict[str, Any]:
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
 
 
+LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool', 'created_at', 'tenure')  # what load_many reads
 ANY_LIFE = 10**15  # above every tenure (tokens stay below 1e14): a record without one is of any life
 
 
@@ -441,7 +442,7 @@ class Plans:
         found = yield _find(
             'sessions',
             {'_id': {'$in': list(session_ids)}},
-            {'state': 1, 'checkpoint_seq': 1, 'pool': 1, 'created_at': 1},
+            dict.fromkeys(LOAD_MANY_FIELDS, 1),
         )
         return {document['_id']: document for document in found}
 

@@ -27,6 +27,7 @@ from lifecycle.ops.embedded import free_port
 from lifecycle.pool import servers
 from tests.conftest import SettingsFactory, start_private_redis, stop_private_redis
 from tests.integration.conftest import ReaperFactory
+from tests.integration.reaper import Reaper
 
 pytestmark = pytest.mark.integration
 MASTER = 'lcmaster'
@@ -116,6 +117,18 @@ class Storm:
     tokens: list[int] = field(default_factory=list)  # fencing tokens handed out, as a writer would take them
     most_running: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=self.work, args=(i,), daemon=True) for i in range(THREADS)]
+        for thread in self.threads:
+            thread.start()
+        wait_for(lambda: self.counts.get('activated', 0) >= 30, 'the storm to get going')
+
+    def halt(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
 
     def count(self, what: str) -> None:
         with self.lock:
@@ -169,18 +182,21 @@ class Storm:
                 time.sleep(0.05)
 
 
-def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_and_the_cap_holds(
-    group: Group, make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
-) -> None:
+def storming(group: Group, make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory) -> tuple[Reaper, Storm]:
+    """A reaper on the group (through its sentinels) and a storm of its sessions under way."""
     settings = make_reaper_settings(redis_url='redis://sentinel-managed/0', redis_sentinels=group.sentinels,
                                     redis_sentinel_master=MASTER, max_sessions=CAP)  # fmt: skip
     reaper = make_reaper(settings)
+    storm = Storm(reaper.lc)
+    storm.start()
+    return reaper, storm
+
+
+def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_and_the_cap_holds(
+    group: Group, make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    reaper, storm = storming(group, make_reaper_settings, make_reaper)
     lc = reaper.lc
-    storm = Storm(lc)
-    threads = [threading.Thread(target=storm.work, args=(i,), daemon=True) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: storm.counts.get('activated', 0) >= 30, 'the storm to get going')
 
     # The replica stops taking the master's writes for a while (it sleeps), the master goes on acknowledging
     # them, and dies: what it acknowledged in between never reaches the replica the sentinels promote.
@@ -207,9 +223,7 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
 
     report = reaper.sweep(SweepKind.EXPIRED)  # the worker's expiry sweep verifies the pool against MongoDB
     time.sleep(1)  # admissions resume
-    storm.stop.set()
-    for thread in threads:
-        thread.join(30)
+    storm.halt()
 
     live = set(promoted.zrange(lc.index.keys.live, 0, -1))
     reissued = len(storm.tokens) - len(set(storm.tokens))
@@ -261,15 +275,8 @@ def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
         if guarded:
             master.config_set('min-replicas-to-write', 1)
             master.config_set('min-replicas-max-lag', 2)
-    settings = make_reaper_settings(redis_url='redis://sentinel-managed/0', redis_sentinels=group.sentinels,
-                                    redis_sentinel_master=MASTER, max_sessions=CAP)  # fmt: skip
-    reaper = make_reaper(settings)
+    reaper, storm = storming(group, make_reaper_settings, make_reaper)
     lc = reaper.lc
-    storm = Storm(lc)
-    threads = [threading.Thread(target=storm.work, args=(i,), daemon=True) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: storm.counts.get('activated', 0) >= 30, 'the storm to get going')
     frozen = group.processes['master']
     frozen.send_signal(signal.SIGSTOP)
     try:  # 4 s: under the clients' socket timeout (5 s), so the calls in flight wait for it and go on there
@@ -282,9 +289,7 @@ def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
         wait_for(lambda: old.info('replication').get('master_link_status') == 'up', 'its resync')
     report = reaper.sweep(SweepKind.EXPIRED)  # the promoted master's pool is verified against MongoDB
     time.sleep(1)
-    storm.stop.set()
-    for thread in threads:
-        thread.join(30)
+    storm.halt()
     report_after = reaper.sweep(SweepKind.EXPIRED)
     promoted = redis.Redis(port=group.replica_port, decode_responses=True)
     live = set(promoted.zrange(lc.index.keys.live, 0, -1))

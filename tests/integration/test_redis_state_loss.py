@@ -8,6 +8,7 @@ import multiprocessing
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,32 @@ def server() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     running = [process]
     yield url, running
     stop_private_redis(running[0])
+
+
+@dataclass
+class SnapshotServer:
+    """A private redis-server keeping its snapshots in `directory`: `restart()` brings it back from the last one
+    (`SAVE`), and every write since is lost."""
+
+    url: str
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def restart(self) -> None:
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis.from_url(self.url).shutdown(nosave=True)
+        self.process.wait(10)
+        _, self.process = start_private_redis(
+            '--dir', str(self.directory), port=int(self.url.rsplit(':', 1)[1].split('/')[0])
+        )
+
+
+@pytest.fixture
+def snapshots(tmp_path: Path) -> Iterator[SnapshotServer]:
+    url, process = start_private_redis('--dir', str(tmp_path))
+    server = SnapshotServer(url, tmp_path, process)
+    yield server
+    stop_private_redis(server.process)
 
 
 def restart_empty(url: str, running: list[subprocess.Popen[bytes]]) -> None:
@@ -250,44 +277,36 @@ def test_sessions_recorded_before_activations_named_their_pool_are_readmitted(
 
 
 def test_a_redis_restarted_from_an_older_snapshot_fails_closed_until_the_missing_writes_are_readmitted(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
 ) -> None:
     # Regression (issue 13): Redis came back from its last snapshot, which kept the generation marker but not the
     # sessions activated after it; the pool took itself for intact and admitted past the cap (6 live at a cap of 4).
-    url, process = start_private_redis('--dir', str(tmp_path))
-    port = int(url.rsplit(':', 1)[1].split('/')[0])
-    try:
-        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP))
-        lc = r.lc
-        for name in ('s1', 's2'):
-            lc.activate(lc.reserve('api-1'), name)
-        lc.redis.save()  # the snapshot Redis will come back from
-        for name in ('s3', 's4'):  # written after it: lost in the restart, while their sandboxes run on
-            lc.activate(lc.reserve('api-1'), name)
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(url).shutdown(nosave=True)
-        process.wait(10)
-        _, process = start_private_redis('--dir', str(tmp_path), port=port)
-        assert lc.stats().live == 2  # the marker came back with the snapshot; s3 and s4 did not
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP))
+    lc = r.lc
+    for name in ('s1', 's2'):
+        lc.activate(lc.reserve('api-1'), name)
+    lc.redis.save()  # the snapshot Redis will come back from
+    for name in ('s3', 's4'):  # written after it: lost in the restart, while their sandboxes run on
+        lc.activate(lc.reserve('api-1'), name)
+    snapshots.restart()
+    assert lc.stats().live == 2  # the marker came back with the snapshot; s3 and s4 did not
 
-        with pytest.raises(PoolRecovering, match='restarted or failed over'):
-            lc.reserve('api-2')
-        with pytest.raises(PoolRecovering, match="session 's3' is unknown"):
-            lc.touch('s3')
+    with pytest.raises(PoolRecovering, match='restarted or failed over'):
+        lc.reserve('api-2')
+    with pytest.raises(PoolRecovering, match="session 's3' is unknown"):
+        lc.touch('s3')
 
-        report = r.sweep(SweepKind.EXPIRED)
-        assert report.rebuilt is not None
-        assert report.rebuilt.verified
-        print(f'\nlost in the restart and readmitted: {report.rebuilt.readmitted}')
-        assert report.rebuilt.readmitted == 2
-        stats = lc.stats()
-        assert (stats.live, stats.slots) == (CAP, CAP)
-        with pytest.raises(CapacityExceeded):
-            lc.reserve('api-2')
-        r.clock.advance(seconds=1)
-        assert lc.touch('s3')
-    finally:
-        stop_private_redis(process)
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    assert report.rebuilt.verified
+    print(f'\nlost in the restart and readmitted: {report.rebuilt.readmitted}')
+    assert report.rebuilt.readmitted == 2
+    stats = lc.stats()
+    assert (stats.live, stats.slots) == (CAP, CAP)
+    with pytest.raises(CapacityExceeded):
+        lc.reserve('api-2')
+    r.clock.advance(seconds=1)
+    assert lc.touch('s3')
 
 
 @pytest.mark.timeout(300)
@@ -563,153 +582,168 @@ def test_beat_rides_out_a_master_that_takes_no_writes_for_want_of_replicas(
 
 
 def test_a_redis_that_lost_an_eviction_and_a_restore_gives_the_pool_back_to_the_life_mongodb_holds(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
 ) -> None:
     """Redis comes back from a snapshot taken while A held s1: it lost s1's eviction and B's restore, and holds
     A's earlier life (its tenure). The rebuild gives s1 back to the life MongoDB holds (B's): B's writes go
     through, A's are refused. And A's close, should it come before the rebuild, never marks B's life closed in
     MongoDB (before: the rebuild left A's record, B's touch was Fenced, and A's close ended B's life)."""
-    url, process = start_private_redis('--dir', str(tmp_path))
-    port = int(url.rsplit(':', 1)[1].split('/')[0])
-    try:
-        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
-        lc = r.lc
-        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
-        a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=3600)
-        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
-        lc.checkpoint('s2', {'by': 'A'})
-        lc.redis.save()  # the snapshot Redis will come back from: A holds s1 and s2
-        r.clock.advance(seconds=601)
-        for name in ('s1', 's2'):
-            assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
-        b1 = lc.restore('s1', 'api-b').session
-        b2 = lc.restore('s2', 'api-b').session
-        assert b1.tenure is not None
-        assert a.tenure is not None
-        assert b1.tenure > a.tenure
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(url).shutdown(nosave=True)
-        process.wait(10)
-        _, process = start_private_redis('--dir', str(tmp_path), port=port)
-        held = lc.status('s1')
-        assert held is not None
-        assert (held.owner, held.tenure) == ('api-a', a.tenure)  # A's life is back in Redis
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=3600)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    lc.checkpoint('s2', {'by': 'A'})
+    lc.redis.save()  # the snapshot Redis will come back from: A holds s1 and s2
+    r.clock.advance(seconds=601)
+    for name in ('s1', 's2'):
+        assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b1 = lc.restore('s1', 'api-b').session
+    b2 = lc.restore('s2', 'api-b').session
+    assert b1.tenure is not None
+    assert a.tenure is not None
+    assert b1.tenure > a.tenure
+    snapshots.restart()
+    held = lc.status('s1')
+    assert held is not None
+    assert (held.owner, held.tenure) == ('api-a', a.tenure)  # A's life is back in Redis
 
-        # Before the rebuild, A's close of s2 is taken by its stale copy in Redis, but not by MongoDB: A is told.
-        with pytest.raises(Fenced, match='only a stale copy'):
-            lc.close('s2', tenure=a2.tenure)
-        s2 = r.document('s2') or {}
-        assert (s2['state'], s2['tenure']) == ('live', b2.tenure)
+    # Before the rebuild, A's close of s2 is taken by its stale copy in Redis, but not by MongoDB; and B's own
+    # writes are refused by that copy. Neither can tell yet whose life it is: both are told to retry once the
+    # pool is rebuilt (PoolRecovering; before, B was told Fenced, as if its own copy were the stale one).
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.close('s2', tenure=a2.tenure)
+    s2 = r.document('s2') or {}
+    assert (s2['state'], s2['tenure']) == ('live', b2.tenure)
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.touch('s1', tenure=b1.tenure)
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.close('s1', tenure=b1.tenure)
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.checkpoint('s1', {'by': 'B'}, tenure=b1.tenure)
 
-        report = r.sweep(SweepKind.EXPIRED)
-        assert report.rebuilt is not None
-        print(f'\nrebuilt after a restart that lost an eviction and a restore: {report.rebuilt}')
-        assert report.rebuilt.readmitted == 2  # s1 replaced in place, s2 taken back
-        for name, b in (('s1', b1), ('s2', b2)):
-            now = lc.status(name)
-            assert now is not None
-            assert (now.owner, now.tenure) == ('api-b', b.tenure)  # the life MongoDB holds
-        assert (lc.stats().live, lc.stats().slots) == (2, 2)
-        r.clock.advance(seconds=1)
-        assert lc.touch('s1', tenure=b1.tenure)
-        assert lc.touch('s2', tenure=b2.tenure)
-        with pytest.raises(Fenced):
-            lc.touch('s1', tenure=a.tenure)
-        with pytest.raises(Fenced):
-            lc.close('s1', tenure=a.tenure)
-        document = r.document('s1') or {}
-        assert (document['state'], document['tenure'], document['owner']) == ('live', b1.tenure, 'api-b')
-    finally:
-        stop_private_redis(process)
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    print(f'\nrebuilt after a restart that lost an eviction and a restore: {report.rebuilt}')
+    assert report.rebuilt.readmitted == 2  # s1 replaced in place, s2 taken back
+    for name, b in (('s1', b1), ('s2', b2)):
+        now = lc.status(name)
+        assert now is not None
+        assert (now.owner, now.tenure) == ('api-b', b.tenure)  # the life MongoDB holds
+    assert (lc.stats().live, lc.stats().slots) == (2, 2)
+    r.clock.advance(seconds=1)
+    assert lc.touch('s1', tenure=b1.tenure)
+    assert lc.touch('s2', tenure=b2.tenure)
+    with pytest.raises(Fenced):
+        lc.touch('s1', tenure=a.tenure)
+    with pytest.raises(Fenced):
+        lc.close('s1', tenure=a.tenure)
+    document = r.document('s1') or {}
+    assert (document['state'], document['tenure'], document['owner']) == ('live', b1.tenure, 'api-b')
+    assert lc.close('s1', tenure=b1.tenure)  # B's retry
+    assert lc.close('s2', tenure=b2.tenure)
+    assert (lc.stats().live, (r.document('s2') or {})['state']) == (0, 'closed')
 
 
 def test_a_life_given_back_by_the_rebuild_keeps_nothing_of_the_earlier_one(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
 ) -> None:
     """The earlier life Redis came back with had been asked for a checkpoint (and the trail recorded it): the life
     the rebuild gives the session back to is asked afresh, never waived for that old request (before: its
     idle eviction went ahead as checkpoint_waived without B ever being asked), and its trail starts empty."""
-    url, process = start_private_redis('--dir', str(tmp_path))
-    port = int(url.rsplit(':', 1)[1].split('/')[0])
-    try:
-        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600, checkpoint_grace_s=60,
-                                             trail_length=5))  # fmt: skip
-        lc, keys = r.lc, r.lc.index.keys
-        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
-        with lc.turn('s1', tenure=a.tenure):  # a turn not checkpointed
-            pass
-        r.clock.advance(seconds=601)
-        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).detail == 'not_checkpointed'  # A is asked
-        assert lc.redis.zscore(keys.unsaved, 's1') is not None
-        lc.redis.save()  # the snapshot Redis will come back from: A's life, its checkpoint requested
-        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
-        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
-        b = lc.restore('s1', 'api-b').session
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(url).shutdown(nosave=True)
-        process.wait(10)
-        _, process = start_private_redis('--dir', str(tmp_path), port=port)
-        report = r.sweep(SweepKind.EXPIRED)
-        assert report.rebuilt is not None
-        status = lc.status('s1')
-        assert status is not None
-        assert (status.owner, status.tenure) == ('api-b', b.tenure)
-        assert lc.redis.zscore(keys.unsaved, 's1') is None
-        assert lc.redis.hget(keys.trail, 's1') is None
-        r.clock.advance(seconds=601)
-        result = r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms())
-        assert (result.outcome, result.detail) == (Outcome.ABORTED, 'not_checkpointed')  # B is asked, not waived
-    finally:
-        stop_private_redis(process)
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600,
+                                         checkpoint_grace_s=60, trail_length=5))  # fmt: skip
+    lc, keys = r.lc, r.lc.index.keys
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    with lc.turn('s1', tenure=a.tenure):  # a turn not checkpointed
+        pass
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).detail == 'not_checkpointed'  # A is asked
+    assert lc.redis.zscore(keys.unsaved, 's1') is not None
+    lc.redis.save()  # the snapshot Redis will come back from: A's life, its checkpoint requested
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b = lc.restore('s1', 'api-b').session
+    snapshots.restart()
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    status = lc.status('s1')
+    assert status is not None
+    assert (status.owner, status.tenure) == ('api-b', b.tenure)
+    assert lc.redis.zscore(keys.unsaved, 's1') is None
+    assert lc.redis.hget(keys.trail, 's1') is None
+    r.clock.advance(seconds=601)
+    result = r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms())
+    assert (result.outcome, result.detail) == (Outcome.ABORTED, 'not_checkpointed')  # B is asked, not waived
 
 
 def test_a_stale_copy_s_eviction_or_expiry_before_the_rebuild_never_lands_on_the_later_life(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, tmp_path: Any
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
 ) -> None:
     """Redis came back holding A's earlier life of s1 (B restored it since, ran a turn, checkpointed and extended
     it): that copy looks idle, and the idle sweep runs before the expiry sweep's rebuild. Its eviction write is
     refused by the later life MongoDB holds (before: B's live life was made resumable under A's owner and A's
     deadline); the rebuild then gives s1 back to B. An expiry of a stale copy leaves the later life alone too."""
-    url, process = start_private_redis('--dir', str(tmp_path))
-    port = int(url.rsplit(':', 1)[1].split('/')[0])
-    try:
-        r = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
-        lc = r.lc
-        a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
-        lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
-        a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=700)
-        lc.checkpoint('s2', {'by': 'A'}, tenure=a2.tenure)
-        lc.redis.save()  # the snapshot Redis will come back from: A's lives
-        r.clock.advance(seconds=601)
-        for name in ('s1', 's2'):
-            assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
-        b = lc.restore('s1', 'api-b').session
-        with lc.turn('s1', tenure=b.tenure):
-            pass
-        lc.checkpoint('s1', {'by': 'B'}, tenure=b.tenure)
-        lc.extend('s1', 7200, tenure=b.tenure)
-        b2 = lc.restore('s2', 'api-b').session
-        lc.extend('s2', 7200, tenure=b2.tenure)
-        before = {name: r.document(name) or {} for name in ('s1', 's2')}
-        with contextlib.suppress(redis.ConnectionError):
-            redis.Redis.from_url(url).shutdown(nosave=True)
-        process.wait(10)
-        _, process = start_private_redis('--dir', str(tmp_path), port=port)
-        r.clock.advance(seconds=120)  # A's copy of s1 idle; A's copy of s2 past the deadline it had
-        r.sweep(SweepKind.IDLE)
-        expired = r.evictor.evict('s2', ReapReason.EXPIRED, r.clock.now_ms())  # as the expiry sweep's task would
-        swept = [(x.session_id, x.outcome, x.detail) for x in r.results]
-        print(f'\nthe stale copies, swept before the rebuild: {swept}, {expired}')
-        assert ('s1', Outcome.KEPT, 'fenced') in swept
-        for name, life in (('s1', b), ('s2', b2)):
-            document = r.document(name) or {}
-            assert (document['state'], document['owner'], document['tenure']) == ('live', 'api-b', life.tenure)
-            assert document['expires_at'] == before[name]['expires_at']
-        assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
-        r.sweep(SweepKind.EXPIRED)  # the rebuild
-        for name, life in (('s1', b), ('s2', b2)):
-            status = lc.status(name)
-            assert status is not None
-            assert (status.state, status.owner, status.tenure) == (SessionState.LIVE, 'api-b', life.tenure)
-    finally:
-        stop_private_redis(process)
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=700)
+    lc.checkpoint('s2', {'by': 'A'}, tenure=a2.tenure)
+    lc.redis.save()  # the snapshot Redis will come back from: A's lives
+    r.clock.advance(seconds=601)
+    for name in ('s1', 's2'):
+        assert r.evictor.evict(name, ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b = lc.restore('s1', 'api-b').session
+    with lc.turn('s1', tenure=b.tenure):
+        pass
+    lc.checkpoint('s1', {'by': 'B'}, tenure=b.tenure)
+    lc.extend('s1', 7200, tenure=b.tenure)
+    b2 = lc.restore('s2', 'api-b').session
+    lc.extend('s2', 7200, tenure=b2.tenure)
+    before = {name: r.document(name) or {} for name in ('s1', 's2')}
+    snapshots.restart()
+    r.clock.advance(seconds=120)  # A's copy of s1 idle; A's copy of s2 past the deadline it had
+    r.sweep(SweepKind.IDLE)
+    expired = r.evictor.evict('s2', ReapReason.EXPIRED, r.clock.now_ms())  # as the expiry sweep's task would
+    swept = [(x.session_id, x.outcome, x.detail) for x in r.results]
+    print(f'\nthe stale copies, swept before the rebuild: {swept}, {expired}')
+    assert ('s1', Outcome.KEPT, 'fenced') in swept
+    for name, life in (('s1', b), ('s2', b2)):
+        document = r.document(name) or {}
+        assert (document['state'], document['owner'], document['tenure']) == ('live', 'api-b', life.tenure)
+        assert document['expires_at'] == before[name]['expires_at']
+    assert (r.document('s1') or {})['snapshot'] == {'by': 'B'}
+    r.sweep(SweepKind.EXPIRED)  # the rebuild
+    for name, life in (('s1', b), ('s2', b2)):
+        status = lc.status(name)
+        assert status is not None
+        assert (status.state, status.owner, status.tenure) == (SessionState.LIVE, 'api-b', life.tenure)
+
+
+def test_a_stale_copy_of_a_life_mongodb_holds_resumable_is_ended_by_the_rebuild(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """A's life in the snapshot; then A evicted, B restored and evicted in turn: MongoDB holds B's life resumable.
+    Redis comes back with A's copy. The rebuild ends that copy (MongoDB refuses its eviction, fenced by the later
+    life), and B's life is restorable at once (before: every eviction of the copy was kept, fenced, and B's
+    restore was refused, SessionExists, until the copy's hard deadline)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=4 * 3600)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    lc.redis.save()  # the snapshot Redis will come back from: A's life
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b = lc.restore('s1', 'api-b').session
+    lc.checkpoint('s1', {'by': 'B'}, tenure=b.tenure)
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    snapshots.restart()
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    print(f'\nrebuilt: {report.rebuilt}')
+    assert report.rebuilt.ended == 1
+    assert lc.stats().live == 0
+    restored = lc.restore('s1', 'api-b')
+    assert restored.snapshot == {'by': 'B'}

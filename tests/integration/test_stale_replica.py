@@ -237,20 +237,18 @@ class PausedBefore:
         return paused
 
 
-@pytest.mark.parametrize('path', ['activate', 'restore'])
-def test_a_replica_paused_before_its_durable_activation_write_leaves_the_new_owner_s_session_alone(
-    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, path: str
-) -> None:
-    """A activates (or restores) s1 in Redis and pauses before MongoDB records it; meanwhile s1 is evicted and B
-    restores it. A resumes: MongoDB refuses A's stale write, and A's undo must not close B's session (it closed
-    it: B's life ended in Redis while MongoDB still held it live)."""
-    r = make_reaper(make_reaper_settings(idle_ttl_s=600))
-    assert r.store is not None
-    if path == 'restore':  # s1 resumable: A restores it
-        r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=3600)
-        r.lc.checkpoint('s1', {'by': 'first'})
-        r.clock.advance(seconds=601)
-        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+def make_resumable(r: Reaper) -> None:
+    """s1 activated, checkpointed and evicted: resumable."""
+    r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=3600)
+    r.lc.checkpoint('s1', {'by': 'first'})
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+
+
+@contextmanager
+def paused_before_its_record(r: Reaper, path: str) -> Iterator[list[BaseException]]:
+    """Replica A (a thread) activates or restores s1, and is paused before MongoDB records it while the block runs;
+    then it goes on. Yields what A ended with (filled once the block is left)."""
     store = PausedBefore(r.store, 'activated' if path == 'activate' else 'restore')
     a = Lifecycle(r.lc.settings, clock=r.clock, store=store, driver=NoopDriver())
     failures: list[BaseException] = []
@@ -268,15 +266,29 @@ def test_a_replica_paused_before_its_durable_activation_write_leaves_the_new_own
     thread.start()
     try:
         assert store.reached.wait(30)
+        yield failures
+    finally:
+        store.go.set()
+        thread.join(30)
+        a.disconnect()
+
+
+@pytest.mark.parametrize('path', ['activate', 'restore'])
+def test_a_replica_paused_before_its_durable_activation_write_leaves_the_new_owner_s_session_alone(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, path: str
+) -> None:
+    """A activates (or restores) s1 in Redis and pauses before MongoDB records it; meanwhile s1 is evicted and B
+    restores it. A resumes: MongoDB refuses A's stale write, and A's undo must not close B's session (it closed
+    it: B's life ended in Redis while MongoDB still held it live)."""
+    r = make_reaper(make_reaper_settings(idle_ttl_s=600))
+    if path == 'restore':
+        make_resumable(r)
+    with paused_before_its_record(r, path) as failures:
         if path == 'activate':  # never checkpointed: its eviction still leaves it resumable, fenced above A
             r.lc.checkpoint('s1', {'by': 'A, through the pool'})
         r.clock.advance(seconds=601)
         assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
         restored = r.lc.restore('s1', 'api-b')
-    finally:
-        store.go.set()
-        thread.join(30)
-        a.disconnect()
     assert len(failures) == 1
     print(f'\nreplica A, resumed after B restored s1: {type(failures[0]).__name__}: {failures[0]}')
     held = r.lc.status('s1')  # B's session, still live in Redis, as MongoDB says
@@ -296,37 +308,14 @@ def test_a_close_while_an_activation_or_restore_is_in_flight_is_the_user_s_close
     A's write then made s1 live in MongoDB and nowhere in Redis, for good.)"""
     r = make_reaper(make_reaper_settings(idle_ttl_s=600))
     if path == 'restore':
-        r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=3600)
-        r.lc.checkpoint('s1', {'by': 'first'})
-        r.clock.advance(seconds=601)
-        assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome.value == 'evicted'
+        make_resumable(r)
     else:
         r.lc.activate(r.lc.reserve('api-0'), 's1', ttl_seconds=60)
         r.clock.advance(seconds=61)
         r.sweep(SweepKind.EXPIRED)
         assert (r.document('s1') or {})['state'] == 'expired'
-    store = PausedBefore(r.store, 'activated' if path == 'activate' else 'restore')
-    a = Lifecycle(r.lc.settings, clock=r.clock, store=store, driver=NoopDriver())
-    failures: list[BaseException] = []
-
-    def replica_a() -> None:
-        try:
-            if path == 'activate':
-                a.activate(a.reserve('api-a'), 's1', ttl_seconds=3600)
-            else:
-                a.restore('s1', 'api-a')
-        except BaseException as error:  # the test reads it
-            failures.append(error)
-
-    thread = threading.Thread(target=replica_a)
-    thread.start()
-    try:
-        assert store.reached.wait(30)
+    with paused_before_its_record(r, path) as failures:
         assert r.lc.close('s1')  # the user ends it through another replica
-    finally:
-        store.go.set()
-        thread.join(30)
-        a.disconnect()
     assert len(failures) == 1  # A is told: its activation or restore did not stand
     print(f'\nreplica A, after the close: {type(failures[0]).__name__}: {failures[0]}')
     status = r.lc.status('s1')  # not in Redis: MongoDB's word
