@@ -503,6 +503,8 @@ class Flows:
             pooled: SessionInfo | None = yield self.index.status(session_id, (yield NOW))
             if pooled is not None and pooled.state is SessionState.REAPING:  # its eviction is still under way
                 raise SessionReaping(f'session {session_id!r} is being evicted; restore it once it is resumable')
+            if pooled is not None and (yield from self.lost(store)):  # perhaps a stale copy, until the rebuild
+                raise self._unsure(session_id)
             if pooled is not None:
                 raise SessionExists(f'session {session_id!r} is already live (restored by another replica?)')
             if state == SessionState.LIVE and (yield from self.lost(store)):

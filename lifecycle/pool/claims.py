@@ -168,6 +168,8 @@ class ClaimIndex:
                 k.turns,
                 k.pinned,
                 k.trail,
+                k.generation,
+                k.verified,
             ),
             (session_id, reason.value, now_ms, lease_ms, bound, observed_ms),
         )

@@ -7,9 +7,14 @@ session too (evicted: resumable; closed; expired). So the sessions MongoDB says 
 sessions: the rebuild readmits each one whose deadline is ahead (active as of now, its turn sequence one past
 anything MongoDB knows: the turns it finished since were lost with Redis, so it must checkpoint again before it
 can be evicted as resumable),
-records the others as expired, lifts the fencing epoch above every token MongoDB holds, repairs the counters
+records the others as expired; a session Redis kept has its turn sequence moved on the same way (the turns it
+finished since the server's last kept write were lost), one Redis holds in an earlier life than MongoDB's is given
+back to that life, and one whose life MongoDB ended (or evicted) is ended again in Redis. It
+lifts the fencing epoch above every token MongoDB holds, repairs the counters
 and the tenant index (reconcile), and only then marks the pool verified on this server's replication history
-(and writes the generation marker back): until then admission fails closed (PoolRecovering). A server that
+(and writes the generation marker back): until then admission fails closed (PoolRecovering), and no eviction
+but expiry runs (claim_session.lua refuses: a session's lost turns or its lost restore could not be seen). A server
+that
 restarts or fails over during the rebuild is rebuilt again by the next sweep. Resumable sessions stay in
 MongoDB, restorable as before.
 """
@@ -36,8 +41,9 @@ from lifecycle.stores import SessionRecord, SnapshotStore
 
 log = logging.getLogger(__name__)
 PAGE = 200
-# Not resumable: a restore makes the session live in Redis before it flips MongoDB back to live, and one in flight
-# must not be ended. A lost eviction finish (live in Redis, resumable in MongoDB) is evicted again by its next sweep.
+# Ended states; a resumable document ends a copy Redis holds only by its tenure (see over_in_mongodb): a restore
+# makes the session live in Redis (a later tenure) before it flips MongoDB back to live, and one in flight must not
+# be ended.
 ENDED = (SessionState.CLOSED.value, SessionState.EXPIRED.value, SessionState.DELETED.value)
 
 
@@ -48,12 +54,15 @@ def same_life_as(document: Mapping[str, Any], info: SessionInfo) -> bool:
 
 
 def over_in_mongodb(document: Mapping[str, Any], info: SessionInfo) -> bool:
-    """Whether the life `info` is of is over by `document`: ended (that life), or superseded by a later one that is
-    not live (resumable, or ended itself; a later live one is given back by the readmit)."""
-    if document.get('state') in ENDED and same_life_as(document, info):
+    """Whether the life `info` is of is over by `document`: ended (that life); evicted (that life, resumable: the
+    eviction's last step, in Redis, was lost); or superseded by a later one that is not live (resumable, or ended
+    itself; a later live one is given back by the readmit)."""
+    state, tenure = document.get('state'), document.get('tenure')
+    if state in ENDED and same_life_as(document, info):
         return True
-    later = document.get('tenure')
-    return info.tenure is not None and isinstance(later, int) and later > info.tenure
+    if info.tenure is None or not isinstance(tenure, int):
+        return False
+    return tenure > info.tenure or (state == SessionState.RESUMABLE.value and tenure == info.tenure)
 
 
 @dataclass(frozen=True)
@@ -133,14 +142,15 @@ class Rebuilder:
                     expired += 1
                 else:
                     due.append(session)
-            missing = self._missing(due, now)
+            missing, kept = self._missing(due, now)
             if missing:
                 # Their fences go up to the new epoch first: a write still in flight from before the loss (an
                 # eviction's, say) can no longer land on a session the pool now holds live again. Only theirs: a
                 # session Redis still holds (a failover kept it) may be closing right now, with an older token.
                 self.store.raise_fences([s.session_id for s in missing], epoch)
-                readmitted_total += self.pool.run(self.claims.readmit(missing, now))
                 owners.update(s.owner for s in missing)
+            if missing or kept:  # those it kept only have their turn sequences moved on
+                readmitted_total += self.pool.run(self.claims.readmit(missing + kept, now))
             extend()
         ended = self._end_what_mongodb_ended(now, extend)
         self._await_heartbeats(owners, now)
@@ -167,10 +177,11 @@ class Rebuilder:
 
     def _end_what_mongodb_ended(self, now_ms: int, extend: Callable[[], None]) -> int:
         """Sessions Redis holds live whose life MongoDB recorded as ended (closed, expired, deleted): a failover (or
-        an older snapshot) lost the close, or the expiry, that Redis had acknowledged. And copies of an earlier
-        life than a resumable or ended one MongoDB holds (a lower tenure: it lost an eviction and the restore, and
-        perhaps the eviction, after it): MongoDB refuses their eviction, and the later life could not be restored
-        while they hold the id.
+        an older snapshot) lost the close, or the expiry, that Redis had acknowledged; or the last step of an
+        eviction MongoDB recorded (resumable, the same tenure): the app's checkpoints were refused, and a restore
+        too, while Redis held it. And copies of an earlier life than a resumable or ended one MongoDB holds (a
+        lower tenure: it lost an eviction and the restore, and perhaps the eviction, after it): MongoDB refuses
+        their eviction, and the later life could not be restored while they hold the id.
         Each ends again in Redis, as a close: a closed session never comes back live. Another life of the same id
         (one being activated or restored now: Redis first, then MongoDB) is left alone, and so is a session
         claimed now (an eviction or expiry in flight finishes it)."""
@@ -194,17 +205,18 @@ class Rebuilder:
             if cursor == 0:
                 return ended
 
-    def _missing(self, sessions: list[Readmitted], now_ms: int) -> list[Readmitted]:
+    def _missing(self, sessions: list[Readmitted], now_ms: int) -> tuple[list[Readmitted], list[Readmitted]]:
         """Those Redis does not hold, and their apps did not close within the last minute (MongoDB may not have
         recorded that close yet: see `Keys.closed`); and those it holds an earlier life of (a lower tenure: it
         lost their eviction and the restore MongoDB recorded), whose replica's writes would otherwise be taken
-        and the current owner's refused."""
+        and the current owner's refused. Then those it kept: the turns they finished since its last write were
+        lost, so their turn sequences move on (the readmit script does that)."""
         ids = [s.session_id for s in sessions]
         live, closed = self.pool.run_many(
             [calls.scores(self.pool.keys.live, ids), calls.scores(self.pool.keys.closed, ids)]
         )
         missing = [s for s, held, ended in zip(sessions, live, closed, strict=True) if held is None and ended is None]
-        held = [s for s, at in zip(sessions, live, strict=True) if at is not None and s.tenure is not None]
+        held = [s for s, at in zip(sessions, live, strict=True) if at is not None]
         infos = self.pool.run_each([self.index.status(s.session_id, now_ms) for s in held]) if held else []
         earlier = [s for s, info in zip(held, infos, strict=True) if isinstance(info, SessionInfo)
                    and info.tenure is not None and s.tenure is not None and info.tenure < s.tenure]  # fmt: skip
@@ -212,7 +224,7 @@ class Rebuilder:
             log.warning('%d sessions held in Redis as an earlier life than MongoDB records (a failover lost their '
                         'eviction and restore): given back to the later one (%s, ...)', len(earlier),
                         earlier[0].session_id)  # fmt: skip
-        return missing + earlier
+        return missing + earlier, [s for s in held if s not in earlier]
 
     def _orphan_unvouched_sandboxes(self, now_ms: int) -> int:
         """The sandbox driver's leases are the other witness: a sandbox still running whose session the rebuilt

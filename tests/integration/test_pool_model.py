@@ -90,6 +90,8 @@ class PoolModel(RuleBasedStateMachine):
         self.held: list[Held] = []
         self.damage: set[str] = set()  # outside damage since the last reconcile
         self.lost = False  # Redis lost the whole pool, and no sweep has rebuilt it yet
+        self.stale = False  # Redis came back from an older snapshot (lost writes since), not rebuilt yet
+        self.snapshot: list[tuple[str, bytes, int]] | None = None
         self.next_id = 0
         self.reaper: Reaper | None = None
 
@@ -145,15 +147,16 @@ class PoolModel(RuleBasedStateMachine):
             self.assert_refusal_is_due(full)
             return
         except PoolRecovering:
-            if self.lost:  # fails closed while MongoDB knows sessions the lost pool held
-                assert self.mongo_live(), 'a lost pool refused though MongoDB knows no live session of it'
+            if self.lost:  # fails closed while MongoDB knows sessions the lost pool held, or Redis holds some
+                assert self.mongo_live() or self.stale, 'a lost pool refused though MongoDB knows no live session'
                 return
             assert tenant is not None
             assert 'tenants' in self.damage, 'refused for a tenant index that was not lost'
             return
         if self.lost:  # admitted: MongoDB knew nothing live, so nothing could be missing
             assert not self.mongo_live(), 'a lost pool admitted while MongoDB knows live sessions of it'
-            self.lost = False
+            assert not self.redis.zcard(self.keys.live), 'a pool back from a snapshot admitted before its rebuild'
+            self.lost = self.stale = False
         self.held.append(Held(reservation, reservation.expires_at_ms))
 
     def assert_refusal_is_due(self, full: CapacityExceeded) -> None:
@@ -199,7 +202,10 @@ class PoolModel(RuleBasedStateMachine):
         except PoolRecovering:
             assert self.lost, 'touch() said the pool is recovering when it is not'
             return
-        assert not stamped or session.state == 'live', f'{session.session_id} stamped while {session.state}'
+        # (Redis back from an older snapshot holds what it held then, until the rebuild ends it.)
+        assert not stamped or session.state == 'live' or self.stale, (
+            f'{session.session_id} stamped while {session.state}'
+        )
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
     @rule(index=st.integers(0, 50))
@@ -315,7 +321,7 @@ class PoolModel(RuleBasedStateMachine):
         self.write_stale(self.pick([s for s in self.live() if len(s.tenures) > 1], index), call)
 
     def write_stale(self, session: Session, call: str) -> None:
-        if session.tenureless:
+        if session.tenureless or self.stale:  # (Redis back from a snapshot may hold that stale life itself)
             return
         lc, session_id, stale = self.r.lc, session.session_id, session.tenures[0]
         writes: dict[str, Callable[[], object]] = {
@@ -463,12 +469,40 @@ class PoolModel(RuleBasedStateMachine):
         self.lost = True
         self.damage.add('lost')
 
+    @rule()
+    def take_snapshot(self) -> None:
+        """Redis writes a snapshot (or its replica has received this much): what a restart from it, or a failover
+        to that replica, comes back with."""
+        keys = list(self.redis.scan_iter(match=self.keys.prefix + '*', count=1000))
+        self.snapshot = [(key, dumped, int(self.redis.pttl(key))) for key in keys
+                         if (dumped := self.redis.dump(key)) is not None]  # fmt: skip
+
+    @precondition(lambda self: self.snapshot is not None)
+    @rule()
+    def come_back_from_the_snapshot(self) -> None:
+        """Redis restarts from that snapshot, or fails over to that replica: every write since is lost (closes,
+        evictions, restores, activations), and its replication history is new (emulated: the pool's verified
+        marker and the epoch's history name another). The rebuild repairs the pool from MongoDB."""
+        assert self.snapshot is not None
+        for key in self.redis.scan_iter(match=self.keys.prefix + '*', count=1000):
+            self.redis.delete(key)
+        for key, dumped, pttl in self.snapshot:
+            self.redis.restore(key, max(pttl, 0), dumped, replace=True)
+        if self.redis.exists(self.keys.generation):
+            self.redis.set(self.keys.verified, 'an-older-history')
+        self.redis.set(self.keys.epoch + '_history', 'an-older-history')
+        self.held.clear()  # reservations since are gone; those of the snapshot lapse with their leases
+        for session in self.sessions.values():
+            session.open_turns = dict.fromkeys(session.open_turns, self.now)
+        self.lost = self.stale = True
+        self.damage.add('lost')
+
     def mongo_live(self) -> bool:
         return bool(self.r.store and self.r.store.live_documents(self.keys.prefix, '', 1))
 
     def rebuilt(self) -> None:
         """The expiry sweep rebuilt the pool from MongoDB: what it readmitted is what MongoDB knew live."""
-        self.lost = False
+        self.lost = self.stale = False
         self.damage.clear()  # the rebuild reconciled
         for session in self.live():
             record = self.redis.hget(self.keys.meta_of(session.session_id), session.session_id)
@@ -587,7 +621,7 @@ class PoolModel(RuleBasedStateMachine):
 
     @invariant()
     def ended_sessions_stay_out_of_the_pool(self) -> None:
-        if self.reaper is None:
+        if self.reaper is None or self.stale:  # until the rebuild ends what the snapshot brought back
             return
         for session in self.sessions.values():
             if session.state != 'live':

@@ -300,8 +300,9 @@ def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
         f'tokens handed out: {len(storm.tokens)}, issued twice: {reissued}; sessions closed: {len(storm.closed)}, '
         f'live again: {len(revived)}; rebuilt: {report.rebuilt}; calls: {dict(sorted(storm.counts.items()))}'
     )
-    assert report.rebuilt is not None
-    assert report_after.rebuilt is None  # verified once, and it stays so
+    # Verified once (by the rebuild; or, when the storm had closed every session by then, by the first reservation:
+    # nothing was left to be missing or stale), and it stays so.
+    assert report_after.rebuilt is None
     assert reissued == 0
     assert not revived  # each close the old master took and lost is ended again by the rebuild
     assert len(live) <= CAP

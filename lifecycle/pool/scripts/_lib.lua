@@ -18,6 +18,13 @@ local function replication_id()
   return string.match(info, '^%w+', at + 14) or '-'
 end
 
+-- Whether the pool is verified on this server's replication history (see pool_state.lua): a pool from before
+-- verification existed (a marker, no verified key) counts as verified.
+local function verified_here(generation_key, verified_key)
+  local verified = redis.call('GET', verified_key)
+  return verified == replication_id() or (not verified and redis.call('EXISTS', generation_key) == 1)
+end
+
 -- A fresh fencing token (INCR of the epoch). Tokens never repeat, even after a failover to a replica that missed
 -- the last ones, or a restart from an older snapshot: the first token of each replication history first lifts the
 -- epoch to Redis's clock in ms, above every token issued before unless they came faster than one a millisecond

@@ -1,7 +1,7 @@
 -- claim_session: mark a session REAPING for one eviction, with a fresh fencing token, if it is still due.
 -- KEYS[1] live ZSET  KEYS[2] deadline ZSET  KEYS[3] busy ZSET  KEYS[4] reaping ZSET  KEYS[5] claims HASH
 -- KEYS[6] meta bucket HASH  KEYS[7] epoch STRING  KEYS[8] replicas ZSET  KEYS[9] turns HASH  KEYS[10] pinned ZSET
--- KEYS[11] trail HASH
+-- KEYS[11] trail HASH  KEYS[12] generation STRING  KEYS[13] verified STRING
 -- ARGV[1] session_id  ARGV[2] reason (idle | lru | make_room | owner_lost | expired)  ARGV[3] now_ms
 -- ARGV[4] claim lease expiry ms  ARGV[5] reason's bound: idle/make_room: latest last_active that is due;
 -- lru: the soft cap max_live; owner_lost: the lost owner  ARGV[6] lru: last_active the sweep observed
@@ -10,7 +10,10 @@
 -- none; trail: the session's packed trail, '' none, for the durable write), or {0, why} with why one of
 -- not_live, claimed, busy, pinned (idle, lru, make_room), not_due, expired (left to the expiry path), moved (touched
 -- since observed),
--- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason.
+-- damaged (its record or deadline is missing or malformed: reconcile repairs it), bad_reason, unverified (the pool
+-- is not verified on this server: Redis restarted or failed over and may have lost the turns this session
+-- finished, or its eviction and restore; only its hard deadline ends it until the rebuild).
+
 local session_id, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local last_active = redis.call('ZSCORE', KEYS[1], session_id)
 local record = redis.call('HGET', KEYS[6], session_id)
@@ -49,6 +52,7 @@ else
   else
     return {0, 'bad_reason'}
   end
+  if not verified_here(KEYS[12], KEYS[13]) then return {0, 'unverified'} end
 end
 local token = fresh_token(KEYS[7])
 redis.call('ZADD', KEYS[4], ARGV[4], session_id)

@@ -10,7 +10,8 @@
 -- may not have recorded the close yet). One the pool already holds is left as it is, unless it holds an earlier
 -- life of it (a lower tenure: a failover lost its eviction and the restore MongoDB recorded): that life's record
 -- is replaced by this one, in place (its slot stays counted), and its turns, pin, checkpoint request and trail go
--- with it. (An eviction claim of it in flight finds its durable write fenced: the rebuild raised the fence.)
+-- with it. (An eviction claim of it in flight finds its durable write fenced: the rebuild raised the fence.) One it
+-- holds of this very life keeps its record, its turn sequence moved one past anything known (not counted).
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
 local taken = 0
@@ -23,6 +24,12 @@ for i = 1, #KEYS - 5 do
   local earlier = live and held and unpack_meta(held)
   local superseded = earlier and earlier.tenure and tenure ~= '' and tonumber(earlier.tenure) < tonumber(tenure)
   local absent = not live and not held and not redis.call('ZSCORE', KEYS[5], session_id)
+  if earlier and (not earlier.tenure or tenure == '' or earlier.tenure == tenure) then
+    -- This life, held through the loss: the turns it finished since the server's last write it kept were lost
+    -- with the rest, so no checkpoint from before may cover it: one past anything either side knows.
+    earlier.seq = math.max(earlier.seq + 1, tonumber(ARGV[base + 5]))
+    redis.call('HSET', KEYS[5 + i], session_id, pack_meta(earlier))
+  end
   if superseded then
     if earlier.owner ~= '' then redis.call('SREM', owned_key(k, earlier.owner), session_id) end
     if earlier.tenant ~= '' then redis.call('ZREM', KEYS[3], tenant_member(earlier.tenant, session_id)) end
