@@ -220,11 +220,11 @@ class AsyncLifecycle(Wiring):
 
     async def pin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.pin`."""
-        return await self.pool.run(self.index.pin(session_id, await self.pool.now_ms(), tenure))
+        return await self.pool.do(self.flows.pin(session_id, self.store, tenure))
 
     async def unpin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """See `Lifecycle.unpin`."""
-        return await self.pool.run(self.index.unpin(session_id, tenure))
+        return await self.pool.do(self.flows.unpin(session_id, self.store, tenure))
 
     async def status(self, session_id: str) -> SessionInfo | None:
         """See `Lifecycle.status`."""

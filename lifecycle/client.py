@@ -199,11 +199,11 @@ class Lifecycle(Wiring):
         it, and a lost replica's sessions are still recovered); True if it was not pinned yet. PinLimitReached at
         `max_pinned` in the pool (or `max_pinned_per_tenant` for its tenant); SessionNotLive, SessionReaping.
         Pins live in Redis: a pool rebuilt after Redis lost its state has none (its sessions stay resumable)."""
-        return self.pool.run(self.index.pin(session_id, self.pool.now_ms(), tenure))
+        return self.pool.do(self.flows.pin(session_id, self.store, tenure))
 
     def unpin(self, session_id: str, *, tenure: int | None = None) -> bool:
         """Let idle and LRU eviction take the session again (the next idle sweep judges it); True if it was pinned."""
-        return self.pool.run(self.index.unpin(session_id, tenure))
+        return self.pool.do(self.flows.unpin(session_id, self.store, tenure))
 
     def status(self, session_id: str) -> SessionInfo | None:
         """The session as lifecycle sees it, without counting as activity; None if unknown.

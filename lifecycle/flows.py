@@ -406,6 +406,14 @@ class Flows:
                                 'holds its later life, which the pool takes back when it is rebuilt')  # fmt: skip
         return True
 
+    def pin(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:
+        pinned: bool = yield from self._owned(self.index.pin(session_id, (yield NOW), tenure), session_id, store)
+        return pinned
+
+    def unpin(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:
+        unpinned: bool = yield from self._owned(self.index.unpin(session_id, tenure), session_id, store)
+        return unpinned
+
     def extend(
         self,
         session_id: str,

@@ -160,7 +160,8 @@ class Settings(BaseSettings):
     replica_id: str | None = None  # this process's replica, named in the trail ('touch@api-1')
     require_checkpoint: bool = True  # evict as resumable only when a checkpoint covers the last turn
     # A session with unsaved turns whose owner was asked (checkpoint_requested) and gave none within the
-    # grace: 'evict' it with its last durable checkpoint (recorded and counted), or 'keep' it live.
+    # grace: 'evict' it with its last durable checkpoint (recorded and counted), or 'keep' it live (a lost
+    # replica's sessions go after the grace all the same: it can answer nothing).
     on_missing_checkpoint: Literal['keep', 'evict'] = 'evict'
     checkpoint_grace_s: PositiveInt = 600
     warn_before_s: PositiveInt = 300  # owners get a `warning` notice this long before the idle deadline
@@ -379,10 +380,11 @@ class Settings(BaseSettings):
         """Every idle timeout in force (the global one and each profile's)."""
         return {self.limits(name).idle_ttl_s for name in (None, *self.profiles)}
 
-    @property
-    def waive_after_s(self) -> int | None:
-        """How long after asking for a checkpoint an eviction goes on without it; None: never."""
-        return self.checkpoint_grace_s if self.on_missing_checkpoint == 'evict' else None
+    def waive_after_s(self, *, owner_lost: bool = False) -> int | None:
+        """How long after asking for a checkpoint an eviction goes on without it; None: never. A lost replica
+        answers nothing: its sessions go after the grace with on_missing_checkpoint='keep' too (kept, they would
+        hold their slots until their hard deadlines, for turns that died with it)."""
+        return self.checkpoint_grace_s if owner_lost or self.on_missing_checkpoint == 'evict' else None
 
     def interval_s(self, kind: SweepKind) -> int:
         """The beat interval of one sweep kind."""

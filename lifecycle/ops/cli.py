@@ -158,13 +158,14 @@ def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> polic
     now = lc.now_ms()
     requested, heartbeat = lc.pool.run_many([calls.score(lc.index.keys.unsaved, info.session_id),
                                              calls.score(lc.index.keys.replicas, info.owner)])  # fmt: skip
+    owner_lost = heartbeat is not None and heartbeat <= now
     return policy.verdict(
         now_ms=now, last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
         reaping=info.state is SessionState.REAPING, idle_ttl_s=s.limits(info.profile).idle_ttl_s,
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
         requested_ms=requested, required=s.require_checkpoint,
-        waive_after_s=s.waive_after_s, persistence=lc.store is not None,
-        owner_lost=heartbeat is not None and heartbeat <= now, pinned=info.pinned,
+        waive_after_s=s.waive_after_s(owner_lost=owner_lost), persistence=lc.store is not None,
+        owner_lost=owner_lost, pinned=info.pinned,
     )  # fmt: skip
 
 

@@ -311,15 +311,20 @@ class ClaimIndex:
         buckets = (k.meta_of(s) for s in stand_ins)
         return Call(as_int, 'rebuild_records', (k.live, k.deadline, k.tenants, k.idle_recheck, *buckets), tuple(args))
 
-    def readmit(self, documents: Sequence[Readmitted], now_ms: int) -> Call[int]:
-        """Take back sessions MongoDB says are live into a pool that lost them (see readmit_sessions.lua)."""
+    def readmit(self, missing: Sequence[Readmitted], kept: Sequence[Readmitted], now_ms: int) -> Call[tuple[int, int]]:
+        """Take back sessions MongoDB says are live into a pool that lost them, and move on the turn sequences of
+        those it `kept` (see readmit_sessions.lua): (how many taken back, how many moved on)."""
         k = self.keys
         args: list[Arg] = [now_ms]
-        for d in documents:
+        for d, held in [(d, '') for d in missing] + [(d, '1') for d in kept]:
             args += [d.session_id, d.owner, d.tenant or '', d.profile or '', d.created_ms, d.turn_seq, d.expires_at_ms,
-                     '' if d.tenure is None else d.tenure]  # fmt: skip
-        buckets = (k.meta_of(d.session_id) for d in documents)
-        return Call(as_int, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, k.closed, *buckets),
+                     '' if d.tenure is None else d.tenure, held]  # fmt: skip
+        buckets = (k.meta_of(d.session_id) for d in (*missing, *kept))
+
+        def parse(reply: list[Any]) -> tuple[int, int]:
+            return as_int(reply[0]), as_int(reply[1])
+
+        return Call(parse, 'readmit_sessions', (k.live, k.deadline, k.tenants, k.slots, k.closed, *buckets),
                     tuple(args))  # fmt: skip
 
     def raise_epoch(self, at_least: int) -> Call[int]:

@@ -204,11 +204,12 @@ class Evictor:
 
     def _marks(self, claims: Mapping[int, Claim]) -> list[Mark]:
         """Each claim's eviction write, with whether it needs a checkpoint (see `policy.needs_checkpoint`)."""
-        required, waive_after_s, now = self.settings.require_checkpoint, self.settings.waive_after_s, self.pool.now_ms()
+        required, now = self.settings.require_checkpoint, self.pool.now_ms()
         requested = self.pool.run(self.claims.checkpoint_requests([c.session_id for c in claims.values()]))
         marks = []
         for claim, asked in zip(claims.values(), requested, strict=True):
             seq = claim.meta.turn_seq if claim.meta is not None else 0
+            waive_after_s = self.settings.waive_after_s(owner_lost=claim.reason is ReapReason.OWNER_LOST)
             needs = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=waive_after_s)
             strict = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=None)
             marks.append(Mark(claim_record(claim), claim.token, claim.reason, needs, waived=strict and not needs,

@@ -77,6 +77,9 @@ class Rebuilt:
     unreadable: int = 0
     epoch: int = 0
     ended: int = 0  # live in Redis, ended in MongoDB (a close or an expiry the failover lost): ended again
+    # Kept by Redis, their turn sequences moved one past anything known (turns finished since the server's last
+    # kept write may be lost): each needs a checkpoint again before it can be evicted as resumable.
+    moved_on: int = 0
 
 
 def readmitted(document: Mapping[str, Any]) -> Readmitted:
@@ -122,7 +125,7 @@ class Rebuilder:
         # in _lib.lua) outruns any counter unless it issued more than a token a millisecond since the last lift.
         # Not further: Lua prints numbers with 14 significant digits, so a token must stay below 1e14.
         epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), self.pool.server_ms()) + 1))
-        readmitted_total, expired, unreadable, after = 0, 0, 0, ''
+        readmitted_total, moved_on, expired, unreadable, after = 0, 0, 0, 0, ''
         owners: set[str] = set()
         while True:
             page = self.store.live_documents(keys.prefix, after, PAGE)
@@ -150,7 +153,8 @@ class Rebuilder:
                 self.store.raise_fences([s.session_id for s in missing], epoch)
                 owners.update(s.owner for s in missing)
             if missing or kept:  # those it kept only have their turn sequences moved on
-                readmitted_total += self.pool.run(self.claims.readmit(missing + kept, now))
+                taken, moved = self.pool.run(self.claims.readmit(missing, kept, now))
+                readmitted_total, moved_on = readmitted_total + taken, moved_on + moved
             extend()
         ended = self._end_what_mongodb_ended(now, extend)
         self._await_heartbeats(owners, now)
@@ -158,11 +162,15 @@ class Rebuilder:
         orphaned = self._orphan_unvouched_sandboxes(now) if generation != proposed else 0
         Reconciler(self.pool, self.store).repair(extend)
         verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
-        rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch, ended)
-        if readmitted_total or orphaned or expired or unreadable or ended or not verified:
+        rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch, ended, moved_on)
+        if readmitted_total or moved_on or orphaned or expired or unreadable or ended or not verified:
             cause = 'lost its state' if not state.initialised else 'restarted or failed over'
             log.warning('pool %s rebuilt from MongoDB after Redis %s: %s', keys.prefix, cause, rebuilt)
-            counters = {'damage:pool_rebuilt': 1, 'damage:sessions_readmitted': readmitted_total}
+            counters = {
+                'damage:pool_rebuilt': 1,
+                'damage:sessions_readmitted': readmitted_total,
+                'damage:turns_moved_on': moved_on,
+            }
             self.pool.run_many([calls.increment(keys.counters, name, n) for name, n in counters.items()])
         return rebuilt
 

@@ -221,8 +221,9 @@ class Sweeper:
             except SessionDamaged:
                 refusals[order.session_id] = 'damaged'
                 continue
+            waive_after_s = s.waive_after_s(owner_lost=order.reason is ReapReason.OWNER_LOST)
             needs = policy.needs_checkpoint(turn_seq, asked, now, required=s.require_checkpoint,
-                                            waive_after_s=s.waive_after_s)  # fmt: skip
+                                            waive_after_s=waive_after_s)  # fmt: skip
             why = policy.mark_refusal(documents.get(order.session_id), turn_seq, needs)
             if why is not None:
                 refusals[order.session_id] = why

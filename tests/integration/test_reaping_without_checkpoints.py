@@ -13,6 +13,7 @@ import pytest
 
 from lifecycle import AsyncLifecycle, Lifecycle, SessionState
 from lifecycle.models import Notice, NoticeKind
+from lifecycle.ops.cli import explain
 from lifecycle.pool.claims import ClaimIndex
 from lifecycle.reaper.eviction import Outcome
 from lifecycle.reaper.sweeps import SweepKind
@@ -155,6 +156,51 @@ def test_with_keep_a_session_with_unsaved_turns_stays_live_however_long(
         r.sweep(SweepKind.IDLE)
     assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
     assert r.lc.status('s1').state is SessionState.LIVE  # type: ignore[union-attr]
+
+
+def test_with_keep_a_lost_replicas_session_with_unsaved_turns_still_goes_after_the_grace(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """A lost replica answers no checkpoint request: its turns died with it. Kept, its sessions held their slots
+    until their hard deadlines (and, after a failover moved every kept session's turn sequence on, all of
+    them): with on_missing_checkpoint='keep' too they go after the grace, with their last checkpoint. A
+    heartbeating replica's session with unsaved turns stays, as 'keep' says."""
+    r = reaper_with(make_reaper_settings, make_reaper, on_missing_checkpoint='keep')
+    lc = r.lc
+    for owner, session_id in (('api-1', 'dead'), ('api-2', 'alive')):
+        lc.heartbeat(owner)
+        lc.activate(lc.reserve(owner), session_id, ttl_seconds=7200)
+        lc.checkpoint(session_id, {'turns': 0})
+        one_turn(r, session_id)
+    r.clock.advance(seconds=lc.settings.replica_ttl_s)
+    lc.heartbeat('api-2')  # api-1 died
+    r.sweep(SweepKind.OWNER_LOST)
+    assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('dead', Outcome.ABORTED, 'not_checkpointed')]
+    verdict = explain(lc, lc.status('dead'), r.document('dead') or {})  # type: ignore[arg-type]
+    assert 'evicted anyway in 5 min' in ' '.join(verdict.reasons), verdict
+    r.clock.advance(seconds=299)
+    lc.heartbeat('api-2')
+    r.sweep(SweepKind.OWNER_LOST)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    r.clock.advance(seconds=1)
+    lc.heartbeat('api-2')
+    dry = r.sweep(SweepKind.OWNER_LOST, dry_run=True)  # a dry run says the same
+    assert (dry.ordered, dry.refused) == (1, 0)
+    r.sweep(SweepKind.OWNER_LOST)
+    assert (r.results[-1].session_id, r.results[-1].outcome, r.results[-1].detail) == (
+        'dead',
+        Outcome.EVICTED,
+        'checkpoint_waived',
+    )
+    document = r.document('dead')
+    assert document is not None
+    assert (document['state'], document['checkpoint_waived'], document['snapshot']) == ('resumable', True, {'turns': 0})
+    for _ in range(2):  # the live replica's session with unsaved turns stays, however long
+        r.clock.advance(seconds=600)
+        lc.heartbeat('api-2')
+        r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].session_id, r.results[-1].detail) == ('alive', 'not_checkpointed')
+    assert lc.status('alive').state is SessionState.LIVE  # type: ignore[union-attr]
 
 
 def test_a_dry_run_says_a_waived_eviction_would_go_through(

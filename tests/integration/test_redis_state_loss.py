@@ -22,6 +22,7 @@ from lifecycle.ops.cli import reaping_warnings
 from lifecycle.pool import calls
 from lifecycle.pool.keys import Keys
 from lifecycle.reaper.eviction import Outcome
+from lifecycle.reaper.rebuild import readmitted
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes.process import ProcessDriver
 from lifecycle.stores.mongo import MongoSnapshotStore
@@ -621,6 +622,10 @@ def test_a_redis_that_lost_an_eviction_and_a_restore_gives_the_pool_back_to_the_
         lc.close('s1', tenure=b1.tenure)
     with pytest.raises(PoolRecovering, match='earlier life'):
         lc.checkpoint('s1', {'by': 'B'}, tenure=b1.tenure)
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.pin('s1', tenure=b1.tenure)
+    with pytest.raises(PoolRecovering, match='earlier life'):
+        lc.unpin('s1', tenure=b1.tenure)
 
     report = r.sweep(SweepKind.EXPIRED)
     assert report.rebuilt is not None
@@ -796,6 +801,7 @@ def test_turns_a_restart_lost_leave_no_checkpoint_covering_them(
     assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('s1', Outcome.KEPT, 'unverified')]
     report = r.sweep(SweepKind.EXPIRED)
     assert report.rebuilt is not None
+    assert (report.rebuilt.readmitted, report.rebuilt.moved_on) == (0, 1)  # counted, as the price of not knowing
     status = lc.status('s1')
     assert status is not None
     assert (status.owner, status.tenure, status.turn_seq) == ('api-a', a.tenure, 2)
@@ -808,3 +814,23 @@ def test_turns_a_restart_lost_leave_no_checkpoint_covering_them(
     r.sweep(SweepKind.IDLE)
     assert r.results[-1].outcome is Outcome.EVICTED
     assert (r.document('s1') or {})['snapshot'] == {'turns': 3}
+
+
+def test_a_session_kept_by_redis_that_leaves_while_the_rebuild_pages_is_not_taken_back(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """The rebuild read s1 held by Redis (kept: only its turn sequence is to move on); its hard deadline passed and
+    the expiry sweep ended it before the readmit ran. The readmit leaves it gone (before, it took back any session
+    it found absent: s1 was live again, past its deadline, until the next expiry sweep)."""
+    r = make_reaper(make_reaper_settings(max_sessions=CAP))
+    lc = r.lc
+    lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=60)
+    session = readmitted(r.document('s1') or {})
+    r.clock.advance(seconds=61)
+    assert r.evictor.evict('s1', ReapReason.EXPIRED, r.clock.now_ms()).outcome is Outcome.EXPIRED
+    claims = r.evictor.claims
+    assert lc.pool.run(claims.readmit([], [session], r.clock.now_ms())) == (0, 0)
+    assert (lc.status('s1').state, lc.stats().live) == (SessionState.EXPIRED, 0)  # type: ignore[union-attr]
+    # Read as missing (Redis did not hold it), it is taken back: that is what kept ones were given before.
+    assert lc.pool.run(claims.readmit([session], [], r.clock.now_ms())) == (1, 0)
+    assert lc.stats().live == 1
