@@ -155,16 +155,21 @@ class Verdict:
 def verdict(
     *, now_ms: int, last_active_ms: int, expires_at_ms: int, busy: bool, reaping: bool, idle_ttl_s: int,
     turn_seq: int, checkpoint_seq: int | None, requested_ms: int | None, required: bool, waive_after_s: int | None,
-    persistence: bool = True, owner_lost: bool = False, pinned: bool = False,
+    persistence: bool = True, owner_lost: bool = False, pinned: bool = False, verified: bool = True,
 ) -> Verdict:  # fmt: skip
     """What the sweeps make of a live session now, with why: its hard deadline, whether persistence is on,
     its owner's heartbeat, its profile's idle timeout, its busy lease, and whether the durable write would find
-    a checkpoint covering its last turn."""
+    a checkpoint covering its last turn. In a pool not `verified` since Redis restarted or failed over, only the
+    hard deadline (claim_session.lua answers the others 'unverified')."""
     if reaping:
         return Verdict(None, ('being evicted right now (a claim is in flight)',))
     if expires_at_ms <= now_ms:
         return Verdict('expired', (f'past its hard deadline by {human((now_ms - expires_at_ms) / 1000)}',))
     reasons = [f'hard deadline in {human((expires_at_ms - now_ms) / 1000)}']
+    if not verified:
+        return Verdict(None, ('the pool is not verified since Redis restarted or failed over (turns or an eviction '
+                              'may be lost): only its hard deadline ends it until the expiry sweep rebuilds the pool',
+                              *reasons))  # fmt: skip
     if not persistence:
         return Verdict(None, ('persistence is off (no LIFECYCLE_MONGO_URL): only its hard deadline ends it', *reasons))
     idle_due_ms = last_active_ms + idle_ttl_s * 1000

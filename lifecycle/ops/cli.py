@@ -165,7 +165,7 @@ def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> polic
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
         requested_ms=requested, required=s.require_checkpoint,
         waive_after_s=s.waive_after_s(owner_lost=owner_lost), persistence=lc.store is not None,
-        owner_lost=owner_lost, pinned=info.pinned,
+        owner_lost=owner_lost, pinned=info.pinned, verified=lc.pool.run(lc.index.pool_state()).ready,
     )  # fmt: skip
 
 
@@ -309,8 +309,8 @@ def reaping_warnings(lc: Lifecycle) -> list[str]:
     if lc.pool.do(lc.flows.lost(lc.store)):
         warnings.append('POOL NOT VERIFIED: Redis lost this pool (a restart without persistence, a flush) or '
                         'restarted or failed over since it was verified (writes may be missing) while MongoDB '
-                        'recorded it; admission is refused until the expiry sweep rebuilds it from MongoDB: is a '
-                        'worker and a beat running?')  # fmt: skip
+                        'recorded it; admission is refused, and no session is evicted but by its hard deadline, '
+                        'until the expiry sweep rebuilds it from MongoDB: is a worker and a beat running?')  # fmt: skip
     if lc.store is None:
         warnings.append('IDLE REAPING IS OFF: no LIFECYCLE_MONGO_URL, so idle, LRU and owner-lost sweeps skip '
                         'everything and only the hard TTL ends sessions')  # fmt: skip

@@ -18,7 +18,7 @@ import redis
 from lifecycle import CapacityExceeded, Lifecycle, SessionState
 from lifecycle.errors import Fenced, LifecycleError, PoolRecovering
 from lifecycle.models import ReapReason, SweepKind
-from lifecycle.ops.cli import reaping_warnings
+from lifecycle.ops.cli import explain, reaping_warnings
 from lifecycle.pool import calls
 from lifecycle.pool.keys import Keys
 from lifecycle.reaper.eviction import Outcome
@@ -799,6 +799,12 @@ def test_turns_a_restart_lost_leave_no_checkpoint_covering_them(
     r.clock.advance(seconds=601)
     r.sweep(SweepKind.IDLE)
     assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('s1', Outcome.KEPT, 'unverified')]
+    held = lc.status('s1')
+    assert held is not None
+    verdict = explain(lc, held, r.document('s1') or {})  # `lifecycle status s1` says why it stays
+    assert verdict.due is None
+    assert 'the pool is not verified' in verdict.reasons[0], verdict
+    assert [w for w in reaping_warnings(lc) if 'no session is evicted but by its hard deadline' in w]
     report = r.sweep(SweepKind.EXPIRED)
     assert report.rebuilt is not None
     assert (report.rebuilt.readmitted, report.rebuilt.moved_on) == (0, 1)  # counted, as the price of not knowing
