@@ -130,6 +130,12 @@ class Storm:
         for thread in self.threads:
             thread.join(30)
 
+    def outcome(self, pool: redis.Redis) -> tuple[set[str], int, set[str]]:
+        """What the pool on `pool` holds live, how many fencing tokens were handed out twice, and which closes its
+        callers were told of came back live."""
+        live = {str(member) for member in pool.zrange(self.lc.index.keys.live, 0, -1)}
+        return live, len(self.tokens) - len(set(self.tokens)), self.closed & live
+
     def count(self, what: str) -> None:
         with self.lock:
             self.counts[what] = self.counts.get(what, 0) + 1
@@ -225,9 +231,7 @@ def test_a_failover_to_a_replica_that_missed_writes_fails_closed_until_verified_
     time.sleep(1)  # admissions resume
     storm.halt()
 
-    live = set(promoted.zrange(lc.index.keys.live, 0, -1))
-    reissued = len(storm.tokens) - len(set(storm.tokens))
-    revived = storm.closed & live
+    live, reissued, revived = storm.outcome(promoted)
     print(
         f'\nmaster killed, replica promoted {promoted_after_s:.1f} s later (sentinel down-after 1 s); fencing tokens '
         f'handed out: {len(storm.tokens)}, issued twice: {reissued}; sessions closed: {len(storm.closed)}, live '
@@ -276,7 +280,6 @@ def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
             master.config_set('min-replicas-to-write', 1)
             master.config_set('min-replicas-max-lag', 2)
     reaper, storm = storming(group, make_reaper_settings, make_reaper)
-    lc = reaper.lc
     frozen = group.processes['master']
     frozen.send_signal(signal.SIGSTOP)
     try:  # 4 s: under the clients' socket timeout (5 s), so the calls in flight wait for it and go on there
@@ -292,9 +295,7 @@ def test_a_master_frozen_past_its_failover_resumes_and_the_pool_keeps_its_word(
     storm.halt()
     report_after = reaper.sweep(SweepKind.EXPIRED)
     promoted = redis.Redis(port=group.replica_port, decode_responses=True)
-    live = set(promoted.zrange(lc.index.keys.live, 0, -1))
-    reissued = len(storm.tokens) - len(set(storm.tokens))
-    revived = storm.closed & live
+    live, reissued, revived = storm.outcome(promoted)
     print(
         f'\nmaster frozen 4 s past its failover ({"min-replicas-to-write 1" if guarded else "unguarded"}): fencing '
         f'tokens handed out: {len(storm.tokens)}, issued twice: {reissued}; sessions closed: {len(storm.closed)}, '

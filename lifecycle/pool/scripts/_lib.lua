@@ -219,16 +219,22 @@ local function stamp_source(k, session_id, source)
 end
 
 -- Remove a session from every live structure and give its slot back. The caller checked it is live.
-local function drop_session(k, session_id, tenant, owner)
+-- Forget what one life of the session held besides its place in the pool: its owner's index entry, its pin,
+-- its trail, its busy lease and turns in flight (k.busy and k.turns, or the pool's own keys).
+local function forget_life(k, session_id, tenant, owner)
   if owner and owner ~= '' then redis.call('SREM', owned_key(k, owner), session_id) end
   if redis.call('ZREM', pool_key(k, 'pinned'), session_id) == 1 and tenant ~= '' then
     redis.call('ZREM', pool_key(k, 'pinned_tenants'), tenant_member(tenant, session_id))
   end
   redis.call('HDEL', pool_key(k, 'trail'), session_id)
+  redis.call('ZREM', k.busy or pool_key(k, 'busy'), session_id)
+  redis.call('HDEL', k.turns or pool_key(k, 'turns'), session_id)
+end
+
+local function drop_session(k, session_id, tenant, owner)
+  forget_life(k, session_id, tenant, owner)
   redis.call('ZREM', k.live, session_id)
   redis.call('ZREM', k.deadline, session_id)
-  redis.call('ZREM', k.busy, session_id)
-  redis.call('HDEL', k.turns, session_id)
   redis.call('HDEL', k.meta, session_id)
   give_back(k, tenant, session_id)
 end

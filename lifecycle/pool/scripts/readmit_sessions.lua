@@ -36,15 +36,9 @@ for i = 1, #KEYS - 5 do
     moved = moved + 1
   end
   if superseded then
-    if earlier.owner ~= '' then redis.call('SREM', owned_key(k, earlier.owner), session_id) end
+    forget_life(k, session_id, earlier.tenant, earlier.owner)  -- its slot stays counted: this life takes it
     if earlier.tenant ~= '' then redis.call('ZREM', KEYS[3], tenant_member(earlier.tenant, session_id)) end
-    if redis.call('ZREM', pool_key(k, 'pinned'), session_id) == 1 and earlier.tenant ~= '' then
-      redis.call('ZREM', pool_key(k, 'pinned_tenants'), tenant_member(earlier.tenant, session_id))
-    end
-    redis.call('ZREM', pool_key(k, 'busy'), session_id)
-    redis.call('HDEL', pool_key(k, 'turns'), session_id)
     redis.call('ZREM', pool_key(k, 'unsaved'), session_id)  -- its checkpoint request was the earlier life's
-    redis.call('HDEL', pool_key(k, 'trail'), session_id)
   end
   if superseded or absent then
     local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
