@@ -239,7 +239,9 @@ class PoolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.open_turns())
     @rule(index=st.integers(0, 50))
     def end_turn(self, index: int) -> None:
-        session, token = self.pick(self.open_turns(), index)
+        self.finish_turn(*self.pick(self.open_turns(), index))
+
+    def finish_turn(self, session: Session, token: str) -> None:
         del session.open_turns[token]
         finished = self.r.lc.pool.run(self.r.lc.index.end_turn(session.session_id, token, self.now))
         if session.state == 'live':
@@ -476,6 +478,32 @@ class PoolModel(RuleBasedStateMachine):
         keys = list(self.redis.scan_iter(match=self.keys.prefix + '*', count=1000))
         self.snapshot = [(key, dumped, int(self.redis.pttl(key))) for key in keys
                          if (dumped := self.redis.dump(key)) is not None]  # fmt: skip
+
+    @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
+    @rule(index=st.integers(0, 50), turns=st.integers(1, 2), then=st.sampled_from(['', 'come back', 'rebuild', 'idle']))
+    def snapshot_between_turns(self, index: int, turns: int, then: str) -> None:
+        """A session checkpoints, Redis writes its snapshot, and the session finishes more turns: the ones a come
+        back from that snapshot loses (`then`: at once; and the expiry sweep's rebuild; and an idle sweep once the
+        session idled out), with a checkpoint in MongoDB from before them. One step, so that the search meets it
+        often: as separate rules, 150 examples never met a rebuild that let such a session go with the older
+        checkpoint (a sabotage of the rebuild's turn sequence, caught in one example this way)."""
+        session = self.pick(self.live(), index)
+        self.checkpoint(index)
+        self.take_snapshot()
+        for _ in range(turns):
+            before = set(session.open_turns)
+            self.begin_turn(index)  # the same session: the live ones have not changed
+            began = set(session.open_turns) - before
+            if not began:
+                return
+            self.finish_turn(session, began.pop())
+        if then:
+            self.come_back_from_the_snapshot()
+        if then in ('rebuild', 'idle'):
+            self.sweep(SweepKind.EXPIRED)
+        if then == 'idle':
+            self.advance_clock(self.settings.idle_ttl_s + 1)
+            self.sweep(SweepKind.IDLE)
 
     @precondition(lambda self: self.snapshot is not None)
     @rule()
