@@ -32,15 +32,20 @@ Pending = dict[str, tuple[int, int | None]]  # session id -> (at_ms, the tenure 
 
 
 def keep_latest(pending: Pending, session_id: str, at_ms: int, tenure: int | None) -> None:
-    """Record a stamp in `pending` unless a later one of the session waits there already, or one of a later life
-    (a higher tenure: a stale copy's stamp never displaces the current life's, which its flush would refuse)."""
-    waiting_at, waiting_tenure = pending.get(session_id, (-1, None))
-    if tenure is not None and waiting_tenure is not None and tenure != waiting_tenure:
-        newer = tenure > waiting_tenure
-    else:
-        newer = waiting_at < at_ms
-    if newer:
+    """Record a stamp in `pending`, merged with one of the session waiting there: of two lives (two tenures), the
+    later life's (a stale copy's stamp never displaces the current life's, which its flush would refuse); else
+    the later time, fenced only if both stamps were (one without a tenure passes any fence: a stale copy's
+    merged into it only delays an idle eviction, where its refusal would lose the untenured stamp)."""
+    waiting = pending.get(session_id)
+    if waiting is None:
         pending[session_id] = (at_ms, tenure)
+        return
+    waiting_at, waiting_tenure = waiting
+    if tenure is not None and waiting_tenure is not None and tenure != waiting_tenure:
+        if tenure > waiting_tenure:
+            pending[session_id] = (at_ms, tenure)
+        return
+    pending[session_id] = (max(at_ms, waiting_at), tenure if waiting_tenure is not None else None)
 
 
 def send(index: SessionIndex, stamps: list[tuple[str, int, int | None]]) -> Steps[int]:

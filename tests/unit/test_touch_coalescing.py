@@ -177,3 +177,24 @@ def test_a_stale_copy_s_later_stamp_never_displaces_the_current_life_s(coalescin
     lc.touch(session_id, tenure=status.tenure - 1)  # a stale copy's, later
     assert lc.flush_touches() == 1
     assert live_scores(lc)[session_id] == current
+
+
+def test_an_untenured_stamp_is_never_displaced_by_a_stale_copy_s(coalescing: Lifecycle) -> None:
+    """s0 is touched with its current tenure, then without one (a handler that does not carry it), then by a stale
+    copy (a lower tenure), each later. The untenured stamp passes any fence, so it is sent, at the latest time
+    seen (before: the stale one replaced it by its time, the flush refused it, and s0's activity stayed at its
+    activation: an active session looked idle)."""
+    lc, clock = coalescing, coalescing.pool.clock
+    assert isinstance(clock, FixedClock)
+    [session_id] = open_sessions(lc, 1)
+    status = lc.status(session_id)
+    assert status is not None
+    assert status.tenure is not None
+    clock.advance(seconds=5)
+    lc.touch(session_id, tenure=status.tenure)
+    clock.advance(seconds=1)
+    lc.touch(session_id)
+    clock.advance(seconds=1)
+    lc.touch(session_id, tenure=status.tenure - 1)  # a stale copy's, later still
+    assert lc.flush_touches() == 1
+    assert live_scores(lc)[session_id] == clock.now_ms()  # a stale stamp only delays an idle eviction
