@@ -316,8 +316,8 @@ class Flows:
 
     def _unsure(self, session_id: str) -> PoolRecovering:
         return PoolRecovering(
-            f'session {session_id!r} may be held in an earlier life: Redis restarted or failed over, and the expiry '
-            f'sweep has not rebuilt pool {self.keys.prefix} from MongoDB yet',
+            f'session {session_id!r} may be held in an earlier life (or behind its turns): Redis restarted or failed '
+            f'over, and the expiry sweep has not rebuilt pool {self.keys.prefix} from MongoDB yet',
             self.settings.expired_interval_s,
         )
 
@@ -486,6 +486,10 @@ class Flows:
         order = yield self.index.next_token()  # the pool's one counter orders the messages, not this host's clock
         try:
             yield Durable(store.checkpoint, (session_id, snapshot, messages, info.turn_seq, order, tenure))
+        except Fenced:  # older than the checkpoint MongoDB holds: Redis may have come back behind it (lost turns)
+            if (yield from self.lost(store)):
+                raise self._unsure(session_id) from None
+            raise
         except SessionNotLive as refused:
             if info.state is SessionState.REAPING:  # its eviction's durable write landed first
                 raise SessionReaping(f'session {session_id!r} is being evicted with its last checkpoint') from refused

@@ -156,11 +156,13 @@ class Rebuilder:
                 taken, moved = self.pool.run(self.claims.readmit(missing, kept, now))
                 readmitted_total, moved_on = readmitted_total + taken, moved_on + moved
             extend()
+        # Repaired first (a record or deadline the server came back without, outside damage its snapshot kept):
+        # a session the pool cannot read would be passed over by what follows, and a close it lost never redone.
+        Reconciler(self.pool, self.store).repair(extend)
         ended = self._end_what_mongodb_ended(now, extend)
         self._await_heartbeats(owners, now)
         # A new pool (MongoDB never recorded it) lost nothing: no sandbox can be left over from its sessions.
         orphaned = self._orphan_unvouched_sandboxes(now) if generation != proposed else 0
-        Reconciler(self.pool, self.store).repair(extend)
         verified = self.pool.run(self.index.mark_verified(generation, state.replication_id))
         rebuilt = Rebuilt(generation, verified, readmitted_total, orphaned, expired, unreadable, epoch, ended, moved_on)
         if readmitted_total or moved_on or orphaned or expired or unreadable or ended or not verified:

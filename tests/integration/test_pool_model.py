@@ -92,6 +92,8 @@ class PoolModel(RuleBasedStateMachine):
         self.lost = False  # Redis lost the whole pool, and no sweep has rebuilt it yet
         self.stale = False  # Redis came back from an older snapshot (lost writes since), not rebuilt yet
         self.snapshot: list[tuple[str, bytes, int]] | None = None
+        # The outside damage the snapshot holds (come back with it): the model's damage set, and each session's.
+        self.snapshot_damage: tuple[set[str], dict[str, tuple[bool, bool]]] = (set(), {})
         self.next_id = 0
         self.reaper: Reaper | None = None
 
@@ -263,6 +265,9 @@ class PoolModel(RuleBasedStateMachine):
             return
         except SessionReaping:  # a claim whose durable write landed: the eviction keeps the last checkpoint
             assert self.redis.zscore(self.keys.reaping, session.session_id) is not None
+            return
+        except SessionNotLive:  # past its hard deadline: MongoDB recorded its expiry (a rebuild), Redis soon
+            assert session.deadline_ms <= self.now, 'a checkpoint of a session within its deadline was refused'
             return
         session.saved = session.turns
 
@@ -478,6 +483,8 @@ class PoolModel(RuleBasedStateMachine):
         keys = list(self.redis.scan_iter(match=self.keys.prefix + '*', count=1000))
         self.snapshot = [(key, dumped, int(self.redis.pttl(key))) for key in keys
                          if (dumped := self.redis.dump(key)) is not None]  # fmt: skip
+        self.snapshot_damage = (set(self.damage), {s.session_id: (s.deadline_damaged, s.tenureless)
+                                                   for s in self.sessions.values()})  # fmt: skip
 
     @precondition(lambda self: any(s.state == 'live' for s in self.sessions.values()))
     @rule(index=st.integers(0, 50), turns=st.integers(1, 2), then=st.sampled_from(['', 'come back', 'rebuild', 'idle']))
@@ -523,7 +530,11 @@ class PoolModel(RuleBasedStateMachine):
         for session in self.sessions.values():
             session.open_turns = dict.fromkeys(session.open_turns, self.now)
         self.lost = self.stale = True
-        self.damage.add('lost')
+        damage, sessions = self.snapshot_damage
+        self.damage |= damage | {'lost'}
+        for session_id, (deadline_damaged, tenureless) in sessions.items():
+            self.sessions[session_id].deadline_damaged |= deadline_damaged
+            self.sessions[session_id].tenureless |= tenureless
 
     def mongo_live(self) -> bool:
         return bool(self.r.store and self.r.store.live_documents(self.keys.prefix, '', 1))
@@ -531,12 +542,15 @@ class PoolModel(RuleBasedStateMachine):
     def rebuilt(self) -> None:
         """The expiry sweep rebuilt the pool from MongoDB: what it readmitted is what MongoDB knew live."""
         self.lost = self.stale = False
-        self.damage.clear()  # the rebuild reconciled
+        damage, self.damage = self.damage, set()  # the rebuild reconciled
         for session in self.live():
             record = self.redis.hget(self.keys.meta_of(session.session_id), session.session_id)
             if record is None:
                 continue  # not readmitted: the invariants check what MongoDB says of it
             tenant = str(record).split('|')[1] or None
+            if tenant == '?' and {'record', 'tenants'} <= damage:  # both lost: its stand-in files it under '?'
+                session.tenant_lost, session.deadline_damaged = True, False
+                continue
             if not session.tenant_lost:
                 assert tenant == session.tenant, f'{session.session_id} readmitted under {tenant}, not {session.tenant}'
             session.tenant, session.tenant_lost, session.deadline_damaged = tenant, False, False

@@ -840,3 +840,53 @@ def test_a_session_kept_by_redis_that_leaves_while_the_rebuild_pages_is_not_take
     # Read as missing (Redis did not hold it), it is taken back: that is what kept ones were given before.
     assert lc.pool.run(claims.readmit([session], [], r.clock.now_ms())) == (1, 0)
     assert lc.stats().live == 1
+
+
+def test_a_checkpoint_on_a_copy_redis_brought_back_behind_mongodb_is_told_to_retry_not_fenced(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """Redis wrote its snapshot at turn 0; s1 finished turn 1 and checkpointed it; Redis came back from the
+    snapshot (turn 0). The owner's next checkpoint reads turn 0 from Redis, which MongoDB refuses as older than
+    the checkpoint it holds: the owner is told to retry once the pool is rebuilt (PoolRecovering), and the retry
+    lands (before: Fenced, as if another replica had taken its session, found by the model-based test)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.redis.save()
+    with lc.turn('s1', tenure=a.tenure):
+        pass
+    lc.checkpoint('s1', {'turns': 1}, tenure=a.tenure)
+    snapshots.restart()
+    with pytest.raises(PoolRecovering, match='s1'):
+        lc.checkpoint('s1', {'turns': 1}, tenure=a.tenure)
+    assert (r.document('s1') or {})['snapshot'] == {'turns': 1}
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    assert lc.checkpoint('s1', {'turns': 1}, tenure=a.tenure) == 2  # one past anything known
+    assert (r.document('s1') or {})['checkpoint_seq'] == 2
+
+
+def test_a_close_lost_with_a_deadline_entry_damaged_in_the_snapshot_stays_closed(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """s1's deadline entry was lost (outside damage) before Redis wrote its snapshot; the app closed s1 (MongoDB
+    recorded it); Redis came back from the snapshot, s1 live again without its deadline. The rebuild repairs
+    the deadline first, then ends s1 again (before: it passed over s1 as damaged, and s1 stayed live, closed in
+    MongoDB, until its profile's longest deadline; found by the model-based test)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP))
+    lc = r.lc
+    lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=60)
+    lc.redis.zrem(lc.index.keys.deadline, 's1', 's2')
+    lc.redis.save()
+    r.sweep(SweepKind.RECONCILE)  # the damage is repaired in this history
+    assert lc.close('s1')
+    r.clock.advance(seconds=120)  # s2's hard deadline passes while Redis is down
+    snapshots.restart()
+    assert lc.redis.zscore(lc.index.keys.live, 's1') is not None
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    assert lc.redis.zscore(lc.index.keys.live, 's1') is None
+    assert (r.document('s1') or {})['state'] == 'closed'
+    assert lc.redis.zscore(lc.index.keys.live, 's2') is None  # ended by its hard deadline, not the longest one
+    assert (r.document('s2') or {})['state'] == 'expired'
+    assert (lc.stats().live, lc.stats().slots) == (0, 0)
