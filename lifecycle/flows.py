@@ -407,7 +407,12 @@ class Flows:
         return True
 
     def pin(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:
-        pinned: bool = yield from self._owned(self.index.pin(session_id, (yield NOW), tenure), session_id, store)
+        try:
+            pinned: bool = yield from self._owned(self.index.pin(session_id, (yield NOW), tenure), session_id, store)
+        except SessionNotLive:
+            if (yield from self.lost(store)):
+                raise self._missing(f'session {session_id!r} is') from None
+            raise
         return pinned
 
     def unpin(self, session_id: str, store: SnapshotStore | None, tenure: int | None = None) -> Steps[bool]:

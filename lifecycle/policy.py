@@ -199,6 +199,15 @@ def verdict(
     return Verdict(due, (ready, *reasons))
 
 
+def grace_start(requested_ms: int | None, owner_lapsed_ms: int | None) -> int | None:
+    """When the grace of a checkpoint request runs from: the request; for a lost replica's session (the time its
+    heartbeat lapsed given), not before that lapse: a request it could have answered while it lived does not count
+    against a replica lost for a moment (a pause, a network blip)."""
+    if requested_ms is None or owner_lapsed_ms is None:
+        return requested_ms
+    return max(requested_ms, owner_lapsed_ms)
+
+
 def needs_checkpoint(
     turn_seq: int, requested_ms: int | None, now_ms: int, *, required: bool, waive_after_s: int | None
 ) -> bool:

@@ -163,7 +163,7 @@ def explain(lc: Lifecycle, info: SessionInfo, document: dict[str, Any]) -> polic
         now_ms=now, last_active_ms=info.last_active_ms, expires_at_ms=info.expires_at_ms, busy=info.busy,
         reaping=info.state is SessionState.REAPING, idle_ttl_s=s.limits(info.profile).idle_ttl_s,
         turn_seq=info.turn_seq, checkpoint_seq=document.get('checkpoint_seq') if document else None,
-        requested_ms=requested, required=s.require_checkpoint,
+        requested_ms=policy.grace_start(requested, heartbeat if owner_lost else None), required=s.require_checkpoint,
         waive_after_s=s.waive_after_s(owner_lost=owner_lost), persistence=lc.store is not None,
         owner_lost=owner_lost, pinned=info.pinned, verified=lc.pool.run(lc.index.pool_state()).ready,
     )  # fmt: skip

@@ -69,6 +69,19 @@ def claim_record(claim: Claim) -> SessionRecord:
     )
 
 
+def grace_starts(pool: Executor, claims: ClaimIndex, session_ids: Sequence[str], lost: Sequence[str | None]
+                 ) -> list[int | None]:  # fmt: skip
+    """When the grace of each session's checkpoint request runs from (see `policy.grace_start`), given the lost
+    replica that owns it (None: not an owner-lost eviction); one round trip."""
+    owners = sorted({owner for owner in lost if owner})
+    requested, lapsed = pool.run_many(
+        [claims.checkpoint_requests(session_ids), calls.scores(pool.keys.replicas, owners)]
+    )
+    lapsed_at = dict(zip(owners, lapsed, strict=True))
+    return [policy.grace_start(at, lapsed_at.get(owner) if owner else None)
+            for at, owner in zip(requested, lost, strict=True)]  # fmt: skip
+
+
 class Evictor:
     """Runs evictions for one worker process (or for `reserve(make_room=True)` in an API replica)."""
 
@@ -205,9 +218,11 @@ class Evictor:
     def _marks(self, claims: Mapping[int, Claim]) -> list[Mark]:
         """Each claim's eviction write, with whether it needs a checkpoint (see `policy.needs_checkpoint`)."""
         required, now = self.settings.require_checkpoint, self.pool.now_ms()
-        requested = self.pool.run(self.claims.checkpoint_requests([c.session_id for c in claims.values()]))
+        lost = [c.meta.owner if c.reason is ReapReason.OWNER_LOST and c.meta is not None else None
+                for c in claims.values()]  # fmt: skip
+        starts = grace_starts(self.pool, self.claims, [c.session_id for c in claims.values()], lost)
         marks = []
-        for claim, asked in zip(claims.values(), requested, strict=True):
+        for claim, asked in zip(claims.values(), starts, strict=True):
             seq = claim.meta.turn_seq if claim.meta is not None else 0
             waive_after_s = self.settings.waive_after_s(owner_lost=claim.reason is ReapReason.OWNER_LOST)
             needs = policy.needs_checkpoint(seq, asked, now, required=required, waive_after_s=waive_after_s)

@@ -28,8 +28,8 @@ from lifecycle.pool.claims import ClaimIndex, Drift
 from lifecycle.pool.executor import Executor, first_error
 from lifecycle.pool.lock import SweepLock, sweep_lock
 from lifecycle.pool.records import read_records, record_calls
-from lifecycle.pool.sessions import Meta
-from lifecycle.reaper.eviction import EvictionResult, Evictor
+from lifecycle.pool.sessions import Meta, SessionIndex
+from lifecycle.reaper.eviction import EvictionResult, Evictor, grace_starts
 from lifecycle.reaper.rebuild import Rebuilder, Rebuilt
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes.base import SandboxLease, leftover_leases, release_lease
@@ -205,17 +205,21 @@ class Sweeper:
 
     def _gate(self, orders: Sequence[Order]) -> tuple[list[Order], list[tuple[Order, str]]]:
         """A dry run's answer to what the durable write would say: the orders it would let through, and
-        those it would refuse with why (no covering checkpoint, already ended). One read of each side."""
+        those it would refuse with why (no covering checkpoint, already ended; or the pool is not verified since
+        Redis restarted or failed over, see claim_session.lua). One read of each side."""
         store = self.evictor.store
         gated = [o for o in orders if o.reason is not ReapReason.EXPIRED]
         if store is None or not gated:
             return list(orders), []
+        if not self.pool.run(SessionIndex(self.settings, self.keys).pool_state()).ready:
+            return [o for o in orders if o.reason is ReapReason.EXPIRED], [(o, 'unverified') for o in gated]
         records = read_records(self.pool, [o.session_id for o in gated])
         documents = store.load_many([o.session_id for o in gated])
-        requested = self.pool.run(self.claims.checkpoint_requests([o.session_id for o in gated]))
+        lost = [o.owner if o.reason is ReapReason.OWNER_LOST else None for o in gated]
+        starts = grace_starts(self.pool, self.claims, [o.session_id for o in gated], lost)
         s, now = self.settings, self.pool.now_ms()
         refusals = {}
-        for order, record, asked in zip(gated, records, requested, strict=True):
+        for order, record, asked in zip(gated, records, starts, strict=True):
             try:
                 turn_seq = Meta.unpack(record).turn_seq if record is not None else 0
             except SessionDamaged:

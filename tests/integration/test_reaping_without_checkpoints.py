@@ -203,6 +203,41 @@ def test_with_keep_a_lost_replicas_session_with_unsaved_turns_still_goes_after_t
     assert lc.status('alive').state is SessionState.LIVE  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize('policy', ['keep', 'evict'])
+def test_a_request_made_while_the_replica_lived_does_not_shorten_the_grace_once_it_is_lost(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, policy: str
+) -> None:
+    """An idle sweep asked api-1 (alive, heartbeating) for a checkpoint of s1 long ago ('keep' kept s1; or s1 was
+    touched since, under 'evict'); then api-1 missed its heartbeat for a moment. The owner-lost grace runs from
+    the lapse, not from that old request: s1 goes only a grace after it (before: the first owner-lost sweep
+    evicted s1 at once with its checkpoint waived, its turn lost, though api-1 came back seconds later; found by
+    a review)."""
+    r = reaper_with(make_reaper_settings, make_reaper, on_missing_checkpoint=policy)
+    lc = r.lc
+    lc.heartbeat('api-1')
+    lc.activate(lc.reserve('api-1'), 's1', ttl_seconds=7200)
+    lc.checkpoint('s1', {'turns': 0})
+    one_turn(r, 's1')
+    r.clock.advance(seconds=600)
+    lc.heartbeat('api-1')
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')  # asked at T
+    if policy == 'evict':
+        lc.touch('s1')  # in use again: not idle, so the idle sweep's grace never ends it
+    for _ in range(20):  # 10 minutes, api-1 heartbeating all along
+        r.clock.advance(seconds=30)
+        lc.heartbeat('api-1')
+    r.clock.advance(seconds=lc.settings.replica_ttl_s + 1)  # api-1 misses a heartbeat lease
+    r.sweep(SweepKind.OWNER_LOST)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')
+    lc.heartbeat('api-1')  # back: s1 is not lost any more, and stays
+    lc.checkpoint('s1', {'turns': 1})
+    r.clock.advance(seconds=lc.settings.replica_ttl_s + 1)  # lost again, for good: s1's checkpoint covers it
+    r.sweep(SweepKind.OWNER_LOST)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, '')
+    assert (r.document('s1') or {})['snapshot'] == {'turns': 1}
+
+
 def test_a_dry_run_says_a_waived_eviction_would_go_through(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
 ) -> None:

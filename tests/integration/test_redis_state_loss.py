@@ -111,6 +111,8 @@ def test_a_pool_whose_redis_restarted_empty_fails_closed_then_is_rebuilt_from_mo
         pass
     with pytest.raises(PoolRecovering):
         lc.checkpoint('s2', {'at': 1})
+    with pytest.raises(PoolRecovering, match="session 's2' is unknown"):
+        lc.pin('s2')  # before: SessionNotLive, as if the app could drop it
     with pytest.raises(PoolRecovering):
         lc.restore('s3', 'api-2')  # live in MongoDB, not yet back in Redis
     assert lc.stats().live == 0
@@ -797,6 +799,8 @@ def test_turns_a_restart_lost_leave_no_checkpoint_covering_them(
             pass
     snapshots.restart()
     r.clock.advance(seconds=601)
+    dry = r.sweep(SweepKind.IDLE, dry_run=True)  # a dry run says what the sweep will do (before: 'evicted')
+    assert (dry.ordered, dry.refused, [why for _, why in dry.kept]) == (0, 1, ['unverified'])
     r.sweep(SweepKind.IDLE)
     assert [(x.session_id, x.outcome, x.detail) for x in r.results] == [('s1', Outcome.KEPT, 'unverified')]
     held = lc.status('s1')
@@ -890,3 +894,66 @@ def test_a_close_lost_with_a_deadline_entry_damaged_in_the_snapshot_stays_closed
     assert lc.redis.zscore(lc.index.keys.live, 's2') is None  # ended by its hard deadline, not the longest one
     assert (r.document('s2') or {})['state'] == 'expired'
     assert (lc.stats().live, lc.stats().slots) == (0, 0)
+
+
+def test_a_checkpoint_request_the_server_came_back_with_does_not_waive_the_lost_turns_checkpoint(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """s1's owner was asked for a checkpoint of turn 1; Redis wrote its snapshot; the owner answered, and s1
+    finished turn 2; Redis came back from the snapshot minutes later, the request with it. Its grace must not
+    run from that old request: the rebuild drops it, the next idle sweep asks for turn 2, and s1 goes (waived)
+    only a grace after that (before: the first idle sweep waived the checkpoint at once and evicted s1 with
+    turn 1's checkpoint, nobody asked; found by a review)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600,
+                                         checkpoint_grace_s=300))  # fmt: skip
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=7200)
+    lc.checkpoint('s1', {'turns': 0}, tenure=a.tenure)
+    with lc.turn('s1', tenure=a.tenure):
+        pass
+    r.clock.advance(seconds=600)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')  # asked at T
+    lc.redis.save()
+    r.clock.advance(seconds=5)
+    lc.checkpoint('s1', {'turns': 1}, tenure=a.tenure)  # the answer
+    with lc.turn('s1', tenure=a.tenure):
+        pass  # turn 2
+    r.clock.advance(seconds=400)  # past T + the grace
+    snapshots.restart()
+    report = r.sweep(SweepKind.EXPIRED)
+    assert report.rebuilt is not None
+    assert report.rebuilt.moved_on == 1
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.ABORTED, 'not_checkpointed')  # asked again
+    assert (r.document('s1') or {})['state'] == 'live'
+    r.clock.advance(seconds=300)
+    r.sweep(SweepKind.IDLE)
+    assert (r.results[-1].outcome, r.results[-1].detail) == (Outcome.EVICTED, 'checkpoint_waived')
+
+
+def test_an_earlier_life_whose_deadline_entry_is_also_lost_is_still_given_back_to_the_later_one(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """Redis came back holding A's earlier life of s1 (B restored it since), and s1's deadline entry is lost too:
+    the rebuild cannot read s1's status, but its readmit still replaces the earlier life's record with B's
+    (before: a held session the rebuild could not read went to the readmit as kept, which only moved its turn
+    sequence on: A's life stayed, B was Fenced for good; found by a review)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    lc.redis.save()
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b = lc.restore('s1', 'api-b').session
+    snapshots.restart()
+    lc.redis.zrem(lc.index.keys.deadline, 's1')
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    held = lc.status('s1')
+    assert held is not None
+    assert (held.owner, held.tenure) == ('api-b', b.tenure)
+    assert lc.touch('s1', tenure=b.tenure)
+    with pytest.raises(Fenced):
+        lc.touch('s1', tenure=a.tenure)
+    assert (lc.stats().live, lc.stats().slots) == (1, 1)

@@ -13,7 +13,8 @@
 -- life of it (a lower tenure: a failover lost its eviction and the restore MongoDB recorded): that life's record
 -- is replaced by this one, in place (its slot stays counted), and its turns, pin, checkpoint request and trail go
 -- with it. (An eviction claim of it in flight finds its durable write fenced: the rebuild raised the fence.) One it
--- holds of this very life keeps its record, its turn sequence moved one past anything known (not counted).
+-- holds of this very life keeps its record, its turn sequence moved one past anything known (not counted). None
+-- keeps a checkpoint request from before: its grace would run from a request for turns before the lost ones.
 local now = tonumber(ARGV[1])
 local k = {live = KEYS[1]}
 local taken, moved = 0, 0
@@ -24,10 +25,9 @@ for i = 1, #KEYS - 5 do
   local held = redis.call('HGET', KEYS[5 + i], session_id)
   local live = redis.call('ZSCORE', KEYS[1], session_id)
   local earlier = live and held and unpack_meta(held)
-  local kept = ARGV[base + 8] == '1'
-  local superseded = not kept and earlier and earlier.tenure and tenure ~= ''
-    and tonumber(earlier.tenure) < tonumber(tenure)
-  local absent = not kept and not live and not held and not redis.call('ZSCORE', KEYS[5], session_id)
+  local superseded = earlier and earlier.tenure and tenure ~= '' and tonumber(earlier.tenure) < tonumber(tenure)
+  -- Read as held ('kept'): one that left since (its expiry) stays gone.
+  local absent = ARGV[base + 8] ~= '1' and not live and not held and not redis.call('ZSCORE', KEYS[5], session_id)
   if earlier and (not earlier.tenure or tenure == '' or earlier.tenure == tenure) then
     -- This life, held through the loss: the turns it finished since the server's last write it kept were lost
     -- with the rest, so no checkpoint from before may cover it: one past anything either side knows.
@@ -35,10 +35,14 @@ for i = 1, #KEYS - 5 do
     redis.call('HSET', KEYS[5 + i], session_id, pack_meta(earlier))
     moved = moved + 1
   end
+  if earlier or absent then
+    -- A checkpoint request the server came back with asked for turns before the lost ones (or of an earlier
+    -- life): the grace of on_missing_checkpoint must not run from it. The next idle sweep asks again.
+    redis.call('ZREM', pool_key(k, 'unsaved'), session_id)
+  end
   if superseded then
     forget_life(k, session_id, earlier.tenant, earlier.owner)  -- its slot stays counted: this life takes it
     if earlier.tenant ~= '' then redis.call('ZREM', KEYS[3], tenant_member(earlier.tenant, session_id)) end
-    redis.call('ZREM', pool_key(k, 'unsaved'), session_id)  -- its checkpoint request was the earlier life's
   end
   if superseded or absent then
     local record = pack_meta({owner = ARGV[base + 1], tenant = tenant, profile = ARGV[base + 3],
