@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from lifecycle import CapacityExceeded, Lifecycle, SessionState
+from lifecycle import CapacityExceeded, Lifecycle, SessionInfo, SessionState
 from lifecycle.errors import Fenced, LifecycleError, PoolRecovering
 from lifecycle.models import ReapReason, SweepKind
 from lifecycle.ops.cli import explain, reaping_warnings
@@ -756,6 +756,16 @@ def test_a_stale_copy_of_a_life_mongodb_holds_resumable_is_ended_by_the_rebuild(
     assert restored.snapshot == {'by': 'B'}
 
 
+def evicted_after_the_snapshot(r: Reaper) -> SessionInfo:
+    """A's s1, checkpointed; Redis writes its snapshot; s1 is evicted (idle). Returns A's activation."""
+    a = r.lc.activate(r.lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    r.lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    r.lc.redis.save()
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    return a
+
+
 def test_an_eviction_whose_last_step_redis_lost_is_finished_by_the_rebuild(
     make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
 ) -> None:
@@ -765,11 +775,7 @@ def test_an_eviction_whose_last_step_redis_lost_is_finished_by_the_rebuild(
     a restore, SessionExists, for as long as the app kept it busy)."""
     r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
     lc = r.lc
-    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
-    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
-    lc.redis.save()
-    r.clock.advance(seconds=601)
-    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    evicted_after_the_snapshot(r)
     snapshots.restart()
     report = r.sweep(SweepKind.EXPIRED)
     assert report.rebuilt is not None
@@ -941,11 +947,7 @@ def test_an_earlier_life_whose_deadline_entry_is_also_lost_is_still_given_back_t
     sequence on: A's life stayed, B was Fenced for good; found by a review)."""
     r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
     lc = r.lc
-    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
-    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
-    lc.redis.save()
-    r.clock.advance(seconds=601)
-    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    a = evicted_after_the_snapshot(r)
     b = lc.restore('s1', 'api-b').session
     snapshots.restart()
     lc.redis.zrem(lc.index.keys.deadline, 's1')

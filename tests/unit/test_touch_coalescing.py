@@ -160,21 +160,28 @@ def test_the_flusher_sends_stamps_by_itself(make_settings: SettingsFactory, redi
     lc.disconnect()
 
 
-def test_a_stale_copy_s_later_stamp_never_displaces_the_current_life_s(coalescing: Lifecycle) -> None:
-    """Two handlers of one replica touch s0: one with its current tenure, then one still holding a copy from
-    before s0 was restored (a lower tenure), later. The current life's stamp is the one sent (before: the stale
-    one replaced it while both waited, and the flush refused it: s0's activity never moved)."""
-    lc, clock = coalescing, coalescing.pool.clock
+def tenured_session(lc: Lifecycle) -> tuple[str, int, FixedClock]:
+    """One session, its tenure, and the clock, 5 s after its activation."""
+    clock = lc.pool.clock
     assert isinstance(clock, FixedClock)
     [session_id] = open_sessions(lc, 1)
     status = lc.status(session_id)
     assert status is not None
     assert status.tenure is not None
     clock.advance(seconds=5)
+    return session_id, status.tenure, clock
+
+
+def test_a_stale_copy_s_later_stamp_never_displaces_the_current_life_s(coalescing: Lifecycle) -> None:
+    """Two handlers of one replica touch s0: one with its current tenure, then one still holding a copy from
+    before s0 was restored (a lower tenure), later. The current life's stamp is the one sent (before: the stale
+    one replaced it while both waited, and the flush refused it: s0's activity never moved)."""
+    lc = coalescing
+    session_id, tenure, clock = tenured_session(lc)
     current = clock.now_ms()
-    lc.touch(session_id, tenure=status.tenure)
+    lc.touch(session_id, tenure=tenure)
     clock.advance(seconds=1)
-    lc.touch(session_id, tenure=status.tenure - 1)  # a stale copy's, later
+    lc.touch(session_id, tenure=tenure - 1)  # a stale copy's, later
     assert lc.flush_touches() == 1
     assert live_scores(lc)[session_id] == current
 
@@ -184,17 +191,12 @@ def test_an_untenured_stamp_is_never_displaced_by_a_stale_copy_s(coalescing: Lif
     copy (a lower tenure), each later. The untenured stamp passes any fence, so it is sent, at the latest time
     seen (before: the stale one replaced it by its time, the flush refused it, and s0's activity stayed at its
     activation: an active session looked idle)."""
-    lc, clock = coalescing, coalescing.pool.clock
-    assert isinstance(clock, FixedClock)
-    [session_id] = open_sessions(lc, 1)
-    status = lc.status(session_id)
-    assert status is not None
-    assert status.tenure is not None
-    clock.advance(seconds=5)
-    lc.touch(session_id, tenure=status.tenure)
+    lc = coalescing
+    session_id, tenure, clock = tenured_session(lc)
+    lc.touch(session_id, tenure=tenure)
     clock.advance(seconds=1)
     lc.touch(session_id)
     clock.advance(seconds=1)
-    lc.touch(session_id, tenure=status.tenure - 1)  # a stale copy's, later still
+    lc.touch(session_id, tenure=tenure - 1)  # a stale copy's, later still
     assert lc.flush_touches() == 1
     assert live_scores(lc)[session_id] == clock.now_ms()  # a stale stamp only delays an idle eviction
