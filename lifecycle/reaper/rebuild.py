@@ -58,7 +58,10 @@ def over_in_mongodb(document: Mapping[str, Any], info: SessionInfo) -> bool:
     eviction's last step, in Redis, was lost); or superseded by a later one that is not live (resumable, or ended
     itself; a later live one is given back by the readmit)."""
     state, tenure = document.get('state'), document.get('tenure')
-    if state in ENDED and same_life_as(document, info):
+    # A stand-in record (reconcile's, for one Redis lost: no owner, no tenure, created at the repair) is of the
+    # life Redis held, whatever it was: a life being activated now has its full record from the start.
+    stand_in = not info.owner and info.tenure is None
+    if state in ENDED and (stand_in or same_life_as(document, info)):
         return True
     if info.tenure is None or not isinstance(tenure, int):
         return False
@@ -127,6 +130,12 @@ class Rebuilder:
         epoch = self.pool.run(self.claims.raise_epoch(max(self.store.highest_fence(), self.pool.server_ms()) + 1))
         readmitted_total, moved_on, expired, unreadable, after = 0, 0, 0, 0, ''
         owners: set[str] = set()
+        if state.initialised:
+            # The server kept state, and perhaps outside damage its snapshot held (a record without its live entry,
+            # a live entry without its record): repaired first, every session it holds is one the readmit sees
+            # held, so that its turn sequence moves on, its old checkpoint request goes, or its earlier life is
+            # given back.
+            Reconciler(self.pool, self.store).repair(extend)
         while True:
             page = self.store.live_documents(keys.prefix, after, PAGE)
             if not page:

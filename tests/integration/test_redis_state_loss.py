@@ -959,3 +959,76 @@ def test_an_earlier_life_whose_deadline_entry_is_also_lost_is_still_given_back_t
     with pytest.raises(Fenced):
         lc.touch('s1', tenure=a.tenure)
     assert (lc.stats().live, lc.stats().slots) == (1, 1)
+
+
+def snapshot_without(lc: Lifecycle, key: str, session_id: str) -> None:
+    """Redis writes its snapshot while `session_id`'s entry of `key` (a hash field or a sorted-set member) is lost
+    (outside damage); the entry is put back at once in this history."""
+    if key == lc.index.keys.live:
+        score = lc.redis.zscore(key, session_id)
+        assert score is not None
+        lc.redis.zrem(key, session_id)
+        lc.redis.save()
+        lc.redis.zadd(key, {session_id: score})
+    else:
+        held = lc.redis.hget(key, session_id)
+        lc.redis.hdel(key, session_id)
+        lc.redis.save()
+        lc.redis.hset(key, session_id, held)
+
+
+def test_a_close_lost_with_a_record_lost_in_the_snapshot_stays_closed(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """The snapshot holds s1 live without its record; the app closed s1 (MongoDB recorded it); Redis came back.
+    Reconcile's stand-in record (no owner, no tenure, created now) is of the life Redis held: the rebuild ends it
+    again (before: it did not match MongoDB's life, and s1 stayed live until its hard deadline; found by a
+    review)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP))
+    lc = r.lc
+    lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    snapshot_without(lc, lc.index.keys.meta_of('s1'), 's1')
+    assert lc.close('s1')
+    r.clock.advance(seconds=5)  # the stand-in's creation is the repair's time, not the activation's
+    snapshots.restart()
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    assert lc.redis.zscore(lc.index.keys.live, 's1') is None
+    assert ((r.document('s1') or {})['state'], lc.stats().slots) == ('closed', 0)
+
+
+def test_a_record_whose_live_entry_the_snapshot_lost_is_seen_by_the_rebuild(
+    make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory, snapshots: SnapshotServer
+) -> None:
+    """The snapshot holds A's record of s1 without its live entry. (1) s1 was evicted and restored by B since: the
+    rebuild gives s1 to B's life; (2) s2 finished turns 1 (checkpointed) and 2 since: its turn sequence moves
+    past the checkpoint, so the idle sweep asks before it evicts. The rebuild repairs the pool first, so that
+    it sees them held (before: reconcile relinked A's record after the readmit, and B was Fenced for good; s2
+    went with turn 1's checkpoint; found by a review)."""
+    r = make_reaper(make_reaper_settings(redis_url=snapshots.url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    a = lc.activate(lc.reserve('api-a'), 's1', ttl_seconds=3600)
+    a2 = lc.activate(lc.reserve('api-a'), 's2', ttl_seconds=7200)
+    lc.checkpoint('s1', {'by': 'A'}, tenure=a.tenure)
+    lc.redis.zrem(lc.index.keys.live, 's2')
+    snapshot_without(lc, lc.index.keys.live, 's1')
+    lc.redis.zadd(lc.index.keys.live, {'s2': r.clock.now_ms()})
+    with lc.turn('s2', tenure=a2.tenure):
+        pass
+    lc.checkpoint('s2', {'turns': 1}, tenure=a2.tenure)
+    with lc.turn('s2', tenure=a2.tenure):
+        pass
+    r.clock.advance(seconds=601)
+    assert r.evictor.evict('s1', ReapReason.IDLE, r.clock.now_ms()).outcome is Outcome.EVICTED
+    b = lc.restore('s1', 'api-b').session
+    snapshots.restart()
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    held = lc.status('s1')
+    assert held is not None
+    assert (held.owner, held.tenure) == ('api-b', b.tenure)
+    assert lc.touch('s1', tenure=b.tenure)
+    r.clock.advance(seconds=601)
+    r.sweep(SweepKind.IDLE)
+    assert [(x.session_id, x.outcome, x.detail) for x in r.results[-1:]] == [
+        ('s2', Outcome.ABORTED, 'not_checkpointed')
+    ]
+    assert (r.document('s2') or {})['state'] == 'live'
