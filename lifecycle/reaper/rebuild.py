@@ -165,8 +165,8 @@ class Rebuilder:
                 taken, moved = self.pool.run(self.claims.readmit(missing, kept, now))
                 readmitted_total, moved_on = readmitted_total + taken, moved_on + moved
             extend()
-        # Repaired first (a record or deadline the server came back without, outside damage its snapshot kept):
-        # a session the pool cannot read would be passed over by what follows, and a close it lost never redone.
+        # Repaired (again, for a server that kept state): the counters and tenant index after the readmit, and a
+        # record or deadline still missing, before a session the pool cannot read is passed over below.
         Reconciler(self.pool, self.store).repair(extend)
         ended = self._end_what_mongodb_ended(now, extend)
         self._await_heartbeats(owners, now)
