@@ -57,6 +57,13 @@ class RedisClock:
             self._offset_ns = server_ns - (sent_ns + received_ns) // 2
             self._learned_at_ns = received_ns
 
+    def fresh_ms(self) -> int | None:
+        """`now_ms()` in one read of the monotonic clock (every activity stamp asks), or None if `needs_sync()`."""
+        offset_ns, now_ns = self._offset_ns, time.monotonic_ns()
+        if offset_ns is None or now_ns - self._learned_at_ns >= self._refresh_ns:
+            return None
+        return (now_ns + offset_ns) // 1_000_000
+
     def now_ms(self) -> int:
         if self._offset_ns is None:
             raise RuntimeError('RedisClock.now_ms() before the first observe()')

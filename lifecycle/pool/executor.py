@@ -213,10 +213,6 @@ class _Base:
             results.append(result)
         return results
 
-    def _needs_time(self) -> RedisClock | None:
-        clock = self.clock
-        return clock if isinstance(clock, RedisClock) and clock.needs_sync() else None
-
     def read_block_ms(self, block_ms: int | None) -> int | None:
         return read_block_ms(self.redis, block_ms)
 
@@ -244,12 +240,16 @@ class Executor(_Base):
 
     def now_ms(self) -> int:
         """Lifecycle time (Redis server time with a `RedisClock`), in epoch milliseconds."""
-        clock = self._needs_time()
-        if clock is not None:
-            with self.translating():
-                sent_ns = time.monotonic_ns()
-                clock.observe(self.redis.time(**self._at_pool()), sent_ns, time.monotonic_ns())
-        return self.clock.now_ms()
+        clock = self.clock
+        if not isinstance(clock, RedisClock):
+            return clock.now_ms()
+        fresh = clock.fresh_ms()
+        if fresh is not None:
+            return fresh
+        with self.translating():
+            sent_ns = time.monotonic_ns()
+            clock.observe(self.redis.time(**self._at_pool()), sent_ns, time.monotonic_ns())
+        return clock.now_ms()
 
     def server_ms(self) -> int:
         """Redis's own clock (TIME), in epoch milliseconds, whatever clock this executor was given."""
@@ -374,14 +374,18 @@ class AsyncExecutor(_Base):
         await self.redis.aclose()
 
     async def now_ms(self) -> int:
-        clock = self._needs_time()
-        if clock is not None:
-            try:
-                sent_ns = time.monotonic_ns()
-                clock.observe(await self.redis.time(), sent_ns, time.monotonic_ns())
-            except REDIS_ERRORS as exc:
-                raise translate(self.url, None, exc) from exc
-        return self.clock.now_ms()
+        clock = self.clock
+        if not isinstance(clock, RedisClock):
+            return clock.now_ms()
+        fresh = clock.fresh_ms()
+        if fresh is not None:
+            return fresh
+        try:
+            sent_ns = time.monotonic_ns()
+            clock.observe(await self.redis.time(), sent_ns, time.monotonic_ns())
+        except REDIS_ERRORS as exc:
+            raise translate(self.url, None, exc) from exc
+        return clock.now_ms()
 
     async def run(self, call: Call[T]) -> T:
         try:

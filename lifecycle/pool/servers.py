@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import hiredis
 import redis
 import redis.asyncio as aredis
 import redis.asyncio.sentinel as asentinel
 import redis.sentinel as sentinel
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import DataError, RedisClusterException
 
 from lifecycle.errors import BackendUnavailable
 from lifecycle.settings import Settings, redacted
@@ -30,6 +31,25 @@ class _BlockingSentinelPool(sentinel.SentinelConnectionPool, redis.BlockingConne
 
 class _AsyncBlockingSentinelPool(asentinel.SentinelConnectionPool, aredis.BlockingConnectionPool):
     """`_BlockingSentinelPool` for asyncio."""
+
+
+class CommandPacker:
+    """redis-py's hiredis packer without its per-argument pass: redis-py copies every argument to turn a
+    bytearray or memoryview into bytes (a third of `touch_many`'s time for 1,000 ids); lifecycle sends neither,
+    so that pass runs only when hiredis refuses an argument."""
+
+    def pack(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if (' ' if isinstance(first, str) else b' ') in first:  # 'CONFIG SET': redis-py names two words in one
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            args = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg for arg in args)
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError as exc:
+                raise DataError(exc) from exc
 
 
 def _data_node_options(settings: Settings) -> dict[str, Any]:
@@ -62,9 +82,11 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         group = sentinel.Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options(settings))  # type: ignore[no-untyped-call]
         return group.master_for(  # type: ignore[no-any-return, no-untyped-call]
             settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
-            **_data_node_options(settings), **options,
+            **_data_node_options(settings), command_packer=CommandPacker(), **options,
         )  # fmt: skip
-    return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(settings.redis_url, **options))
+    return redis.Redis.from_pool(
+        redis.BlockingConnectionPool.from_url(settings.redis_url, command_packer=CommandPacker(), **options)
+    )
 
 
 def connect_async(settings: Settings, **options: Any) -> aredis.Redis:

@@ -45,7 +45,7 @@ def keep_latest(pending: Pending, session_id: str, at_ms: int, tenure: int | Non
         if tenure > waiting_tenure:
             pending[session_id] = (at_ms, tenure)
         return
-    pending[session_id] = (max(at_ms, waiting_at), tenure if waiting_tenure is not None else None)
+    pending[session_id] = (at_ms if at_ms > waiting_at else waiting_at, tenure if waiting_tenure is not None else None)
 
 
 def send(index: SessionIndex, stamps: list[tuple[str, int, int | None]]) -> Steps[int]:
@@ -73,7 +73,8 @@ class Stamper:
 
     def touch(self, session_id: str, tenure: int | None = None) -> None:
         validate.identifier('session_id', session_id)
-        validate.optional_token('tenure', tenure)
+        if tenure is not None:
+            validate.optional_token('tenure', tenure)
         at_ms = self.pool.now_ms()
         with self._lock:
             keep_latest(self._pending, session_id, at_ms, tenure)
@@ -124,7 +125,8 @@ class AsyncStamper:
 
     async def touch(self, session_id: str, tenure: int | None = None) -> None:
         validate.identifier('session_id', session_id)
-        validate.optional_token('tenure', tenure)
+        if tenure is not None:
+            validate.optional_token('tenure', tenure)
         keep_latest(self._pending, session_id, await self.pool.now_ms(), tenure)
         if len(self._pending) >= self.max_pending:
             await self.flush()

@@ -40,8 +40,6 @@ DUPLICATE_KEY = 11000
 # A session's messages in conversation order: by the order the pool handed their checkpoint (one counter, never a
 # writer's clock), then their place in it; `batch_ns`, a writer's clock, orders only those written before (no order).
 MESSAGE_ORDER = [('order', 1), ('batch_ns', 1), ('index', 1)]
-MARK_INDEX = '_lifecycle_mark'  # scratch fields of the eviction update pipeline, removed by its last stage
-MARK_ELIGIBLE = '_lifecycle_eligible'
 
 
 def _below(token: int) -> dict[str, Any]:
@@ -82,32 +80,26 @@ def _marks_filter(marks: Sequence[Mark]) -> dict[str, Any]:
 
 
 def _marks_update(marks: Sequence[Mark], now: datetime) -> list[dict[str, Any]]:
-    """An update pipeline giving each matched document its own mark's values, looked up by `_id`, where its own
-    condition holds: a fence older than its token (or none yet) and, if it needs one, a checkpoint covering its
-    last finished turn. A document whose condition fails keeps every field as it was."""
+    """An update pipeline of one stage giving each matched document its own mark's values, looked up by `_id`, where
+    its own condition holds: a fence older than its token (or none yet), no later life than the one Redis held,
+    and, if it needs one, a checkpoint covering its last finished turn. A document whose condition fails is left
+    exactly as it was (so it is not counted as modified)."""
     ids = [mark.record.session_id for mark in marks]
-
-    def own(values: list[Any]) -> dict[str, Any]:
-        return {'$arrayElemAt': [{'$literal': values}, f'${MARK_INDEX}']}
-
+    own = [{'token': m.token, 'tenure': m.record.tenure or ANY_LIFE, 'needs': m.needs_checkpoint,
+            'seq': m.record.turn_seq,
+            'set': {**record_fields(m.record), 'fence': m.token, 'reason': m.reason.value,
+                    'checkpoint_waived': m.waived, 'state': SessionState.RESUMABLE.value, 'evicted_at': now,
+                    'updated_at': now}}
+           for m in marks]  # fmt: skip
     eligible = {'$and': [
-        {'$lt': [{'$ifNull': ['$fence', -1]}, own([m.token for m in marks])]},
+        {'$lt': [{'$ifNull': ['$fence', -1]}, '$$mark.token']},
         # Not over a later life than the one Redis held (a stale copy a lossy failover brought back).
-        {'$lte': [{'$ifNull': ['$tenure', 0]}, own([m.record.tenure or ANY_LIFE for m in marks])]},
-        {'$or': [{'$not': [own([m.needs_checkpoint for m in marks])]},
-                 {'$gte': [{'$ifNull': ['$checkpoint_seq', -1]}, own([m.record.turn_seq for m in marks])]}]},
+        {'$lte': [{'$ifNull': ['$tenure', 0]}, '$$mark.tenure']},
+        {'$or': [{'$not': ['$$mark.needs']}, {'$gte': [{'$ifNull': ['$checkpoint_seq', -1]}, '$$mark.seq']}]},
     ]}  # fmt: skip
-    values = [{**record_fields(m.record), 'fence': m.token, 'reason': m.reason.value, 'checkpoint_waived': m.waived}
-              for m in marks]  # fmt: skip
-    marked: dict[str, Any] = {name: own([v[name] for v in values]) for name in values[0]}
-    marked |= {'state': SessionState.RESUMABLE.value, 'evicted_at': now, 'updated_at': now}
-    return [
-        {'$set': {MARK_INDEX: {'$indexOfArray': [{'$literal': ids}, '$_id']}}},
-        {'$set': {MARK_ELIGIBLE: eligible}},
-        {'$set': {name: {'$cond': [f'${MARK_ELIGIBLE}', {'$literal': value} if not isinstance(value, dict) else value,
-                                   f'${name}']} for name, value in marked.items()}},
-        {'$unset': [MARK_INDEX, MARK_ELIGIBLE]},
-    ]  # fmt: skip
+    mark = {'$arrayElemAt': [{'$literal': own}, {'$indexOfArray': [{'$literal': ids}, '$_id']}]}
+    return [{'$replaceWith': {'$let': {'vars': {'mark': mark}, 'in': {
+        '$cond': [eligible, {'$mergeObjects': ['$$ROOT', '$$mark.set']}, '$$ROOT']}}}}]  # fmt: skip
 
 
 def _marked_document(mark: Mark, now: datetime) -> Document:
@@ -320,9 +312,9 @@ class Plans:
     def mark_plan(marks: Sequence[Mark]) -> Plan[list[MarkOutcome]]:
         """One multi-document conditional update for the whole batch (one journal commit, not one per session).
 
-        Outcomes are read back (one read by `_id`); sessions that need no checkpoint and have no document yet
-        get one inserted. Both statements are served from the `_id` index: they cost the batch, not the
-        collection.
+        When every document of the batch was modified, every mark landed; otherwise the outcomes are read back
+        (one read by `_id`), and sessions that need no checkpoint and have no document yet get one inserted. Each
+        statement is served from the `_id` index: they cost the batch, not the collection.
         """
         if not marks:
             return []
@@ -330,9 +322,13 @@ class Plans:
         ids = [mark.record.session_id for mark in marks]
         if len(set(ids)) != len(ids):  # the update pipeline looks each document's values up by its _id
             raise InvalidArgument(f'one eviction batch names a session twice: {sorted(ids)!r}')
+        written = yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
+        # A document is modified only by its own mark landing (one whose condition fails is replaced by itself,
+        # which mongod and the MongoDB-wire server count as a no-op): all modified, all landed.
+        if written.modified_count == len(marks):
+            return [MarkOutcome.DONE] * len(marks)
         # Which marks landed is read back (by `_id`, as the write): the matched documents include those whose
         # own condition failed, left as they were.
-        yield Op('sessions', 'update_many', (_marks_filter(marks), _marks_update(marks, now)))
         fences = _find('sessions', {'_id': {'$in': ids}}, {'state': 1, 'fence': 1, 'tenure': 1})
         found = {doc['_id']: doc for doc in (yield fences)}
         if all(mark_outcome(found.get(mark.record.session_id), mark) is MarkOutcome.DONE for mark in marks):

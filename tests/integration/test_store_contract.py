@@ -343,3 +343,44 @@ def test_an_eviction_of_an_earlier_life_never_lands_on_a_later_one(store: Snapsh
     assert document is not None
     assert (document['state'], document['tenure'], document['fence']) == ('live', 30, 30)
     assert mark_one(store, record(), 51, ReapReason.IDLE, False) is MarkOutcome.DONE
+
+
+class Commands(pymongo.monitoring.CommandListener):
+    """The names of the commands a client sent."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: pymongo.monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: pymongo.monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: pymongo.monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_batch_whose_marks_all_land_is_one_update_and_nothing_read_back(
+    mongo_server_url: str, mongo_database: str
+) -> None:
+    listener = Commands()
+    store = MongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000,
+                               client=pymongo.MongoClient(mongo_server_url, event_listeners=[listener]))  # fmt: skip
+    try:
+        names = [f'all-{i}' for i in range(5)]
+        for name in names:
+            store.checkpoint(name, {'v': 1}, None, 2, 2)
+        listener.names.clear()
+        outcomes = store.mark_resumable([Mark(record(name), 40 + i, ReapReason.IDLE) for i, name in enumerate(names)])
+        assert outcomes == [MarkOutcome.DONE] * len(names)
+        assert listener.names == ['update']
+        assert {store.load(name)['fence'] for name in names} == {40, 41, 42, 43, 44}  # type: ignore[index]
+        # One that does not land: the outcomes are read back.
+        listener.names.clear()
+        outcomes = store.mark_resumable([Mark(record(name), 50 if name != 'all-0' else 30, ReapReason.IDLE)
+                                         for name in names])  # fmt: skip
+        assert outcomes == [MarkOutcome.FENCED] + [MarkOutcome.DONE] * (len(names) - 1)
+        assert listener.names == ['update', 'find']
+    finally:
+        store.close()
