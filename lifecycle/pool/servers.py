@@ -52,6 +52,10 @@ class CommandPacker:
                 raise DataError(exc) from exc
 
 
+# Where hiredis can pack (2.1 and later); otherwise redis-py packs as it would.
+PACKING: dict[str, Any] = {'command_packer': CommandPacker()} if hasattr(hiredis, 'pack_command') else {}
+
+
 def _data_node_options(settings: Settings) -> dict[str, Any]:
     """What `redis_url` says about the data nodes (credentials, database, TLS), without its address."""
     options: dict[str, Any] = redis.connection.parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
@@ -82,11 +86,9 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         group = sentinel.Sentinel(settings.sentinel_addresses, sentinel_kwargs=_sentinel_options(settings))  # type: ignore[no-untyped-call]
         return group.master_for(  # type: ignore[no-any-return, no-untyped-call]
             settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
-            **_data_node_options(settings), command_packer=CommandPacker(), **options,
+            **_data_node_options(settings), **PACKING, **options,
         )  # fmt: skip
-    return redis.Redis.from_pool(
-        redis.BlockingConnectionPool.from_url(settings.redis_url, command_packer=CommandPacker(), **options)
-    )
+    return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(settings.redis_url, **PACKING, **options))
 
 
 def connect_async(settings: Settings, **options: Any) -> aredis.Redis:
