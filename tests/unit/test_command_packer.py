@@ -20,6 +20,8 @@ COMMANDS: list[tuple[Any, ...]] = [
     (b'SCRIPT LOAD', b'return 1'),
     ('SET', 'k', bytearray(b'v\x00w')),
     ('SET', 'k', memoryview(b'\xffbytes')),
+    ('SET', 'k', memoryview(b'abcdef')[::2]),  # strided: its bytes, not its raw buffer
+    ('SET', 'k', memoryview(b'abcdef')[::-1]),
     ('HSET', 'k', 'f', 'é ü'),
 ]
 
