@@ -72,7 +72,8 @@ class Stamper:
         self.flush()
 
     def touch(self, session_id: str, tenure: int | None = None) -> None:
-        validate.identifier('session_id', session_id)
+        if type(session_id) is not str or session_id not in self._pending:  # one waiting was checked as it came
+            validate.identifier('session_id', session_id)
         if tenure is not None:
             validate.optional_token('tenure', tenure)
         at_ms = self.pool.now_ms()
@@ -124,7 +125,8 @@ class AsyncStamper:
         await self.flush()
 
     async def touch(self, session_id: str, tenure: int | None = None) -> None:
-        validate.identifier('session_id', session_id)
+        if type(session_id) is not str or session_id not in self._pending:  # one waiting was checked as it came
+            validate.identifier('session_id', session_id)
         if tenure is not None:
             validate.optional_token('tenure', tenure)
         keep_latest(self._pending, session_id, await self.pool.now_ms(), tenure)

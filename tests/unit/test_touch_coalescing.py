@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 import redis
 
-from lifecycle import AsyncLifecycle, BackendUnavailable, FixedClock, Lifecycle, Settings
+from lifecycle import AsyncLifecycle, BackendUnavailable, FixedClock, InvalidArgument, Lifecycle, Settings
 from lifecycle.pool.stamper import Stamper
 from tests.conftest import SettingsFactory
 
@@ -200,3 +200,18 @@ def test_an_untenured_stamp_is_never_displaced_by_a_stale_copy_s(coalescing: Lif
     lc.touch(session_id, tenure=tenure - 1)  # a stale copy's, later still
     assert lc.flush_touches() == 1
     assert live_scores(lc)[session_id] == clock.now_ms()  # a stale stamp only delays an idle eviction
+
+
+@pytest.mark.parametrize('bad', ['', 'has space', 'a|b', 'x' * 129, 7, None, ['s0'], b's0'], ids=repr)
+def test_a_bad_id_is_refused_naming_it_even_beside_good_ones_waiting(coalescing: Lifecycle, bad: object) -> None:
+    [good] = open_sessions(coalescing, 1)
+    clock = coalescing.pool.clock
+    assert isinstance(clock, FixedClock)
+    clock.advance(ms=5)
+    coalescing.touch(good)
+    coalescing.touch(good)  # waiting: not checked again
+    with pytest.raises(InvalidArgument, match='session_id'):
+        coalescing.touch(bad)  # type: ignore[arg-type]
+    assert coalescing._stamper.pending() == 1  # only the good one waits
+    assert coalescing.flush_touches() == 1
+    coalescing.disconnect()
