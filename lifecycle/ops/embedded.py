@@ -97,12 +97,12 @@ def stop_child(process: Any) -> None:
         process.join()
 
 
-def wait_until(predicate: Any, within_s: float, what: str) -> None:
+def wait_until(predicate: Any, within_s: float, what: str, every_s: float = 0.1) -> None:
     deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f'timed out waiting for {what}')
-        time.sleep(0.1)
+        time.sleep(every_s)
 
 
 def owned_env(settings: Settings) -> dict[str, str]:
