@@ -110,13 +110,13 @@ def _check_servers(sender: Any = None, **_: Any) -> None:
     with Lifecycle(settings) as lc:
         try:
             checks.check_redis(lc.pool)
+            if lc.store is not None:
+                lc.store.ensure_indexes()  # refuses collections that would merge ids
+                lc.store.close()
         except ConfigurationError as unfit:
             # Celery logs and ignores an exception from a signal handler: only SystemExit stops the worker.
             log.critical('lifecycle worker refuses to start: %s', unfit)
             raise SystemExit(1) from unfit
-        if lc.store is not None:
-            lc.store.ensure_indexes()
-            lc.store.close()
 
 
 @signals.beat_init.connect

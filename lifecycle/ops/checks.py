@@ -11,6 +11,7 @@ from lifecycle.pool import calls
 from lifecycle.pool.executor import Executor
 from lifecycle.pool.sessions import SessionIndex
 from lifecycle.sandboxes import SandboxDriver
+from lifecycle.stores.mongo import collation_problem
 
 
 def redis_problems(pool: Executor) -> list[str]:
@@ -44,16 +45,16 @@ EXPECTED_INDEXES = {'sessions': {'state_updated'}, 'messages': {'session_message
 
 
 def mongo_problems(store: Any) -> list[str]:
-    """What is wrong with the MongoDB store: unreachable, or missing the indexes lifecycle relies on."""
+    """What is wrong with the MongoDB store: unreachable, comparing ids by a collation, or missing the indexes
+    lifecycle relies on."""
     try:
         store.client.admin.command('ping')
-        present = {
-            'sessions': {index['name'] for index in store.sessions.list_indexes()},
-            'messages': {index['name'] for index in store.message_docs.list_indexes()},
-        }
+        collections = {'sessions': store.sessions, 'messages': store.message_docs}
+        present = {name: {index['name'] for index in found.list_indexes()} for name, found in collections.items()}
+        unfit = [collation_problem(name, found.options()) for name, found in collections.items()]
     except PyMongoError as exc:
         return [f'mongo: unreachable: {exc}']
-    return [
+    return [f'mongo: {problem}' for problem in unfit if problem] + [
         f'mongo: collection {collection!r} lacks index {name!r} (a worker creates them at start)'
         for collection, names in EXPECTED_INDEXES.items()
         for name in sorted(names - present[collection])

@@ -27,7 +27,15 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from lifecycle.errors import Fenced, InvalidArgument, PersistenceError, SessionExists, SessionNotLive, SessionReaping
+from lifecycle.errors import (
+    ConfigurationError,
+    Fenced,
+    InvalidArgument,
+    PersistenceError,
+    SessionExists,
+    SessionNotLive,
+    SessionReaping,
+)
 from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
@@ -67,6 +75,17 @@ def _subject(session_ids: str | Sequence[str]) -> str:
     if isinstance(session_ids, str) or len(session_ids) == 1:
         return f'session {session_ids if isinstance(session_ids, str) else session_ids[0]!r}'
     return f'{len(session_ids)} sessions ({session_ids[0]!r}, ...)'
+
+
+def collation_problem(collection: str, options: Mapping[str, Any]) -> str | None:
+    """Why `collection` (its options, as listCollections gives them) cannot hold lifecycle's documents, or None. A
+    default collation other than simple compares ids by it (its `_id` index too, on mongod): 'A' and 'a', two
+    sessions, would be one document."""
+    collation = options.get('collation')
+    if not collation or collation.get('locale') == 'simple':
+        return None
+    return (f"collection {collection!r} compares ids by collation {collation!r}: session ids 'A' and 'a' would be "
+            "one document; create it without a default collation (or with {'locale': 'simple'})")  # fmt: skip
 
 
 def _marks_filter(marks: Sequence[Mark]) -> dict[str, Any]:
@@ -258,6 +277,12 @@ class Plans:
 
     @staticmethod
     def ensure_indexes_plan() -> Plan[None]:
+        """The indexes lifecycle's queries rely on, once the collections are found to compare ids as lifecycle does
+        (ConfigurationError, nothing created, when one does not)."""
+        for collection in ('sessions', 'messages'):
+            unfit = collation_problem(collection, (yield Op(collection, 'options')))
+            if unfit:
+                raise ConfigurationError(unfit)
         yield Op('sessions', 'create_index', ([('state', 1), ('updated_at', 1)],), {'name': 'state_updated'})
         yield Op('sessions', 'create_index', ([('state', 1), ('evicted_at', 1)],), {'name': 'state_evicted'})
         yield Op('messages', 'create_index', ([('session_id', 1), ('message_id', 1)],),

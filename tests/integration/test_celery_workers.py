@@ -8,7 +8,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import pymongo
 import pytest
 
 from lifecycle import Lifecycle, SessionState
@@ -254,3 +256,19 @@ def test_a_worker_refuses_to_start_on_a_redis_that_could_evict_the_pool(
         stop_private_redis(server)
     log = next(tmp_path.glob('worker-*.log')).read_text(errors='replace')
     assert "maxmemory-policy is 'allkeys-lru'" in log, log[-2000:]
+
+
+def test_a_worker_refuses_to_start_on_a_sessions_collection_that_would_merge_ids(
+    make_settings: SettingsFactory, spawn: Spawn, tmp_path: Path, mongo_server_url: str, mongo_database: str
+) -> None:
+    """Celery logs and ignores what a worker_init handler raises: the refusal must stop the worker itself."""
+    admin: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_server_url)
+    try:
+        admin[mongo_database].create_collection('sessions', collation={'locale': 'en', 'strength': 2})
+        settings = make_settings(mongo_url=mongo_server_url, mongo_database=mongo_database)
+        worker = spawn(settings, *worker_args('refused'))
+        assert worker.wait(60) != 0
+    finally:
+        admin.close()
+    log = next(tmp_path.glob('worker-*.log')).read_text(errors='replace')
+    assert "refuses to start: collection 'sessions' compares ids by collation" in log, log[-2000:]

@@ -14,8 +14,9 @@ import pymongo
 import pytest
 
 from lifecycle import InvalidArgument, PersistenceError
-from lifecycle.errors import Fenced
+from lifecycle.errors import ConfigurationError, Fenced
 from lifecycle.models import InterruptedTurn, ReapReason, SessionState
+from lifecycle.ops import checks
 from lifecycle.stores import Mark, MarkOutcome, SessionRecord, SnapshotStore
 from lifecycle.stores.documents import interrupted_of
 from lifecycle.stores.memory import InMemorySnapshotStore
@@ -384,3 +385,31 @@ def test_a_batch_whose_marks_all_land_is_one_update_and_nothing_read_back(
         assert listener.names == ['update', 'find']
     finally:
         store.close()
+
+
+@pytest.mark.parametrize('flavour', ['sync', 'async'])
+@pytest.mark.parametrize('collection', ['sessions', 'messages'])
+def test_a_collection_that_compares_ids_by_a_collation_is_refused_naming_it(
+    mongo_server_url: str, mongo_database: str, collection: str, flavour: str
+) -> None:
+    """Ids 'A' and 'a' are two sessions. A collection created with a case-insensitive default collation would
+    make them one document on mongod (its `_id` index compares by the collation): refused before any write, as
+    `lifecycle check` reports it; an explicit simple collation is what lifecycle needs, and is accepted."""
+    admin: Admin = pymongo.MongoClient(mongo_server_url)
+    store: Any = (MongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000) if flavour == 'sync' else
+                  Awaited(AsyncMongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000)))  # fmt: skip
+    try:
+        admin[mongo_database].create_collection(collection, collation={'locale': 'en', 'strength': 2})
+        with pytest.raises(ConfigurationError, match=rf"'{collection}'.*'locale': 'en'"):
+            store.ensure_indexes()
+        checker = MongoSnapshotStore(mongo_server_url, mongo_database, client=admin)
+        assert f"mongo: collection {collection!r} compares ids by collation {{'locale': 'en'," in (
+            ' '.join(checks.mongo_problems(checker))
+        )
+        admin[mongo_database].drop_collection(collection)
+        admin[mongo_database].create_collection(collection, collation={'locale': 'simple'})
+        store.ensure_indexes()
+        assert checks.mongo_problems(checker) == []
+    finally:
+        store.close()
+        admin.close()
