@@ -14,6 +14,9 @@ _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}')
 _IDS = re.compile(f'(?:{_ID.pattern}\n)*{_ID.pattern}')
 MAX_ID_LENGTH = 128
 _STREAM_ID = re.compile(r'([0-9]{1,20})(?:-([0-9]{1,20}))?')
+# Fencing tokens stay below this: Lua prints a number with 14 significant digits, so the epoch is never lifted
+# to one it would garble (see rebuild.py).
+TOKEN_LIMIT = 10**14
 MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)
 
 
@@ -79,7 +82,7 @@ def count(kind: str, value: object, maximum: int) -> int:
 
 def optional_token(kind: str, value: object) -> int | None:
     """Return `value` if it is None or a fencing token (a whole number of at least 1, below 1e14)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 10**14):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < TOKEN_LIMIT):
         raise InvalidArgument(f'{kind} must be a fencing token from activate() or restore() (or None), got '
                               f'{value!r:.80}')  # fmt: skip
     return value

@@ -38,6 +38,7 @@ from lifecycle.pool.sessions import Closed, PoolState, SessionIndex
 from lifecycle.reaper.reconcile import Reconciler
 from lifecycle.sandboxes import SandboxDriver
 from lifecycle.stores import SessionRecord, SnapshotStore
+from lifecycle.stores.mongo import fence_of
 
 log = logging.getLogger(__name__)
 PAGE = 200
@@ -274,8 +275,13 @@ class Rebuilder:
         record = SessionRecord(session.session_id, session.owner, session.tenant, session.profile,
                                to_datetime(session.created_ms), to_datetime(session.created_ms),
                                to_datetime(session.expires_at_ms), session.turn_seq)  # fmt: skip
+        fence = fence_of(document)
+        if not fence < validate.TOKEN_LIMIT:
+            log.warning('expired session %s not recorded: its fence %r is no token (outside damage)',
+                        session.session_id, document.get('fence'))  # fmt: skip
+            return
         try:
-            self.store.end(record, SessionState.EXPIRED, int(document.get('fence', 0)) + 1,
+            self.store.end(record, SessionState.EXPIRED, int(fence) + 1,
                            self.pool.settings.expiry_write_timeout_ms)  # fmt: skip
         except LifecycleError as exc:
             log.warning('expired session %s not recorded: %s', session.session_id, exc)

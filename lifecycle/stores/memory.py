@@ -20,6 +20,7 @@ from lifecycle.stores.documents import checked_messages, checked_snapshot
 from lifecycle.stores.mongo import (
     LOAD_MANY_FIELDS,
     PREVIOUS_LIFE,
+    fence_of,
     later_life,
     mark_outcome,
     record_fields,
@@ -27,6 +28,7 @@ from lifecycle.stores.mongo import (
     refuse_checkpoint,
     visible,
 )
+from lifecycle.validate import TOKEN_LIMIT
 
 Document = dict[str, Any]
 EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
@@ -262,4 +264,5 @@ class InMemorySnapshotStore:
 
     def highest_fence(self) -> int:
         with self._lock:
-            return max((int(d.get('fence', 0)) for d in self._sessions.values()), default=0)
+            fences = [fence_of(d) for d in self._sessions.values()]  # a token's only, as MongoDB's $lt reads them
+            return max((int(f) for f in fences if f < TOKEN_LIMIT), default=0)

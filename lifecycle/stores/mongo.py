@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.documents import checked_messages, checked_snapshot, interrupted_fields
+from lifecycle.validate import TOKEN_LIMIT
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
@@ -56,7 +58,7 @@ def _below(token: int) -> dict[str, Any]:
 
 
 LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool', 'created_at', 'tenure')  # what load_many reads
-ANY_LIFE = 10**15  # above every tenure (tokens stay below 1e14): a record without one is of any life
+ANY_LIFE = 10 * TOKEN_LIMIT  # above every tenure (tokens stay below TOKEN_LIMIT): a record without one is of any life
 
 
 def later_life(document: Mapping[str, Any], tenure: int | None) -> bool:
@@ -190,6 +192,13 @@ def record_fields(record: SessionRecord) -> dict[str, Any]:
     }
 
 
+def fence_of(document: Mapping[str, Any]) -> float:
+    """The document's fence as a number: 0 without one; infinite where outside damage left one no token is above
+    (text, say): MongoDB compares a number below any string, so every fenced write then misses it."""
+    fence = document.get('fence', 0)
+    return fence if isinstance(fence, int | float) and not isinstance(fence, bool) else math.inf  # Int64 is an int
+
+
 def mark_outcome(document: Mapping[str, Any] | None, mark: Mark) -> MarkOutcome:
     """How one mark of a batch ended, from the document as it is now (`fence` is unique to each claim)."""
     token = mark.token
@@ -199,7 +208,7 @@ def mark_outcome(document: Mapping[str, Any] | None, mark: Mark) -> MarkOutcome:
         return MarkOutcome.DONE
     if document.get('state') in (SessionState.EXPIRED.value, SessionState.CLOSED.value):
         return MarkOutcome.ENDED
-    if document.get('fence', 0) >= token or later_life(document, mark.record.tenure):
+    if fence_of(document) >= token or later_life(document, mark.record.tenure):
         return MarkOutcome.FENCED
     return MarkOutcome.NOT_CHECKPOINTED
 
@@ -553,7 +562,10 @@ class Plans:
 
     @staticmethod
     def fence_high_plan() -> Plan[int]:
-        found = yield _find('sessions', {'fence': {'$exists': True}}, {'fence': 1}, sort=[('fence', -1)], limit=1)
+        # Only a fence a token could be: a number below TOKEN_LIMIT (a hand edit's text or 2**62 would crash the
+        # rebuild, or lift the epoch where Lua garbles it and every token after fails). That document's writes stay
+        # fenced off; the pool goes on.
+        found = yield _find('sessions', {'fence': {'$lt': TOKEN_LIMIT}}, {'fence': 1}, sort=[('fence', -1)], limit=1)
         return int(found[0]['fence']) if found else 0
 
     @staticmethod

@@ -1032,3 +1032,33 @@ def test_a_record_whose_live_entry_the_snapshot_lost_is_seen_by_the_rebuild(
         ('s2', Outcome.ABORTED, 'not_checkpointed')
     ]
     assert (r.document('s2') or {})['state'] == 'live'
+
+
+def test_a_fence_hand_edited_out_of_range_in_mongodb_does_not_stop_the_rebuilt_pool(
+    server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
+) -> None:
+    """Tokens stay below 1e14 (Lua prints numbers with 14 significant digits). A rebuild lifted the epoch above
+    every fence MongoDB holds, a hand edit's 2**62 too: the epoch became '4.6116860184274e+18', and every
+    activation after it failed (INCR: not an integer). Outside damage to one document must not stop the pool."""
+    url, running = server
+    r: Reaper = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+    lc = r.lc
+    for name in ('s1', 'odd', 'text'):
+        lc.activate(lc.reserve('api-1'), name)
+        lc.checkpoint(name, {'at': 0})
+    assert isinstance(lc.store, MongoSnapshotStore)
+    lc.store.sessions.update_one({'_id': 'odd'}, {'$set': {'fence': 2**62}})
+    lc.store.sessions.update_one({'_id': 'text'}, {'$set': {'fence': 'a hand edit'}})
+
+    restart_empty(url, running)
+    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+
+    epoch = redis.Redis.from_url(url, decode_responses=True).get(lc.index.keys.epoch)
+    assert isinstance(epoch, str)
+    assert epoch.isdigit(), epoch
+    assert int(epoch) < 10**14
+    lc.activate(lc.reserve('api-1'), 's4')  # a token from the epoch
+    r.clock.advance(seconds=600)
+    lc.checkpoint('s1', {'at': 1})
+    r.sweep(SweepKind.IDLE)
+    assert ('s1', Outcome.EVICTED) in [(x.session_id, x.outcome) for x in r.results]
