@@ -7,12 +7,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
 from typing import Any
 
+import pymongo
+import pymongo.errors
 import redis
 
 from lifecycle.settings import Settings
@@ -62,19 +65,38 @@ def start_redis(stack: ExitStack, notes: list[str], *, reuse_configured: bool = 
 
 
 def start_mongo(stack: ExitStack, notes: list[str]) -> str:
-    """LIFECYCLE_MONGO_URL if set; else SecantusDB (a MongoDB-wire server) embedded in this process."""
+    """LIFECYCLE_MONGO_URL if set; else SecantusDB (a MongoDB-wire server) in a process of its own: in this one,
+    its polling server threads would share the GIL with what a demo or a benchmark measures."""
     configured = os.environ.get('LIFECYCLE_MONGO_URL')
     if configured:
         notes.append(f'MongoDB: {configured.split("@")[-1]} (yours; the demo uses its own database)')
         return configured
-    from secantus import SecantusDBServer  # type: ignore[import-untyped]  # ships no type information
-
     storage = stack.enter_context(tempfile.TemporaryDirectory(prefix='lifecycle-demo-mongo-'))
-    server = SecantusDBServer(port=0, storage_path=storage)
-    server.start()
-    stack.callback(server.stop)
-    notes.append(f'MongoDB: embedded SecantusDB at {server.uri}')
-    return str(server.uri)
+    port = free_port()
+    config = os.path.join(storage, 'secantusd.toml')  # an empty one: no secantusd.toml of the machine's applies
+    with open(config, 'w'):
+        pass
+    process = subprocess.Popen([sys.executable, '-m', 'secantus', '--config', config, '--host', '127.0.0.1',
+                                '--port', str(port), '--storage-path', os.path.join(storage, 'data'),
+                                '--log-level', 'WARNING', '--enable-test-commands'],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    stack.callback(stop_process, process)
+    url = f'mongodb://127.0.0.1:{port}/?directConnection=true'
+    wait_until(lambda: mongo_answers(url, process), 60, 'SecantusDB to start')
+    notes.append(f'MongoDB: SecantusDB in a process of its own on port {port}')
+    return url
+
+
+def mongo_answers(url: str, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f'SecantusDB exited with {process.returncode} before it answered')
+    client: pymongo.MongoClient[dict[str, Any]]
+    with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
+        try:
+            client.admin.command('ping')
+        except pymongo.errors.PyMongoError:
+            return False
+    return True
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
