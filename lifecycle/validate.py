@@ -17,6 +17,9 @@ _STREAM_ID = re.compile(r'([0-9]{1,20})(?:-([0-9]{1,20}))?')
 # Fencing tokens stay below this: Lua prints a number with 14 significant digits, so the epoch is never lifted
 # to one it would garble (see rebuild.py).
 TOKEN_LIMIT = 10**14
+# The epoch is lifted to a fence MongoDB holds only below this, so the tokens after it stay below TOKEN_LIMIT (tokens
+# start from Redis's clock in ms: about 1.8e12 in 2026). A fence above it is outside damage.
+LIFT_LIMIT = TOKEN_LIMIT // 10
 MAX_WAIT_S = 3600  # a blocking read longer than an hour is a mistake (and holds a connection that long)
 
 

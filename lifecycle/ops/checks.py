@@ -45,13 +45,13 @@ EXPECTED_INDEXES = {'sessions': {'state_updated'}, 'messages': {'session_message
 
 
 def mongo_problems(store: Any) -> list[str]:
-    """What is wrong with the MongoDB store: unreachable, comparing ids by a collation, or missing the indexes
-    lifecycle relies on."""
+    """What is wrong with the MongoDB store: unreachable, a collection comparing ids by a collation (or a view), or
+    missing the indexes lifecycle relies on."""
     try:
         store.client.admin.command('ping')
-        collections = {'sessions': store.sessions, 'messages': store.message_docs}
-        present = {name: {index['name'] for index in found.list_indexes()} for name, found in collections.items()}
-        unfit = [collation_problem(name, found.options()) for name, found in collections.items()]
+        present = {name: {index['name'] for index in store.collections[name].list_indexes()}
+                   for name in EXPECTED_INDEXES}  # fmt: skip
+        unfit = [collation_problem(name, found.options()) for name, found in store.collections.items()]
     except PyMongoError as exc:
         return [f'mongo: unreachable: {exc}']
     return [f'mongo: {problem}' for problem in unfit if problem] + [

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +49,7 @@ def start_redis(stack: ExitStack, notes: list[str], *, reuse_configured: bool = 
     if shutil.which('redis-server'):
         process = subprocess.Popen(
             ['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_parent,
         )  # fmt: skip
         stack.callback(stop_process, process)
         url = f'redis://127.0.0.1:{port}/0'
@@ -76,20 +78,23 @@ def start_mongo(stack: ExitStack, notes: list[str]) -> str:
     config = os.path.join(storage, 'secantusd.toml')  # an empty one: no secantusd.toml of the machine's applies
     with open(config, 'w'):
         pass
-    process = subprocess.Popen([sys.executable, '-m', 'secantus', '--config', config, '--host', '127.0.0.1',
-                                '--port', str(port), '--storage-path', os.path.join(storage, 'data'),
-                                '--log-level', 'WARNING', '--enable-test-commands'],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = os.path.join(storage, 'secantusd.log')
+    with open(log, 'wb') as written:
+        process = subprocess.Popen([sys.executable, '-m', 'secantus', '--config', config, '--host', '127.0.0.1',
+                                    '--port', str(port), '--storage-path', os.path.join(storage, 'data'),
+                                    '--log-level', 'WARNING', '--enable-test-commands'],
+                                   stdout=written, stderr=subprocess.STDOUT, preexec_fn=dies_with_parent)  # fmt: skip
     stack.callback(stop_process, process)
     url = f'mongodb://127.0.0.1:{port}/?directConnection=true'
-    wait_until(lambda: mongo_answers(url, process), 60, 'SecantusDB to start')
+    wait_until(lambda: mongo_answers(url, process, log), 60, 'SecantusDB to start')
     notes.append(f'MongoDB: SecantusDB in a process of its own on port {port}')
     return url
 
 
-def mongo_answers(url: str, process: subprocess.Popen[bytes]) -> bool:
+def mongo_answers(url: str, process: subprocess.Popen[bytes], log: str) -> bool:
     if process.poll() is not None:
-        raise RuntimeError(f'SecantusDB exited with {process.returncode} before it answered')
+        with open(log, errors='replace') as said:
+            raise RuntimeError(f'SecantusDB exited with {process.returncode} before it answered: {said.read()[-2000:]}')
     client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
         try:
@@ -97,6 +102,16 @@ def mongo_answers(url: str, process: subprocess.Popen[bytes]) -> bool:
         except pymongo.errors.PyMongoError:
             return False
     return True
+
+
+def dies_with_parent() -> None:
+    """In a child, before it runs its program (Linux): SIGTERM once the process that started it is gone, so a demo
+    or a bench killed outright (SIGKILL: no cleanup of its own runs) leaves no server behind."""
+    if sys.platform == 'linux':
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

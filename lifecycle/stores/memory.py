@@ -28,7 +28,7 @@ from lifecycle.stores.mongo import (
     refuse_checkpoint,
     visible,
 )
-from lifecycle.validate import TOKEN_LIMIT
+from lifecycle.validate import LIFT_LIMIT
 
 Document = dict[str, Any]
 EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
@@ -36,7 +36,7 @@ EVICTABLE = (SessionState.LIVE.value, SessionState.RESUMABLE.value)
 
 def below(document: Mapping[str, Any], token: int) -> bool:
     """The document's fence is older than `token` (or it has none yet)."""
-    return 'fence' not in document or document['fence'] < token
+    return fence_of(document) < token
 
 
 class InMemorySnapshotStore:
@@ -132,8 +132,9 @@ class InMemorySnapshotStore:
                 if document.get('state') == SessionState.RESUMABLE and document.get('fence') == mark.token:
                     document['state'] = SessionState.LIVE.value
                 document.setdefault('state', SessionState.LIVE.value)
-                if int(document.get('fence', 0)) <= mark.token:  # a newer token's fence is not ours to move
-                    document['fence'] = max(int(document.get('fence', 0)), token)
+                fence = fence_of(document)
+                if fence <= mark.token:  # a newer token's fence (or outside damage) is not ours to move
+                    document['fence'] = max(int(fence), token)
                 document['updated_at'] = now
 
     def end(self, record: SessionRecord, state: SessionState, token: int, timeout_ms: int) -> bool:
@@ -241,7 +242,8 @@ class InMemorySnapshotStore:
             for session_id in session_ids:
                 if session_id in self._sessions:
                     document = self._sessions[session_id]
-                    document['fence'] = max(int(document.get('fence', 0)), token)
+                    if fence_of(document) < token:  # as MongoDB's $max: outside damage is kept
+                        document['fence'] = token
 
     def resumable_before(self, pool: str, before: datetime, limit: int) -> list[str]:
         with self._lock:
@@ -265,4 +267,4 @@ class InMemorySnapshotStore:
     def highest_fence(self) -> int:
         with self._lock:
             fences = [fence_of(d) for d in self._sessions.values()]  # a token's only, as MongoDB's $lt reads them
-            return max((int(f) for f in fences if f < TOKEN_LIMIT), default=0)
+            return max((int(f) for f in fences if 0 <= f < LIFT_LIMIT), default=0)

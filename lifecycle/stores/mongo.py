@@ -41,7 +41,7 @@ from lifecycle.models import SessionState
 from lifecycle.steps import Done, advance
 from lifecycle.stores.base import Mark, MarkOutcome, SessionRecord
 from lifecycle.stores.documents import checked_messages, checked_snapshot, interrupted_fields
-from lifecycle.validate import TOKEN_LIMIT
+from lifecycle.validate import LIFT_LIMIT, TOKEN_LIMIT
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
@@ -57,6 +57,7 @@ def _below(token: int) -> dict[str, Any]:
     return {'$or': [{'fence': {'$lt': token}}, {'fence': {'$exists': False}}]}
 
 
+COLLECTIONS = ('sessions', 'messages', 'pools', 'owners')  # every one lifecycle writes
 LOAD_MANY_FIELDS = ('_id', 'state', 'checkpoint_seq', 'pool', 'created_at', 'tenure')  # what load_many reads
 ANY_LIFE = 10 * TOKEN_LIMIT  # above every tenure (tokens stay below TOKEN_LIMIT): a record without one is of any life
 
@@ -83,6 +84,8 @@ def collation_problem(collection: str, options: Mapping[str, Any]) -> str | None
     """Why `collection` (its options, as listCollections gives them) cannot hold lifecycle's documents, or None. A
     default collation other than simple compares ids by it (its `_id` index too, on mongod): 'A' and 'a', two
     sessions, would be one document."""
+    if 'viewOn' in options:
+        return f'{collection!r} is a view (of {options["viewOn"]!r}): lifecycle writes its documents; drop the view'
     collation = options.get('collation')
     if not collation or collation.get('locale') == 'simple':
         return None
@@ -193,10 +196,11 @@ def record_fields(record: SessionRecord) -> dict[str, Any]:
 
 
 def fence_of(document: Mapping[str, Any]) -> float:
-    """The document's fence as a number: 0 without one; infinite where outside damage left one no token is above
-    (text, say): MongoDB compares a number below any string, so every fenced write then misses it."""
+    """The document's fence as a number: 0 without one; infinite where outside damage left one no token can be
+    (text, an array, a Decimal128, NaN or an infinity), which every fenced write is then kept off."""
     fence = document.get('fence', 0)
-    return fence if isinstance(fence, int | float) and not isinstance(fence, bool) else math.inf  # Int64 is an int
+    number = isinstance(fence, int | float) and not isinstance(fence, bool)  # bson's Int64 is an int
+    return fence if number and math.isfinite(fence) else math.inf
 
 
 def mark_outcome(document: Mapping[str, Any] | None, mark: Mark) -> MarkOutcome:
@@ -288,7 +292,7 @@ class Plans:
     def ensure_indexes_plan() -> Plan[None]:
         """The indexes lifecycle's queries rely on, once the collections are found to compare ids as lifecycle does
         (ConfigurationError, nothing created, when one does not)."""
-        for collection in ('sessions', 'messages'):
+        for collection in COLLECTIONS:
             unfit = collation_problem(collection, (yield Op(collection, 'options')))
             if unfit:
                 raise ConfigurationError(unfit)
@@ -562,11 +566,13 @@ class Plans:
 
     @staticmethod
     def fence_high_plan() -> Plan[int]:
-        # Only a fence a token could be: a number below TOKEN_LIMIT (a hand edit's text or 2**62 would crash the
-        # rebuild, or lift the epoch where Lua garbles it and every token after fails). That document's writes stay
-        # fenced off; the pool goes on.
-        found = yield _find('sessions', {'fence': {'$lt': TOKEN_LIMIT}}, {'fence': 1}, sort=[('fence', -1)], limit=1)
-        return int(found[0]['fence']) if found else 0
+        # Only a fence a token could be, below LIFT_LIMIT: a hand edit's text, array or Decimal128 would crash the
+        # rebuild, and 2**62 (or 1e14 - 1) lift the epoch where Lua garbles it, after which every token fails. That
+        # document's writes stay fenced off; the pool goes on. (An array's $type is 'array'.)
+        token_like = {'$expr': {'$and': [{'$in': [{'$type': '$fence'}, ['int', 'long', 'double']]},
+                                         {'$gte': ['$fence', 0]}, {'$lt': ['$fence', LIFT_LIMIT]}]}}  # fmt: skip
+        found = yield _find('sessions', token_like, {'fence': 1}, sort=[('fence', -1)], limit=1)
+        return int(fence_of(found[0])) if found else 0
 
     @staticmethod
     def messages_plan(session_id: str) -> Plan[list[dict[str, Any]]]:
@@ -588,7 +594,7 @@ class _Connected:
         self.timeout_s = timeout_ms / 1000
         w: int | str = int(write_concern) if write_concern.isascii() and write_concern.isdigit() else write_concern
         db = client.get_database(database, write_concern=WriteConcern(w=w, j=True, wtimeout=timeout_ms))
-        self.collections = {name: db[name] for name in ('sessions', 'messages', 'pools', 'owners')}
+        self.collections = {name: db[name] for name in COLLECTIONS}
         self.sessions, self.message_docs = self.collections['sessions'], self.collections['messages']
 
     def _deadline(self, what: str, session_ids: str | Sequence[str], timeout_s: float | None) -> Any:

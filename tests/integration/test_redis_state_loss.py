@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from bson import Decimal128
 
 from lifecycle import CapacityExceeded, Lifecycle, SessionInfo, SessionState
 from lifecycle.errors import Fenced, LifecycleError, PoolRecovering
@@ -1038,27 +1039,37 @@ def test_a_fence_hand_edited_out_of_range_in_mongodb_does_not_stop_the_rebuilt_p
     server: tuple[str, list[subprocess.Popen[bytes]]], make_reaper_settings: SettingsFactory, make_reaper: ReaperFactory
 ) -> None:
     """Tokens stay below 1e14 (Lua prints numbers with 14 significant digits). A rebuild lifted the epoch above
-    every fence MongoDB holds, a hand edit's 2**62 too: the epoch became '4.6116860184274e+18', and every
-    activation after it failed (INCR: not an integer). Outside damage to one document must not stop the pool."""
+    every fence MongoDB holds, a hand edit's 2**62 too: the epoch became '4.6116860184273879e+18', and every
+    activation after it failed (INCR: not an integer); a text fence crashed the rebuild (int()), and an eviction
+    batch holding its session (TypeError). Outside damage to one document must not stop the pool."""
     url, running = server
-    r: Reaper = make_reaper(make_reaper_settings(redis_url=url, max_sessions=CAP, idle_ttl_s=600))
+    r: Reaper = make_reaper(make_reaper_settings(redis_url=url, max_sessions=8, idle_ttl_s=600))
     lc = r.lc
-    for name in ('s1', 'odd', 'text'):
-        lc.activate(lc.reserve('api-1'), name)
+    damage = {'huge': 2**62, 'near-limit': 10**14 - 1, 'text': 'a hand edit', 'decimal': Decimal128('5'),
+              'array': [1, 2**62], 'nan': float('nan')}  # fmt: skip
+    for name in ('s1', *damage):
+        lc.activate(lc.reserve('api-1'), name, ttl_seconds=60 if name == 'text' else None)
         lc.checkpoint(name, {'at': 0})
     assert isinstance(lc.store, MongoSnapshotStore)
-    lc.store.sessions.update_one({'_id': 'odd'}, {'$set': {'fence': 2**62}})
-    lc.store.sessions.update_one({'_id': 'text'}, {'$set': {'fence': 'a hand edit'}})
+    for name, fence in damage.items():
+        lc.store.sessions.update_one({'_id': name}, {'$set': {'fence': fence}})
+    r.clock.advance(seconds=120)  # 'text' is past its deadline when the pool is rebuilt: ended there, or skipped
 
     restart_empty(url, running)
-    assert r.sweep(SweepKind.EXPIRED).rebuilt is not None
+    rebuilt = r.sweep(SweepKind.EXPIRED).rebuilt
+    assert rebuilt is not None
+    assert (rebuilt.readmitted, rebuilt.expired) == (6, 1)  # s1 and five damaged; 'text' past its deadline
 
     epoch = redis.Redis.from_url(url, decode_responses=True).get(lc.index.keys.epoch)
     assert isinstance(epoch, str)
     assert epoch.isdigit(), epoch
-    assert int(epoch) < 10**14
-    lc.activate(lc.reserve('api-1'), 's4')  # a token from the epoch
+    assert int(epoch) < 10**13
+    lc.activate(lc.reserve('api-1'), 's8')  # a token from the epoch
     r.clock.advance(seconds=600)
     lc.checkpoint('s1', {'at': 1})
-    r.sweep(SweepKind.IDLE)
-    assert ('s1', Outcome.EVICTED) in [(x.session_id, x.outcome) for x in r.results]
+    for name in damage:
+        if name != 'text':
+            lc.checkpoint(name, {'at': 1})
+    r.sweep(SweepKind.IDLE)  # one batch: s1 and the damaged ones
+    outcomes = {x.session_id: (x.outcome, x.detail) for x in r.results}
+    assert outcomes['s1'][0] is Outcome.EVICTED, outcomes

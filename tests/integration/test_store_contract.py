@@ -388,7 +388,7 @@ def test_a_batch_whose_marks_all_land_is_one_update_and_nothing_read_back(
 
 
 @pytest.mark.parametrize('flavour', ['sync', 'async'])
-@pytest.mark.parametrize('collection', ['sessions', 'messages'])
+@pytest.mark.parametrize('collection', ['sessions', 'messages', 'pools', 'owners'])
 def test_a_collection_that_compares_ids_by_a_collation_is_refused_naming_it(
     mongo_server_url: str, mongo_database: str, collection: str, flavour: str
 ) -> None:
@@ -410,6 +410,20 @@ def test_a_collection_that_compares_ids_by_a_collation_is_refused_naming_it(
         admin[mongo_database].create_collection(collection, collation={'locale': 'simple'})
         store.ensure_indexes()
         assert checks.mongo_problems(checker) == []
+    finally:
+        store.close()
+        admin.close()
+
+
+def test_a_view_in_place_of_a_collection_is_refused_naming_it(mongo_server_url: str, mongo_database: str) -> None:
+    """A view takes no writes: a worker would start, then fail every write (its index creation only logged)."""
+    admin: Admin = pymongo.MongoClient(mongo_server_url)
+    store = MongoSnapshotStore(mongo_server_url, mongo_database, timeout_ms=2_000)
+    try:
+        admin[mongo_database].create_collection('sessions', viewOn='elsewhere', pipeline=[])
+        with pytest.raises(ConfigurationError, match="'sessions' is a view \\(of 'elsewhere'\\)"):
+            store.ensure_indexes()
+        assert any("'sessions' is a view" in problem for problem in checks.mongo_problems(store))
     finally:
         store.close()
         admin.close()
