@@ -106,12 +106,14 @@ def mongo_answers(url: str, process: subprocess.Popen[bytes], log: str) -> bool:
 
 def dies_with_parent() -> None:
     """In a child, before it runs its program (Linux): SIGTERM once the process that started it is gone, so a demo
-    or a bench killed outright (SIGKILL: no cleanup of its own runs) leaves no server behind."""
-    if sys.platform == 'linux':
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    or a bench killed outright (SIGKILL: no cleanup of its own runs) leaves no server behind. `prctl` is looked up
+    once, at import, in the parent: the forked child of a threaded process must not take the loader's lock."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == 'linux' else None
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
