@@ -437,6 +437,7 @@ def raw_updates_per_s(store: MongoSnapshotStore, ids: Sequence[str], batch: int)
     call: `update_one` with an eviction's conditions (`batch` 1), or one `update_many` per `batch` ids; the fields an
     eviction sets, `w: majority, j: true`. A fence above every earlier one, so every document is modified."""
     fence = time.time_ns() // 500_000  # twice epoch ms: above every token issued here, and still one (< 1e14)
+    evictable = {'$in': ['live', 'resumable']}
     started = time.perf_counter()
     for first in range(0, len(ids), batch):
         chunk = list(ids[first : first + batch])
@@ -445,11 +446,10 @@ def raw_updates_per_s(store: MongoSnapshotStore, ids: Sequence[str], batch: int)
                            'updated_at': now}}  # fmt: skip
         if batch == 1:
             result = store.sessions.update_one(
-                {'_id': chunk[0], 'state': {'$in': ['live', 'resumable']}, 'checkpoint_seq': {'$gte': 0},
+                {'_id': chunk[0], 'state': evictable, 'checkpoint_seq': {'$gte': 0},
                  '$or': [{'fence': {'$lt': fence}}, {'fence': {'$exists': False}}]}, fields)  # fmt: skip
         else:
-            live = {'$in': ['live', 'resumable']}
-            result = store.sessions.update_many({'_id': {'$in': chunk}, 'state': live}, fields)
+            result = store.sessions.update_many({'_id': {'$in': chunk}, 'state': evictable}, fields)
         assert result.modified_count == len(chunk), (result.modified_count, len(chunk))
     return len(ids) / (time.perf_counter() - started)
 

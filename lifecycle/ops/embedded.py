@@ -95,6 +95,10 @@ def mongo_answers(url: str, process: subprocess.Popen[bytes], log: str) -> bool:
     if process.poll() is not None:
         with open(log, errors='replace') as said:
             raise RuntimeError(f'SecantusDB exited with {process.returncode} before it answered: {said.read()[-2000:]}')
+    return mongo_reachable(url)
+
+
+def mongo_reachable(url: str) -> bool:
     client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(url, serverSelectionTimeoutMS=500) as client:
         try:

@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pymongo
-import redis
-
+from lifecycle.ops.embedded import mongo_reachable, reachable
 from tests.integration.conftest import wait_for
 
 STARTS_BOTH = """
@@ -25,17 +23,7 @@ time.sleep(600)
 
 
 def answers(redis_url: str, mongo_url: str) -> tuple[bool, bool]:
-    try:
-        redis_up = bool(redis.Redis.from_url(redis_url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        redis_up = False
-    client: pymongo.MongoClient[dict[str, object]]
-    with pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=500) as client:
-        try:
-            mongo_up = bool(client.admin.command('ping'))
-        except pymongo.errors.PyMongoError:
-            mongo_up = False
-    return redis_up, mongo_up
+    return reachable(redis_url), mongo_reachable(mongo_url)
 
 
 def test_a_demo_killed_outright_leaves_no_server_running(tmp_path: Path) -> None:
